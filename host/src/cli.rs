@@ -1,0 +1,131 @@
+//! The command line: fedora-messaging's commands and options.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, Source};
+use crate::exit::{Exit, Fatal};
+use crate::logging::LogSettings;
+use crate::plugin::LoadError;
+use crate::reconsume;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fedora-messaging",
+    version,
+    about = "Run fedora-messaging consumers built as shared objects"
+)]
+pub struct Cli {
+    /// Configuration file to use instead of /etc/fedora-messaging/config.toml
+    #[arg(long, env = "FEDORA_MESSAGING_CONF", global = true, value_name = "PATH")]
+    conf: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a consumer on recorded messages, without a broker: each message
+    /// of --file, or one message fetched from datagrepper by its id
+    Reconsume(ReconsumeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReconsumeArgs {
+    /// The id of a message to fetch from datagrepper
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    message_id: Option<String>,
+
+    /// A file of messages in fedora-messaging's record format (one JSON
+    /// object a line), or - for standard input
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
+
+    #[command(flatten)]
+    callback: CallbackArgs,
+
+    /// Where to fetch the message from
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "https://apps.fedoraproject.org/datagrepper"
+    )]
+    datagrepper_url: String,
+}
+
+/// Which consumer to run.
+#[derive(Debug, Args)]
+struct CallbackArgs {
+    /// The consumer: a plugin library and a consumer it exports,
+    /// e.g. libsaver.so:SaveMessage (default: the configuration's `callback`)
+    #[arg(long, value_name = "LIB:Symbol")]
+    callback: Option<String>,
+
+    /// Same as --callback, and wins over it (fedora-messaging's option for
+    /// a Python file, kept so existing command lines work)
+    #[arg(long, value_name = "LIB:Symbol")]
+    callback_file: Option<String>,
+}
+
+impl CallbackArgs {
+    /// fedora-messaging's precedence: --callback-file, --callback, then
+    /// the configuration.
+    fn resolve(&self, config: &Config) -> Result<String, LoadError> {
+        self.callback_file
+            .as_ref()
+            .or(self.callback.as_ref())
+            .or(config.callback.as_ref())
+            .cloned()
+            .ok_or(LoadError::NoCallback)
+    }
+}
+
+/// Runs the command line and returns the process's exit code.
+pub fn run() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return error.exit_code();
+        }
+    };
+    match execute(&cli) {
+        Ok(exit) => exit.code(),
+        Err(fatal) => {
+            eprintln!("Error: {fatal}");
+            fatal.exit.code()
+        }
+    }
+}
+
+fn execute(cli: &Cli) -> Result<Exit, Fatal> {
+    let source = match &cli.conf {
+        Some(path) => Source::Given(path.clone()),
+        None => Source::Default,
+    };
+    // The default file may be absent; say so once the logger is up.
+    let config =
+        Config::load(&source).map_err(|error| Fatal::new(Exit::Usage, error.to_string()))?;
+    LogSettings::from_log_config(config.log_config.as_ref()).install();
+    match &cli.command {
+        Command::Reconsume(args) => {
+            let callback = args.callback.resolve(&config)?;
+            let input = match (&args.file, &args.message_id) {
+                (Some(file), _) => reconsume::Input::File(file),
+                (None, Some(message_id)) => reconsume::Input::Datagrepper {
+                    url: &args.datagrepper_url,
+                    message_id,
+                },
+                (None, None) => {
+                    return Err(Fatal::new(
+                        Exit::Usage,
+                        "give a MESSAGE_ID or --file FILE",
+                    ));
+                }
+            };
+            reconsume::run(&config, &callback, input)
+        }
+    }
+}

@@ -1,0 +1,481 @@
+//! fedora-messaging's configuration file: where it is found, its keys and
+//! defaults, and its validation.
+//!
+//! Every file fedora-messaging 3.x loads loads here with the same meaning:
+//! each top-level key replaces its default wholesale (no deep merge), keys
+//! are case-insensitive at the top level, and an unknown top-level key is an
+//! error listing the valid ones. Where fedora-messaging would crash later on
+//! a partial table (`[qos]` with only `prefetch_count`), the missing entries
+//! take their defaults instead.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The file read when neither `--conf` nor `FEDORA_MESSAGING_CONF` is set.
+pub const DEFAULT_PATH: &str = "/etc/fedora-messaging/config.toml";
+
+/// The 15 top-level keys, in fedora-messaging's order.
+pub const KEYS: [&str; 15] = [
+    "amqp_url",
+    "client_properties",
+    "publish_exchange",
+    "topic_prefix",
+    "publish_priority",
+    "passive_declares",
+    "exchanges",
+    "queues",
+    "bindings",
+    "qos",
+    "callback",
+    "consumer_config",
+    "tls",
+    "log_config",
+    "monitoring",
+];
+
+/// A loaded, validated configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "defaults::amqp_url")]
+    pub amqp_url: String,
+    #[serde(default)]
+    pub client_properties: toml::Table,
+    #[serde(default = "defaults::publish_exchange")]
+    pub publish_exchange: String,
+    #[serde(default)]
+    pub topic_prefix: String,
+    #[serde(default)]
+    pub publish_priority: Option<u8>,
+    #[serde(default)]
+    pub passive_declares: bool,
+    /// Never declared (as in fedora-messaging); kept so configs load.
+    #[serde(default = "defaults::exchanges")]
+    pub exchanges: BTreeMap<String, toml::Table>,
+    #[serde(default = "defaults::queues")]
+    pub queues: BTreeMap<String, Queue>,
+    #[serde(default = "defaults::bindings")]
+    pub bindings: Vec<Binding>,
+    #[serde(default)]
+    pub qos: Qos,
+    #[serde(default)]
+    pub callback: Option<String>,
+    #[serde(default)]
+    pub consumer_config: toml::Table,
+    #[serde(default)]
+    pub tls: Tls,
+    /// A Python `logging.config.dictConfig` table; see [`crate::logging`].
+    #[serde(default)]
+    pub log_config: Option<toml::Table>,
+    /// `[monitoring]`: empty means disabled.
+    #[serde(default)]
+    monitoring: toml::Table,
+}
+
+/// A `[queues.<name>]` table; all four keys are required, as in
+/// fedora-messaging. The name `""` asks the broker to name the queue.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Queue {
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub exclusive: bool,
+    pub arguments: toml::Table,
+}
+
+/// One `[[bindings]]` entry: one binding per routing key.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Binding {
+    #[serde(default)]
+    pub queue: String,
+    pub exchange: String,
+    pub routing_keys: Vec<String>,
+    /// Passed to `queue.bind` as its arguments.
+    #[serde(default)]
+    pub arguments: toml::Table,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Qos {
+    #[serde(default)]
+    pub prefetch_size: u32,
+    #[serde(default = "defaults::prefetch_count")]
+    pub prefetch_count: u16,
+}
+
+impl Default for Qos {
+    fn default() -> Self {
+        Qos {
+            prefetch_size: 0,
+            prefetch_count: defaults::prefetch_count(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub certfile: Option<PathBuf>,
+    #[serde(default)]
+    pub keyfile: Option<PathBuf>,
+}
+
+/// Where the health endpoints listen.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Monitoring {
+    #[serde(default)]
+    pub address: String,
+    pub port: u16,
+}
+
+mod defaults {
+    use super::{Binding, Queue};
+    use std::collections::BTreeMap;
+
+    pub fn amqp_url() -> String {
+        "amqp://?connection_attempts=3&retry_delay=5".to_owned()
+    }
+    pub fn publish_exchange() -> String {
+        "amq.topic".to_owned()
+    }
+    pub fn prefetch_count() -> u16 {
+        10
+    }
+    pub fn exchanges() -> BTreeMap<String, toml::Table> {
+        let mut topic = toml::Table::new();
+        topic.insert("type".into(), "topic".into());
+        topic.insert("durable".into(), true.into());
+        topic.insert("auto_delete".into(), false.into());
+        topic.insert("arguments".into(), toml::Table::new().into());
+        BTreeMap::from([("amq.topic".to_owned(), topic)])
+    }
+    /// The settings fedora-messaging gives a server-named queue, and the
+    /// queue `--queue-name` names.
+    pub fn queue() -> Queue {
+        Queue {
+            durable: false,
+            auto_delete: true,
+            exclusive: true,
+            arguments: toml::Table::new(),
+        }
+    }
+    pub fn queues() -> BTreeMap<String, Queue> {
+        BTreeMap::from([(String::new(), queue())])
+    }
+    pub fn bindings() -> Vec<Binding> {
+        vec![Binding {
+            queue: String::new(),
+            exchange: "amq.topic".to_owned(),
+            routing_keys: vec!["#".to_owned()],
+            arguments: toml::Table::new(),
+        }]
+    }
+}
+
+pub use defaults::queue as default_queue;
+
+/// The client properties this host always sends; a config may not change
+/// them (fedora-messaging reserves the same three keys).
+pub fn reserved_client_properties() -> [(&'static str, String); 3] {
+    [
+        ("product", "Fedora Messaging (Rust host)".to_owned()),
+        (
+            "information",
+            "https://fedora-messaging.readthedocs.io/en/stable/".to_owned(),
+        ),
+        (
+            "version",
+            format!("fedora-messaging-rs {}", env!("CARGO_PKG_VERSION")),
+        ),
+    ]
+}
+
+/// Why a configuration could not be used; always names the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    /// 1-based line of the offending text, when known.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.path.display(), line, self.message),
+            None => write!(f, "{}: {}", self.path.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Which file to read, and whether the user named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// `--conf` or `FEDORA_MESSAGING_CONF`: must exist.
+    Given(PathBuf),
+    /// The default path: absent means defaults.
+    Default,
+}
+
+impl Config {
+    /// Loads the configuration as fedora-messaging's CLI does.
+    pub fn load(source: &Source) -> Result<Config, ConfigError> {
+        match source {
+            Source::Given(path) => {
+                if !path.is_file() {
+                    return Err(ConfigError {
+                        path: path.clone(),
+                        line: None,
+                        message: "is not a file: check the --conf option or FEDORA_MESSAGING_CONF"
+                            .to_owned(),
+                    });
+                }
+                Config::read(path)
+            }
+            Source::Default => {
+                let path = Path::new(DEFAULT_PATH);
+                if path.exists() {
+                    Config::read(path)
+                } else {
+                    log::info!("The configuration file, {DEFAULT_PATH}, does not exist.");
+                    Ok(Config::default())
+                }
+            }
+        }
+    }
+
+    /// Reads and validates one file.
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+            path: path.to_owned(),
+            line: None,
+            message: format!("cannot read it: {error}"),
+        })?;
+        Config::parse(&text).map_err(|(line, message)| ConfigError {
+            path: path.to_owned(),
+            line,
+            message,
+        })
+    }
+
+    /// Parses and validates configuration text; an error carries the line.
+    pub fn parse(text: &str) -> Result<Config, (Option<usize>, String)> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+        let all_lowercase = table.keys().all(|k| *k == k.to_lowercase());
+        let config: Config = if all_lowercase {
+            // Straight from the text, so errors carry their position.
+            toml::from_str(text).map_err(|e| toml_error(text, &e))?
+        } else {
+            // fedora-messaging lower-cases top-level keys.
+            let lowered: toml::Table = table
+                .into_iter()
+                .map(|(key, value)| (key.to_lowercase(), value))
+                .collect();
+            Config::deserialize(toml::Value::Table(lowered))
+                .map_err(|e| (None, e.message().to_owned()))?
+        };
+        config.validate(text)
+    }
+
+    fn validate(self, text: &str) -> Result<Config, (Option<usize>, String)> {
+        for (key, value) in reserved_client_properties() {
+            if let Some(given) = self.client_properties.get(key)
+                && given.as_str() != Some(value.as_str())
+            {
+                return Err((
+                    line_of_key(text, key),
+                    format!("\"{key}\" is a reserved keyword in client_properties: remove it"),
+                ));
+            }
+        }
+        self.monitoring()
+            .map_err(|message| (line_of_key(text, "monitoring"), message))?;
+        Ok(self)
+    }
+
+    /// The `[monitoring]` section, if enabled.
+    pub fn monitoring(&self) -> Result<Option<Monitoring>, String> {
+        if self.monitoring.is_empty() {
+            return Ok(None);
+        }
+        Monitoring::deserialize(toml::Value::Table(self.monitoring.clone()))
+            .map(Some)
+            .map_err(|e| format!("[monitoring]: {}", e.message()))
+    }
+
+    /// The `[consumer_config]` table as JSON, as consumers receive it.
+    pub fn consumer_config_json(&self) -> serde_json::Value {
+        toml_to_json(&toml::Value::Table(self.consumer_config.clone()))
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // The defaults are exactly what an empty file gives.
+        match Config::parse("") {
+            Ok(config) => config,
+            Err((_, message)) => unreachable!("the built-in defaults are valid: {message}"),
+        }
+    }
+}
+
+/// TOML to JSON, with dates and times as their TOML text.
+pub fn toml_to_json(value: &toml::Value) -> serde_json::Value {
+    use serde_json::Value as Json;
+    match value {
+        toml::Value::String(s) => Json::String(s.clone()),
+        toml::Value::Integer(i) => Json::from(*i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map(Json::Number)
+            .unwrap_or(Json::Null),
+        toml::Value::Boolean(b) => Json::Bool(*b),
+        toml::Value::Datetime(d) => Json::String(d.to_string()),
+        toml::Value::Array(items) => Json::Array(items.iter().map(toml_to_json).collect()),
+        toml::Value::Table(table) => Json::Object(
+            table
+                .iter()
+                .map(|(k, v)| (k.clone(), toml_to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// One line from toml's multi-line error, with the line it points at.
+fn toml_error(text: &str, error: &toml::de::Error) -> (Option<usize>, String) {
+    let line = error.span().map(|span| line_number(text, span.start));
+    let mut message = error.message().trim().replace('\n', " ");
+    if let Some(line) = line
+        && let Some(source_line) = text.lines().nth(line - 1)
+    {
+        message = format!("{message} (at `{}`)", source_line.trim());
+    }
+    (line, message)
+}
+
+fn line_number(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The first line that sets `key` or opens a table named `key`.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    text.lines().position(|line| {
+        let line = line.trim_start();
+        let assigns = line
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='));
+        let opens = line
+            .strip_prefix('[')
+            .is_some_and(|rest| rest.trim_start().starts_with(key));
+        assigns || opens
+    })
+    .map(|index| index + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_fedora_messaging_defaults() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config.amqp_url, "amqp://?connection_attempts=3&retry_delay=5");
+        assert_eq!(config.publish_exchange, "amq.topic");
+        assert_eq!(config.qos, Qos { prefetch_size: 0, prefetch_count: 10 });
+        assert_eq!(config.queues[""], default_queue());
+        assert_eq!(config.bindings[0].routing_keys, ["#"]);
+        assert_eq!(config.bindings[0].exchange, "amq.topic");
+        assert!(config.exchanges.contains_key("amq.topic"));
+        assert!(!config.passive_declares);
+        assert_eq!(config.monitoring(), Ok(None));
+    }
+
+    #[test]
+    fn a_table_replaces_the_default_wholesale() {
+        let config = Config::parse(
+            "[queues.mine]\ndurable = true\nauto_delete = false\nexclusive = false\narguments = {}\n",
+        )
+        .unwrap();
+        assert_eq!(config.queues.keys().collect::<Vec<_>>(), ["mine"]);
+    }
+
+    #[test]
+    fn a_partial_qos_keeps_the_other_default() {
+        let config = Config::parse("[qos]\nprefetch_count = 25\n").unwrap();
+        assert_eq!(config.qos, Qos { prefetch_size: 0, prefetch_count: 25 });
+    }
+
+    #[test]
+    fn unknown_key_lists_the_valid_ones() {
+        let (line, message) = Config::parse("amqp_url = 'amqp://'\ncallbak = 'x'\n").unwrap_err();
+        assert_eq!(line, Some(2));
+        assert!(message.contains("unknown field `callbak`"), "{message}");
+        for key in KEYS {
+            assert!(message.contains(key), "{key} missing from: {message}");
+        }
+    }
+
+    #[test]
+    fn queue_shape_errors_name_the_line() {
+        let (line, message) =
+            Config::parse("\n[queues.q]\ndurable = true\nauto_delete = false\narguments = {}\n")
+                .unwrap_err();
+        assert_eq!(line, Some(2));
+        assert!(message.contains("exclusive"), "{message}");
+        assert!(message.contains("[queues.q]"), "{message}");
+    }
+
+    #[test]
+    fn binding_routing_keys_must_be_a_list() {
+        let (_, message) =
+            Config::parse("[[bindings]]\nexchange = 'amq.topic'\nrouting_keys = '#'\n").unwrap_err();
+        assert!(message.contains("sequence") || message.contains("array"), "{message}");
+    }
+
+    #[test]
+    fn upper_case_top_level_keys_are_accepted() {
+        let config = Config::parse("AMQP_URL = 'amqp://broker/'\n").unwrap();
+        assert_eq!(config.amqp_url, "amqp://broker/");
+    }
+
+    #[test]
+    fn reserved_client_properties_are_refused() {
+        let (line, message) =
+            Config::parse("[client_properties]\napp = 'mine'\nproduct = 'other'\n").unwrap_err();
+        assert_eq!(line, Some(3));
+        assert!(message.contains("\"product\" is a reserved keyword"), "{message}");
+    }
+
+    #[test]
+    fn monitoring_needs_a_port_when_enabled() {
+        let (_, message) = Config::parse("[monitoring]\naddress = '127.0.0.1'\n").unwrap_err();
+        assert!(message.contains("port"), "{message}");
+        let config = Config::parse("[monitoring]\nport = 8070\n").unwrap();
+        let monitoring = config.monitoring().unwrap().unwrap();
+        assert_eq!((monitoring.address.as_str(), monitoring.port), ("", 8070));
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let (line, _) = Config::parse("a = 1\nb = = 2\n").unwrap_err();
+        assert_eq!(line, Some(2));
+    }
+
+    #[test]
+    fn consumer_config_reaches_consumers_as_json() {
+        let config = Config::parse("[consumer_config]\npath = '/tmp/x'\nn = 3\nwhen = 1979-05-27\n").unwrap();
+        assert_eq!(
+            config.consumer_config_json(),
+            serde_json::json!({"path": "/tmp/x", "n": 3, "when": "1979-05-27"})
+        );
+    }
+}

@@ -1,0 +1,208 @@
+//! The host's logger, set up from fedora-messaging's `log_config`.
+//!
+//! `log_config` is a Python `logging.config.dictConfig` table. What maps
+//! onto env_logger is used: the level of `root` and of each entry of
+//! `loggers` (a Python logger name, `a.b`, is the Rust target `a::b`; the
+//! name `fedora_messaging` is this host), and whether the handlers write to
+//! `ext://sys.stdout` (the default) or `ext://sys.stderr`. Formatters,
+//! filters and other handler kinds have no equivalent and are ignored. The
+//! line format is fedora-messaging's default, `[logger LEVEL] message`.
+//! `RUST_LOG`, when set, replaces the levels from the file.
+
+use std::io::Write;
+
+/// The Python logger name that stands for this host's own log lines.
+const HOST_LOGGER: &str = "fedora_messaging";
+/// This crate's targets, shown and configured as `HOST_LOGGER`.
+const HOST_TARGET: &str = "fm_host";
+
+/// What the logger does, as read from `log_config`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// The level for everything not named below.
+    pub root: log::LevelFilter,
+    /// Per Rust target, most specific wins.
+    pub targets: Vec<(String, log::LevelFilter)>,
+    pub to_stderr: bool,
+}
+
+impl Default for LogSettings {
+    /// fedora-messaging's default: its own loggers at INFO, the rest at
+    /// WARNING, to standard output.
+    fn default() -> Self {
+        LogSettings {
+            root: log::LevelFilter::Warn,
+            targets: vec![(HOST_TARGET.to_owned(), log::LevelFilter::Info)],
+            to_stderr: false,
+        }
+    }
+}
+
+impl LogSettings {
+    /// Maps a `log_config` table; `None` gives the defaults.
+    pub fn from_log_config(log_config: Option<&toml::Table>) -> LogSettings {
+        let Some(table) = log_config else {
+            return LogSettings::default();
+        };
+        let level_of = |entry: &toml::Value| entry.get("level").and_then(python_level);
+        let mut settings = LogSettings {
+            root: table
+                .get("root")
+                .and_then(level_of)
+                .unwrap_or(log::LevelFilter::Warn),
+            targets: Vec::new(),
+            to_stderr: false,
+        };
+        if let Some(loggers) = table.get("loggers").and_then(toml::Value::as_table) {
+            for (name, entry) in loggers {
+                if let Some(level) = level_of(entry) {
+                    settings.targets.push((rust_target(name), level));
+                }
+            }
+        }
+        if let Some(handlers) = table.get("handlers").and_then(toml::Value::as_table) {
+            settings.to_stderr = handlers.values().any(|handler| {
+                handler.get("stream").and_then(toml::Value::as_str) == Some("ext://sys.stderr")
+            });
+        }
+        settings
+    }
+
+    /// Installs the logger for the whole process (plugins included, through
+    /// the bridge in [`crate::plugin`]).
+    pub fn install(&self) {
+        let mut builder = env_logger::Builder::new();
+        builder.filter_level(self.root);
+        for (target, level) in &self.targets {
+            builder.filter_module(target, *level);
+        }
+        if let Ok(spec) = std::env::var("RUST_LOG") {
+            builder.parse_filters(&spec);
+        }
+        builder.target(if self.to_stderr {
+            env_logger::Target::Stderr
+        } else {
+            env_logger::Target::Stdout
+        });
+        builder.format(|out, record| {
+            writeln!(
+                out,
+                "[{} {}] {}",
+                python_logger_name(record.target()),
+                python_level_name(record.level()),
+                record.args()
+            )
+        });
+        // A second install (tests calling into the library) keeps the first.
+        let _ = builder.try_init();
+    }
+}
+
+/// A Python level: a name or a number; `NOTSET` inherits, so it maps to
+/// nothing.
+fn python_level(value: &toml::Value) -> Option<log::LevelFilter> {
+    let number = match value {
+        toml::Value::Integer(n) => *n,
+        toml::Value::String(name) => match name.to_uppercase().as_str() {
+            "CRITICAL" | "FATAL" => 50,
+            "ERROR" => 40,
+            "WARNING" | "WARN" => 30,
+            "INFO" => 20,
+            "DEBUG" => 10,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(match number {
+        n if n > 30 => log::LevelFilter::Error,
+        n if n > 20 => log::LevelFilter::Warn,
+        n if n > 10 => log::LevelFilter::Info,
+        n if n > 5 => log::LevelFilter::Debug,
+        n if n > 0 => log::LevelFilter::Trace,
+        _ => return None,
+    })
+}
+
+fn rust_target(python_name: &str) -> String {
+    let rest = python_name.strip_prefix(HOST_LOGGER);
+    match rest {
+        Some(rest) if rest.is_empty() || rest.starts_with('.') => {
+            format!("{HOST_TARGET}{}", rest.replace('.', "::"))
+        }
+        _ => python_name.replace('.', "::"),
+    }
+}
+
+fn python_logger_name(target: &str) -> String {
+    let rest = target.strip_prefix(HOST_TARGET);
+    match rest {
+        Some(rest) if rest.is_empty() || rest.starts_with("::") => {
+            format!("{HOST_LOGGER}{}", rest.replace("::", "."))
+        }
+        _ => target.replace("::", "."),
+    }
+}
+
+fn python_level_name(level: log::Level) -> &'static str {
+    match level {
+        log::Level::Error => "ERROR",
+        log::Level::Warn => "WARNING",
+        log::Level::Info => "INFO",
+        log::Level::Debug => "DEBUG",
+        log::Level::Trace => "TRACE",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fedora_messaging_default_log_config_maps_to_the_defaults() {
+        let table: toml::Table = toml::from_str(
+            r#"
+            version = 1
+            disable_existing_loggers = false
+            [formatters.simple]
+            format = "[%(name)s %(levelname)s] %(message)s"
+            [handlers.console]
+            class = "logging.StreamHandler"
+            formatter = "simple"
+            stream = "ext://sys.stdout"
+            [loggers.fedora_messaging]
+            level = "INFO"
+            propagate = false
+            handlers = ["console"]
+            [root]
+            level = "WARNING"
+            handlers = ["console"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            LogSettings::from_log_config(Some(&table)),
+            LogSettings::default()
+        );
+    }
+
+    #[test]
+    fn logger_names_map_to_targets_and_back() {
+        assert_eq!(rust_target("fedora_messaging.plugin"), "fm_host::plugin");
+        assert_eq!(rust_target("saver"), "saver");
+        assert_eq!(rust_target("fedora_messaging_extra"), "fedora_messaging_extra");
+        assert_eq!(python_logger_name("fm_host::reconsume"), "fedora_messaging.reconsume");
+        assert_eq!(python_logger_name("my_plugin::db"), "my_plugin.db");
+    }
+
+    #[test]
+    fn levels_and_streams_are_read() {
+        let table: toml::Table = toml::from_str(
+            "[handlers.h]\nstream = 'ext://sys.stderr'\n[loggers.saver]\nlevel = 'DEBUG'\n[root]\nlevel = 40\n",
+        )
+        .unwrap();
+        let settings = LogSettings::from_log_config(Some(&table));
+        assert!(settings.to_stderr);
+        assert_eq!(settings.root, log::LevelFilter::Error);
+        assert_eq!(settings.targets, [("saver".to_owned(), log::LevelFilter::Debug)]);
+    }
+}

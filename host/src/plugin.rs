@@ -1,0 +1,611 @@
+//! Loading consumers from plugin libraries: `--callback=LIB:Symbol`.
+//!
+//! A library is checked before any of its code runs beyond abi_stable's
+//! loader (it is ours or root's, not writable by others, an ELF shared
+//! object), then abi_stable checks that it was built against a compatible
+//! `fm-plugin-api`. Everything that can go wrong is a [`LoadError`], whose
+//! message names the cause and the fix. The FFI types stay in here:
+//! the rest of the host sees [`Plugin`], [`LoadedConsumer`] and
+//! [`Outcome`].
+
+use std::fmt;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use abi_stable::library::{LibraryError, lib_header_from_path};
+use abi_stable::prefix_type::PrefixTypeTrait;
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::sabi_types::RRef;
+use abi_stable::std_types::{RErr, RResult, RSlice, RStr, RString};
+use fm_plugin_api::abi::{
+    self, ConsumerBox, HeadersSource, HeadersSource_TO, HostServices, HostServices_Ref,
+    InitArgs, PluginModule_Ref, RawMessage,
+};
+
+use crate::exit::{Exit, Fatal};
+use crate::outcome::Outcome;
+use crate::wire::{HeadersJson, MessageView};
+
+/// Directories searched for a plugin given by file name alone, after those
+/// in `FEDORA_MESSAGING_PLUGIN_PATH`.
+pub const SYSTEM_PLUGIN_DIRS: [&str; 2] = ["/usr/lib64/fedora-messaging", "/usr/lib/fedora-messaging"];
+
+/// The environment variable listing extra plugin directories.
+pub const PLUGIN_PATH_VAR: &str = "FEDORA_MESSAGING_PLUGIN_PATH";
+
+/// The interface revision plugins must be built against, e.g. "0.1".
+fn api_revision() -> String {
+    let version = env!("CARGO_PKG_VERSION");
+    let mut parts = version.split('.');
+    match (parts.next(), parts.next()) {
+        (Some("0"), Some(minor)) => format!("0.{minor}"),
+        (Some(major), _) => major.to_owned(),
+        _ => version.to_owned(),
+    }
+}
+
+/// Why a consumer could not be loaded. Each message says what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadError {
+    NoCallback,
+    BadSpec { spec: String },
+    PythonCallback { spec: String },
+    NotFound { path: PathBuf },
+    NotInSearchPath { name: String, searched: Vec<PathBuf>, in_working_dir: bool },
+    Unreadable { path: PathBuf, reason: String },
+    Insecure { path: PathBuf, problem: String, fix: String },
+    NotSharedObject { path: PathBuf },
+    OpenFailed { path: PathBuf, reason: String },
+    NotAPlugin { path: PathBuf },
+    IncompatibleVersion { path: PathBuf, plugin: String, host: String },
+    IncompatibleAbi { path: PathBuf, mismatch: String },
+    ModuleFailed { path: PathBuf, reason: String },
+    PanicAbort { path: PathBuf },
+    NoSuchConsumer { path: PathBuf, name: String, available: Vec<String> },
+    NewFailed { name: String, reason: String },
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rebuild = api_revision();
+        match self {
+            LoadError::NoCallback => write!(
+                f,
+                "no consumer given: pass --callback=path/to/libNAME.so:Consumer or set `callback` in the configuration file"
+            ),
+            LoadError::BadSpec { spec } => write!(
+                f,
+                "cannot parse the callback {spec:?}: give a library and a consumer name separated by ':', as in --callback=libsaver.so:SaveMessage"
+            ),
+            LoadError::PythonCallback { spec } => write!(
+                f,
+                "{spec:?} looks like a Python callback; this fedora-messaging runs consumers built as shared objects: build one with the fm-plugin-api crate (see the README) and pass --callback=path/to/libNAME.so:Consumer"
+            ),
+            LoadError::NotFound { path } => write!(
+                f,
+                "plugin {} does not exist: check the path (a relative path starts from the working directory)",
+                path.display()
+            ),
+            LoadError::NotInSearchPath {
+                name,
+                searched,
+                in_working_dir: true,
+            } => write!(
+                f,
+                "plugin {name} not found in {} (a bare file name is looked up there, not in the working directory): pass ./{name} to load the one in the working directory",
+                join_paths(searched)
+            ),
+            LoadError::NotInSearchPath { name, searched, .. } => write!(
+                f,
+                "plugin {name} not found in {}: give its path (with a '/') or add its directory to {PLUGIN_PATH_VAR}",
+                join_paths(searched)
+            ),
+            LoadError::Unreadable { path, reason } => {
+                write!(f, "cannot read plugin {}: {reason}", path.display())
+            }
+            LoadError::Insecure { path, problem, fix } => write!(
+                f,
+                "refusing to load plugin {}: {problem}, so another user could change the code this process runs; {fix}",
+                path.display()
+            ),
+            LoadError::NotSharedObject { path } => write!(
+                f,
+                "{} is not a shared object (no ELF header): pass the libNAME.so that cargo builds for a crate with crate-type = [\"cdylib\"]",
+                path.display()
+            ),
+            LoadError::OpenFailed { path, reason } => {
+                write!(f, "cannot load plugin {}: {reason}", path.display())
+            }
+            LoadError::NotAPlugin { path } => write!(
+                f,
+                "{} is a shared object but not a fedora-messaging consumer plugin: build it against fm-plugin-api and export its consumers with export_consumers!",
+                path.display()
+            ),
+            LoadError::IncompatibleVersion { path, plugin, host } => write!(
+                f,
+                "plugin {} was built against plugin-api {plugin}, this host uses {host}: rebuild the plugin against plugin-api {rebuild}",
+                path.display()
+            ),
+            LoadError::IncompatibleAbi { path, mismatch } => write!(
+                f,
+                "plugin {} was built against an incompatible plugin-api ({mismatch}): rebuild the plugin against plugin-api {rebuild}",
+                path.display()
+            ),
+            LoadError::ModuleFailed { path, reason } => {
+                write!(f, "plugin {} failed to initialise: {reason}", path.display())
+            }
+            LoadError::PanicAbort { path } => write!(
+                f,
+                "plugin {} was built with panic = \"abort\", so a panic in it would kill the host instead of failing one message: rebuild it with panic = \"unwind\" (remove panic = \"abort\" from its Cargo profile)",
+                path.display()
+            ),
+            LoadError::NoSuchConsumer {
+                path,
+                name,
+                available,
+            } => write!(
+                f,
+                "plugin {} exports no consumer named {name:?} (available: {})",
+                path.display(),
+                available.join(", ")
+            ),
+            LoadError::NewFailed { name, reason } => {
+                write!(f, "consumer {name} could not start: {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+impl From<LoadError> for Fatal {
+    fn from(error: LoadError) -> Fatal {
+        Fatal::new(Exit::Error, error.to_string())
+    }
+}
+
+fn join_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `LIB:Symbol`, split on the last `:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallbackSpec {
+    pub library: String,
+    pub consumer: String,
+}
+
+impl CallbackSpec {
+    pub fn parse(spec: &str) -> Result<CallbackSpec, LoadError> {
+        match spec.rsplit_once(':') {
+            Some((library, consumer)) if !library.is_empty() && !consumer.is_empty() => {
+                Ok(CallbackSpec {
+                    library: library.to_owned(),
+                    consumer: consumer.to_owned(),
+                })
+            }
+            _ => Err(LoadError::BadSpec {
+                spec: spec.to_owned(),
+            }),
+        }
+    }
+
+    /// The library file: a path with a '/' as given, a bare file name from
+    /// the plugin search path.
+    pub fn resolve_library(&self) -> Result<PathBuf, LoadError> {
+        let looks_like_python = self.library.ends_with(".py")
+            || (!self.library.contains('/')
+                && !self.library.contains(".so")
+                && self
+                    .library
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || c == '_' || c == '.'));
+        let python = || LoadError::PythonCallback {
+            spec: format!("{}:{}", self.library, self.consumer),
+        };
+        if self.library.ends_with(".py") {
+            return Err(python());
+        }
+        if self.library.contains('/') {
+            let path = PathBuf::from(&self.library);
+            return if path.exists() {
+                Ok(path)
+            } else {
+                Err(LoadError::NotFound { path })
+            };
+        }
+        let searched = search_dirs();
+        if let Some(found) = searched
+            .iter()
+            .map(|dir| dir.join(&self.library))
+            .find(|candidate| candidate.exists())
+        {
+            return Ok(found);
+        }
+        let in_working_dir = Path::new(&self.library).is_file();
+        if looks_like_python && !in_working_dir {
+            return Err(python());
+        }
+        Err(LoadError::NotInSearchPath {
+            name: self.library.clone(),
+            searched,
+            in_working_dir,
+        })
+    }
+}
+
+/// `FEDORA_MESSAGING_PLUGIN_PATH`'s directories, then the system ones.
+pub fn search_dirs() -> Vec<PathBuf> {
+    let from_env = std::env::var_os(PLUGIN_PATH_VAR).unwrap_or_default();
+    std::env::split_paths(&from_env)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .chain(SYSTEM_PLUGIN_DIRS.iter().map(PathBuf::from))
+        .collect()
+}
+
+/// Loads `spec`'s library and builds its consumer from `config`, the
+/// `consumer_config` table.
+pub fn load_consumer(spec: &str, config: &serde_json::Value) -> Result<LoadedConsumer, LoadError> {
+    let spec = CallbackSpec::parse(spec)?;
+    let plugin = Plugin::load(&spec.resolve_library()?)?;
+    plugin.build(&spec.consumer, config)
+}
+
+/// A loaded plugin library. Libraries are never unloaded.
+pub struct Plugin {
+    path: PathBuf,
+    module: PluginModule_Ref,
+}
+
+impl Plugin {
+    /// Checks and loads the library at `path`.
+    pub fn load(path: &Path) -> Result<Plugin, LoadError> {
+        check_ownership(path)?;
+        check_elf(path)?;
+        let module = lib_header_from_path(path)
+            .and_then(|header| header.init_root_module::<PluginModule_Ref>())
+            .map_err(|error| library_error(path, error))?;
+        if !module.panic_unwinds() {
+            return Err(LoadError::PanicAbort {
+                path: path.to_owned(),
+            });
+        }
+        module.init()(host_services());
+        Ok(Plugin {
+            path: path.to_owned(),
+            module,
+        })
+    }
+
+    /// The names of the consumers the library exports.
+    pub fn consumer_names(&self) -> Vec<String> {
+        self.module()
+            .iter()
+            .map(|entry| entry.name.as_str().to_owned())
+            .collect()
+    }
+
+    fn module(&self) -> abi_stable::std_types::RVec<abi::ConsumerEntry> {
+        self.module.consumers()()
+    }
+
+    /// Builds the consumer `name` with its `consumer_config`.
+    pub fn build(&self, name: &str, config: &serde_json::Value) -> Result<LoadedConsumer, LoadError> {
+        let entries = self.module();
+        let Some(entry) = entries.iter().find(|entry| entry.name.as_str() == name) else {
+            return Err(LoadError::NoSuchConsumer {
+                path: self.path.clone(),
+                name: name.to_owned(),
+                available: self.consumer_names(),
+            });
+        };
+        let config_json = config.to_string();
+        let args = InitArgs {
+            name: RStr::from_str(name),
+            config_json: RStr::from_str(&config_json),
+        };
+        match (entry.new)(&args) {
+            RResult::ROk(object) => Ok(LoadedConsumer {
+                object,
+                name: name.to_owned(),
+            }),
+            RErr(reason) => Err(LoadError::NewFailed {
+                name: name.to_owned(),
+                reason: reason.into_string(),
+            }),
+        }
+    }
+}
+
+/// One consumer instance. Calls are made one at a time (`&mut self`).
+pub struct LoadedConsumer {
+    object: ConsumerBox,
+    name: String,
+}
+
+impl LoadedConsumer {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Lends `message` to the consumer and returns its answer.
+    pub fn consume(&mut self, message: &MessageView<'_>) -> Outcome {
+        let headers = HeadersAdapter(message.headers);
+        let raw = RawMessage {
+            id: RStr::from_str(message.id),
+            topic: RStr::from_str(message.topic),
+            queue: RStr::from_str(message.queue),
+            body: RSlice::from_slice(message.body),
+            severity: message.severity,
+            priority: message.priority,
+            sent_at: message.sent_at.map(RStr::from_str).into(),
+            schema: message.schema.map(RStr::from_str).into(),
+            headers: HeadersSource_TO::from_ptr(RRef::new(&headers), TD_Opaque),
+        };
+        let answer = self.object.consume(&raw);
+        match answer.as_enum() {
+            Ok(abi::Outcome::Ack) => Outcome::Ack,
+            Ok(abi::Outcome::Nack) => Outcome::Nack,
+            Ok(abi::Outcome::Drop) => Outcome::Drop,
+            Ok(abi::Outcome::Halt { exit_code, requeue }) => Outcome::Halt {
+                exit_code: *exit_code,
+                requeue: *requeue,
+            },
+            Ok(abi::Outcome::Failed { reason }) => Outcome::Failed {
+                reason: reason.to_string(),
+            },
+            Ok(_) | Err(_) => Outcome::Failed {
+                reason: "the consumer answered with an outcome this host does not know (is the plugin built against a newer plugin-api?)".to_owned(),
+            },
+        }
+    }
+
+    /// Tells the consumer the host is stopping gracefully.
+    pub fn stop(&mut self) {
+        self.object.stop();
+    }
+}
+
+struct HeadersAdapter<'a>(&'a dyn HeadersJson);
+
+impl HeadersSource for HeadersAdapter<'_> {
+    fn to_json(&self) -> RString {
+        self.0.headers_json().into()
+    }
+}
+
+/// The services handed to every plugin, built once.
+fn host_services() -> HostServices_Ref {
+    static SERVICES: OnceLock<HostServices_Ref> = OnceLock::new();
+    *SERVICES.get_or_init(|| {
+        HostServices {
+            max_log_level: log::max_level() as u8,
+            log: log_from_plugin,
+            publish: publish_from_plugin,
+        }
+        .leak_into_prefix()
+    })
+}
+
+extern "C" fn log_from_plugin(level: u8, target: RStr<'_>, message: RStr<'_>) {
+    let level = log::Level::iter()
+        .find(|l| *l as u8 == level)
+        .unwrap_or(log::Level::Error);
+    // A panic must not unwind into the plugin; losing one line is better.
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        log::logger().log(
+            &log::Record::builder()
+                .level(level)
+                .target(target.as_str())
+                .args(format_args!("{}", message.as_str()))
+                .build(),
+        );
+    }));
+}
+
+extern "C" fn publish_from_plugin(_message: RStr<'_>) -> RResult<(), RString> {
+    RErr(RString::from(
+        "publishing from a consumer is not available in this host version",
+    ))
+}
+
+/// Refuses files (and their directory) that someone other than root or
+/// us could have written, as sshd does with keys. Group-writable is fine:
+/// Fedora's default umask makes build output group-writable. A
+/// world-writable directory with the sticky bit (like /tmp) is fine too:
+/// others cannot replace a file they do not own there.
+fn check_ownership(path: &Path) -> Result<(), LoadError> {
+    let real = std::fs::canonicalize(path).map_err(|error| LoadError::Unreadable {
+        path: path.to_owned(),
+        reason: error.to_string(),
+    })?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    let file = std::fs::metadata(&real).map_err(|error| LoadError::Unreadable {
+        path: path.to_owned(),
+        reason: error.to_string(),
+    })?;
+    let insecure = |problem: String, fix: String| LoadError::Insecure {
+        path: path.to_owned(),
+        problem,
+        fix,
+    };
+    if file.mode() & 0o002 != 0 {
+        return Err(insecure(
+            format!("it is writable by every user (mode {:04o})", file.mode() & 0o7777),
+            format!("run chmod o-w {}", real.display()),
+        ));
+    }
+    if file.uid() != 0 && file.uid() != euid {
+        return Err(insecure(
+            format!("it is owned by uid {}, neither root nor the user running fedora-messaging (uid {euid})", file.uid()),
+            format!("chown it to root or to uid {euid}, or copy it somewhere you own"),
+        ));
+    }
+    if let Some(dir) = real.parent() {
+        let meta = std::fs::metadata(dir).map_err(|error| LoadError::Unreadable {
+            path: path.to_owned(),
+            reason: error.to_string(),
+        })?;
+        let sticky = meta.mode() & 0o1000 != 0;
+        if meta.mode() & 0o002 != 0 && !sticky {
+            return Err(insecure(
+                format!("its directory {} is writable by every user", dir.display()),
+                format!("run chmod o-w {}", dir.display()),
+            ));
+        }
+        if meta.uid() != 0 && meta.uid() != euid {
+            return Err(insecure(
+                format!("its directory {} is owned by uid {}, neither root nor the user running fedora-messaging (uid {euid})", dir.display(), meta.uid()),
+                "move the plugin to a directory owned by root or by you".to_owned(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_elf(path: &Path) -> Result<(), LoadError> {
+    let mut magic = [0u8; 4];
+    let read = std::fs::File::open(path).and_then(|mut file| file.read_exact(&mut magic));
+    match read {
+        Ok(()) if magic == *b"\x7fELF" => Ok(()),
+        Ok(()) => Err(LoadError::NotSharedObject {
+            path: path.to_owned(),
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(LoadError::NotSharedObject {
+                path: path.to_owned(),
+            })
+        }
+        Err(error) => Err(LoadError::Unreadable {
+            path: path.to_owned(),
+            reason: error.to_string(),
+        }),
+    }
+}
+
+/// Turns abi_stable's (sometimes thousands of lines long) errors into one
+/// line; the full text goes to the debug log.
+fn library_error(path: &Path, error: LibraryError) -> LoadError {
+    log::debug!("loading {} failed: {error}", path.display());
+    let path = path.to_owned();
+    match error {
+        LibraryError::OpenError { err, .. } => LoadError::OpenFailed {
+            path,
+            reason: err.to_string(),
+        },
+        LibraryError::GetSymbolError { .. } => LoadError::NotAPlugin { path },
+        LibraryError::IncompatibleVersionNumber {
+            expected_version,
+            actual_version,
+            ..
+        } => LoadError::IncompatibleVersion {
+            path,
+            plugin: actual_version.to_string(),
+            host: expected_version.to_string(),
+        },
+        LibraryError::AbiInstability(details) => LoadError::IncompatibleAbi {
+            path,
+            mismatch: summarize_abi_mismatch(&details.to_string()),
+        },
+        LibraryError::InvalidAbiHeader(_) | LibraryError::InvalidCAbi { .. } => {
+            LoadError::IncompatibleAbi {
+                path,
+                mismatch: "built with a different major version of abi_stable".to_owned(),
+            }
+        }
+        LibraryError::RootModule { err, .. } => LoadError::ModuleFailed {
+            path,
+            reason: err.to_string().trim().replace('\n', " "),
+        },
+        other => LoadError::ModuleFailed {
+            path,
+            reason: other.to_string().trim().replace('\n', " "),
+        },
+    }
+}
+
+/// The essential line of abi_stable's layout report: its last
+/// `Error:… Expected:… Found:…` block, as "mismatched type: expected u8,
+/// found u32".
+fn summarize_abi_mismatch(report: &str) -> String {
+    let lines: Vec<&str> = report.lines().map(str::trim).collect();
+    let Some(error_at) = lines.iter().rposition(|line| line.starts_with("Error:")) else {
+        return "layouts differ".to_owned();
+    };
+    let what = lines[error_at].trim_start_matches("Error:").trim();
+    let value_after = |label: &str| {
+        lines[error_at..]
+            .iter()
+            .position(|line| line.starts_with(label))
+            .and_then(|at| {
+                let inline = lines[error_at + at].trim_start_matches(label).trim();
+                if inline.is_empty() {
+                    lines.get(error_at + at + 1).map(|next| next.to_string())
+                } else {
+                    Some(inline.to_owned())
+                }
+            })
+    };
+    match (value_after("Expected:"), value_after("Found:")) {
+        (Some(expected), Some(found)) => format!("{what}: expected {expected}, found {found}"),
+        _ => what.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_splits_on_the_last_colon() {
+        assert_eq!(
+            CallbackSpec::parse("/opt/a:b/libx.so:Saver").unwrap(),
+            CallbackSpec {
+                library: "/opt/a:b/libx.so".into(),
+                consumer: "Saver".into()
+            }
+        );
+        assert!(matches!(
+            CallbackSpec::parse("libx.so"),
+            Err(LoadError::BadSpec { .. })
+        ));
+        assert!(matches!(
+            CallbackSpec::parse("libx.so:"),
+            Err(LoadError::BadSpec { .. })
+        ));
+    }
+
+    #[test]
+    fn python_paths_get_their_own_error() {
+        for spec in ["fedora_messaging.example:printer", "consumer.py:Saver", "./x/consumer.py:Saver"] {
+            let error = CallbackSpec::parse(spec).unwrap().resolve_library().unwrap_err();
+            assert!(matches!(error, LoadError::PythonCallback { .. }), "{spec}: {error}");
+        }
+    }
+
+    #[test]
+    fn abi_reports_shrink_to_their_last_error() {
+        let report = "Compared <this>:\n --- Type Layout ---\n  lots\nError:mismatched type\nExpected:\n    u8\nFound:\n    u32\n";
+        assert_eq!(
+            summarize_abi_mismatch(report),
+            "mismatched type: expected u8, found u32"
+        );
+        assert_eq!(
+            summarize_abi_mismatch("Error:too many fields Expected: 3 Found: 2"),
+            "too many fields Expected: 3 Found: 2"
+        );
+    }
+
+    #[test]
+    fn revision_is_major_dot_minor_for_zero_versions() {
+        assert_eq!(api_revision(), "0.1");
+    }
+}

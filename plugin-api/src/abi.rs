@@ -1,0 +1,171 @@
+//! The types that cross between the host and a plugin library.
+//!
+//! Plugin authors never touch these: `export_consumers!` builds the plugin's
+//! side and the host wraps its side in safe types. They are public only
+//! because both sides are compiled from this crate.
+//!
+//! Everything here is an abi_stable type, so the host checks, when it loads a
+//! library, that both sides agree on every layout reachable from
+//! [`PluginModule`] (the one exception, [`HostServices`], is explained on its
+//! definition). The compatibility rules that follow from this are in the
+//! crate's documentation.
+
+use abi_stable::{
+    StableAbi, declare_root_module_statics,
+    library::RootModule,
+    package_version_strings,
+    sabi_trait,
+    sabi_types::VersionStrings,
+    std_types::{RBox, RNone, ROption, RResult, RSlice, RStr, RString, RVec},
+};
+
+/// The name the host reports in version errors.
+pub const PLUGIN_KIND: &str = "fedora-messaging consumer plugin";
+
+/// The root module: the one thing a plugin library exports.
+///
+/// Never add a field within a minor version of this crate: the host checks
+/// that the library has at least the fields it knows, so a new field would
+/// make every plugin built before it unloadable.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginModule_Ref)))]
+#[sabi(missing_field(panic))]
+pub struct PluginModule {
+    /// Whether the plugin was compiled with `panic = "unwind"`: only then
+    /// can its own code catch a panic before it reaches the boundary.
+    pub panic_unwinds: bool,
+
+    /// Called once after loading, before any consumer is built.
+    ///
+    /// Opaque to the layout check on purpose: the host adds services over
+    /// time, and a plugin built before them must still load (see
+    /// [`HostServices`]). The signature itself never changes.
+    #[sabi(unsafe_opaque_field)]
+    pub init: extern "C" fn(services: HostServices_Ref),
+
+    /// The consumers this library exports, by name.
+    #[sabi(last_prefix_field)]
+    pub consumers: extern "C" fn() -> RVec<ConsumerEntry>,
+}
+
+impl RootModule for PluginModule_Ref {
+    declare_root_module_statics! {PluginModule_Ref}
+    const BASE_NAME: &'static str = "fm_plugin";
+    const NAME: &'static str = PLUGIN_KIND;
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+/// What the host offers plugins, handed over once by [`PluginModule::init`].
+///
+/// A prefix type that only ever grows at the end: a plugin built against an
+/// older revision reads the fields it knows and never the newer ones; a
+/// plugin built against a newer revision finds the fields an older host
+/// lacks absent (`None`) and reports that the service is not available.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = HostServices_Ref)))]
+#[sabi(missing_field(option))]
+pub struct HostServices {
+    /// The most verbose level the host's logger lets through, as
+    /// `log::LevelFilter as u8` (0 = off, 5 = trace).
+    pub max_log_level: u8,
+
+    /// Logs one record through the host's logger. `level` is
+    /// `log::Level as u8` (1 = error, 5 = trace).
+    #[sabi(last_prefix_field)]
+    pub log: extern "C" fn(level: u8, target: RStr<'_>, message: RStr<'_>),
+
+    /// Publishes one message given as a JSON object in fedora-messaging's
+    /// record format. Reserved: hosts of this revision answer that
+    /// publishing is not available.
+    pub publish: extern "C" fn(message: RStr<'_>) -> RResult<(), RString>,
+}
+
+/// One named consumer in a plugin library.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct ConsumerEntry {
+    /// The name users put after the `:` in `--callback`.
+    pub name: RStr<'static>,
+    /// Builds one instance; an error carries the reason.
+    pub new: extern "C" fn(init: &InitArgs<'_>) -> RResult<ConsumerBox, RString>,
+}
+
+/// What a consumer is built from.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct InitArgs<'a> {
+    /// The name the consumer was selected by.
+    pub name: RStr<'a>,
+    /// The `consumer_config` table of the configuration, as a JSON object.
+    pub config_json: RStr<'a>,
+}
+
+/// A consumer instance as the host sees it.
+#[sabi_trait]
+pub trait ConsumerObject: Send {
+    /// Handles one message. Never unwinds: the plugin side catches panics.
+    fn consume(&mut self, message: &RawMessage<'_>) -> Outcome_NE;
+
+    /// Called once when the host stops consuming gracefully.
+    #[sabi(last_prefix_field)]
+    fn stop(&mut self);
+}
+
+/// An owned consumer instance, as returned by [`ConsumerEntry::new`].
+pub type ConsumerBox = ConsumerObject_TO<'static, RBox<()>>;
+
+/// One message, lent to the plugin for the duration of one call.
+///
+/// The body is the delivery's own bytes; the host has checked that it is a
+/// JSON object and that the headers have the types fedora-messaging
+/// requires, so the plugin side can decode without reporting errors.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct RawMessage<'a> {
+    pub id: RStr<'a>,
+    pub topic: RStr<'a>,
+    /// The queue the message came from; empty when unknown.
+    pub queue: RStr<'a>,
+    /// UTF-8 JSON text of an object.
+    pub body: RSlice<'a, u8>,
+    /// 10, 20, 30 or 40.
+    pub severity: u8,
+    #[cfg(not(feature = "test-changed-abi"))]
+    pub priority: u8,
+    #[cfg(feature = "test-changed-abi")]
+    pub priority: u32,
+    pub sent_at: ROption<RStr<'a>>,
+    pub schema: ROption<RStr<'a>>,
+    /// The headers, converted to JSON only if the plugin asks for them.
+    pub headers: HeadersSource_TO<'a, abi_stable::sabi_types::RRef<'a, ()>>,
+}
+
+/// The host's headers, converted on demand.
+#[sabi_trait]
+pub trait HeadersSource {
+    /// The headers as a JSON object.
+    #[sabi(last_prefix_field)]
+    fn to_json(&self) -> RString;
+}
+
+/// What a consumer made of one message.
+///
+/// Non-exhaustive across the boundary: a host that meets a variant it does
+/// not know (from a plugin built against a newer revision) treats it as a
+/// failure instead of misreading it.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+#[sabi(kind(WithNonExhaustive(size = [usize; 6], traits(Debug, Clone, PartialEq))))]
+#[non_exhaustive]
+pub enum Outcome {
+    Ack,
+    Nack,
+    Drop,
+    Halt { exit_code: i32, requeue: bool },
+    Failed { reason: RString },
+}
+
+/// An empty optional string, for building [`RawMessage`]s.
+pub const NO_STR: ROption<RStr<'static>> = RNone;

@@ -1,0 +1,179 @@
+//! The plugin's side of the boundary, used by `export_consumers!`.
+//!
+//! Everything generic here is monomorphised inside the plugin, so panics are
+//! caught by the plugin's own unwinder before they can reach the host.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::OnceLock;
+
+use abi_stable::prefix_type::PrefixTypeTrait;
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RErr, ROk, RResult, RStr, RString, RVec};
+
+use crate::abi::{
+    ConsumerBox, ConsumerEntry, ConsumerObject, ConsumerObject_TO, HostServices_Ref, InitArgs,
+    Outcome, Outcome_NE, PluginModule, PluginModule_Ref, RawMessage,
+};
+use crate::{Consumer, ConsumerError, Init, Message};
+
+/// Builds the root module; `panic_unwinds` is evaluated in the plugin crate.
+pub fn plugin_module(
+    panic_unwinds: bool,
+    consumers: extern "C" fn() -> RVec<ConsumerEntry>,
+) -> PluginModule_Ref {
+    PluginModule {
+        panic_unwinds,
+        init,
+        consumers,
+    }
+    .leak_into_prefix()
+}
+
+/// The table entry for one consumer type.
+pub fn entry<C: Consumer>(name: &'static str) -> ConsumerEntry {
+    ConsumerEntry {
+        name: RStr::from_str(name),
+        new: new_consumer::<C>,
+    }
+}
+
+static HOST: OnceLock<HostServices_Ref> = OnceLock::new();
+
+extern "C" fn init(services: HostServices_Ref) {
+    // Loading one library twice (two of its consumers) initialises it twice;
+    // the first set of services stays, they are the same host's.
+    if HOST.set(services).is_err() {
+        return;
+    }
+    if log::set_logger(&HostLogger).is_ok() {
+        log::set_max_level(level_filter(services.max_log_level()));
+    }
+    install_panic_hook();
+}
+
+/// Publishes through the host, when the host offers it.
+pub(crate) fn publish(message_json: &str) -> Result<(), String> {
+    let unavailable = || "publishing from a consumer is not available in this host version";
+    let publish = HOST
+        .get()
+        .and_then(|host| host.publish())
+        .ok_or_else(|| unavailable().to_owned())?;
+    publish(RStr::from_str(message_json))
+        .into_result()
+        .map_err(RString::into_string)
+}
+
+extern "C" fn new_consumer<C: Consumer>(args: &InitArgs<'_>) -> RResult<ConsumerBox, RString> {
+    let init = Init {
+        name: args.name.as_str(),
+        config_json: args.config_json.as_str(),
+    };
+    match catch_unwind(|| C::new(&init)) {
+        Ok(Ok(consumer)) => ROk(ConsumerObject_TO::from_value(
+            Guarded(consumer),
+            TD_Opaque,
+        )),
+        Ok(Err(error)) => RErr(RString::from(new_error_reason(error))),
+        Err(payload) => RErr(RString::from(panic_reason(payload))),
+    }
+}
+
+fn new_error_reason(error: ConsumerError) -> String {
+    match error {
+        ConsumerError::Failed { reason } => reason,
+        other => format!("`new` returned {other}, which only `consume` can return"),
+    }
+}
+
+/// A consumer whose panics become failures.
+struct Guarded<C>(C);
+
+impl<C: Consumer> ConsumerObject for Guarded<C> {
+    fn consume(&mut self, raw: &RawMessage<'_>) -> Outcome_NE {
+        let message = Message::from_raw(raw);
+        let outcome = match catch_unwind(AssertUnwindSafe(|| self.0.consume(&message))) {
+            Ok(Ok(())) => Outcome::Ack,
+            Ok(Err(ConsumerError::Nack)) => Outcome::Nack,
+            Ok(Err(ConsumerError::Drop)) => Outcome::Drop,
+            Ok(Err(ConsumerError::Halt { exit_code, requeue })) => {
+                Outcome::Halt { exit_code, requeue }
+            }
+            Ok(Err(ConsumerError::Failed { reason })) => Outcome::Failed {
+                reason: reason.into(),
+            },
+            Err(payload) => Outcome::Failed {
+                reason: panic_reason(payload).into(),
+            },
+        };
+        Outcome_NE::new(outcome)
+    }
+
+    fn stop(&mut self) {
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| self.0.stop())) {
+            log::error!("consumer panicked while stopping: {}", panic_reason(payload));
+        }
+    }
+}
+
+thread_local! {
+    /// Where the last panic on this thread happened, recorded by our hook.
+    static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Replaces the default hook (which prints to stderr) of this plugin's own
+/// copy of std: the panic is reported once, as the message's failure.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+        PANIC_LOCATION.with(|cell| *cell.borrow_mut() = location);
+    }));
+}
+
+fn panic_reason(payload: Box<dyn Any + Send>) -> String {
+    let message = if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    };
+    match PANIC_LOCATION.with(|cell| cell.borrow_mut().take()) {
+        Some(location) => format!("panicked at {location}: {message}"),
+        None => format!("panicked: {message}"),
+    }
+}
+
+/// Forwards this plugin's `log` records to the host's logger.
+struct HostLogger;
+
+impl log::Log for HostLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        if let Some(host) = HOST.get() {
+            let message = record.args().to_string();
+            host.log()(
+                record.level() as u8,
+                RStr::from_str(record.target()),
+                RStr::from_str(&message),
+            );
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn level_filter(value: u8) -> log::LevelFilter {
+    log::LevelFilter::iter()
+        .find(|level| *level as u8 == value)
+        .unwrap_or(log::LevelFilter::Info)
+}

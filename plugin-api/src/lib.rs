@@ -1,0 +1,199 @@
+//! Write a fedora-messaging consumer in Rust and ship it as a shared object.
+//!
+//! The `fedora-messaging` host owns everything around a message: the broker
+//! connection, queues and bindings, acknowledgements, logging, signals and
+//! reconnection. A plugin supplies only what happens when a message arrives:
+//! a type implementing [`Consumer`], exported by name with
+//! [`export_consumers!`] from a crate built as a `cdylib`.
+//!
+//! ```
+//! use fm_plugin_api::{export_consumers, Consumer, ConsumerError, Init, Message};
+//!
+//! pub struct CountMessages {
+//!     seen: u64,
+//!     stop_after: u64,
+//! }
+//!
+//! impl Consumer for CountMessages {
+//!     // Called once, like a Python class callback's `__init__`.
+//!     fn new(init: &Init) -> Result<Self, ConsumerError> {
+//!         #[derive(serde::Deserialize)]
+//!         struct Conf { stop_after: u64 }
+//!         let conf: Conf = init.config()?; // the [consumer_config] table
+//!         Ok(CountMessages { seen: 0, stop_after: conf.stop_after })
+//!     }
+//!
+//!     // Called for every message, one at a time.
+//!     fn consume(&mut self, message: &Message) -> Result<(), ConsumerError> {
+//!         self.seen += 1;
+//!         log::info!("{} on {}", message.id(), message.topic());
+//!         if self.seen == self.stop_after {
+//!             return Err(ConsumerError::halt(0)); // ack this one, then stop
+//!         }
+//!         Ok(()) // ack
+//!     }
+//! }
+//!
+//! export_consumers!(CountMessages);
+//! ```
+//!
+//! The plugin's `Cargo.toml` needs `crate-type = ["cdylib", "rlib"]` (the
+//! `rlib` lets its unit tests call the consumer directly, with
+//! [`Message::new`]) and must keep the default `panic = "unwind"`: the host
+//! refuses a plugin built with `panic = "abort"`, whose panics it could not
+//! turn into failures. It runs as
+//! `fedora-messaging consume --callback=path/to/libname.so:CountMessages`.
+//!
+//! # What happens to a message
+//!
+//! [`Consumer::consume`]'s result decides, as in fedora-messaging: `Ok(())`
+//! acknowledges; the variants of [`ConsumerError`] nack, drop, halt or fail
+//! (see its table). A panic is a failure carrying the panic message; it
+//! never brings the host down. `log` macros go to the host's log.
+//!
+//! # Compatibility between plugins and hosts
+//!
+//! The host checks, when it loads a plugin, that both were built against
+//! compatible revisions of this crate, and refuses the plugin with a message
+//! naming the revision to rebuild against if not. The rules:
+//!
+//! - Same `0.MINOR` (e.g. a plugin built with 0.1.0 and a host with 0.1.4):
+//!   the plugin loads. Patch releases never change a type that crosses the
+//!   boundary; they may only append services the host offers plugins (such as
+//!   publishing), which older plugins never read and which newer plugins find
+//!   missing in older hosts ([`publish`] then answers that it is unavailable).
+//! - A different `0.MINOR` (or, after 1.0, `MAJOR`): rebuild the plugin.
+//!   Minor releases are where the consumer interface, the message layout or
+//!   the plugin's exported table change.
+//! - Any Rust compiler version on either side: the boundary uses only
+//!   abi_stable's stable layouts, never Rust's own ABI.
+//!
+//! From the second interface revision on, the host's tests load a plugin
+//! built against the previous one.
+
+#![allow(non_local_definitions, non_camel_case_types)]
+
+pub mod abi;
+mod error;
+mod guest;
+mod message;
+
+pub use error::ConsumerError;
+pub use message::{Message, Severity};
+
+/// A message consumer: what a fedora-messaging callback class is in Python.
+///
+/// The host builds one instance with [`new`](Consumer::new) before
+/// consuming starts, then calls [`consume`](Consumer::consume) for each
+/// message, one at a time, on a thread of its own (a consumer may block).
+pub trait Consumer: Send + Sized + 'static {
+    /// Builds the consumer from its configuration. An error stops the host
+    /// before it consumes anything (exit 1), showing the error's reason.
+    fn new(init: &Init<'_>) -> Result<Self, ConsumerError>;
+
+    /// Handles one message: `Ok(())` acknowledges it; see [`ConsumerError`]
+    /// for everything else.
+    fn consume(&mut self, message: &Message<'_>) -> Result<(), ConsumerError>;
+
+    /// Called once when the host stops gracefully (a halt, SIGTERM, the end
+    /// of a replay), after the last message. Not called after a failure.
+    fn stop(&mut self) {}
+}
+
+/// What a consumer is built from: its configuration, and the name the user
+/// selected it by.
+pub struct Init<'a> {
+    name: &'a str,
+    config_json: &'a str,
+}
+
+impl<'a> Init<'a> {
+    /// An `Init` carrying this `consumer_config`, for a consumer's own tests.
+    pub fn for_tests(name: &'a str, config_json: &'a str) -> Init<'a> {
+        Init { name, config_json }
+    }
+
+    /// The `[consumer_config]` table of the configuration file, deserialized
+    /// into `T`. The error names what did not match.
+    pub fn config<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConsumerError> {
+        serde_json::from_str(self.config_json)
+            .map_err(|error| ConsumerError::failed(format!("invalid consumer_config: {error}")))
+    }
+
+    /// The `[consumer_config]` table as a JSON object.
+    pub fn config_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.config_json).unwrap_or_default()
+    }
+
+    /// The name after the `:` of `--callback`.
+    pub fn consumer_name(&self) -> &str {
+        self.name
+    }
+}
+
+/// Publishes a message through the host's connection.
+///
+/// Reserved: this host revision does not offer publishing yet, so this
+/// returns a failure saying so.
+pub fn publish(topic: &str, body: &serde_json::Value) -> Result<(), ConsumerError> {
+    let message = serde_json::json!({ "topic": topic, "body": body });
+    guest::publish(&message.to_string()).map_err(ConsumerError::failed)
+}
+
+/// Exports consumer types from a plugin library, by their type names.
+///
+/// Use it once per library, listing every consumer the library offers:
+/// `export_consumers!(SaveMessage);` or `export_consumers!(A, B, C);`.
+#[macro_export]
+macro_rules! export_consumers {
+    ($($consumer:ident),+ $(,)?) => {
+        // The symbol abi_stable's loader looks for (its "root module
+        // loader"); spelled out here so plugins need no abi_stable
+        // dependency of their own.
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals)]
+        #[unsafe(no_mangle)]
+        pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::__private::LibHeader = {
+            extern "C" fn consumers() -> $crate::__private::RVec<$crate::__private::ConsumerEntry> {
+                $crate::__private::RVec::from(::std::vec![
+                    $($crate::__private::entry::<$consumer>(::std::stringify!($consumer))),+
+                ])
+            }
+            fn root_module() -> $crate::__private::PluginModule_Ref {
+                // Evaluated in the plugin crate: its own panic strategy.
+                $crate::__private::plugin_module(::std::cfg!(panic = "unwind"), consumers)
+            }
+            extern "C" fn load_root_module() -> $crate::__private::RootModuleResult {
+                $crate::__private::__call_root_module_loader(root_module)
+            }
+            // SAFETY: `load_root_module` returns the `PluginModule_Ref` named here.
+            unsafe {
+                $crate::__private::LibHeader::from_constructor::<$crate::__private::PluginModule_Ref>(
+                    load_root_module,
+                    $crate::__private::CheckTypeLayout::Yes,
+                )
+            }
+        };
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::abi::{ConsumerEntry, PluginModule_Ref};
+    pub use crate::guest::{entry, plugin_module};
+    pub use abi_stable::library::{
+        CheckTypeLayout, LibHeader, RootModuleResult, __call_root_module_loader,
+    };
+    pub use abi_stable::std_types::RVec;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn export_macro_uses_the_symbol_abi_stable_loads() {
+        assert_eq!(
+            abi_stable::library::ROOT_MODULE_LOADER_NAME,
+            "_1as_0lib_1header_0root_bmodule_bloader"
+        );
+    }
+}

@@ -1,0 +1,39 @@
+//! Prints each message to standard output, as fedora-messaging's example
+//! `printer` callback does.
+//!
+//! `fedora-messaging consume --callback=libprinter.so:Printer`
+
+use std::io::Write;
+
+use fm_plugin_api::{Consumer, ConsumerError, Init, Message, export_consumers};
+
+pub struct Printer;
+
+impl Consumer for Printer {
+    fn new(_init: &Init) -> Result<Self, ConsumerError> {
+        Ok(Printer)
+    }
+
+    fn consume(&mut self, message: &Message) -> Result<(), ConsumerError> {
+        // One write (and one flush) per message keeps lines whole when the
+        // output is a pipe shared with the host's log.
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{message}")?;
+        stdout.flush()?;
+        Ok(())
+    }
+}
+
+export_consumers!(Printer);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prints_and_acks() {
+        let mut printer = Printer::new(&Init::for_tests("Printer", "{}")).unwrap();
+        let message = Message::new("t", &serde_json::json!({"hello": "world"}));
+        assert_eq!(printer.consume(&message), Ok(()));
+    }
+}

@@ -1,0 +1,122 @@
+//! Consumers for the host's end-to-end tests; not examples.
+//!
+//! - `Scripted` does what each message's body says: `{"do": "ack" | "nack"
+//!   | "drop" | "halt" | "halt_requeue" | "fail" | "error" | "panic",
+//!   "code": N, "reason": "…"}`, and logs a running count (its state).
+//! - `Inspect` prints everything `Message` offers, as one JSON line.
+//! - `PanicInNew` and `FailInNew` never start.
+
+use fm_plugin_api::{Consumer, ConsumerError, Init, Message, export_consumers};
+use serde_json::{Value, json};
+
+pub struct Scripted {
+    seen: u64,
+}
+
+impl Consumer for Scripted {
+    fn new(init: &Init) -> Result<Self, ConsumerError> {
+        log::info!("{} built with {}", init.consumer_name(), init.config_value());
+        Ok(Scripted { seen: 0 })
+    }
+
+    fn consume(&mut self, message: &Message) -> Result<(), ConsumerError> {
+        self.seen += 1;
+        let body = message.body();
+        let action = body["do"].as_str().unwrap_or("ack");
+        let code = body["code"].as_i64().unwrap_or(0) as i32;
+        let reason = body["reason"].as_str().unwrap_or("scripted failure");
+        log::info!("message #{} ({}): {action}", self.seen, message.id());
+        match action {
+            "ack" => Ok(()),
+            "nack" => Err(ConsumerError::Nack),
+            "drop" => Err(ConsumerError::Drop),
+            "halt" => Err(ConsumerError::halt(code)),
+            "halt_requeue" => Err(ConsumerError::halt_and_requeue(code)),
+            "fail" => Err(ConsumerError::failed(reason)),
+            "error" => {
+                let inner = std::io::Error::other(reason.to_owned());
+                Err(std::io::Error::new(std::io::ErrorKind::NotFound, Wrapped(inner)))?
+            }
+            "panic" => panic!("{reason}"),
+            other => Err(ConsumerError::failed(format!("unknown action {other:?}"))),
+        }
+    }
+
+    fn stop(&mut self) {
+        log::info!("stopping after {} messages", self.seen);
+    }
+}
+
+/// An error with a source, to check that `?` keeps the chain.
+#[derive(Debug)]
+struct Wrapped(std::io::Error);
+
+impl std::fmt::Display for Wrapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("wrapped")
+    }
+}
+
+impl std::error::Error for Wrapped {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+pub struct Inspect;
+
+impl Consumer for Inspect {
+    fn new(_init: &Init) -> Result<Self, ConsumerError> {
+        Ok(Inspect)
+    }
+
+    fn consume(&mut self, message: &Message) -> Result<(), ConsumerError> {
+        let seen = json!({
+            "id": message.id(),
+            "topic": message.topic(),
+            "queue": message.queue(),
+            "severity": message.severity().level(),
+            "priority": message.priority(),
+            "sent_at": message.sent_at(),
+            "schema": message.schema(),
+            "headers": message.headers(),
+            "body": message.body(),
+            "raw_body": String::from_utf8_lossy(message.raw_body()),
+            "usernames": message.usernames(),
+            "groups": message.groups(),
+            "packages": message.packages(),
+            "containers": message.containers(),
+            "modules": message.modules(),
+            "flatpaks": message.flatpaks(),
+            "publish": fm_plugin_api::publish("t", &Value::Null).err().map(|e| e.to_string()),
+        });
+        println!("INSPECT {seen}");
+        Ok(())
+    }
+}
+
+pub struct PanicInNew;
+
+impl Consumer for PanicInNew {
+    fn new(_init: &Init) -> Result<Self, ConsumerError> {
+        panic!("cannot start: no database")
+    }
+
+    fn consume(&mut self, _message: &Message) -> Result<(), ConsumerError> {
+        Ok(())
+    }
+}
+
+pub struct FailInNew;
+
+impl Consumer for FailInNew {
+    fn new(_init: &Init) -> Result<Self, ConsumerError> {
+        Err(ConsumerError::failed("the database is read-only"))
+    }
+
+    fn consume(&mut self, _message: &Message) -> Result<(), ConsumerError> {
+        Ok(())
+    }
+}
+
+export_consumers!(Scripted, Inspect, PanicInNew, FailInNew);
