@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, Source};
+use crate::config::{self, Config, Source};
 use crate::exit::{Exit, Fatal};
 use crate::logging::LogSettings;
 use crate::plugin::LoadError;
@@ -18,7 +18,12 @@ use crate::reconsume;
 )]
 pub struct Cli {
     /// Configuration file to use instead of /etc/fedora-messaging/config.toml
-    #[arg(long, env = "FEDORA_MESSAGING_CONF", global = true, value_name = "PATH")]
+    #[arg(
+        long,
+        env = "FEDORA_MESSAGING_CONF",
+        global = true,
+        value_name = "PATH"
+    )]
     conf: Option<PathBuf>,
 
     #[command(subcommand)]
@@ -105,10 +110,20 @@ fn execute(cli: &Cli) -> Result<Exit, Fatal> {
         Some(path) => Source::Given(path.clone()),
         None => Source::Default,
     };
-    // The default file may be absent; say so once the logger is up.
     let config =
         Config::load(&source).map_err(|error| Fatal::new(Exit::Usage, error.to_string()))?;
     LogSettings::from_log_config(config.log_config.as_ref()).install();
+    for warning in config.ignored_keys() {
+        log::warn!("{warning}");
+    }
+    // Debug, not info: fedora-messaging logs this before its logging is
+    // set up, so its users never see it by default either.
+    if source == Source::Default && !std::path::Path::new(config::DEFAULT_PATH).exists() {
+        log::debug!(
+            "The configuration file, {}, does not exist.",
+            config::DEFAULT_PATH
+        );
+    }
     match &cli.command {
         Command::Reconsume(args) => {
             let callback = args.callback.resolve(&config)?;
@@ -119,10 +134,7 @@ fn execute(cli: &Cli) -> Result<Exit, Fatal> {
                     message_id,
                 },
                 (None, None) => {
-                    return Err(Fatal::new(
-                        Exit::Usage,
-                        "give a MESSAGE_ID or --file FILE",
-                    ));
+                    return Err(Fatal::new(Exit::Usage, "give a MESSAGE_ID or --file FILE"));
                 }
             };
             reconsume::run(&config, &callback, input)

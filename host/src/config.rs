@@ -75,6 +75,27 @@ pub struct Config {
     monitoring: toml::Table,
 }
 
+impl Config {
+    /// Keys that fedora-messaging ignores and so does this host, one
+    /// sentence each, for the log.
+    pub fn ignored_keys(&self) -> Vec<String> {
+        let monitoring = self.monitoring().ok().flatten().map(|m| m.ignored);
+        [
+            ("qos", Some(&self.qos.ignored)),
+            ("tls", Some(&self.tls.ignored)),
+            ("monitoring", monitoring.as_ref()),
+        ]
+        .into_iter()
+        .flat_map(|(table, ignored)| {
+            ignored
+                .into_iter()
+                .flat_map(|keys| keys.keys())
+                .map(move |key| format!("ignoring unknown key `{key}` in [{table}]"))
+        })
+        .collect()
+    }
+}
+
 /// A `[queues.<name>]` table; all four keys are required, as in
 /// fedora-messaging. The name `""` asks the broker to name the queue.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -98,13 +119,17 @@ pub struct Binding {
     pub arguments: toml::Table,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Keys fedora-messaging would ignore in a table; reported as warnings.
+type Ignored = BTreeMap<String, toml::Value>;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Qos {
     #[serde(default)]
     pub prefetch_size: u32,
     #[serde(default = "defaults::prefetch_count")]
     pub prefetch_count: u16,
+    #[serde(flatten)]
+    ignored: Ignored,
 }
 
 impl Default for Qos {
@@ -112,12 +137,12 @@ impl Default for Qos {
         Qos {
             prefetch_size: 0,
             prefetch_count: defaults::prefetch_count(),
+            ignored: Ignored::new(),
         }
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct Tls {
     #[serde(default)]
     pub ca_cert: Option<PathBuf>,
@@ -125,15 +150,18 @@ pub struct Tls {
     pub certfile: Option<PathBuf>,
     #[serde(default)]
     pub keyfile: Option<PathBuf>,
+    #[serde(flatten)]
+    ignored: Ignored,
 }
 
 /// Where the health endpoints listen.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Monitoring {
     #[serde(default)]
     pub address: String,
     pub port: u16,
+    #[serde(flatten)]
+    ignored: Ignored,
 }
 
 mod defaults {
@@ -247,7 +275,6 @@ impl Config {
                 if path.exists() {
                     Config::read(path)
                 } else {
-                    log::info!("The configuration file, {DEFAULT_PATH}, does not exist.");
                     Ok(Config::default())
                 }
             }
@@ -368,17 +395,18 @@ fn line_number(text: &str, offset: usize) -> usize {
 
 /// The first line that sets `key` or opens a table named `key`.
 fn line_of_key(text: &str, key: &str) -> Option<usize> {
-    text.lines().position(|line| {
-        let line = line.trim_start();
-        let assigns = line
-            .strip_prefix(key)
-            .is_some_and(|rest| rest.trim_start().starts_with('='));
-        let opens = line
-            .strip_prefix('[')
-            .is_some_and(|rest| rest.trim_start().starts_with(key));
-        assigns || opens
-    })
-    .map(|index| index + 1)
+    text.lines()
+        .position(|line| {
+            let line = line.trim_start();
+            let assigns = line
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='));
+            let opens = line
+                .strip_prefix('[')
+                .is_some_and(|rest| rest.trim_start().starts_with(key));
+            assigns || opens
+        })
+        .map(|index| index + 1)
 }
 
 #[cfg(test)]
@@ -388,9 +416,15 @@ mod tests {
     #[test]
     fn empty_file_gives_fedora_messaging_defaults() {
         let config = Config::parse("").unwrap();
-        assert_eq!(config.amqp_url, "amqp://?connection_attempts=3&retry_delay=5");
+        assert_eq!(
+            config.amqp_url,
+            "amqp://?connection_attempts=3&retry_delay=5"
+        );
         assert_eq!(config.publish_exchange, "amq.topic");
-        assert_eq!(config.qos, Qos { prefetch_size: 0, prefetch_count: 10 });
+        assert_eq!(
+            (config.qos.prefetch_size, config.qos.prefetch_count),
+            (0, 10)
+        );
         assert_eq!(config.queues[""], default_queue());
         assert_eq!(config.bindings[0].routing_keys, ["#"]);
         assert_eq!(config.bindings[0].exchange, "amq.topic");
@@ -411,7 +445,23 @@ mod tests {
     #[test]
     fn a_partial_qos_keeps_the_other_default() {
         let config = Config::parse("[qos]\nprefetch_count = 25\n").unwrap();
-        assert_eq!(config.qos, Qos { prefetch_size: 0, prefetch_count: 25 });
+        assert_eq!(
+            (config.qos.prefetch_size, config.qos.prefetch_count),
+            (0, 25)
+        );
+    }
+
+    #[test]
+    fn keys_fedora_messaging_ignores_load_with_a_warning() {
+        let config = Config::parse("[qos]\nprefetch_cuont = 25\n[tls]\nverify = false\n").unwrap();
+        assert_eq!(config.qos.prefetch_count, 10);
+        assert_eq!(
+            config.ignored_keys(),
+            [
+                "ignoring unknown key `prefetch_cuont` in [qos]",
+                "ignoring unknown key `verify` in [tls]"
+            ]
+        );
     }
 
     #[test]
@@ -437,8 +487,12 @@ mod tests {
     #[test]
     fn binding_routing_keys_must_be_a_list() {
         let (_, message) =
-            Config::parse("[[bindings]]\nexchange = 'amq.topic'\nrouting_keys = '#'\n").unwrap_err();
-        assert!(message.contains("sequence") || message.contains("array"), "{message}");
+            Config::parse("[[bindings]]\nexchange = 'amq.topic'\nrouting_keys = '#'\n")
+                .unwrap_err();
+        assert!(
+            message.contains("sequence") || message.contains("array"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -452,7 +506,10 @@ mod tests {
         let (line, message) =
             Config::parse("[client_properties]\napp = 'mine'\nproduct = 'other'\n").unwrap_err();
         assert_eq!(line, Some(3));
-        assert!(message.contains("\"product\" is a reserved keyword"), "{message}");
+        assert!(
+            message.contains("\"product\" is a reserved keyword"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -472,7 +529,9 @@ mod tests {
 
     #[test]
     fn consumer_config_reaches_consumers_as_json() {
-        let config = Config::parse("[consumer_config]\npath = '/tmp/x'\nn = 3\nwhen = 1979-05-27\n").unwrap();
+        let config =
+            Config::parse("[consumer_config]\npath = '/tmp/x'\nn = 3\nwhen = 1979-05-27\n")
+                .unwrap();
         assert_eq!(
             config.consumer_config_json(),
             serde_json::json!({"path": "/tmp/x", "n": 3, "when": "1979-05-27"})

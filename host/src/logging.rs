@@ -189,8 +189,14 @@ mod tests {
     fn logger_names_map_to_targets_and_back() {
         assert_eq!(rust_target("fedora_messaging.plugin"), "fm_host::plugin");
         assert_eq!(rust_target("saver"), "saver");
-        assert_eq!(rust_target("fedora_messaging_extra"), "fedora_messaging_extra");
-        assert_eq!(python_logger_name("fm_host::reconsume"), "fedora_messaging.reconsume");
+        assert_eq!(
+            rust_target("fedora_messaging_extra"),
+            "fedora_messaging_extra"
+        );
+        assert_eq!(
+            python_logger_name("fm_host::reconsume"),
+            "fedora_messaging.reconsume"
+        );
         assert_eq!(python_logger_name("my_plugin::db"), "my_plugin.db");
     }
 
@@ -203,6 +209,9 @@ mod tests {
         let settings = LogSettings::from_log_config(Some(&table));
         assert!(settings.to_stderr);
         assert_eq!(settings.root, log::LevelFilter::Error);
-        assert_eq!(settings.targets, [("saver".to_owned(), log::LevelFilter::Debug)]);
+        assert_eq!(
+            settings.targets,
+            [("saver".to_owned(), log::LevelFilter::Debug)]
+        );
     }
 }

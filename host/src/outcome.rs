@@ -90,20 +90,24 @@ mod tests {
     #[test]
     fn the_table() {
         use Outcome::*;
-        let failed = Failed {
-            reason: "x".into(),
-        };
+        let failed = Failed { reason: "x".into() };
         let rows = [
             (Ack, Settle::Ack, Next::Continue),
             (Nack, Settle::Requeue, Next::Continue),
             (Drop, Settle::Reject, Next::Continue),
             (
-                Halt { exit_code: 3, requeue: false },
+                Halt {
+                    exit_code: 3,
+                    requeue: false,
+                },
                 Settle::Ack,
                 Next::Stop(Exit::Halt(3)),
             ),
             (
-                Halt { exit_code: 4, requeue: true },
+                Halt {
+                    exit_code: 4,
+                    requeue: true,
+                },
                 Settle::Requeue,
                 Next::Stop(Exit::Halt(4)),
             ),

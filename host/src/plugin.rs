@@ -21,8 +21,8 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::sabi_types::RRef;
 use abi_stable::std_types::{RErr, RResult, RSlice, RStr, RString};
 use fm_plugin_api::abi::{
-    self, ConsumerBox, HeadersSource, HeadersSource_TO, HostServices, HostServices_Ref,
-    InitArgs, PluginModule_Ref, RawMessage,
+    self, ConsumerBox, HeadersSource, HeadersSource_TO, HostServices, HostServices_Ref, InitArgs,
+    PluginModule_Ref, RawMessage,
 };
 
 use crate::exit::{Exit, Fatal};
@@ -31,7 +31,8 @@ use crate::wire::{HeadersJson, MessageView};
 
 /// Directories searched for a plugin given by file name alone, after those
 /// in `FEDORA_MESSAGING_PLUGIN_PATH`.
-pub const SYSTEM_PLUGIN_DIRS: [&str; 2] = ["/usr/lib64/fedora-messaging", "/usr/lib/fedora-messaging"];
+pub const SYSTEM_PLUGIN_DIRS: [&str; 2] =
+    ["/usr/lib64/fedora-messaging", "/usr/lib/fedora-messaging"];
 
 /// The environment variable listing extra plugin directories.
 pub const PLUGIN_PATH_VAR: &str = "FEDORA_MESSAGING_PLUGIN_PATH";
@@ -51,21 +52,64 @@ fn api_revision() -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoadError {
     NoCallback,
-    BadSpec { spec: String },
-    PythonCallback { spec: String },
-    NotFound { path: PathBuf },
-    NotInSearchPath { name: String, searched: Vec<PathBuf>, in_working_dir: bool },
-    Unreadable { path: PathBuf, reason: String },
-    Insecure { path: PathBuf, problem: String, fix: String },
-    NotSharedObject { path: PathBuf },
-    OpenFailed { path: PathBuf, reason: String },
-    NotAPlugin { path: PathBuf },
-    IncompatibleVersion { path: PathBuf, plugin: String, host: String },
-    IncompatibleAbi { path: PathBuf, mismatch: String },
-    ModuleFailed { path: PathBuf, reason: String },
-    PanicAbort { path: PathBuf },
-    NoSuchConsumer { path: PathBuf, name: String, available: Vec<String> },
-    NewFailed { name: String, reason: String },
+    BadSpec {
+        spec: String,
+    },
+    PythonCallback {
+        spec: String,
+    },
+    NotFound {
+        path: PathBuf,
+    },
+    NotInSearchPath {
+        name: String,
+        searched: Vec<PathBuf>,
+        in_working_dir: bool,
+    },
+    Unreadable {
+        path: PathBuf,
+        reason: String,
+    },
+    Insecure {
+        path: PathBuf,
+        problem: String,
+        fix: String,
+    },
+    NotSharedObject {
+        path: PathBuf,
+    },
+    OpenFailed {
+        path: PathBuf,
+        reason: String,
+    },
+    NotAPlugin {
+        path: PathBuf,
+    },
+    IncompatibleVersion {
+        path: PathBuf,
+        plugin: String,
+        host: String,
+    },
+    IncompatibleAbi {
+        path: PathBuf,
+        mismatch: String,
+    },
+    ModuleFailed {
+        path: PathBuf,
+        reason: String,
+    },
+    PanicAbort {
+        path: PathBuf,
+    },
+    NoSuchConsumer {
+        path: PathBuf,
+        name: String,
+        available: Vec<String>,
+    },
+    NewFailed {
+        name: String,
+        reason: String,
+    },
 }
 
 impl fmt::Display for LoadError {
@@ -135,7 +179,11 @@ impl fmt::Display for LoadError {
                 path.display()
             ),
             LoadError::ModuleFailed { path, reason } => {
-                write!(f, "plugin {} failed to initialise: {reason}", path.display())
+                write!(
+                    f,
+                    "plugin {} failed to initialise: {reason}",
+                    path.display()
+                )
             }
             LoadError::PanicAbort { path } => write!(
                 f,
@@ -297,7 +345,11 @@ impl Plugin {
     }
 
     /// Builds the consumer `name` with its `consumer_config`.
-    pub fn build(&self, name: &str, config: &serde_json::Value) -> Result<LoadedConsumer, LoadError> {
+    pub fn build(
+        &self,
+        name: &str,
+        config: &serde_json::Value,
+    ) -> Result<LoadedConsumer, LoadError> {
         let entries = self.module();
         let Some(entry) = entries.iter().find(|entry| entry.name.as_str() == name) else {
             return Err(LoadError::NoSuchConsumer {
@@ -439,13 +491,19 @@ fn check_ownership(path: &Path) -> Result<(), LoadError> {
     };
     if file.mode() & 0o002 != 0 {
         return Err(insecure(
-            format!("it is writable by every user (mode {:04o})", file.mode() & 0o7777),
+            format!(
+                "it is writable by every user (mode {:04o})",
+                file.mode() & 0o7777
+            ),
             format!("run chmod o-w {}", real.display()),
         ));
     }
     if file.uid() != 0 && file.uid() != euid {
         return Err(insecure(
-            format!("it is owned by uid {}, neither root nor the user running fedora-messaging (uid {euid})", file.uid()),
+            format!(
+                "it is owned by uid {}, neither root nor the user running fedora-messaging (uid {euid})",
+                file.uid()
+            ),
             format!("chown it to root or to uid {euid}, or copy it somewhere you own"),
         ));
     }
@@ -463,7 +521,11 @@ fn check_ownership(path: &Path) -> Result<(), LoadError> {
         }
         if meta.uid() != 0 && meta.uid() != euid {
             return Err(insecure(
-                format!("its directory {} is owned by uid {}, neither root nor the user running fedora-messaging (uid {euid})", dir.display(), meta.uid()),
+                format!(
+                    "its directory {} is owned by uid {}, neither root nor the user running fedora-messaging (uid {euid})",
+                    dir.display(),
+                    meta.uid()
+                ),
                 "move the plugin to a directory owned by root or by you".to_owned(),
             ));
         }
@@ -585,9 +647,19 @@ mod tests {
 
     #[test]
     fn python_paths_get_their_own_error() {
-        for spec in ["fedora_messaging.example:printer", "consumer.py:Saver", "./x/consumer.py:Saver"] {
-            let error = CallbackSpec::parse(spec).unwrap().resolve_library().unwrap_err();
-            assert!(matches!(error, LoadError::PythonCallback { .. }), "{spec}: {error}");
+        for spec in [
+            "fedora_messaging.example:printer",
+            "consumer.py:Saver",
+            "./x/consumer.py:Saver",
+        ] {
+            let error = CallbackSpec::parse(spec)
+                .unwrap()
+                .resolve_library()
+                .unwrap_err();
+            assert!(
+                matches!(error, LoadError::PythonCallback { .. }),
+                "{spec}: {error}"
+            );
         }
     }
 

@@ -71,7 +71,9 @@ impl RecordMessage {
             None => return Err("\"topic\" is required".to_owned()),
         };
         let body = match record.remove("body") {
-            Some(body @ Value::Object(_)) => serde_json::to_vec(&body).map_err(|e| e.to_string())?,
+            Some(body @ Value::Object(_)) => {
+                serde_json::to_vec(&body).map_err(|e| e.to_string())?
+            }
             Some(_) => return Err("\"body\" must be a JSON object".to_owned()),
             None => return Err("\"body\" is required".to_owned()),
         };
@@ -130,7 +132,11 @@ impl RecordMessage {
 /// fedora-messaging's header schema: the keys it defines must have their
 /// types when present. Returns the severity.
 fn check_headers(headers: &Map<String, Value>) -> Result<u8, String> {
-    for key in ["fedora_messaging_schema", "fedora_messaging_schema_package", "sent-at"] {
+    for key in [
+        "fedora_messaging_schema",
+        "fedora_messaging_schema_package",
+        "sent-at",
+    ] {
         if let Some(value) = headers.get(key)
             && !value.is_string()
         {
@@ -144,7 +150,9 @@ fn check_headers(headers: &Map<String, Value>) -> Result<u8, String> {
             .filter(|level| [10.0, 20.0, 30.0, 40.0].contains(level))
             .map(|level| level as u8)
             .ok_or_else(|| {
-                format!("header \"fedora_messaging_severity\" must be 10, 20, 30 or 40, not {value}")
+                format!(
+                    "header \"fedora_messaging_severity\" must be 10, 20, 30 or 40, not {value}"
+                )
             }),
     }
 }
@@ -182,7 +190,10 @@ mod tests {
             ("[]", "must be a JSON object"),
             (r#"{"body": {}}"#, "\"topic\" is required"),
             (r#"{"topic": "t"}"#, "\"body\" is required"),
-            (r#"{"topic": "t", "body": []}"#, "\"body\" must be a JSON object"),
+            (
+                r#"{"topic": "t", "body": []}"#,
+                "\"body\" must be a JSON object",
+            ),
             (r#"{"topic": 1, "body": {}}"#, "\"topic\" must be a string"),
             (
                 r#"{"topic": "t", "body": {}, "headers": {"fedora_messaging_severity": 25}}"#,
@@ -192,7 +203,10 @@ mod tests {
                 r#"{"topic": "t", "body": {}, "headers": {"sent-at": 5}}"#,
                 "\"sent-at\" must be a string",
             ),
-            (r#"{"topic": "t", "body": {}, "priority": "high"}"#, "priority"),
+            (
+                r#"{"topic": "t", "body": {}, "priority": "high"}"#,
+                "priority",
+            ),
             (r#"{"topic": "t", "body": {}, "queue": 3}"#, "\"queue\""),
             ("{", "not JSON"),
         ];

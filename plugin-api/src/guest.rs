@@ -71,10 +71,7 @@ extern "C" fn new_consumer<C: Consumer>(args: &InitArgs<'_>) -> RResult<Consumer
         config_json: args.config_json.as_str(),
     };
     match catch_unwind(|| C::new(&init)) {
-        Ok(Ok(consumer)) => ROk(ConsumerObject_TO::from_value(
-            Guarded(consumer),
-            TD_Opaque,
-        )),
+        Ok(Ok(consumer)) => ROk(ConsumerObject_TO::from_value(Guarded(consumer), TD_Opaque)),
         Ok(Err(error)) => RErr(RString::from(new_error_reason(error))),
         Err(payload) => RErr(RString::from(panic_reason(payload))),
     }
@@ -112,7 +109,10 @@ impl<C: Consumer> ConsumerObject for Guarded<C> {
 
     fn stop(&mut self) {
         if let Err(payload) = catch_unwind(AssertUnwindSafe(|| self.0.stop())) {
-            log::error!("consumer panicked while stopping: {}", panic_reason(payload));
+            log::error!(
+                "consumer panicked while stopping: {}",
+                panic_reason(payload)
+            );
         }
     }
 }

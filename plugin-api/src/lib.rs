@@ -73,6 +73,7 @@
 
 #![allow(non_local_definitions, non_camel_case_types)]
 
+#[doc(hidden)]
 pub mod abi;
 mod error;
 mod guest;
@@ -182,7 +183,7 @@ pub mod __private {
     pub use crate::abi::{ConsumerEntry, PluginModule_Ref};
     pub use crate::guest::{entry, plugin_module};
     pub use abi_stable::library::{
-        CheckTypeLayout, LibHeader, RootModuleResult, __call_root_module_loader,
+        __call_root_module_loader, CheckTypeLayout, LibHeader, RootModuleResult,
     };
     pub use abi_stable::std_types::RVec;
 }

@@ -303,7 +303,10 @@ impl fmt::Debug for Message<'_> {
 /// `json.dumps(value, sort_keys=True, indent=4, separators=(',', ': '))`,
 /// which escapes every non-ASCII character.
 fn python_pretty_json(value: &Value) -> String {
-    let text = to_json_text(value, serde_json::ser::PrettyFormatter::with_indent(b"    "));
+    let text = to_json_text(
+        value,
+        serde_json::ser::PrettyFormatter::with_indent(b"    "),
+    );
     // Outside strings JSON is ASCII, so escaping every non-ASCII char is
     // exactly Python's ensure_ascii.
     let mut escaped = String::with_capacity(text.len());
@@ -341,7 +344,11 @@ impl serde_json::ser::Formatter for PythonSeparators {
         writer: &mut W,
         first: bool,
     ) -> std::io::Result<()> {
-        if first { Ok(()) } else { writer.write_all(b", ") }
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
     }
 
     fn begin_object_key<W: ?Sized + std::io::Write>(
@@ -349,7 +356,11 @@ impl serde_json::ser::Formatter for PythonSeparators {
         writer: &mut W,
         first: bool,
     ) -> std::io::Result<()> {
-        if first { Ok(()) } else { writer.write_all(b", ") }
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
     }
 
     fn begin_object_value<W: ?Sized + std::io::Write>(
@@ -376,7 +387,9 @@ mod tests {
     fn display_matches_fedora_messaging() {
         let message = Message::new("org.fedoraproject.test", &json!({"b": [1, {}], "a": "é"}))
             .with_id("abc")
-            .with_headers(headers(json!({"sent-at": "2019-07-30T19:12:22+00:00", "fedora_messaging_severity": 20})));
+            .with_headers(headers(
+                json!({"sent-at": "2019-07-30T19:12:22+00:00", "fedora_messaging_severity": 20}),
+            ));
         assert_eq!(
             message.to_string(),
             "Id: abc\nTopic: org.fedoraproject.test\nHeaders: {\n    \"fedora_messaging_severity\": 20,\n    \"sent-at\": \"2019-07-30T19:12:22+00:00\"\n}\nBody: {\n    \"a\": \"\\u00e9\",\n    \"b\": [\n        1,\n        {}\n    ]\n}"

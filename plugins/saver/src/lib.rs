@@ -72,7 +72,12 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let ids: Vec<String> = text
             .lines()
-            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["id"].as_str().unwrap().to_owned())
+            .map(|line| {
+                serde_json::from_str::<serde_json::Value>(line).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
             .collect();
         assert_eq!(ids, ["a", "b"]);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -80,7 +85,12 @@ mod tests {
 
     #[test]
     fn a_missing_path_is_a_clear_error() {
-        let error = SaveMessage::new(&Init::for_tests("SaveMessage", "{}")).err().unwrap();
-        assert!(error.to_string().contains("missing field `path`"), "{error}");
+        let error = SaveMessage::new(&Init::for_tests("SaveMessage", "{}"))
+            .err()
+            .unwrap();
+        assert!(
+            error.to_string().contains("missing field `path`"),
+            "{error}"
+        );
     }
 }

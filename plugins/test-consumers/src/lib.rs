@@ -15,7 +15,11 @@ pub struct Scripted {
 
 impl Consumer for Scripted {
     fn new(init: &Init) -> Result<Self, ConsumerError> {
-        log::info!("{} built with {}", init.consumer_name(), init.config_value());
+        log::info!(
+            "{} built with {}",
+            init.consumer_name(),
+            init.config_value()
+        );
         Ok(Scripted { seen: 0 })
     }
 
@@ -35,7 +39,10 @@ impl Consumer for Scripted {
             "fail" => Err(ConsumerError::failed(reason)),
             "error" => {
                 let inner = std::io::Error::other(reason.to_owned());
-                Err(std::io::Error::new(std::io::ErrorKind::NotFound, Wrapped(inner)))?
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    Wrapped(inner),
+                ))?
             }
             "panic" => panic!("{reason}"),
             other => Err(ConsumerError::failed(format!("unknown action {other:?}"))),

@@ -1,0 +1,229 @@
+//! The end-to-end tests' harness: builds what the tests run (the host, the
+//! workspace's plugins, the out-of-tree fixtures) once per test binary, and
+//! runs the real `fedora-messaging` binary with a deadline.
+//!
+//! Each test reads as a scenario: write a config and a record file, run the
+//! binary, look at its exit code, output and files.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How long one run of the binary may take before the test fails.
+pub const RUN_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The repository's root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.current_dir(workspace_root());
+    command
+}
+
+fn run_cargo(args: &[&str]) {
+    let status = cargo()
+        .args(args)
+        .status()
+        .unwrap_or_else(|error| panic!("cannot run cargo {args:?}: {error}"));
+    assert!(status.success(), "cargo {args:?} failed: {status}");
+}
+
+/// Builds the host and the workspace's plugins (debug), once.
+fn built_workspace() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            run_cargo(&["build", "--workspace", "--lib", "--bins"]);
+            target_dir().join("debug")
+        })
+        .clone()
+}
+
+/// The `fedora-messaging` binary.
+pub fn host_binary() -> PathBuf {
+    built_workspace().join("fedora-messaging")
+}
+
+/// A plugin of the workspace, by crate name: `plugin("test_consumers")`.
+pub fn plugin(lib_name: &str) -> PathBuf {
+    built_workspace().join(format!("lib{lib_name}.so"))
+}
+
+/// Plugins built outside the workspace, each as its author would.
+#[derive(Debug, Clone, Copy)]
+pub enum OutOfTree {
+    /// `examples/third-party-consumer`, exporting `TopicCounter`.
+    ThirdParty,
+    /// Built against a plugin-api whose message layout differs.
+    ChangedAbi,
+    /// Built with `panic = "abort"`.
+    PanicAbort,
+}
+
+/// Builds the out-of-tree plugins (once) and returns one's path.
+pub fn out_of_tree_plugin(which: OutOfTree) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let target = target_dir().join("out-of-tree");
+        let target = target.to_str().expect("a UTF-8 target path");
+        run_cargo(&[
+            "build",
+            "--manifest-path",
+            "examples/third-party-consumer/Cargo.toml",
+            "--target-dir",
+            target,
+        ]);
+        run_cargo(&[
+            "build",
+            "--manifest-path",
+            "tests/fixtures/Cargo.toml",
+            "-p",
+            "changed-abi-plugin",
+            "--target-dir",
+            target,
+        ]);
+        // Only the plugin's own crate is built with abort, as a plugin
+        // author's `panic = "abort"` profile would build its cdylib.
+        run_cargo(&[
+            "rustc",
+            "--manifest-path",
+            "tests/fixtures/Cargo.toml",
+            "-p",
+            "panic-abort-plugin",
+            "--lib",
+            "--target-dir",
+            target,
+            "--",
+            "-C",
+            "panic=abort",
+        ]);
+        PathBuf::from(target).join("debug")
+    });
+    dir.join(match which {
+        OutOfTree::ThirdParty => "libtopic_counter.so",
+        OutOfTree::ChangedAbi => "libchanged_abi_plugin.so",
+        OutOfTree::PanicAbort => "libpanic_abort_plugin.so",
+    })
+}
+
+/// What one run of the binary did.
+#[derive(Debug)]
+pub struct Run {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// The exit code; a test fails if the process died of a signal.
+    pub fn code(&self) -> i32 {
+        self.status
+            .code()
+            .unwrap_or_else(|| panic!("killed by a signal: {self:#?}"))
+    }
+
+    /// Both streams, for assertions that do not care which.
+    pub fn output(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// A command line for the binary, with no inherited configuration: each
+/// test says which config it uses.
+pub fn fedora_messaging() -> Command {
+    let mut command = Command::new(host_binary());
+    command
+        .env_remove("FEDORA_MESSAGING_CONF")
+        .env_remove("FEDORA_MESSAGING_PLUGIN_PATH")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    command
+}
+
+/// Runs `command` to completion, killing it and failing the test if it
+/// takes longer than [`RUN_DEADLINE`].
+pub fn run(command: &mut Command) -> Run {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot start {command:?}: {error}"));
+    let stdout = drain(&mut child, true);
+    let stderr = drain(&mut child, false);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break status;
+        }
+        if started.elapsed() > RUN_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} did not finish within {RUN_DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Run {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+fn drain(child: &mut Child, stdout: bool) -> std::thread::JoinHandle<String> {
+    let mut stream: Box<dyn Read + Send> = if stdout {
+        Box::new(child.stdout.take().expect("piped stdout"))
+    } else {
+        Box::new(child.stderr.take().expect("piped stderr"))
+    };
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        text
+    })
+}
+
+/// A scratch directory for one test, removed afterwards.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("fm-e2e-")
+        .tempdir()
+        .expect("a temporary directory")
+}
+
+/// Writes `lines` as a record file and returns its path.
+pub fn record_file(dir: &Path, lines: &[serde_json::Value]) -> PathBuf {
+    let path = dir.join("messages.jsonl");
+    let text: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    std::fs::write(&path, text).expect("write the record file");
+    path
+}
+
+/// Writes a configuration file and returns its path.
+pub fn config_file(dir: &Path, toml: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, toml).expect("write the config");
+    path
+}
+
+/// The outcome lines `reconsume` prints (`ID OUTCOME`), in order.
+pub fn outcome_lines(run: &Run) -> Vec<String> {
+    run.stdout
+        .lines()
+        .filter(|line| !line.starts_with('[') && !line.starts_with("INSPECT "))
+        .map(str::to_owned)
+        .collect()
+}
