@@ -334,13 +334,13 @@ impl Plugin {
 
     /// The names of the consumers the library exports.
     pub fn consumer_names(&self) -> Vec<String> {
-        self.module()
+        self.entries()
             .iter()
             .map(|entry| entry.name.as_str().to_owned())
             .collect()
     }
 
-    fn module(&self) -> abi_stable::std_types::RVec<abi::ConsumerEntry> {
+    fn entries(&self) -> abi_stable::std_types::RVec<abi::ConsumerEntry> {
         self.module.consumers()()
     }
 
@@ -350,7 +350,7 @@ impl Plugin {
         name: &str,
         config: &serde_json::Value,
     ) -> Result<LoadedConsumer, LoadError> {
-        let entries = self.module();
+        let entries = self.entries();
         let Some(entry) = entries.iter().find(|entry| entry.name.as_str() == name) else {
             return Err(LoadError::NoSuchConsumer {
                 path: self.path.clone(),

@@ -15,7 +15,7 @@ use abi_stable::{
     library::RootModule,
     package_version_strings, sabi_trait,
     sabi_types::VersionStrings,
-    std_types::{RBox, RNone, ROption, RResult, RSlice, RStr, RString, RVec},
+    std_types::{RBox, ROption, RResult, RSlice, RStr, RString, RVec},
 };
 
 /// The name the host reports in version errors.
@@ -165,6 +165,3 @@ pub enum Outcome {
     Halt { exit_code: i32, requeue: bool },
     Failed { reason: RString },
 }
-
-/// An empty optional string, for building [`RawMessage`]s.
-pub const NO_STR: ROption<RStr<'static>> = RNone;
