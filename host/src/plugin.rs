@@ -559,10 +559,15 @@ fn library_error(path: &Path, error: LibraryError) -> LoadError {
     log::debug!("loading {} failed: {error}", path.display());
     let path = path.to_owned();
     match error {
-        LibraryError::OpenError { err, .. } => LoadError::OpenFailed {
-            path,
-            reason: err.to_string(),
-        },
+        LibraryError::OpenError { err, .. } => {
+            // dlerror() starts with the path, which the message already has.
+            let reason = err.to_string();
+            let prefix = format!("{}: ", path.display());
+            LoadError::OpenFailed {
+                reason: reason.strip_prefix(&prefix).unwrap_or(&reason).to_owned(),
+                path,
+            }
+        }
         LibraryError::GetSymbolError { .. } => LoadError::NotAPlugin { path },
         LibraryError::IncompatibleVersionNumber {
             expected_version,

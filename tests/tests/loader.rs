@@ -281,3 +281,23 @@ fn a_third_party_plugin_built_outside_the_workspace_runs() {
         "{run:#?}"
     );
 }
+
+#[test]
+fn an_elf_file_the_dynamic_loader_refuses() {
+    // An executable has an ELF header but cannot be dlopen()ed.
+    let dir = scratch();
+    let executable = host_binary();
+    let run = load(&format!("{}:Printer", executable.display()), dir.path());
+    let line = refusal(&run);
+    assert!(
+        line.starts_with(&format!(
+            "Error: cannot load plugin {}: ",
+            executable.display()
+        )),
+        "{run:#?}"
+    );
+    assert!(
+        line.contains("cannot dynamically load"),
+        "dlerror's reason: {run:#?}"
+    );
+}
