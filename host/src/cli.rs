@@ -8,7 +8,8 @@ use crate::config::{self, Config, Source};
 use crate::exit::{Exit, Fatal};
 use crate::logging::LogSettings;
 use crate::plugin::LoadError;
-use crate::reconsume;
+use crate::topology::Overrides;
+use crate::{consume, publish, reconsume};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,9 +33,53 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Consume messages from the broker with a consumer plugin
+    Consume(ConsumeArgs),
+
+    /// Publish the messages of a record file (one JSON object a line, as
+    /// `record` writes them)
+    Publish(PublishArgs),
     /// Run a consumer on recorded messages, without a broker: each message
     /// of --file, or one message fetched from datagrepper by its id
     Reconsume(ReconsumeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ConsumeArgs {
+    #[command(flatten)]
+    callback: CallbackArgs,
+
+    /// The name of the application, sent to the broker as the `app` client
+    /// property
+    #[arg(long, value_name = "NAME")]
+    app_name: Option<String>,
+
+    /// A routing key to bind with, instead of each binding's own; repeat
+    /// for several
+    #[arg(long, value_name = "KEY")]
+    routing_key: Vec<String>,
+
+    /// The queue to consume from, instead of the configured ones; every
+    /// binding binds it (declared not durable, auto-delete, exclusive, as
+    /// fedora-messaging declares it)
+    #[arg(long, value_name = "NAME")]
+    queue_name: Option<String>,
+
+    /// The exchange every binding binds to, instead of its own
+    #[arg(long, value_name = "NAME")]
+    exchange: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct PublishArgs {
+    /// The exchange to publish to (default: the configuration's
+    /// publish_exchange)
+    #[arg(long, value_name = "NAME")]
+    exchange: Option<String>,
+
+    /// The record file, or - for standard input
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -125,6 +170,22 @@ fn execute(cli: &Cli) -> Result<Exit, Fatal> {
         );
     }
     match &cli.command {
+        Command::Consume(args) => {
+            let callback = args.callback.resolve(&config)?;
+            consume::run(
+                &config,
+                &consume::ConsumeArgs {
+                    callback: &callback,
+                    app_name: args.app_name.as_deref(),
+                    overrides: Overrides {
+                        routing_keys: args.routing_key.clone(),
+                        queue_name: args.queue_name.clone(),
+                        exchange: args.exchange.clone(),
+                    },
+                },
+            )
+        }
+        Command::Publish(args) => publish::run(&config, args.exchange.as_deref(), &args.file),
         Command::Reconsume(args) => {
             let callback = args.callback.resolve(&config)?;
             let input = match (&args.file, &args.message_id) {

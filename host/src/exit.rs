@@ -26,6 +26,10 @@ pub enum Exit {
     Permission,
     /// A consumer asked to halt with this code.
     Halt(i32),
+    /// `publish`: the broker returned or refused a message (EREMOTEIO).
+    PublishRefused,
+    /// `publish`: the broker did not answer in time (ECONNREFUSED).
+    PublishTimeout,
 }
 
 impl Exit {
@@ -41,6 +45,8 @@ impl Exit {
             Exit::Connection => 14,
             Exit::Permission => 15,
             Exit::Halt(code) => code,
+            Exit::PublishRefused => 121,
+            Exit::PublishTimeout => 111,
         }
     }
 }

@@ -2,16 +2,27 @@
 //! runs them the way fedora-messaging runs Python callbacks.
 //!
 //! One message's path through the modules: [`config`] and [`cli`] decide
-//! what to run; [`plugin`] loads the consumer; [`wire`] turns input into a
-//! [`wire::MessageView`]; the consumer answers with an [`outcome::Outcome`],
-//! whose one table gives the settlement and what happens next; [`exit`]
-//! holds the exit codes.
+//! what to run; [`plugin`] loads the consumer; [`broker`] connects
+//! ([`amqp_url`] reads the URL as pika does) and [`topology`] declares the
+//! queues and bindings; [`consume`] receives deliveries, [`wire`] checks
+//! them and makes each a [`wire::MessageView`], [`dispatch`] runs the
+//! consumer on its own thread; its [`outcome::Outcome`] goes through the
+//! one table that gives the settlement and what happens next; [`exit`]
+//! holds the exit codes and [`stop`] the signals. [`reconsume`] runs a
+//! consumer on recorded messages instead of a broker.
 
+pub mod amqp_url;
+pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod consume;
+pub mod dispatch;
 pub mod exit;
 pub mod logging;
 pub mod outcome;
 pub mod plugin;
+pub mod publish;
 pub mod reconsume;
+pub mod stop;
+pub mod topology;
 pub mod wire;

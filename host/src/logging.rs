@@ -73,6 +73,12 @@ impl LogSettings {
     pub fn install(&self) {
         let mut builder = env_logger::Builder::new();
         builder.filter_level(self.root);
+        // The AMQP library's own lines repeat, less clearly, what this host
+        // logs about the same events; `loggers.lapin` or RUST_LOG=lapin=…
+        // bring them back. Its tracing bridge also reports every span enter
+        // and exit, which says nothing to a user.
+        builder.filter_module("lapin", log::LevelFilter::Off);
+        builder.filter_module("tracing::span", log::LevelFilter::Off);
         for (target, level) in &self.targets {
             builder.filter_module(target, *level);
         }

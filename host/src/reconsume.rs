@@ -61,7 +61,7 @@ pub fn run(config: &Config, callback: &str, input: Input<'_>) -> Result<Exit, Fa
 
 /// Reads a whole record file first, so that a malformed line stops the
 /// replay before the consumer has seen anything. Blank lines are skipped.
-fn read_record_file(path: &Path) -> Result<Vec<RecordMessage>, Fatal> {
+pub fn read_record_file(path: &Path) -> Result<Vec<RecordMessage>, Fatal> {
     let mut text = String::new();
     let read = if path == Path::new("-") {
         std::io::stdin().read_to_string(&mut text).map(drop)

@@ -1,7 +1,12 @@
-//! Messages as the host hands them to consumers, and fedora-messaging's
-//! record format (one JSON object a line, as `record` writes and `publish`
-//! and `reconsume` read).
+//! Messages as the host hands them to consumers: decoded from AMQP
+//! deliveries as fedora-messaging decodes them, or read from its record
+//! format (one JSON object a line, as `record` writes and `publish` and
+//! `reconsume` read).
 
+use lapin::BasicProperties;
+use lapin::message::Delivery;
+use lapin::types::{AMQPValue, FieldTable};
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 /// Headers that can be shown to a consumer as a JSON object, converted only
@@ -13,6 +18,193 @@ pub trait HeadersJson {
 impl HeadersJson for Map<String, Value> {
     fn headers_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned())
+    }
+}
+
+impl HeadersJson for Option<FieldTable> {
+    fn headers_json(&self) -> String {
+        let object = self.as_ref().map(field_table_json).unwrap_or_default();
+        serde_json::to_string(&object).unwrap_or_else(|_| "{}".to_owned())
+    }
+}
+
+fn field_table_json(table: &FieldTable) -> Map<String, Value> {
+    table
+        .inner()
+        .iter()
+        .map(|(key, value)| (key.as_str().to_owned(), amqp_json(value)))
+        .collect()
+}
+
+/// An AMQP field value as JSON, as close as JSON allows to what pika gives
+/// a Python callback.
+fn amqp_json(value: &AMQPValue) -> Value {
+    match value {
+        AMQPValue::Boolean(b) => Value::Bool(*b),
+        AMQPValue::ShortShortInt(n) => Value::from(*n),
+        AMQPValue::ShortShortUInt(n) => Value::from(*n),
+        AMQPValue::ShortInt(n) => Value::from(*n),
+        AMQPValue::ShortUInt(n) => Value::from(*n),
+        AMQPValue::LongInt(n) => Value::from(*n),
+        AMQPValue::LongUInt(n) => Value::from(*n),
+        AMQPValue::LongLongInt(n) => Value::from(*n),
+        AMQPValue::Float(f) => Value::from(f64::from(*f)),
+        AMQPValue::Double(f) => Value::from(*f),
+        AMQPValue::DecimalValue(d) => {
+            Value::from(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
+        }
+        AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
+        AMQPValue::LongString(s) => {
+            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
+        AMQPValue::FieldArray(items) => {
+            Value::Array(items.as_slice().iter().map(amqp_json).collect())
+        }
+        AMQPValue::Timestamp(t) => Value::from(*t),
+        AMQPValue::FieldTable(table) => Value::Object(field_table_json(table)),
+        AMQPValue::ByteArray(bytes) => {
+            Value::String(String::from_utf8_lossy(bytes.as_slice()).into_owned())
+        }
+        AMQPValue::Void => Value::Null,
+    }
+}
+
+/// What checking a delivery established, for building its view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked {
+    pub severity: u8,
+    pub priority: u8,
+}
+
+/// Checks a delivery as fedora-messaging's `get_message` does: missing
+/// headers mean `{}` and missing severity INFO (both logged, as it logs
+/// them); the body must be UTF-8 (or ASCII, when the publisher says so)
+/// JSON text of an object; the headers fedora-messaging defines must have
+/// its types. `Err` carries the reason such a message is rejected.
+pub fn check_delivery(properties: &BasicProperties, body: &[u8]) -> Result<Checked, String> {
+    if let Some(encoding) = properties.content_encoding() {
+        let name = encoding.as_str().to_ascii_lowercase().replace('_', "-");
+        if !matches!(name.as_str(), "utf-8" | "utf8" | "ascii" | "us-ascii") {
+            return Err(format!(
+                "unsupported content_encoding {:?} (fedora-messaging publishes utf-8)",
+                encoding.as_str()
+            ));
+        }
+        if name.contains("ascii") && !body.is_ascii() {
+            return Err("the body is not ASCII, as its content_encoding says".to_owned());
+        }
+    }
+    check_json_object(body)?;
+    let severity = match properties.headers() {
+        Some(headers) => check_amqp_headers(headers)?,
+        None => {
+            log::error!(
+                "Message (id {}) arrived without headers. A publisher is misbehaving!",
+                message_id(properties)
+            );
+            DEFAULT_SEVERITY
+        }
+    };
+    Ok(Checked {
+        severity,
+        priority: properties.priority().unwrap_or(0),
+    })
+}
+
+/// The delivery's `message_id`, empty when it has none.
+pub fn message_id(properties: &BasicProperties) -> &str {
+    properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str())
+        .unwrap_or("")
+}
+
+/// A checked delivery as consumers see it.
+pub fn delivery_view<'a>(
+    delivery: &'a Delivery,
+    queue: &'a str,
+    checked: Checked,
+) -> MessageView<'a> {
+    let headers = delivery.properties.headers();
+    let text = |key: &str| {
+        headers
+            .as_ref()
+            .and_then(|table| table.inner().get(key))
+            .and_then(amqp_str)
+    };
+    MessageView {
+        id: message_id(&delivery.properties),
+        topic: delivery.routing_key.as_str(),
+        queue,
+        body: &delivery.data,
+        severity: checked.severity,
+        priority: checked.priority,
+        sent_at: text("sent-at"),
+        schema: text("fedora_messaging_schema"),
+        headers,
+    }
+}
+
+fn amqp_str(value: &AMQPValue) -> Option<&str> {
+    match value {
+        AMQPValue::ShortString(s) => Some(s.as_str()),
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+        _ => None,
+    }
+}
+
+fn amqp_number(value: &AMQPValue) -> Option<f64> {
+    match amqp_json(value) {
+        Value::Number(n) => n.as_f64(),
+        _ => None,
+    }
+}
+
+/// The AMQP counterpart of [`check_headers`].
+fn check_amqp_headers(headers: &FieldTable) -> Result<u8, String> {
+    let headers = headers.inner();
+    for key in STRING_HEADERS {
+        if let Some(value) = headers.get(key)
+            && amqp_str(value).is_none()
+        {
+            return Err(format!("header {key:?} must be a string"));
+        }
+    }
+    match headers.get(SEVERITY_HEADER) {
+        None => Ok(DEFAULT_SEVERITY),
+        Some(value) => severity_level(amqp_number(value))
+            .ok_or_else(|| format!("{} not {:?}", severity_error(), amqp_json(value))),
+    }
+}
+
+/// Checks that `body` is UTF-8 JSON text of an object, without building
+/// it: only the plugin that asks for the body builds a tree.
+pub fn check_json_object(body: &[u8]) -> Result<(), String> {
+    let text =
+        std::str::from_utf8(body).map_err(|error| format!("the body is not UTF-8: {error}"))?;
+    serde_json::from_str::<JsonObjectShape>(text)
+        .map(drop)
+        .map_err(|error| format!("the body is not a JSON object: {error}"))
+}
+
+/// Deserializes from a JSON object, skipping its content.
+struct JsonObjectShape;
+
+impl<'de> Deserialize<'de> for JsonObjectShape {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = JsonObjectShape;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonObjectShape, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(JsonObjectShape)
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor)
     }
 }
 
@@ -30,6 +222,85 @@ pub struct MessageView<'a> {
     pub sent_at: Option<&'a str>,
     pub schema: Option<&'a str>,
     pub headers: &'a dyn HeadersJson,
+}
+
+/// A message ready to publish as fedora-messaging publishes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    pub routing_key: String,
+    pub properties: BasicProperties,
+    pub body: Vec<u8>,
+}
+
+impl RecordMessage {
+    /// The message as fedora-messaging's `publish` sends a loaded record:
+    /// `application/json`, `utf-8`, persistent, its id as `message_id`, its
+    /// priority (0 when unset) as property and `priority` header, the
+    /// record's headers with `fedora_messaging_schema` (`base.message` when
+    /// absent), `fedora_messaging_severity` and `sent-at` (now, when
+    /// absent), and the topic prefixed with `topic_prefix`.
+    pub fn outgoing(&self, topic_prefix: &str) -> Outgoing {
+        let mut headers = self.headers.clone();
+        headers
+            .entry("fedora_messaging_schema")
+            .or_insert_with(|| Value::from("base.message"));
+        headers.entry("sent-at").or_insert_with(|| {
+            Value::from(
+                jiff::Timestamp::now()
+                    .strftime("%Y-%m-%dT%H:%M:%S+00:00")
+                    .to_string(),
+            )
+        });
+        headers.insert(SEVERITY_HEADER.to_owned(), Value::from(self.severity));
+        headers.insert("priority".to_owned(), Value::from(self.priority));
+        let mut table = FieldTable::default();
+        for (key, value) in &headers {
+            table.insert(key.as_str().into(), json_amqp(value));
+        }
+        let routing_key = if topic_prefix.is_empty() {
+            self.topic.clone()
+        } else {
+            format!("{}.{}", topic_prefix.trim_end_matches('.'), self.topic)
+        };
+        Outgoing {
+            routing_key,
+            properties: BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_content_encoding("utf-8".into())
+                .with_delivery_mode(2)
+                .with_message_id(self.id.as_str().into())
+                .with_priority(self.priority)
+                .with_headers(table),
+            body: self.body.clone(),
+        }
+    }
+}
+
+/// JSON as an AMQP field value, typed as pika types Python values.
+fn json_amqp(value: &Value) -> AMQPValue {
+    match value {
+        Value::Null => AMQPValue::Void,
+        Value::Bool(b) => AMQPValue::Boolean(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => match i32::try_from(i) {
+                Ok(small) => AMQPValue::LongInt(small),
+                Err(_) => AMQPValue::LongLongInt(i),
+            },
+            (None, Some(f)) => AMQPValue::Double(f),
+            (None, None) => AMQPValue::Void,
+        },
+        Value::String(s) => AMQPValue::LongString(s.as_str().into()),
+        Value::Array(items) => {
+            AMQPValue::FieldArray(items.iter().map(json_amqp).collect::<Vec<_>>().into())
+        }
+        Value::Object(map) => {
+            let mut table = FieldTable::default();
+            for (key, value) in map {
+                table.insert(key.as_str().into(), json_amqp(value));
+            }
+            AMQPValue::FieldTable(table)
+        }
+    }
 }
 
 /// fedora-messaging's severity when the header is missing (INFO).
@@ -129,31 +400,38 @@ impl RecordMessage {
     }
 }
 
+/// The headers fedora-messaging's schema types as strings.
+const STRING_HEADERS: [&str; 3] = [
+    "fedora_messaging_schema",
+    "fedora_messaging_schema_package",
+    "sent-at",
+];
+const SEVERITY_HEADER: &str = "fedora_messaging_severity";
+
+fn severity_level(value: Option<f64>) -> Option<u8> {
+    value
+        .filter(|level| [10.0, 20.0, 30.0, 40.0].contains(level))
+        .map(|level| level as u8)
+}
+
+fn severity_error() -> String {
+    format!("header {SEVERITY_HEADER:?} must be 10, 20, 30 or 40,")
+}
+
 /// fedora-messaging's header schema: the keys it defines must have their
 /// types when present. Returns the severity.
 fn check_headers(headers: &Map<String, Value>) -> Result<u8, String> {
-    for key in [
-        "fedora_messaging_schema",
-        "fedora_messaging_schema_package",
-        "sent-at",
-    ] {
+    for key in STRING_HEADERS {
         if let Some(value) = headers.get(key)
             && !value.is_string()
         {
             return Err(format!("header {key:?} must be a string"));
         }
     }
-    match headers.get("fedora_messaging_severity") {
+    match headers.get(SEVERITY_HEADER) {
         None => Ok(DEFAULT_SEVERITY),
-        Some(value) => value
-            .as_f64()
-            .filter(|level| [10.0, 20.0, 30.0, 40.0].contains(level))
-            .map(|level| level as u8)
-            .ok_or_else(|| {
-                format!(
-                    "header \"fedora_messaging_severity\" must be 10, 20, 30 or 40, not {value}"
-                )
-            }),
+        Some(value) => severity_level(value.as_f64())
+            .ok_or_else(|| format!("{} not {value}", severity_error())),
     }
 }
 
@@ -182,6 +460,132 @@ mod tests {
         assert_eq!(message.id.len(), 36, "a fresh UUID: {}", message.id);
         assert_eq!((message.severity, message.priority), (20, 0));
         assert_eq!(message.queue, "");
+    }
+
+    #[test]
+    fn body_shapes() {
+        assert_eq!(check_json_object(br#"{"a": [1, {"b": null}]}"#), Ok(()));
+        for (body, expected) in [
+            (&b"\xff{}"[..], "not UTF-8"),
+            (b"{", "not a JSON object"),
+            (b"[1]", "expected a JSON object"),
+            (b"\"text\"", "expected a JSON object"),
+            (b"{} trailing", "trailing characters"),
+        ] {
+            let error = check_json_object(body).unwrap_err();
+            assert!(error.contains(expected), "{body:?}: {error}");
+        }
+    }
+
+    fn properties(headers: Option<FieldTable>) -> BasicProperties {
+        let properties = BasicProperties::default().with_message_id("m".into());
+        match headers {
+            Some(headers) => properties.with_headers(headers),
+            None => properties,
+        }
+    }
+
+    #[test]
+    fn deliveries_are_checked_like_fedora_messaging() {
+        let mut headers = FieldTable::default();
+        headers.insert("fedora_messaging_severity".into(), AMQPValue::LongInt(30));
+        headers.insert(
+            "sent-at".into(),
+            AMQPValue::LongString("2019-07-30T19:12:22+00:00".into()),
+        );
+        assert_eq!(
+            check_delivery(&properties(Some(headers.clone())).with_priority(4), b"{}"),
+            Ok(Checked {
+                severity: 30,
+                priority: 4
+            })
+        );
+        assert_eq!(
+            check_delivery(&properties(None), b"{}"),
+            Ok(Checked {
+                severity: 20,
+                priority: 0
+            })
+        );
+        headers.insert("fedora_messaging_severity".into(), AMQPValue::LongInt(25));
+        assert!(
+            check_delivery(&properties(Some(headers.clone())), b"{}")
+                .unwrap_err()
+                .contains("10, 20, 30 or 40")
+        );
+        headers.insert(
+            "fedora_messaging_severity".into(),
+            AMQPValue::ShortShortUInt(40),
+        );
+        headers.insert("sent-at".into(), AMQPValue::LongInt(5));
+        assert!(
+            check_delivery(&properties(Some(headers)), b"{}")
+                .unwrap_err()
+                .contains("\"sent-at\" must be a string")
+        );
+        let latin1 = properties(None).with_content_encoding("latin-1".into());
+        assert!(
+            check_delivery(&latin1, b"{}")
+                .unwrap_err()
+                .contains("unsupported content_encoding")
+        );
+    }
+
+    #[test]
+    fn records_publish_with_fedora_messaging_properties() {
+        let record = RecordMessage::parse(GOOD).unwrap();
+        let outgoing = record.outgoing("org.fedoraproject.");
+        assert_eq!(outgoing.routing_key, "org.fedoraproject.test_topic");
+        let p = &outgoing.properties;
+        assert_eq!(
+            p.content_type().as_ref().unwrap().as_str(),
+            "application/json"
+        );
+        assert_eq!(p.content_encoding().as_ref().unwrap().as_str(), "utf-8");
+        assert_eq!(*p.delivery_mode(), Some(2));
+        assert_eq!(message_id(p), "273ed91d-b8b5-487a-9576-95b9fbdf3eec");
+        assert_eq!(*p.priority(), Some(0));
+        // What a consumer decodes is what the record said.
+        let json: Value = serde_json::from_str(&p.headers().headers_json()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "fedora_messaging_schema": "base.message",
+                "fedora_messaging_severity": 20,
+                "sent-at": "2018-11-18T10:11:41+00:00",
+                "priority": 0
+            })
+        );
+        assert_eq!(
+            check_delivery(p, &outgoing.body),
+            Ok(Checked {
+                severity: 20,
+                priority: 0
+            })
+        );
+        let fresh = RecordMessage::parse(r#"{"topic": "t", "body": {}}"#)
+            .unwrap()
+            .outgoing("");
+        assert_eq!(fresh.routing_key, "t");
+        let sent_at = fresh.properties.headers().as_ref().unwrap().inner()["sent-at"].clone();
+        assert!(matches!(sent_at, AMQPValue::LongString(s) if s.as_bytes().ends_with(b"+00:00")));
+    }
+
+    #[test]
+    fn amqp_headers_become_json() {
+        let mut nested = FieldTable::default();
+        nested.insert("x".into(), AMQPValue::Boolean(true));
+        let mut headers = FieldTable::default();
+        headers.insert("s".into(), AMQPValue::LongString("text".into()));
+        headers.insert("n".into(), AMQPValue::LongLongInt(-3));
+        headers.insert("t".into(), AMQPValue::FieldTable(nested));
+        headers.insert("v".into(), AMQPValue::Void);
+        let json: Value = serde_json::from_str(&Some(headers).headers_json()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"s": "text", "n": -3, "t": {"x": true}, "v": null})
+        );
+        assert_eq!(None::<FieldTable>.headers_json(), "{}");
     }
 
     #[test]

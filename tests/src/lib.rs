@@ -5,6 +5,9 @@
 //! Each test reads as a scenario: write a config and a record file, run the
 //! binary, look at its exit code, output and files.
 
+pub mod broker;
+pub mod process;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -1,8 +1,10 @@
 //! Consumers for the host's end-to-end tests; not examples.
 //!
 //! - `Scripted` does what each message's body says: `{"do": "ack" | "nack"
-//!   | "drop" | "halt" | "halt_requeue" | "fail" | "error" | "panic",
-//!   "code": N, "reason": "…"}`, and logs a running count (its state).
+//!   | "nack_once" | "drop" | "halt" | "halt_requeue" | "fail" | "error" |
+//!   "panic", "code": N, "reason": "…", "sleep_ms": N}`, and logs a running
+//!   count (its state) when it starts and ends each message. `nack_once`
+//!   nacks the first delivery of an id and acks the next.
 //! - `Inspect` prints everything `Message` offers, as one JSON line.
 //! - `PanicInNew` and `FailInNew` never start.
 
@@ -11,6 +13,7 @@ use serde_json::{Value, json};
 
 pub struct Scripted {
     seen: u64,
+    nacked: std::collections::HashSet<String>,
 }
 
 impl Consumer for Scripted {
@@ -20,7 +23,10 @@ impl Consumer for Scripted {
             init.consumer_name(),
             init.config_value()
         );
-        Ok(Scripted { seen: 0 })
+        Ok(Scripted {
+            seen: 0,
+            nacked: Default::default(),
+        })
     }
 
     fn consume(&mut self, message: &Message) -> Result<(), ConsumerError> {
@@ -30,9 +36,20 @@ impl Consumer for Scripted {
         let code = body["code"].as_i64().unwrap_or(0) as i32;
         let reason = body["reason"].as_str().unwrap_or("scripted failure");
         log::info!("message #{} ({}): {action}", self.seen, message.id());
+        if let Some(millis) = body["sleep_ms"].as_u64() {
+            std::thread::sleep(std::time::Duration::from_millis(millis));
+        }
+        log::info!("done #{} ({})", self.seen, message.id());
         match action {
             "ack" => Ok(()),
             "nack" => Err(ConsumerError::Nack),
+            "nack_once" => {
+                if self.nacked.insert(message.id().to_owned()) {
+                    Err(ConsumerError::Nack)
+                } else {
+                    Ok(())
+                }
+            }
             "drop" => Err(ConsumerError::Drop),
             "halt" => Err(ConsumerError::halt(code)),
             "halt_requeue" => Err(ConsumerError::halt_and_requeue(code)),

@@ -1,0 +1,124 @@
+//! `fedora-messaging publish [--exchange X] FILE`: publish a record file
+//! with publisher confirms, as fedora-messaging's `publish` does.
+//!
+//! Exit codes are fedora-messaging's: 0 all confirmed; 2 a line is not a
+//! message (its number is named); 121 the broker refused or returned a
+//! message; 111 the broker could not be reached within 30 s; 1 anything
+//! else. Unlike fedora-messaging, the whole file is checked before the
+//! first message is sent, so a bad line publishes nothing.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use lapin::Confirmation;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+
+use crate::broker::{Broker, ConnectError};
+use crate::config::Config;
+use crate::exit::{Exit, Fatal};
+use crate::reconsume::read_record_file;
+use crate::topology::{broker_code, broker_reply};
+
+/// fedora-messaging's publish timeout.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn run(config: &Config, exchange: Option<&str>, file: &Path) -> Result<Exit, Fatal> {
+    let messages = read_record_file(file)?;
+    let exchange = exchange.unwrap_or(&config.publish_exchange);
+    let broker = Broker::new(config, None)?;
+    async_global_executor::block_on(async {
+        let connection = connect_within(&broker, TIMEOUT).await?;
+        let other = |what: &str, error: lapin::Error| {
+            Fatal::new(Exit::Error, format!("cannot {what}: {error}"))
+        };
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| other("open a channel", e))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| other("enable publisher confirms", e))?;
+        // Publish everything, then collect the confirms in order: one round
+        // trip for the file instead of one a message.
+        let mut confirms = Vec::with_capacity(messages.len());
+        for message in &messages {
+            let outgoing = message.outgoing(&config.topic_prefix);
+            println!("Publishing message with topic {}", outgoing.routing_key);
+            let confirm = channel
+                .basic_publish(
+                    exchange.into(),
+                    outgoing.routing_key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &outgoing.body,
+                    outgoing.properties,
+                )
+                .await
+                .map_err(|error| refusal(exchange, &message.id, error))?;
+            confirms.push((message.id.as_str(), confirm));
+        }
+        for (id, confirm) in confirms {
+            match confirm
+                .await
+                .map_err(|error| refusal(exchange, id, error))?
+            {
+                Confirmation::Ack(None) | Confirmation::NotRequested => {}
+                Confirmation::Ack(Some(_)) | Confirmation::Nack(_) => {
+                    return Err(Fatal::new(
+                        Exit::PublishRefused,
+                        format!("the broker did not accept message {id} for exchange {exchange:?}"),
+                    ));
+                }
+            }
+        }
+        let _ = connection.close(200, "Goodbye".into()).await;
+        Ok(Exit::Success)
+    })
+}
+
+fn refusal(exchange: &str, id: &str, error: lapin::Error) -> Fatal {
+    let exit = match broker_code(&error) {
+        Some(403) | Some(404) => Exit::PublishRefused,
+        _ => Exit::Error,
+    };
+    Fatal::new(
+        exit,
+        format!(
+            "cannot publish message {id} to exchange {exchange:?}: {}",
+            broker_reply(&error)
+        ),
+    )
+}
+
+async fn connect_within(broker: &Broker, timeout: Duration) -> Result<lapin::Connection, Fatal> {
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match broker.connect().await {
+            Ok(connection) => return Ok(connection),
+            Err(ConnectError::Refused(reason)) => {
+                return Err(Fatal::new(
+                    Exit::Error,
+                    format!(
+                        "the broker at {} refused the connection: {reason}",
+                        broker.describe()
+                    ),
+                ));
+            }
+            Err(ConnectError::Unreachable(reason)) => {
+                if Instant::now() + delay > deadline {
+                    return Err(Fatal::new(
+                        Exit::PublishTimeout,
+                        format!(
+                            "cannot reach the broker at {} within {} s: {reason}",
+                            broker.describe(),
+                            timeout.as_secs()
+                        ),
+                    ));
+                }
+                async_io::Timer::after(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The test broker: the local RabbitMQ on 127.0.0.1:5672 (started by
+//! `scripts/start-rabbitmq`), reached as guest, and `rabbitmqctl` for
+//! what AMQP cannot do (users, permissions, connection listings).
+
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_global_executor::block_on;
+use fm_host::wire::RecordMessage;
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+/// The URL tests give the host.
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2F";
+
+/// A connection to the test broker, for setting up and inspecting queues.
+pub struct TestBroker {
+    _connection: Connection,
+    channel: Channel,
+}
+
+/// A message as it sits in a queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    pub id: String,
+    pub redelivered: bool,
+}
+
+impl TestBroker {
+    pub fn connect() -> TestBroker {
+        block_on(async {
+            let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
+                .await
+                .unwrap_or_else(|error| {
+                    panic!("no RabbitMQ on 127.0.0.1:5672 ({error}): run scripts/start-rabbitmq")
+                });
+            let channel = connection.create_channel().await.expect("a channel");
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .expect("publisher confirms");
+            TestBroker {
+                _connection: connection,
+                channel,
+            }
+        })
+    }
+
+    /// A queue name no other test (or earlier run) uses.
+    pub fn unique_name(prefix: &str) -> String {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        format!(
+            "fm-e2e-{prefix}-{}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0)
+        )
+    }
+
+    /// Declares a durable queue (with `arguments`) bound to amq.topic with
+    /// routing key `NAME.#`, as the config from [`queue_config`] does.
+    pub fn declare_queue(&self, name: &str, arguments: FieldTable) {
+        block_on(async {
+            self.channel
+                .queue_declare(
+                    name.into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    arguments,
+                )
+                .await
+                .expect("declare the test queue");
+            self.channel
+                .queue_bind(
+                    name.into(),
+                    "amq.topic".into(),
+                    format!("{name}.#").as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("bind the test queue");
+        });
+    }
+
+    /// Publishes a record as `fedora-messaging publish` would, to amq.topic.
+    pub fn publish(&self, record: &serde_json::Value) {
+        let record = RecordMessage::from_json(record.clone()).expect("a valid test record");
+        let outgoing = record.outgoing("");
+        self.publish_raw(&outgoing.routing_key, outgoing.properties, &outgoing.body);
+    }
+
+    /// Publishes exactly these properties and body, and waits for the
+    /// broker's confirm.
+    pub fn publish_raw(&self, routing_key: &str, properties: BasicProperties, body: &[u8]) {
+        block_on(async {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    "amq.topic".into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    properties,
+                )
+                .await
+                .expect("publish");
+            confirm.await.expect("the broker's confirm");
+        });
+    }
+
+    /// How many messages wait in `queue`.
+    pub fn depth(&self, queue: &str) -> u32 {
+        block_on(async {
+            self.channel
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .expect("the queue exists")
+                .message_count()
+        })
+    }
+
+    /// Takes every message out of `queue` (acknowledging them), in order.
+    pub fn drain(&self, queue: &str) -> Vec<Queued> {
+        let mut taken = Vec::new();
+        block_on(async {
+            while let Some(message) = self
+                .channel
+                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                .await
+                .expect("basic.get")
+            {
+                let id = message
+                    .delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.as_str().to_owned())
+                    .unwrap_or_default();
+                taken.push(Queued {
+                    id,
+                    redelivered: message.delivery.redelivered,
+                });
+            }
+        });
+        taken
+    }
+
+    pub fn delete_queue(&self, queue: &str) {
+        block_on(async {
+            self.channel
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await
+                .expect("delete the queue");
+        });
+    }
+}
+
+/// A config consuming the durable queue `queue` (bound with `QUEUE.#`),
+/// plus `extra` TOML, logging at INFO.
+pub fn queue_config(queue: &str, extra: &str) -> String {
+    format!(
+        r#"amqp_url = "{AMQP_URL}"
+{extra}
+[queues."{queue}"]
+durable = true
+auto_delete = false
+exclusive = false
+arguments = {{}}
+
+[[bindings]]
+queue = "{queue}"
+exchange = "amq.topic"
+routing_keys = ["{queue}.#"]
+
+[log_config.root]
+level = "INFO"
+"#
+    )
+}
+
+/// Runs `rabbitmqctl` (as root, on the local node) and returns its output.
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    let output = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run rabbitmqctl {args:?}: {error}"));
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A broker user with these permissions on vhost `/` (configure, write,
+/// read regexps), or none at all when `permissions` is `None`.
+pub fn ensure_user(name: &str, password: &str, permissions: Option<[&str; 3]>) {
+    // Left over from an earlier run, possibly with other permissions.
+    let _ = Command::new("rabbitmqctl")
+        .args(["delete_user", name])
+        .output();
+    rabbitmqctl(&["add_user", name, password]);
+    if let Some([configure, write, read]) = permissions {
+        rabbitmqctl(&["set_permissions", "-p", "/", name, configure, write, read]);
+    }
+}

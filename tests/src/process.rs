@@ -1,0 +1,139 @@
+//! A `fedora-messaging` process the test talks to while it runs: waits for
+//! lines of its output, signals it, and collects how it ended.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+use crate::{RUN_DEADLINE, Run};
+
+pub struct Running {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Running {
+    /// Starts `command`; its standard output is read line by line.
+    pub fn start(command: &mut Command) -> Running {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {command:?}: {error}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let (sender, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// Waits until a line containing `needle` appears (or was seen), and
+    /// returns it; fails the test after `timeout`.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        if let Some(line) = self.seen.iter().find(|line| line.contains(needle)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "no line with {needle:?} within {timeout:?}; output so far:\n{}",
+                        self.seen.join("\n")
+                    );
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!(
+                        "the process ended without a line with {needle:?}; output:\n{}\nstderr:\n{}",
+                        self.seen.join("\n"),
+                        self.finish_now().stderr
+                    );
+                }
+            }
+        }
+    }
+
+    /// Sends `signal` (e.g. "TERM") to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to end (failing the test after
+    /// [`RUN_DEADLINE`]) and returns everything it wrote.
+    pub fn finish(mut self) -> Run {
+        let started = Instant::now();
+        loop {
+            if self.child.try_wait().expect("wait").is_some() {
+                return self.finish_now();
+            }
+            if started.elapsed() > RUN_DEADLINE {
+                let _ = self.child.kill();
+                let run = self.finish_now();
+                panic!("the process did not end within {RUN_DEADLINE:?}: {run:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn finish_now(&mut self) -> Run {
+        let status = self.child.wait().expect("wait");
+        for line in self.lines.try_iter() {
+            self.seen.push(line);
+        }
+        // The reader thread ends at EOF; collect what it still had.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+        let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new));
+        let mut stdout = self.seen.join("\n");
+        if !stdout.is_empty() {
+            stdout.push('\n');
+        }
+        Run {
+            status,
+            stdout,
+            stderr: stderr.join().unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // A failed test must not leave a consumer behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
