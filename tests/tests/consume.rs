@@ -329,7 +329,22 @@ fn a_consumer_blocking_past_the_heartbeat_keeps_the_connection() {
         .unwrap()
         .replace(AMQP_URL, &format!("{AMQP_URL}?heartbeat=2"));
     std::fs::write(&conf, config).unwrap();
-    let run = consume(&conf, &scripted());
+    let mut consumer = Running::start(fedora_messaging().arg("--conf").arg(&conf).args([
+        "consume",
+        "--callback",
+        &scripted(),
+        "--app-name",
+        &queue,
+    ]));
+    consumer.wait_for("message #1 (m1)", WAIT);
+    // The broker's view of the connection: the 2 s heartbeat is in force.
+    let connections = rabbitmqctl(&["list_connections", "timeout", "client_properties"]);
+    let ours = connections
+        .lines()
+        .find(|line| line.contains(&queue))
+        .unwrap_or_else(|| panic!("no connection of ours: {connections}"));
+    assert!(ours.starts_with("2\t"), "heartbeat timeout: {ours}");
+    let run = consumer.finish();
     assert_eq!(run.code(), 0, "{run:#?}");
     assert!(run.stdout.contains("done #1 (m1)"), "{run:#?}");
     assert!(!run.stdout.contains("Lost the connection"), "{run:#?}");
@@ -439,9 +454,11 @@ fn a_server_named_queue_from_the_default_config_with_routing_key_overrides() {
     let broker = TestBroker::connect();
     let key = TestBroker::unique_name("server-named");
     let dir = scratch();
+    // pika's defaults: guest/guest, and vhost "/" for an empty path (lapin
+    // alone would ask for vhost "").
     let conf = config_file(
         dir.path(),
-        &format!("amqp_url = \"{AMQP_URL}\"\n[log_config.root]\nlevel = \"INFO\"\n"),
+        "amqp_url = \"amqp://127.0.0.1\"\n[log_config.root]\nlevel = \"INFO\"\n",
     );
     let mut consumer = Running::start(
         fedora_messaging()
