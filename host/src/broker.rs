@@ -74,13 +74,16 @@ impl Broker {
             .map_err(classify)
     }
 
-    /// Connects, retrying while the broker is unreachable (logging each
-    /// attempt), until it answers. `Ok(None)`: a stop was requested first.
+    /// Connects, retrying without limit while the broker is unreachable
+    /// (logging each attempt with the next delay), until it answers. A
+    /// refusal ends the retries at once: trying again cannot change it.
+    /// `Ok(None)`: a stop was requested first.
     pub async fn connect_with_retry(
         &self,
         stop: &StopRequest,
+        backoff: &mut Backoff,
     ) -> Result<Option<Connection>, Fatal> {
-        let mut delay = Duration::from_secs(1);
+        let mut attempt = 1u64;
         loop {
             if stop.is_requested() {
                 return Ok(None);
@@ -100,25 +103,68 @@ impl Broker {
                     ));
                 }
                 Err(ConnectError::Unreachable(reason)) => {
+                    let delay = backoff.next_delay();
                     log::warn!(
-                        "Cannot connect to {}: {reason}; retrying in {} s",
+                        "Cannot connect to {} (attempt {attempt}): {reason}; retrying in {:.1} s",
                         self.describe(),
-                        delay.as_secs()
+                        delay.as_secs_f64()
                     );
                     if stop.wait(delay).await {
                         return Ok(None);
                     }
-                    delay = (delay * 2).min(Duration::from_secs(60));
+                    attempt += 1;
                 }
             }
         }
     }
 }
 
-/// Refusals are the broker's answers to the handshake; anything else
-/// (refused TCP connection, reset, timeout) may go away.
+/// Exponential backoff with jitter: about 1 s, then doubling up to 30 s,
+/// each delay spread by ±20 % so that many consumers restarted by one
+/// broker outage do not all come back at the same instant.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_secs(1);
+    /// The longest wait: how stale "consuming again once the broker is
+    /// back" can get.
+    pub const CAP: Duration = Duration::from_secs(30);
+
+    pub fn new() -> Backoff {
+        Backoff { next: Self::FIRST }
+    }
+
+    /// The delay before the next attempt.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (base * 2).min(Self::CAP);
+        base.mul_f64(0.8 + 0.4 * fastrand::f64())
+    }
+
+    /// After a success: the next failure waits about 1 s again.
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new()
+    }
+}
+
+/// Refusals are the broker's answers to the handshake, TLS ones included
+/// (under TLS 1.3 a rejected client certificate arrives as an alert after
+/// the handshake); anything else (refused TCP connection, reset, timeout)
+/// may go away.
 fn classify(error: lapin::Error) -> ConnectError {
     match error.kind() {
+        lapin::ErrorKind::IOError(io) if is_tls_refusal(io) => {
+            ConnectError::Refused(format!("TLS: {io}"))
+        }
         lapin::ErrorKind::ProtocolError(amqp) => ConnectError::Refused(format!(
             "{} {}",
             amqp.kind().get_id(),
@@ -129,5 +175,46 @@ fn classify(error: lapin::Error) -> ConnectError {
             "{error} (the broker closed the connection during the handshake: check the credentials and the vhost)"
         )),
         _ => ConnectError::Unreachable(error.to_string()),
+    }
+}
+
+/// rustls reports an alert from the broker, or a broker certificate it
+/// cannot verify, as invalid data; an EOF or reset is not one of those.
+fn is_tls_refusal(error: &std::io::Error) -> bool {
+    let text = error.to_string();
+    error.kind() == std::io::ErrorKind::InvalidData
+        && (text.contains("alert") || text.contains("certificate"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_starts_near_a_second_doubles_caps_and_resets() {
+        let mut backoff = Backoff::new();
+        let delays: Vec<f64> = (0..8).map(|_| backoff.next_delay().as_secs_f64()).collect();
+        assert!((0.8..=1.2).contains(&delays[0]), "{delays:?}");
+        assert!((1.6..=2.4).contains(&delays[1]), "{delays:?}");
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d <= 1.2 * Backoff::CAP.as_secs_f64()),
+            "{delays:?}"
+        );
+        assert!(delays[7] >= 0.8 * Backoff::CAP.as_secs_f64(), "{delays:?}");
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(1200));
+    }
+
+    #[test]
+    fn tls_alerts_are_refusals_and_eof_is_not() {
+        let alert = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "received fatal alert: UnknownCA",
+        );
+        assert!(is_tls_refusal(&alert));
+        let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "tls eof");
+        assert!(!is_tls_refusal(&eof));
     }
 }

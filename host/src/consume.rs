@@ -18,14 +18,14 @@ use lapin::options::{
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection};
 
-use crate::broker::Broker;
+use crate::broker::{Backoff, Broker};
 use crate::config::Config;
 use crate::dispatch::{Job, Workers};
 use crate::exit::{Exit, Fatal};
 use crate::outcome::{Next, Outcome, Settle};
 use crate::plugin;
 use crate::stop::StopRequest;
-use crate::topology::{Overrides, Topology, broker_code, broker_reply};
+use crate::topology::{Overrides, Topology, broker_code, broker_reply, queue_exists};
 use crate::wire;
 
 /// What `consume` was asked to do.
@@ -65,6 +65,9 @@ pub fn run(config: &Config, args: &ConsumeArgs<'_>) -> Result<Exit, Fatal> {
         workers,
         pending: VecDeque::new(),
         in_flight: 0,
+        generation: 0,
+        consumed_once: false,
+        backoff: Backoff::new(),
     };
     let result = async_global_executor::block_on(engine.run());
     let graceful = matches!(result, Ok(exit) if exit != Exit::ConsumerFailed);
@@ -80,16 +83,36 @@ struct Engine {
     workers: Workers,
     /// Checked deliveries waiting for an idle worker.
     pending: VecDeque<Job>,
-    /// Jobs handed to workers and not yet answered, whatever their session.
+    /// Jobs handed to workers and not yet answered, whatever channels they
+    /// came from.
     in_flight: usize,
+    /// Counts channel set-ups; a job can only be settled on the channels
+    /// of the set-up it arrived on.
+    generation: u64,
+    /// Whether consuming ever started: until then a declaration the broker
+    /// refuses is a configuration error (exit 10); afterwards it is a
+    /// broker still recovering, and is retried.
+    consumed_once: bool,
+    backoff: Backoff,
 }
 
 /// How a connection's session ended.
 enum SessionEnd {
     /// Stop the process with this code.
     Exit(Exit),
-    /// The connection broke: connect again.
+    /// The connection broke: connect again at once.
     Lost(String),
+    /// The broker is not ready for us yet: connect again after a delay.
+    Retry(String),
+}
+
+/// How consuming on one set of channels ended.
+enum ChannelsEnd {
+    Exit(Exit),
+    ConnectionLost(String),
+    /// A channel closed (or the broker cancelled a consumer whose queue
+    /// still exists) while the connection lives: set up channels again.
+    Reopen(String),
 }
 
 /// One queue being consumed on a connection.
@@ -110,47 +133,99 @@ enum Event {
 
 impl Engine {
     async fn run(&mut self) -> Result<Exit, Fatal> {
-        let mut session = 0u64;
         loop {
-            let Some(connection) = self.broker.connect_with_retry(&self.stop).await? else {
+            let Some(connection) = self
+                .broker
+                .connect_with_retry(&self.stop, &mut self.backoff)
+                .await?
+            else {
                 return Ok(Exit::Success);
             };
-            session += 1;
-            match self.session(&connection, session).await {
-                Ok(SessionEnd::Exit(exit)) => {
-                    // Closing the connection closes its channels: the broker
-                    // requeues whatever was delivered and not settled.
-                    let _ = connection.close(200, "Goodbye".into()).await;
-                    return Ok(exit);
-                }
-                Ok(SessionEnd::Lost(reason)) => {
-                    log::warn!(
-                        "Lost the connection to {}: {reason}; consuming will resume once reconnected",
-                        self.broker.describe()
-                    );
-                    // Their deliveries died with the connection; the broker
-                    // delivers them again.
-                    self.pending.clear();
-                }
-                Err(fatal) => {
-                    let _ = connection.close(200, "Goodbye".into()).await;
-                    return Err(fatal);
+            let end = self.session(&connection).await;
+            // Closing the connection closes its channels: the broker
+            // requeues whatever was delivered and not settled. It may
+            // already be gone.
+            let _ = connection.close(200, "Goodbye".into()).await;
+            // Deliveries of a closed connection cannot be settled; the
+            // broker delivers them again.
+            self.pending.clear();
+            match end? {
+                SessionEnd::Exit(exit) => return Ok(exit),
+                SessionEnd::Lost(reason) => log::warn!(
+                    "Lost the connection to {}: {reason}; reconnecting, and consuming will resume",
+                    self.broker.describe()
+                ),
+                SessionEnd::Retry(reason) => {
+                    let delay = self.backoff.next_delay();
+                    log::warn!("{reason}; retrying in {:.1} s", delay.as_secs_f64());
+                    if self.stop.wait(delay).await {
+                        return Ok(Exit::Success);
+                    }
                 }
             }
         }
     }
 
-    /// Declares, consumes and dispatches on one connection until it ends.
-    async fn session(
-        &mut self,
+    /// Declares and consumes on one connection until it ends, setting the
+    /// channels up again whenever one closes while the connection lives.
+    async fn session(&mut self, connection: &Connection) -> Result<SessionEnd, Fatal> {
+        let mut names: Option<Vec<String>> = None;
+        loop {
+            let queues = match self.topology.declare(connection, names.as_deref()).await {
+                Ok(queues) => queues,
+                Err(fatal) => return self.setup_failed(connection, fatal),
+            };
+            names = Some(queues.clone());
+            self.generation += 1;
+            let (consumers, deliveries) = match self.start_consumers(connection, &queues).await {
+                Ok(started) => started,
+                Err(fatal) => return self.setup_failed(connection, fatal),
+            };
+            self.consumed_once = true;
+            self.backoff.reset();
+            let end = self.consume(connection, &consumers, &deliveries).await;
+            match end {
+                ChannelsEnd::Exit(exit) => return Ok(SessionEnd::Exit(exit)),
+                ChannelsEnd::ConnectionLost(reason) => return Ok(SessionEnd::Lost(reason)),
+                ChannelsEnd::Reopen(reason) => {
+                    if !connection.status().connected() {
+                        return Ok(SessionEnd::Lost(reason));
+                    }
+                    log::warn!("{reason}; opening new channels and consuming again");
+                    for consumer in &consumers {
+                        let _ = consumer.channel.close(200, "reopening".into()).await;
+                    }
+                    self.pending.clear();
+                }
+            }
+        }
+    }
+
+    /// A declaration or consumer set-up failed: a lost connection is
+    /// reconnected; a refusal is fatal at start (exit 10, 11 or 15) and
+    /// retried once consuming has worked (the broker may not be back
+    /// whole: a passive declare finds no queue until it is).
+    fn setup_failed(&self, connection: &Connection, fatal: Fatal) -> Result<SessionEnd, Fatal> {
+        if !connection.status().connected() {
+            Ok(SessionEnd::Lost(fatal.message))
+        } else if self.consumed_once && fatal.exit != Exit::Permission {
+            Ok(SessionEnd::Retry(fatal.message))
+        } else {
+            Err(fatal)
+        }
+    }
+
+    /// Starts consuming every queue; their deliveries arrive, tagged with
+    /// the queue's index, on the returned channel.
+    async fn start_consumers(
+        &self,
         connection: &Connection,
-        session: u64,
-    ) -> Result<SessionEnd, Fatal> {
-        let queues = self.topology.declare(connection).await?;
+        queues: &[String],
+    ) -> Result<(Vec<QueueConsumer>, async_channel::Receiver<Event>), Fatal> {
         let (incoming, deliveries) = async_channel::unbounded();
         let mut consumers = Vec::with_capacity(queues.len());
-        for (index, queue) in queues.into_iter().enumerate() {
-            let (consumer, stream) = self.start_consumer(connection, &queue).await?;
+        for (index, queue) in queues.iter().enumerate() {
+            let (consumer, stream) = self.start_consumer(connection, queue).await?;
             consumers.push(consumer);
             let incoming = incoming.clone();
             async_global_executor::spawn(async move {
@@ -168,8 +243,17 @@ impl Engine {
             })
             .detach();
         }
-        drop(incoming);
+        Ok((consumers, deliveries))
+    }
 
+    /// Dispatches deliveries and settles outcomes until something ends it.
+    async fn consume(
+        &mut self,
+        connection: &Connection,
+        consumers: &[QueueConsumer],
+        deliveries: &async_channel::Receiver<Event>,
+    ) -> ChannelsEnd {
+        let generation = self.generation;
         let mut stopping: Option<Exit> = None;
         loop {
             while stopping.is_none() && self.in_flight < self.workers.count() {
@@ -182,11 +266,10 @@ impl Engine {
             if let Some(exit) = stopping
                 && self.in_flight == 0
             {
-                return Ok(SessionEnd::Exit(exit));
+                return ChannelsEnd::Exit(exit);
             }
 
-            let event = self.next_event(&deliveries, stopping.is_some()).await;
-            match event {
+            match self.next_event(deliveries, stopping.is_some()).await {
                 Event::Delivery(index, Ok(delivery)) => {
                     if stopping.is_some() {
                         // Not settled: requeued when the channel closes.
@@ -198,7 +281,7 @@ impl Engine {
                             delivery,
                             queue: consumer.queue.clone(),
                             checked,
-                            session,
+                            generation,
                         }),
                         Err(reason) => {
                             log::warn!(
@@ -213,40 +296,72 @@ impl Engine {
                     if stopping.is_some() {
                         continue;
                     }
-                    return Ok(SessionEnd::Lost(format!(
+                    let reason = format!(
                         "consuming from {:?} failed: {error}",
                         consumers[index].queue
-                    )));
+                    );
+                    return if connection.status().connected() {
+                        ChannelsEnd::Reopen(reason)
+                    } else {
+                        ChannelsEnd::ConnectionLost(reason)
+                    };
                 }
                 Event::StreamEnded(index) => {
                     if stopping.is_some() {
                         continue;
                     }
+                    let consumer = &consumers[index];
                     if !connection.status().connected() {
-                        return Ok(SessionEnd::Lost("the connection closed".to_owned()));
+                        return ChannelsEnd::ConnectionLost("the connection closed".to_owned());
                     }
-                    log::error!(
-                        "The consumer of queue {:?} was canceled by the AMQP broker! The consumer was canceled server-side, check with system administrators.",
-                        consumers[index].queue
-                    );
-                    stopping = Some(Exit::Canceled);
-                    self.cancel_all(&consumers).await;
+                    if !consumer.channel.status().connected() {
+                        return ChannelsEnd::Reopen(format!(
+                            "The channel of queue {:?} was closed",
+                            consumer.queue
+                        ));
+                    }
+                    // The broker cancelled our consumer. fedora-messaging
+                    // exits 12 on any cancel; a queue that still exists
+                    // (its node failed, a quorum queue's leader moved) is
+                    // consumed again instead.
+                    match queue_exists(connection, &consumer.queue).await {
+                        Ok(false) => {
+                            log::error!(
+                                "The consumer of queue {:?} was canceled by the AMQP broker and the queue is gone! The consumer was canceled server-side, check with system administrators.",
+                                consumer.queue
+                            );
+                            stopping = Some(Exit::Canceled);
+                            self.cancel_all(consumers).await;
+                        }
+                        Ok(true) => {
+                            return ChannelsEnd::Reopen(format!(
+                                "The AMQP broker canceled the consumer of queue {:?}, which still exists",
+                                consumer.queue
+                            ));
+                        }
+                        Err(error) => {
+                            return ChannelsEnd::Reopen(format!(
+                                "The AMQP broker canceled the consumer of queue {:?} (checking the queue: {error})",
+                                consumer.queue
+                            ));
+                        }
+                    }
                 }
                 Event::Done(job, outcome) => {
                     self.in_flight -= 1;
                     let message_id = job.message_id().to_owned();
                     let (action, next) = outcome.disposition();
-                    if job.session == session {
-                        let consumer = consumers
+                    if job.generation == generation {
+                        let channel = consumers
                             .iter()
                             .find(|consumer| consumer.queue == job.queue)
                             .map(|consumer| &consumer.channel);
-                        if let Some(channel) = consumer {
+                        if let Some(channel) = channel {
                             settle(job.delivery, action, channel).await;
                         }
                     } else {
-                        log::debug!(
-                            "message {message_id} arrived on an earlier connection; the broker delivers it again"
+                        log::info!(
+                            "Message {message_id} arrived on a channel that has closed since; the broker delivers it again"
                         );
                     }
                     match next {
@@ -258,7 +373,7 @@ impl Engine {
                                 log::info!("Consumer halted with non-zero exit code ({code})");
                             }
                             if stopping.is_none() {
-                                self.cancel_all(&consumers).await;
+                                self.cancel_all(consumers).await;
                             }
                             // A halt's code wins over a signal's 0.
                             stopping = Some(match stopping {
@@ -270,13 +385,13 @@ impl Engine {
                             log::error!(
                                 "Unexpected error occurred in consumer on message {message_id}: {outcome}"
                             );
-                            return Ok(SessionEnd::Exit(exit));
+                            return ChannelsEnd::Exit(exit);
                         }
                     }
                 }
                 Event::StopRequested => {
                     stopping = Some(Exit::Success);
-                    self.cancel_all(&consumers).await;
+                    self.cancel_all(consumers).await;
                 }
             }
         }

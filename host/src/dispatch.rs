@@ -21,9 +21,9 @@ pub struct Job {
     /// The queue it came from (the broker's name for a server-named queue).
     pub queue: Arc<str>,
     pub checked: Checked,
-    /// Which connection it arrived on: a delivery can only be settled on
-    /// the channel it came from.
-    pub session: u64,
+    /// Which channel set-up it arrived on: a delivery can only be settled
+    /// on the channel it came from.
+    pub generation: u64,
 }
 
 impl Job {

@@ -96,7 +96,13 @@ impl Topology {
 
     /// Declares every queue and binding on one channel, closed afterwards,
     /// and returns the queues' names (the broker's, for `""`), in order.
-    pub async fn declare(&self, connection: &Connection) -> Result<Vec<String>, Fatal> {
+    /// `known_names`, from an earlier declaration on the same connection,
+    /// keeps a server-named queue's name instead of asking for a new queue.
+    pub async fn declare(
+        &self,
+        connection: &Connection,
+        known_names: Option<&[String]>,
+    ) -> Result<Vec<String>, Fatal> {
         let channel = connection.create_channel().await.map_err(|error| {
             Fatal::new(
                 Exit::Registration,
@@ -104,8 +110,9 @@ impl Topology {
             )
         })?;
         let mut names = Vec::with_capacity(self.queues.len());
-        for spec in &self.queues {
-            let name = self.declare_queue(&channel, spec).await?;
+        for (index, spec) in self.queues.iter().enumerate() {
+            let known = known_names.and_then(|names| names.get(index));
+            let name = self.declare_queue(&channel, spec, known).await?;
             for binding in &spec.bindings {
                 channel
                     .queue_bind(
@@ -146,7 +153,13 @@ impl Topology {
         Ok(names)
     }
 
-    async fn declare_queue(&self, channel: &Channel, spec: &QueueSpec) -> Result<String, Fatal> {
+    async fn declare_queue(
+        &self,
+        channel: &Channel,
+        spec: &QueueSpec,
+        known_name: Option<&String>,
+    ) -> Result<String, Fatal> {
+        let name = known_name.unwrap_or(&spec.name);
         let options = QueueDeclareOptions {
             passive: self.passive,
             durable: spec.settings.durable,
@@ -156,7 +169,7 @@ impl Topology {
         };
         let queue = channel
             .queue_declare(
-                spec.name.as_str().into(),
+                name.as_str().into(),
                 options,
                 field_table(&spec.settings.arguments),
             )
@@ -177,13 +190,33 @@ impl Topology {
                 Fatal::new(
                     Exit::Declaration,
                     format!(
-                        "Unable to declare the queue {:?} on the AMQP broker: the broker responded with {}{hint}",
-                        spec.name,
+                        "Unable to declare the queue {name:?} on the AMQP broker: the broker responded with {}{hint}",
                         broker_reply(&error)
                     ),
                 )
             })?;
         Ok(queue.name().as_str().to_owned())
+    }
+}
+
+/// Whether `queue` still exists (a passive declare on a channel of its
+/// own, since a refusal closes the channel).
+pub async fn queue_exists(connection: &Connection, queue: &str) -> Result<bool, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    match channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+    {
+        Ok(_) => {
+            let _ = channel.close(200, "checked".into()).await;
+            Ok(true)
+        }
+        Err(error) if broker_code(&error) == Some(404) => Ok(false),
+        Err(error) => Err(error),
     }
 }
 

@@ -561,8 +561,19 @@ fn a_broker_that_refuses_tcp_at_start_is_retried() {
         "--callback",
         &scripted(),
     ]));
-    consumer.wait_for("retrying in 1 s", WAIT);
-    consumer.wait_for("retrying in 2 s", WAIT);
+    let first = consumer.wait_for("(attempt 1)", WAIT);
+    let second = consumer.wait_for("(attempt 2)", WAIT);
+    // About 1 s, then about 2 s (±20 % jitter).
+    let delay = |line: &str| -> f64 {
+        line.rsplit("retrying in ")
+            .next()
+            .unwrap()
+            .trim_end_matches(" s")
+            .parse()
+            .unwrap()
+    };
+    assert!((0.8..=1.2).contains(&delay(&first)), "{first}");
+    assert!((1.6..=2.4).contains(&delay(&second)), "{second}");
     consumer.signal("INT");
     let run = consumer.finish();
     assert_eq!(run.code(), 0, "{run:#?}");
