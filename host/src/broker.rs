@@ -119,7 +119,7 @@ impl Broker {
     }
 }
 
-/// Exponential backoff with jitter: about 1 s, then doubling up to 30 s,
+/// Exponential backoff with jitter: about 1 s, then doubling up to 10 s,
 /// each delay spread by ±20 % so that many consumers restarted by one
 /// broker outage do not all come back at the same instant.
 #[derive(Debug, Clone)]
@@ -131,7 +131,7 @@ impl Backoff {
     const FIRST: Duration = Duration::from_secs(1);
     /// The longest wait: how stale "consuming again once the broker is
     /// back" can get.
-    pub const CAP: Duration = Duration::from_secs(30);
+    pub const CAP: Duration = Duration::from_secs(10);
 
     pub fn new() -> Backoff {
         Backoff { next: Self::FIRST }

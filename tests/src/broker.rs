@@ -17,6 +17,10 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 /// The URL tests give the host.
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2F";
 
+/// The node that fault tests stop and restart (scripts/rabbitmq-node).
+pub const FAULT_NODE: &str = "fm-faults";
+pub const FAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5701/%2F";
+
 /// A connection to the test broker, for setting up and inspecting queues.
 pub struct TestBroker {
     _connection: Connection,
@@ -32,11 +36,15 @@ pub struct Queued {
 
 impl TestBroker {
     pub fn connect() -> TestBroker {
+        TestBroker::connect_to(AMQP_URL)
+    }
+
+    pub fn connect_to(url: &str) -> TestBroker {
         block_on(async {
-            let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            let connection = Connection::connect(url, ConnectionProperties::default())
                 .await
                 .unwrap_or_else(|error| {
-                    panic!("no RabbitMQ on 127.0.0.1:5672 ({error}): run scripts/start-rabbitmq")
+                    panic!("no RabbitMQ at {url} ({error}): run scripts/start-rabbitmq")
                 });
             let channel = connection.create_channel().await.expect("a channel");
             channel
@@ -175,8 +183,13 @@ impl TestBroker {
 /// A config consuming the durable queue `queue` (bound with `QUEUE.#`),
 /// plus `extra` TOML, logging at INFO.
 pub fn queue_config(queue: &str, extra: &str) -> String {
+    queue_config_at(AMQP_URL, queue, extra)
+}
+
+/// [`queue_config`] for the broker at `url`.
+pub fn queue_config_at(url: &str, queue: &str, extra: &str) -> String {
     format!(
-        r#"amqp_url = "{AMQP_URL}"
+        r#"amqp_url = "{url}"
 {extra}
 [queues."{queue}"]
 durable = true
@@ -220,4 +233,13 @@ pub fn ensure_user(name: &str, password: &str, permissions: Option<[&str; 3]>) {
     if let Some([configure, write, read]) = permissions {
         rabbitmqctl(&["set_permissions", "-p", "/", name, configure, write, read]);
     }
+}
+
+/// Runs `scripts/rabbitmq-node` (start NAME PORT [CONFIG]... or stop NAME).
+pub fn rabbitmq_node(args: &[&str]) {
+    let status = Command::new(crate::workspace_root().join("scripts/rabbitmq-node"))
+        .args(args)
+        .status()
+        .unwrap_or_else(|error| panic!("cannot run scripts/rabbitmq-node {args:?}: {error}"));
+    assert!(status.success(), "scripts/rabbitmq-node {args:?} failed");
 }

@@ -81,6 +81,31 @@ impl Running {
         }
     }
 
+    /// Waits until `count` lines containing `needle` have appeared; fails
+    /// the test after `timeout`.
+    pub fn wait_for_count(&mut self, needle: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self
+            .seen
+            .iter()
+            .filter(|line| line.contains(needle))
+            .count()
+            < count
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "fewer than {count} lines with {needle:?} within {timeout:?}; output:\n{}",
+                        self.seen.join("\n")
+                    );
+                }
+            }
+        }
+    }
+
     /// Sends `signal` (e.g. "TERM") to the process.
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")

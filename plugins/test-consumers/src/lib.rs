@@ -2,9 +2,10 @@
 //!
 //! - `Scripted` does what each message's body says: `{"do": "ack" | "nack"
 //!   | "nack_once" | "drop" | "halt" | "halt_requeue" | "fail" | "error" |
-//!   "panic", "code": N, "reason": "…", "sleep_ms": N}`, and logs a running
-//!   count (its state) when it starts and ends each message. `nack_once`
-//!   nacks the first delivery of an id and acks the next.
+//!   "panic", "code": N, "reason": "…", "sleep_ms": N, "sleep_once_ms": N}`,
+//!   and logs a running count (its state) when it starts and ends each
+//!   message. `nack_once` nacks the first delivery of an id and acks the
+//!   next; `sleep_once_ms` sleeps only on the first delivery of an id.
 //! - `Inspect` prints everything `Message` offers, as one JSON line.
 //! - `PanicInNew` and `FailInNew` never start.
 
@@ -14,6 +15,7 @@ use serde_json::{Value, json};
 pub struct Scripted {
     seen: u64,
     nacked: std::collections::HashSet<String>,
+    slept: std::collections::HashSet<String>,
 }
 
 impl Consumer for Scripted {
@@ -26,6 +28,7 @@ impl Consumer for Scripted {
         Ok(Scripted {
             seen: 0,
             nacked: Default::default(),
+            slept: Default::default(),
         })
     }
 
@@ -36,7 +39,10 @@ impl Consumer for Scripted {
         let code = body["code"].as_i64().unwrap_or(0) as i32;
         let reason = body["reason"].as_str().unwrap_or("scripted failure");
         log::info!("message #{} ({}): {action}", self.seen, message.id());
-        if let Some(millis) = body["sleep_ms"].as_u64() {
+        let sleep_once = body["sleep_once_ms"]
+            .as_u64()
+            .filter(|_| self.slept.insert(message.id().to_owned()));
+        if let Some(millis) = body["sleep_ms"].as_u64().or(sleep_once) {
             std::thread::sleep(std::time::Duration::from_millis(millis));
         }
         log::info!("done #{} ({})", self.seen, message.id());

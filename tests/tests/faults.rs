@@ -1,0 +1,289 @@
+//! Fault injection on a broker node of the tests' own (`fm-faults` on
+//! 127.0.0.1:5701, see scripts/rabbitmq-node), never the main test broker:
+//! broker restarts, a killed host, connections closed by the broker, and a
+//! channel closed by the delivery-acknowledgement timeout. The tests run
+//! one at a time, since some restart the node.
+//!
+//! Each prints its figures (published, delivered, duplicated, lost, time
+//! to resume) to stderr; `cargo test --test faults -- --nocapture` shows them.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use fm_e2e::broker::{
+    FAULT_NODE, FAULT_URL, TestBroker, queue_config_at, rabbitmq_node, rabbitmqctl,
+};
+use fm_e2e::process::Running;
+use fm_e2e::*;
+use lapin::types::FieldTable;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+/// The fault node's delivery-acknowledgement timeout (RabbitMQ 3.10 checks
+/// it about once a minute).
+const CONSUMER_TIMEOUT: &str = "consumer_timeout = 5000";
+const PREFETCH: usize = 10;
+
+/// Starts the fault node if needed and keeps the other fault tests out.
+fn fault_node() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    let guard = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    start_node();
+    guard
+}
+
+fn start_node() {
+    rabbitmq_node(&["start", FAULT_NODE, "5701", CONSUMER_TIMEOUT]);
+}
+
+fn node_ctl(args: &[&str]) -> String {
+    let node = format!("{FAULT_NODE}@localhost");
+    let mut full = vec!["-n", node.as_str()];
+    full.extend_from_slice(args);
+    rabbitmqctl(&full)
+}
+
+fn record(queue: &str, id: &str, body: Value) -> Value {
+    json!({"id": id, "topic": format!("{queue}.test"), "body": body})
+}
+
+/// A durable queue on the fault node holding `count` messages `m00000`….
+fn filled_queue(prefix: &str, count: usize) -> (String, Vec<String>) {
+    let broker = TestBroker::connect_to(FAULT_URL);
+    let queue = TestBroker::unique_name(prefix);
+    broker.declare_queue(&queue, FieldTable::default());
+    let ids: Vec<String> = (0..count).map(|n| format!("m{n:05}")).collect();
+    for id in &ids {
+        broker.publish(&record(&queue, id, json!({"n": id})));
+    }
+    (queue, ids)
+}
+
+fn saver(dir: &Path, queue: &str) -> (Running, PathBuf) {
+    let saved = dir.join("saved.jsonl");
+    let conf = config_file(
+        dir,
+        &queue_config_at(
+            FAULT_URL,
+            queue,
+            &format!(
+                "[consumer_config]\npath = \"{}\"\n[qos]\nprefetch_count = {PREFETCH}",
+                saved.display()
+            ),
+        ),
+    );
+    let saver = format!("{}:SaveMessage", plugin("saver").display());
+    let running = Running::start(fedora_messaging().arg("--conf").arg(&conf).args([
+        "consume",
+        "--callback",
+        &saver,
+    ]));
+    (running, saved)
+}
+
+/// The ids in the saved file, in order (duplicates included).
+fn saved_ids(saved: &Path) -> Vec<String> {
+    std::fs::read_to_string(saved)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|line| line["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Waits until the saved file holds at least `lines` lines (or `distinct`
+/// distinct ids, when given); returns the ids.
+fn wait_saved(saved: &Path, lines: usize, distinct: Option<usize>) -> Vec<String> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ids = saved_ids(saved);
+        let enough = match distinct {
+            Some(wanted) => ids.iter().collect::<HashSet<_>>().len() >= wanted,
+            None => ids.len() >= lines,
+        };
+        if enough {
+            return ids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} messages saved after {WAIT:?}",
+            ids.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn duplicates(ids: &[String]) -> usize {
+    ids.len() - ids.iter().collect::<HashSet<_>>().len()
+}
+
+#[test]
+fn broker_restarts_mid_stream_lose_nothing() {
+    let _serial = fault_node();
+    let (queue, published) = filled_queue("restart", 10_000);
+    let dir = scratch();
+    let (mut consumer, saved) = saver(dir.path(), &queue);
+    consumer.wait_for_count("Consuming messages from queue", 1, WAIT);
+
+    let mut resume_times = Vec::new();
+    let mut threshold = 500;
+    for restart in 1..=2 {
+        wait_saved(&saved, threshold, None);
+        rabbitmq_node(&["stop", FAULT_NODE]);
+        let at_stop = saved_ids(&saved).len();
+        assert!(
+            at_stop < published.len(),
+            "consumption ended before restart {restart} took effect: the test proves nothing"
+        );
+        start_node();
+        let back = Instant::now();
+        consumer.wait_for_count("Consuming messages from queue", restart + 1, WAIT);
+        resume_times.push(back.elapsed());
+        threshold = at_stop + 500;
+    }
+    let ids = wait_saved(&saved, 0, Some(published.len()));
+
+    // Still consuming: a message published now is saved too.
+    TestBroker::connect_to(FAULT_URL).publish(&record(&queue, "after", json!({})));
+    let ids_after = wait_saved(&saved, 0, Some(published.len() + 1));
+    assert!(ids_after.iter().any(|id| id == "after"));
+
+    consumer.signal("TERM");
+    let run = consumer.finish();
+    assert_eq!(run.code(), 0, "{run:#?}");
+    let distinct: HashSet<&String> = ids.iter().collect();
+    let lost: Vec<&String> = published
+        .iter()
+        .filter(|id| !distinct.contains(id))
+        .collect();
+    assert!(lost.is_empty(), "lost: {lost:?}");
+    let duplicated = duplicates(&ids);
+    eprintln!(
+        "broker restarts: published {}, delivered {}, duplicated {duplicated}, lost {}, consuming again {:?} after each broker start",
+        published.len(),
+        ids.len(),
+        lost.len(),
+        resume_times
+    );
+    assert!(duplicated <= 2 * PREFETCH, "{duplicated} duplicates");
+    // The liveness bound: the longest backoff (with its jitter), plus the
+    // time to connect and declare.
+    let bound = fm_host::broker::Backoff::CAP.mul_f64(1.2) + Duration::from_secs(5);
+    for resumed in resume_times {
+        assert!(
+            resumed < bound,
+            "resumed after {resumed:?}, bound {bound:?}"
+        );
+    }
+    assert!(run.stdout.contains("Lost the connection"), "{run:#?}");
+    TestBroker::connect_to(FAULT_URL).delete_queue(&queue);
+}
+
+#[test]
+fn a_host_killed_mid_stream_and_restarted_loses_nothing() {
+    let _serial = fault_node();
+    let (queue, published) = filled_queue("sigkill", 3_000);
+    let dir = scratch();
+    let (mut first, saved) = saver(dir.path(), &queue);
+    first.wait_for_count("Consuming messages from queue", 1, WAIT);
+    wait_saved(&saved, 300, None);
+    first.signal("KILL");
+    let killed = first.finish();
+    assert!(
+        killed.status.code().is_none(),
+        "killed by a signal: {killed:#?}"
+    );
+    let at_kill = saved_ids(&saved).len();
+    assert!(
+        at_kill < published.len(),
+        "the kill came too late to prove anything"
+    );
+
+    let (second, _) = saver(dir.path(), &queue);
+    let ids = wait_saved(&saved, 0, Some(published.len()));
+    second.signal("TERM");
+    let run = second.finish();
+    assert_eq!(run.code(), 0, "{run:#?}");
+    let distinct: HashSet<&String> = ids.iter().collect();
+    let lost = published.iter().filter(|id| !distinct.contains(id)).count();
+    let duplicated = duplicates(&ids);
+    eprintln!(
+        "SIGKILL: published {}, saved before the kill {at_kill}, delivered {}, duplicated {duplicated}, lost {lost}",
+        published.len(),
+        ids.len()
+    );
+    assert_eq!(lost, 0);
+    assert!(duplicated <= PREFETCH, "{duplicated} duplicates");
+    TestBroker::connect_to(FAULT_URL).delete_queue(&queue);
+}
+
+#[test]
+fn connections_closed_by_the_broker_are_reopened() {
+    let _serial = fault_node();
+    let (queue, _) = filled_queue("closed", 0);
+    let dir = scratch();
+    let conf = config_file(dir.path(), &queue_config_at(FAULT_URL, &queue, ""));
+    let scripted = format!("{}:Scripted", plugin("test_consumers").display());
+    let mut consumer = Running::start(fedora_messaging().arg("--conf").arg(&conf).args([
+        "consume",
+        "--callback",
+        &scripted,
+    ]));
+    consumer.wait_for_count("Consuming messages from queue", 1, WAIT);
+    let closed = Instant::now();
+    node_ctl(&["close_all_connections", "fault test"]);
+    consumer.wait_for_count("Consuming messages from queue", 2, WAIT);
+    let resumed = closed.elapsed();
+    TestBroker::connect_to(FAULT_URL).publish(&record(&queue, "m1", json!({"do": "halt"})));
+    let run = consumer.finish();
+    eprintln!("closed connection: consuming again after {resumed:?}");
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert!(run.stdout.contains("Lost the connection"), "{run:#?}");
+    assert!(run.stdout.contains("message #1 (m1): halt"), "{run:#?}");
+    TestBroker::connect_to(FAULT_URL).delete_queue(&queue);
+}
+
+#[test]
+fn a_channel_closed_by_the_acknowledgement_timeout_is_reopened() {
+    let _serial = fault_node();
+    let broker = TestBroker::connect_to(FAULT_URL);
+    let queue = TestBroker::unique_name("ack-timeout");
+    broker.declare_queue(&queue, FieldTable::default());
+    // Longer than the 5 s timeout plus RabbitMQ's one-minute check.
+    broker.publish(&record(
+        &queue,
+        "slow",
+        json!({"do": "ack", "sleep_once_ms": 80_000}),
+    ));
+    broker.publish(&record(&queue, "last", json!({"do": "halt"})));
+    let dir = scratch();
+    let conf = config_file(dir.path(), &queue_config_at(FAULT_URL, &queue, ""));
+    let scripted = format!("{}:Scripted", plugin("test_consumers").display());
+    let started = Instant::now();
+    let run =
+        run(fedora_messaging()
+            .arg("--conf")
+            .arg(&conf)
+            .args(["consume", "--callback", &scripted]));
+    eprintln!(
+        "acknowledgement timeout: recovered and finished in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert!(
+        run.stdout
+            .contains("opening new channels and consuming again"),
+        "{run:#?}"
+    );
+    // The first delivery's settle had no channel left; the broker delivered
+    // the message again and this time it was acknowledged.
+    assert!(run.stdout.contains("message #1 (slow)"), "{run:#?}");
+    assert!(run.stdout.contains("message #2 (slow)"), "{run:#?}");
+    assert!(run.stdout.contains("message #3 (last): halt"), "{run:#?}");
+    assert_eq!(broker.depth(&queue), 0);
+    broker.delete_queue(&queue);
+}
