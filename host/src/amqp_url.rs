@@ -161,9 +161,13 @@ impl BrokerUrl {
         } else {
             authority.host.clone()
         };
+        let user = match self.uri.query.auth_mechanism {
+            Some(lapin::uri::SASLMechanism::External) => "client-certificate".to_owned(),
+            _ => authority.userinfo.username.clone(),
+        };
         format!(
-            "{}://{}@{}:{} vhost {:?}",
-            self.uri.scheme, authority.userinfo.username, host, authority.port, self.uri.vhost
+            "{}://{user}@{host}:{} vhost {:?}",
+            self.uri.scheme, authority.port, self.uri.vhost
         )
     }
 }

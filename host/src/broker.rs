@@ -3,18 +3,23 @@
 
 use std::time::Duration;
 
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::LongString;
+use lapin::uri::{AMQPScheme, SASLMechanism};
 use lapin::{Connection, ConnectionProperties};
 
 use crate::amqp_url::BrokerUrl;
 use crate::config::{self, Config};
 use crate::exit::{Exit, Fatal};
 use crate::stop::StopRequest;
+use crate::tls;
 
 /// How to reach the broker, and who we say we are.
 pub struct Broker {
     url: BrokerUrl,
     properties: ConnectionProperties,
+    /// For `amqps://` URLs.
+    tls: Option<OwnedTLSConfig>,
 }
 
 /// Why a connection attempt failed.
@@ -22,15 +27,29 @@ pub struct Broker {
 pub enum ConnectError {
     /// Nothing answered or the connection broke: try again later.
     Unreachable(String),
-    /// The broker answered and said no (credentials, vhost, TLS).
+    /// The broker answered and said no (credentials, vhost, our TLS
+    /// certificate).
     Refused(String),
+    /// The broker's TLS certificate does not verify against the trusted
+    /// authorities.
+    Untrusted(String),
 }
 
 impl Broker {
     /// `app_name` is `--app-name`, which wins over the configuration's.
     pub fn new(config: &Config, app_name: Option<&str>) -> Result<Broker, Fatal> {
-        let url = BrokerUrl::parse(&config.amqp_url)
+        let mut url = BrokerUrl::parse(&config.amqp_url)
             .map_err(|error| Fatal::new(Exit::Usage, error.to_string()))?;
+        // As fedora-messaging: TLS only for amqps.
+        let tls = if url.uri.scheme == AMQPScheme::AMQPS {
+            let setup = tls::load(&config.tls)?;
+            if setup.client_certificate {
+                url.uri.query.auth_mechanism = Some(SASLMechanism::External);
+            }
+            Some(setup.config)
+        } else {
+            None
+        };
         for parameter in &url.ignored {
             log::debug!("amqp_url parameter {parameter:?} has no effect here");
         }
@@ -59,7 +78,11 @@ impl Broker {
         for (key, value) in config::reserved_client_properties() {
             properties = properties.with_client_property(key.into(), LongString::from(value));
         }
-        Ok(Broker { url, properties })
+        Ok(Broker {
+            url,
+            properties,
+            tls,
+        })
     }
 
     /// For log lines: the broker, user and vhost (never the password).
@@ -69,9 +92,17 @@ impl Broker {
 
     /// One attempt.
     pub async fn connect(&self) -> Result<Connection, ConnectError> {
-        Connection::connect_uri(self.url.uri.clone(), self.properties.clone())
-            .await
-            .map_err(classify)
+        let uri = self.url.uri.clone();
+        let properties = self.properties.clone();
+        let connected = match &self.tls {
+            None => Connection::connect_uri(uri, properties).await,
+            Some(tls) => {
+                let runtime = lapin::runtime::default_runtime()
+                    .map_err(|error| ConnectError::Unreachable(error.to_string()))?;
+                Connection::connect_uri_with_config(uri, properties, tls.clone(), runtime).await
+            }
+        };
+        connected.map_err(classify)
     }
 
     /// Connects, retrying without limit while the broker is unreachable
@@ -98,6 +129,15 @@ impl Broker {
                         Exit::Connection,
                         format!(
                             "the broker at {} refused the connection: {reason}",
+                            self.describe()
+                        ),
+                    ));
+                }
+                Err(ConnectError::Untrusted(reason)) => {
+                    return Err(Fatal::new(
+                        Exit::Connection,
+                        format!(
+                            "the broker at {} is not trusted: {reason}: check [tls] ca_cert (or the system's trust store when it is unset)",
                             self.describe()
                         ),
                     ));
@@ -163,7 +203,13 @@ impl Default for Backoff {
 fn classify(error: lapin::Error) -> ConnectError {
     match error.kind() {
         lapin::ErrorKind::IOError(io) if is_tls_refusal(io) => {
-            ConnectError::Refused(format!("TLS: {io}"))
+            if io.to_string().contains("invalid peer certificate") {
+                ConnectError::Untrusted(format!("TLS: {io}"))
+            } else {
+                ConnectError::Refused(format!(
+                    "TLS: {io} (check the client certificate, [tls] certfile and keyfile)"
+                ))
+            }
         }
         lapin::ErrorKind::ProtocolError(amqp) => ConnectError::Refused(format!(
             "{} {}",
@@ -171,6 +217,13 @@ fn classify(error: lapin::Error) -> ConnectError {
             amqp.get_message().as_str()
         )),
         lapin::ErrorKind::AuthProviderError(reason) => ConnectError::Refused(reason.clone()),
+        // Something answered that does not speak AMQP (as we expect it):
+        // retrying cannot help.
+        lapin::ErrorKind::ParsingError(_) | lapin::ErrorKind::InvalidProtocolVersion(_) => {
+            ConnectError::Refused(format!(
+                "{error} (is this port speaking AMQP? check amqp_url's scheme and port)"
+            ))
+        }
         lapin::ErrorKind::InvalidConnectionState(_) => ConnectError::Refused(format!(
             "{error} (the broker closed the connection during the handshake: check the credentials and the vhost)"
         )),

@@ -129,7 +129,7 @@ pub struct Qos {
     #[serde(default = "defaults::prefetch_count")]
     pub prefetch_count: u16,
     #[serde(flatten)]
-    ignored: Ignored,
+    pub(crate) ignored: Ignored,
 }
 
 impl Default for Qos {
@@ -151,7 +151,7 @@ pub struct Tls {
     #[serde(default)]
     pub keyfile: Option<PathBuf>,
     #[serde(flatten)]
-    ignored: Ignored,
+    pub(crate) ignored: Ignored,
 }
 
 /// Where the health endpoints listen.
@@ -161,7 +161,7 @@ pub struct Monitoring {
     pub address: String,
     pub port: u16,
     #[serde(flatten)]
-    ignored: Ignored,
+    pub(crate) ignored: Ignored,
 }
 
 mod defaults {

@@ -24,5 +24,6 @@ pub mod plugin;
 pub mod publish;
 pub mod reconsume;
 pub mod stop;
+pub mod tls;
 pub mod topology;
 pub mod wire;

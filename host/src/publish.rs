@@ -96,7 +96,7 @@ async fn connect_within(broker: &Broker, timeout: Duration) -> Result<lapin::Con
     loop {
         match broker.connect().await {
             Ok(connection) => return Ok(connection),
-            Err(ConnectError::Refused(reason)) => {
+            Err(ConnectError::Refused(reason) | ConnectError::Untrusted(reason)) => {
                 return Err(Fatal::new(
                     Exit::Error,
                     format!(
