@@ -100,6 +100,30 @@ impl TestBroker {
         });
     }
 
+    /// Declares a non-durable queue bound like [`TestBroker::declare_queue`]'s.
+    pub fn declare_transient_queue(&self, name: &str) {
+        block_on(async {
+            self.channel
+                .queue_declare(
+                    name.into(),
+                    QueueDeclareOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("declare the test queue");
+            self.channel
+                .queue_bind(
+                    name.into(),
+                    "amq.topic".into(),
+                    format!("{name}.#").as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("bind the test queue");
+        });
+    }
+
     /// Publishes a record as `fedora-messaging publish` would, to amq.topic.
     pub fn publish(&self, record: &serde_json::Value) {
         let record = RecordMessage::from_json(record.clone()).expect("a valid test record");

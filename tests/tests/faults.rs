@@ -287,3 +287,39 @@ fn a_channel_closed_by_the_acknowledgement_timeout_is_reopened() {
     assert_eq!(broker.depth(&queue), 0);
     broker.delete_queue(&queue);
 }
+
+#[test]
+fn a_passive_redeclare_of_a_queue_not_back_yet_is_retried() {
+    let _serial = fault_node();
+    // A queue that does not survive the broker's restart, consumed with
+    // passive declares: after the restart it is missing until someone
+    // declares it again, and the host must wait for that, not die.
+    let queue = TestBroker::unique_name("passive");
+    let declare = || TestBroker::connect_to(FAULT_URL).declare_transient_queue(&queue);
+    declare();
+    let dir = scratch();
+    let conf = config_file(
+        dir.path(),
+        &queue_config_at(FAULT_URL, &queue, "passive_declares = true")
+            .replace("durable = true", "durable = false"),
+    );
+    let scripted = format!("{}:Scripted", plugin("test_consumers").display());
+    let mut consumer = Running::start(fedora_messaging().arg("--conf").arg(&conf).args([
+        "consume",
+        "--callback",
+        &scripted,
+    ]));
+    consumer.wait_for_count("Consuming messages from queue", 1, WAIT);
+    rabbitmq_node(&["stop", FAULT_NODE]);
+    start_node();
+    consumer.wait_for_count("404 NOT_FOUND", 2, WAIT);
+    declare();
+    consumer.wait_for_count("Consuming messages from queue", 2, WAIT);
+    TestBroker::connect_to(FAULT_URL).publish(&record(&queue, "m1", json!({"do": "halt"})));
+    let run = consumer.finish();
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert!(run.stdout.contains("passive_declares is on"), "{run:#?}");
+    assert!(run.stdout.contains("; retrying in "), "{run:#?}");
+    assert!(run.stdout.contains("message #1 (m1): halt"), "{run:#?}");
+    TestBroker::connect_to(FAULT_URL).delete_queue(&queue);
+}
