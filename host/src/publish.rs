@@ -16,8 +16,8 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use crate::broker::{Broker, ConnectError};
 use crate::config::Config;
 use crate::exit::{Exit, Fatal};
-use crate::reconsume::read_record_file;
 use crate::topology::{broker_code, broker_reply};
+use crate::wire::read_record_file;
 
 /// fedora-messaging's publish timeout.
 const TIMEOUT: Duration = Duration::from_secs(30);

@@ -5,7 +5,7 @@
 //! exception, this prints each message's outcome and exits as `consume`
 //! would: a halt exits with its code, a failure with 13.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::exit::{Exit, Fatal};
 use crate::outcome::Next;
 use crate::plugin;
-use crate::wire::RecordMessage;
+use crate::wire::{RecordMessage, read_record_file};
 
 /// Where the messages come from.
 pub enum Input<'a> {
@@ -57,39 +57,6 @@ pub fn run(config: &Config, callback: &str, input: Input<'_>) -> Result<Exit, Fa
     }
     consumer.stop();
     Ok(Exit::Success)
-}
-
-/// Reads a whole record file first, so that a malformed line stops the
-/// replay before the consumer has seen anything. Blank lines are skipped.
-pub fn read_record_file(path: &Path) -> Result<Vec<RecordMessage>, Fatal> {
-    let mut text = String::new();
-    let read = if path == Path::new("-") {
-        std::io::stdin().read_to_string(&mut text).map(drop)
-    } else {
-        std::fs::read_to_string(path).map(|content| text = content)
-    };
-    read.map_err(|error| {
-        Fatal::new(
-            Exit::Usage,
-            format!("cannot read --file {}: {error}", path.display()),
-        )
-    })?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(index, line)| {
-            RecordMessage::parse(line).map_err(|reason| {
-                Fatal::new(
-                    Exit::Usage,
-                    format!(
-                        "{}:{}: not a message in fedora-messaging's record format: {reason}",
-                        path.display(),
-                        index + 1
-                    ),
-                )
-            })
-        })
-        .collect()
 }
 
 /// `GET {url}/v2/id?id=…&is_raw=true`, as fedora-messaging's `reconsume`

@@ -9,6 +9,11 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
+use std::io::Read;
+use std::path::Path;
+
+use crate::exit::{Exit, Fatal};
+
 /// Headers that can be shown to a consumer as a JSON object, converted only
 /// when the consumer asks.
 pub trait HeadersJson {
@@ -433,6 +438,40 @@ fn check_headers(headers: &Map<String, Value>) -> Result<u8, String> {
         Some(value) => severity_level(value.as_f64())
             .ok_or_else(|| format!("{} not {value}", severity_error())),
     }
+}
+
+/// Reads a whole record file (`-`: standard input) before anything is
+/// done with it, so that a malformed line (an error naming it, exit 2)
+/// stops a replay or a publish before it starts. Blank lines are skipped.
+pub fn read_record_file(path: &Path) -> Result<Vec<RecordMessage>, Fatal> {
+    let mut text = String::new();
+    let read = if path == Path::new("-") {
+        std::io::stdin().read_to_string(&mut text).map(drop)
+    } else {
+        std::fs::read_to_string(path).map(|content| text = content)
+    };
+    read.map_err(|error| {
+        Fatal::new(
+            Exit::Usage,
+            format!("cannot read --file {}: {error}", path.display()),
+        )
+    })?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(index, line)| {
+            RecordMessage::parse(line).map_err(|reason| {
+                Fatal::new(
+                    Exit::Usage,
+                    format!(
+                        "{}:{}: not a message in fedora-messaging's record format: {reason}",
+                        path.display(),
+                        index + 1
+                    ),
+                )
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

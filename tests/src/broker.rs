@@ -75,39 +75,24 @@ impl TestBroker {
     /// Declares a durable queue (with `arguments`) bound to amq.topic with
     /// routing key `NAME.#`, as the config from [`queue_config`] does.
     pub fn declare_queue(&self, name: &str, arguments: FieldTable) {
+        self.declare_bound(name, true, arguments);
+    }
+
+    /// The same queue, but not durable: a broker restart deletes it.
+    pub fn declare_transient_queue(&self, name: &str) {
+        self.declare_bound(name, false, FieldTable::default());
+    }
+
+    fn declare_bound(&self, name: &str, durable: bool, arguments: FieldTable) {
         block_on(async {
             self.channel
                 .queue_declare(
                     name.into(),
                     QueueDeclareOptions {
-                        durable: true,
+                        durable,
                         ..QueueDeclareOptions::default()
                     },
                     arguments,
-                )
-                .await
-                .expect("declare the test queue");
-            self.channel
-                .queue_bind(
-                    name.into(),
-                    "amq.topic".into(),
-                    format!("{name}.#").as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .expect("bind the test queue");
-        });
-    }
-
-    /// Declares a non-durable queue bound like [`TestBroker::declare_queue`]'s.
-    pub fn declare_transient_queue(&self, name: &str) {
-        block_on(async {
-            self.channel
-                .queue_declare(
-                    name.into(),
-                    QueueDeclareOptions::default(),
-                    FieldTable::default(),
                 )
                 .await
                 .expect("declare the test queue");

@@ -117,6 +117,12 @@ fn wait_saved(saved: &Path, lines: usize, distinct: Option<usize>) -> Vec<String
     }
 }
 
+/// Published ids that were never saved.
+fn lost<'a>(published: &'a [String], saved: &[String]) -> Vec<&'a String> {
+    let saved: HashSet<&String> = saved.iter().collect();
+    published.iter().filter(|id| !saved.contains(id)).collect()
+}
+
 fn duplicates(ids: &[String]) -> usize {
     ids.len() - ids.iter().collect::<HashSet<_>>().len()
 }
@@ -208,8 +214,7 @@ fn a_host_killed_mid_stream_and_restarted_loses_nothing() {
     second.signal("TERM");
     let run = second.finish();
     assert_eq!(run.code(), 0, "{run:#?}");
-    let distinct: HashSet<&String> = ids.iter().collect();
-    let lost = published.iter().filter(|id| !distinct.contains(id)).count();
+    let lost = lost(&published, &ids).len();
     let duplicated = duplicates(&ids);
     eprintln!(
         "SIGKILL: published {}, saved before the kill {at_kill}, delivered {}, duplicated {duplicated}, lost {lost}",
