@@ -127,7 +127,10 @@ impl BrokerUrl {
                 "heartbeat" => query.heartbeat = Some(number(&name, &value)?),
                 "channel_max" => query.channel_max = Some(number(&name, &value)?),
                 "frame_max" => query.frame_max = Some(number(&name, &value)?),
-                "locale" => locale = Some(value.clone().into_owned()),
+                "locale" => {
+                    crate::wire::check_short("locale", &value).map_err(error)?;
+                    locale = Some(value.clone().into_owned());
+                }
                 known if IGNORED_PARAMETERS.contains(&known) => ignored.push(known.to_owned()),
                 unknown => {
                     return Err(error(format!(

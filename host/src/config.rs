@@ -327,7 +327,39 @@ impl Config {
         }
         self.monitoring()
             .map_err(|message| (line_of_key(text, "monitoring"), message))?;
+        self.check_amqp_names()
+            .map_err(|(key, message)| (line_of_key(text, key), message))?;
         Ok(self)
+    }
+
+    /// Names that travel as AMQP short strings must fit one (255 bytes);
+    /// the error carries the key to find the line by.
+    fn check_amqp_names(&self) -> Result<(), (&'static str, String)> {
+        use crate::wire::check_short;
+        let short = |key: &'static str, what: &str, text: &str| {
+            check_short(what, text).map_err(|message| (key, format!("[{key}]: {message}")))
+        };
+        short(
+            "publish_exchange",
+            "publish_exchange",
+            &self.publish_exchange,
+        )?;
+        for (name, queue) in &self.queues {
+            short("queues", "a queue name", name)?;
+            check_table_keys(&queue.arguments).map_err(|m| ("queues", m))?;
+        }
+        for binding in &self.bindings {
+            short("bindings", "a binding's queue", &binding.queue)?;
+            short("bindings", "a binding's exchange", &binding.exchange)?;
+            for key in &binding.routing_keys {
+                short("bindings", "a routing key", key)?;
+            }
+            check_table_keys(&binding.arguments).map_err(|m| ("bindings", m))?;
+        }
+        for key in self.client_properties.keys() {
+            short("client_properties", "a client property name", key)?;
+        }
+        Ok(())
     }
 
     /// The `[monitoring]` section, if enabled.
@@ -354,6 +386,17 @@ impl Default for Config {
             Err((_, message)) => unreachable!("the built-in defaults are valid: {message}"),
         }
     }
+}
+
+/// Argument tables become AMQP field tables, whose keys are short strings.
+fn check_table_keys(table: &toml::Table) -> Result<(), String> {
+    for (key, value) in table {
+        crate::wire::check_short("an argument name", key)?;
+        if let toml::Value::Table(inner) = value {
+            check_table_keys(inner)?;
+        }
+    }
+    Ok(())
 }
 
 /// TOML to JSON, with dates and times as their TOML text.
@@ -401,9 +444,9 @@ fn line_of_key(text: &str, key: &str) -> Option<usize> {
             let assigns = line
                 .strip_prefix(key)
                 .is_some_and(|rest| rest.trim_start().starts_with('='));
-            let opens = line
-                .strip_prefix('[')
-                .is_some_and(|rest| rest.trim_start().starts_with(key));
+            // `[table]` and `[[array of tables]]`.
+            let opens =
+                line.starts_with('[') && line.trim_start_matches('[').trim_start().starts_with(key);
             assigns || opens
         })
         .map(|index| index + 1)
@@ -519,6 +562,25 @@ mod tests {
         let config = Config::parse("[monitoring]\nport = 8070\n").unwrap();
         let monitoring = config.monitoring().unwrap().unwrap();
         assert_eq!((monitoring.address.as_str(), monitoring.port), ("", 8070));
+    }
+
+    #[test]
+    fn names_longer_than_amqp_allows_are_configuration_errors() {
+        let long = "q".repeat(256);
+        let (line, message) = Config::parse(&format!(
+            "\n[[bindings]]\nexchange = 'amq.topic'\nrouting_keys = ['{long}']\n"
+        ))
+        .unwrap_err();
+        assert_eq!(line, Some(2));
+        assert!(
+            message.contains("a routing key is 256 bytes long"),
+            "{message}"
+        );
+        let (_, message) = Config::parse(&format!(
+            "[queues.q]\ndurable = true\nauto_delete = false\nexclusive = false\narguments = {{ {long} = 1 }}\n"
+        ))
+        .unwrap_err();
+        assert!(message.contains("an argument name"), "{message}");
     }
 
     #[test]

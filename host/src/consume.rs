@@ -39,6 +39,9 @@ pub struct ConsumeArgs<'a> {
 
 /// Runs `consume` to its end and returns how the process exits.
 pub fn run(config: &Config, args: &ConsumeArgs<'_>) -> Result<Exit, Fatal> {
+    args.overrides
+        .check()
+        .map_err(|reason| Fatal::new(Exit::Usage, reason))?;
     let topology = Topology::new(config, &args.overrides);
     let broker = Broker::new(config, args.app_name)?;
     if config.qos.prefetch_size != 0 {

@@ -17,7 +17,7 @@ use crate::broker::{Broker, ConnectError};
 use crate::config::Config;
 use crate::exit::{Exit, Fatal};
 use crate::topology::{broker_code, broker_reply};
-use crate::wire::read_record_file;
+use crate::wire::{self, read_record_file};
 
 /// fedora-messaging's publish timeout.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -25,6 +25,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 pub fn run(config: &Config, exchange: Option<&str>, file: &Path) -> Result<Exit, Fatal> {
     let messages = read_record_file(file)?;
     let exchange = exchange.unwrap_or(&config.publish_exchange);
+    wire::check_short("--exchange", exchange).map_err(|reason| Fatal::new(Exit::Usage, reason))?;
     let broker = Broker::new(config, None)?;
     async_global_executor::block_on(async {
         let connection = connect_within(&broker, TIMEOUT).await?;
@@ -43,7 +44,9 @@ pub fn run(config: &Config, exchange: Option<&str>, file: &Path) -> Result<Exit,
         // trip for the file instead of one a message.
         let mut confirms = Vec::with_capacity(messages.len());
         for message in &messages {
-            let outgoing = message.outgoing(&config.topic_prefix);
+            let outgoing = message.outgoing(&config.topic_prefix).map_err(|reason| {
+                Fatal::new(Exit::Usage, format!("message {}: {reason}", message.id))
+            })?;
             println!("Publishing message with topic {}", outgoing.routing_key);
             let confirm = channel
                 .basic_publish(

@@ -9,6 +9,7 @@ use lapin::{Channel, Connection};
 
 use crate::config::{self, Config};
 use crate::exit::{Exit, Fatal};
+use crate::wire::check_short;
 
 /// `consume`'s options that change what is declared.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -20,6 +21,22 @@ pub struct Overrides {
     pub queue_name: Option<String>,
     /// `--exchange`: every binding's exchange.
     pub exchange: Option<String>,
+}
+
+impl Overrides {
+    /// Each override must fit where AMQP puts it.
+    pub fn check(&self) -> Result<(), String> {
+        for key in &self.routing_keys {
+            check_short("--routing-key", key)?;
+        }
+        if let Some(queue) = &self.queue_name {
+            check_short("--queue-name", queue)?;
+        }
+        if let Some(exchange) = &self.exchange {
+            check_short("--exchange", exchange)?;
+        }
+        Ok(())
+    }
 }
 
 /// One queue to declare and consume from, with its bindings.

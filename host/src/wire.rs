@@ -243,8 +243,9 @@ impl RecordMessage {
     /// priority (0 when unset) as property and `priority` header, the
     /// record's headers with `fedora_messaging_schema` (`base.message` when
     /// absent), `fedora_messaging_severity` and `sent-at` (now, when
-    /// absent), and the topic prefixed with `topic_prefix`.
-    pub fn outgoing(&self, topic_prefix: &str) -> Outgoing {
+    /// absent), and the topic prefixed with `topic_prefix` (which must
+    /// still fit a routing key).
+    pub fn outgoing(&self, topic_prefix: &str) -> Result<Outgoing, String> {
         let mut headers = self.headers.clone();
         headers
             .entry("fedora_messaging_schema")
@@ -267,7 +268,8 @@ impl RecordMessage {
         } else {
             format!("{}.{}", topic_prefix.trim_end_matches('.'), self.topic)
         };
-        Outgoing {
+        check_short("the topic with topic_prefix", &routing_key)?;
+        Ok(Outgoing {
             routing_key,
             properties: BasicProperties::default()
                 .with_content_type("application/json".into())
@@ -277,7 +279,7 @@ impl RecordMessage {
                 .with_priority(self.priority)
                 .with_headers(table),
             body: self.body.clone(),
-        }
+        })
     }
 }
 
@@ -306,6 +308,38 @@ fn json_amqp(value: &Value) -> AMQPValue {
             AMQPValue::FieldTable(table)
         }
     }
+}
+
+/// The longest AMQP short string (queue, exchange and header names,
+/// routing keys, message ids), in bytes.
+pub const SHORT_STRING_MAX: usize = 255;
+
+/// Checks that `text` fits an AMQP short string; `what` names it.
+pub fn check_short(what: &str, text: &str) -> Result<(), String> {
+    if text.len() > SHORT_STRING_MAX {
+        Err(format!(
+            "{what} is {} bytes long; AMQP allows at most {SHORT_STRING_MAX}",
+            text.len()
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// [`check_short`] on every key of `map` and of the objects inside it.
+fn check_json_keys(what: &str, map: &Map<String, Value>) -> Result<(), String> {
+    for (key, value) in map {
+        check_short(&format!("the {what} key {key:.40?}…"), key)?;
+        let nested = match value {
+            Value::Object(inner) => vec![inner],
+            Value::Array(items) => items.iter().filter_map(Value::as_object).collect(),
+            _ => Vec::new(),
+        };
+        for inner in nested {
+            check_json_keys(what, inner)?;
+        }
+    }
+    Ok(())
 }
 
 /// fedora-messaging's severity when the header is missing (INFO).
@@ -359,8 +393,13 @@ impl RecordMessage {
             Some(_) => return Err("\"headers\" must be a JSON object".to_owned()),
         };
         let severity = check_headers(&headers)?;
+        check_json_keys("header", &headers)?;
+        check_short("\"topic\"", &topic)?;
         let id = match record.remove("id") {
-            Some(Value::String(id)) => id,
+            Some(Value::String(id)) => {
+                check_short("\"id\"", &id)?;
+                id
+            }
             None => uuid::Uuid::new_v4().to_string(),
             Some(_) => return Err("\"id\" must be a string".to_owned()),
         };
@@ -573,7 +612,7 @@ mod tests {
     #[test]
     fn records_publish_with_fedora_messaging_properties() {
         let record = RecordMessage::parse(GOOD).unwrap();
-        let outgoing = record.outgoing("org.fedoraproject.");
+        let outgoing = record.outgoing("org.fedoraproject.").unwrap();
         assert_eq!(outgoing.routing_key, "org.fedoraproject.test_topic");
         let p = &outgoing.properties;
         assert_eq!(
@@ -604,7 +643,8 @@ mod tests {
         );
         let fresh = RecordMessage::parse(r#"{"topic": "t", "body": {}}"#)
             .unwrap()
-            .outgoing("");
+            .outgoing("")
+            .unwrap();
         assert_eq!(fresh.routing_key, "t");
         let sent_at = fresh.properties.headers().as_ref().unwrap().inner()["sent-at"].clone();
         assert!(matches!(sent_at, AMQPValue::LongString(s) if s.as_bytes().ends_with(b"+00:00")));
@@ -625,6 +665,29 @@ mod tests {
             serde_json::json!({"s": "text", "n": -3, "t": {"x": true}, "v": null})
         );
         assert_eq!(None::<FieldTable>.headers_json(), "{}");
+    }
+
+    #[test]
+    fn names_longer_than_amqp_allows_are_refused_not_panicked_on() {
+        let long = "k".repeat(256);
+        for line in [
+            format!(r#"{{"topic": "{long}", "body": {{}}}}"#),
+            format!(r#"{{"topic": "t", "id": "{long}", "body": {{}}}}"#),
+            format!(r#"{{"topic": "t", "body": {{}}, "headers": {{"{long}": 1}}}}"#),
+            format!(r#"{{"topic": "t", "body": {{}}, "headers": {{"a": [{{"{long}": 1}}]}}}}"#),
+        ] {
+            let error = RecordMessage::parse(&line).unwrap_err();
+            assert!(error.contains("AMQP allows at most 255"), "{error}");
+        }
+        let topic = "t".repeat(250);
+        let record =
+            RecordMessage::parse(&format!(r#"{{"topic": "{topic}", "body": {{}}}}"#)).unwrap();
+        assert!(
+            record
+                .outgoing("org.fedoraproject")
+                .unwrap_err()
+                .contains("topic_prefix")
+        );
     }
 
     #[test]

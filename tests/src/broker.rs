@@ -112,7 +112,7 @@ impl TestBroker {
     /// Publishes a record as `fedora-messaging publish` would, to amq.topic.
     pub fn publish(&self, record: &serde_json::Value) {
         let record = RecordMessage::from_json(record.clone()).expect("a valid test record");
-        let outgoing = record.outgoing("");
+        let outgoing = record.outgoing("").expect("a publishable test record");
         self.publish_raw(&outgoing.routing_key, outgoing.properties, &outgoing.body);
     }
 
