@@ -11,6 +11,7 @@ use lapin::{Connection, ConnectionProperties};
 use crate::amqp_url::BrokerUrl;
 use crate::config::{self, Config};
 use crate::exit::{Exit, Fatal};
+use crate::notify::Notifier;
 use crate::stop::StopRequest;
 use crate::tls;
 
@@ -113,6 +114,7 @@ impl Broker {
         &self,
         stop: &StopRequest,
         backoff: &mut Backoff,
+        notifier: &Notifier,
     ) -> Result<Option<Connection>, Fatal> {
         let mut attempt = 1u64;
         loop {
@@ -149,6 +151,10 @@ impl Broker {
                         self.describe(),
                         delay.as_secs_f64()
                     );
+                    notifier.status(&format!(
+                        "Cannot reach the broker (attempt {attempt}); retrying in {:.0} s",
+                        delay.as_secs_f64()
+                    ));
                     if stop.wait(delay).await {
                         return Ok(None);
                     }

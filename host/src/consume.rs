@@ -22,6 +22,7 @@ use crate::broker::{Backoff, Broker};
 use crate::config::Config;
 use crate::dispatch::{Job, Workers};
 use crate::exit::{Exit, Fatal};
+use crate::notify::Notifier;
 use crate::outcome::{Next, Outcome, Settle};
 use crate::plugin;
 use crate::stop::StopRequest;
@@ -71,8 +72,10 @@ pub fn run(config: &Config, args: &ConsumeArgs<'_>) -> Result<Exit, Fatal> {
         generation: 0,
         consumed_once: false,
         backoff: Backoff::new(),
+        notifier: Arc::new(Notifier::from_env()),
     };
     let result = async_global_executor::block_on(engine.run());
+    engine.notifier.stopping();
     let graceful = matches!(result, Ok(exit) if exit != Exit::ConsumerFailed);
     engine.workers.finish(graceful);
     result
@@ -97,6 +100,8 @@ struct Engine {
     /// broker still recovering, and is retried.
     consumed_once: bool,
     backoff: Backoff,
+    /// systemd, when it supervises us.
+    notifier: Arc<Notifier>,
 }
 
 /// How a connection's session ended.
@@ -136,10 +141,24 @@ enum Event {
 
 impl Engine {
     async fn run(&mut self) -> Result<Exit, Fatal> {
+        self.notifier
+            .ready(&format!("Connecting to {}", self.broker.describe()));
+        if let Some(interval) = self.notifier.watchdog_interval() {
+            // Pings from the executor that runs the connection: if it
+            // wedges, they stop and systemd restarts us.
+            let notifier = self.notifier.clone();
+            async_global_executor::spawn(async move {
+                loop {
+                    async_io::Timer::after(interval).await;
+                    notifier.send("WATCHDOG=1");
+                }
+            })
+            .detach();
+        }
         loop {
             let Some(connection) = self
                 .broker
-                .connect_with_retry(&self.stop, &mut self.backoff)
+                .connect_with_retry(&self.stop, &mut self.backoff, &self.notifier)
                 .await?
             else {
                 return Ok(Exit::Success);
@@ -154,10 +173,13 @@ impl Engine {
             self.pending.clear();
             match end? {
                 SessionEnd::Exit(exit) => return Ok(exit),
-                SessionEnd::Lost(reason) => log::warn!(
-                    "Lost the connection to {}: {reason}; reconnecting, and consuming will resume",
-                    self.broker.describe()
-                ),
+                SessionEnd::Lost(reason) => {
+                    log::warn!(
+                        "Lost the connection to {}: {reason}; reconnecting, and consuming will resume",
+                        self.broker.describe()
+                    );
+                    self.notifier.status(&format!("Reconnecting: {reason}"));
+                }
                 SessionEnd::Retry(reason) => {
                     let delay = self.backoff.next_delay();
                     log::warn!("{reason}; retrying in {:.1} s", delay.as_secs_f64());
@@ -186,6 +208,14 @@ impl Engine {
             };
             self.consumed_once = true;
             self.backoff.reset();
+            self.notifier.status(&format!(
+                "Consuming from {}",
+                queues
+                    .iter()
+                    .map(|queue| format!("{queue:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
             let end = self.consume(connection, &consumers, &deliveries).await;
             match end {
                 ChannelsEnd::Exit(exit) => return Ok(SessionEnd::Exit(exit)),
@@ -376,6 +406,7 @@ impl Engine {
                                 log::info!("Consumer halted with non-zero exit code ({code})");
                             }
                             if stopping.is_none() {
+                                self.notifier.stopping();
                                 self.cancel_all(consumers).await;
                             }
                             // A halt's code wins over a signal's 0.
@@ -393,6 +424,7 @@ impl Engine {
                     }
                 }
                 Event::StopRequested => {
+                    self.notifier.stopping();
                     stopping = Some(Exit::Success);
                     self.cancel_all(consumers).await;
                 }

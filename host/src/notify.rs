@@ -1,0 +1,127 @@
+//! systemd's notification protocol (what `sd_notify` does), spoken
+//! directly: datagrams to the socket in `NOTIFY_SOCKET`. Without that
+//! variable (not under a `Type=notify` unit) nothing is sent.
+//!
+//! The host says `READY=1` once the consumer is built and the first
+//! connection attempt is under way (so a broker outage at boot does not
+//! trip `TimeoutStartSec`), `STATUS=` lines as it connects, consumes and
+//! reconnects, and `STOPPING=1` when it stops. With `WatchdogSec=`, the
+//! executor that drives the connection pings `WATCHDOG=1` at half the
+//! interval: a wedged executor stops the pings and systemd restarts the
+//! service, while a consumer busy on its own thread or a broker outage
+//! (the executor still runs the reconnect loop) does not.
+
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+/// Where notifications go, if anywhere.
+pub struct Notifier {
+    target: Option<Target>,
+    watchdog: Option<Duration>,
+}
+
+struct Target {
+    socket: UnixDatagram,
+    address: std::os::unix::net::SocketAddr,
+}
+
+impl Notifier {
+    /// Reads `NOTIFY_SOCKET` and `WATCHDOG_USEC` (honoured only when
+    /// `WATCHDOG_PID`, if set, is this process).
+    pub fn from_env() -> Notifier {
+        let target = std::env::var_os("NOTIFY_SOCKET").and_then(|path| {
+            let address = socket_address(&path.to_string_lossy())?;
+            let socket = UnixDatagram::unbound().ok()?;
+            Some(Target { socket, address })
+        });
+        let for_us = std::env::var("WATCHDOG_PID")
+            .map(|pid| pid.trim() == std::process::id().to_string())
+            .unwrap_or(true);
+        let watchdog = std::env::var("WATCHDOG_USEC")
+            .ok()
+            .and_then(|usec| usec.trim().parse::<u64>().ok())
+            .filter(|usec| *usec > 0 && for_us)
+            .map(Duration::from_micros);
+        Notifier { target, watchdog }
+    }
+
+    /// A notifier that sends nothing.
+    pub fn disabled() -> Notifier {
+        Notifier {
+            target: None,
+            watchdog: None,
+        }
+    }
+
+    /// Sends `state` (`KEY=value` lines); a failure only costs the message.
+    pub fn send(&self, state: &str) {
+        if let Some(target) = &self.target
+            && let Err(error) = target
+                .socket
+                .send_to_addr(state.as_bytes(), &target.address)
+        {
+            log::debug!("cannot notify systemd ({state}): {error}");
+        }
+    }
+
+    pub fn ready(&self, status: &str) {
+        self.send(&format!("READY=1\nSTATUS={status}"));
+    }
+
+    pub fn status(&self, status: &str) {
+        self.send(&format!("STATUS={status}"));
+    }
+
+    pub fn stopping(&self) {
+        self.send("STOPPING=1\nSTATUS=Stopping");
+    }
+
+    /// How often to ping the watchdog (half its timeout), when enabled.
+    pub fn watchdog_interval(&self) -> Option<Duration> {
+        self.target.as_ref()?;
+        self.watchdog.map(|timeout| timeout / 2)
+    }
+}
+
+/// `NOTIFY_SOCKET` is a path, or `@name` for an abstract socket.
+fn socket_address(text: &str) -> Option<std::os::unix::net::SocketAddr> {
+    if let Some(name) = text.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).ok()
+    } else {
+        std::os::unix::net::SocketAddr::from_pathname(text).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datagrams_reach_the_socket() {
+        let dir = std::env::temp_dir().join(format!("fm-notify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify");
+        let receiver = UnixDatagram::bind(&path).unwrap();
+        let notifier = Notifier {
+            target: Some(Target {
+                socket: UnixDatagram::unbound().unwrap(),
+                address: socket_address(path.to_str().unwrap()).unwrap(),
+            }),
+            watchdog: Some(Duration::from_secs(10)),
+        };
+        notifier.ready("Connecting");
+        let mut buffer = [0u8; 256];
+        let size = receiver.recv(&mut buffer).unwrap();
+        assert_eq!(&buffer[..size], b"READY=1\nSTATUS=Connecting");
+        assert_eq!(notifier.watchdog_interval(), Some(Duration::from_secs(5)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn without_a_socket_nothing_is_sent_and_no_watchdog_runs() {
+        let notifier = Notifier::disabled();
+        notifier.ready("x");
+        assert_eq!(notifier.watchdog_interval(), None);
+    }
+}

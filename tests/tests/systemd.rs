@@ -1,0 +1,107 @@
+//! Running under systemd: the unit file, and the notification protocol
+//! spoken to a socket of the test's own (no systemd needed).
+
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+use fm_e2e::broker::{TestBroker, queue_config};
+use fm_e2e::*;
+use lapin::types::FieldTable;
+use serde_json::json;
+
+#[test]
+fn the_unit_file_passes_systemd_analyze_verify() {
+    let unit = std::fs::read_to_string(workspace_root().join("fm-consumer@.service")).unwrap();
+    for line in [
+        "Type=notify",
+        "ExecStart=/usr/bin/fedora-messaging --conf /etc/fedora-messaging/%i.toml consume",
+        "Restart=on-failure",
+        "RestartSec=60",
+        "WatchdogSec=60",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "missing {line:?}");
+    }
+    // verify checks that ExecStart's binary exists: point it at ours.
+    let dir = scratch();
+    let instance = dir.path().join("fm-consumer@e2e.service");
+    std::fs::write(
+        &instance,
+        unit.replace(
+            "/usr/bin/fedora-messaging",
+            &host_binary().display().to_string(),
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&instance)
+        .output()
+        .expect("run systemd-analyze");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{said}");
+    assert!(said.trim().is_empty(), "warnings: {said}");
+}
+
+#[test]
+fn ready_status_watchdog_and_stopping_reach_notify_socket() {
+    let broker = TestBroker::connect();
+    let queue = TestBroker::unique_name("notify");
+    broker.declare_queue(&queue, FieldTable::default());
+    for (id, body) in [
+        // The watchdog keeps pinging while the consumer blocks.
+        ("slow", json!({"do": "ack", "sleep_ms": 1500})),
+        ("last", json!({"do": "halt"})),
+    ] {
+        broker.publish(&json!({"id": id, "topic": format!("{queue}.t"), "body": body}));
+    }
+    let dir = scratch();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let conf = config_file(dir.path(), &queue_config(&queue, ""));
+    let mut command = fedora_messaging();
+    command
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .arg("--conf")
+        .arg(&conf)
+        .args(["consume", "--callback"])
+        .arg(format!("{}:Scripted", plugin("test_consumers").display()));
+    let consumer = std::thread::spawn(move || run(&mut command));
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    // The consumer thread ends within the harness's deadline; then what is
+    // left in the socket is read until it stays quiet (200 ms).
+    loop {
+        let finished = consumer.is_finished();
+        match socket.recv(&mut buffer) {
+            Ok(size) => received.push(String::from_utf8_lossy(&buffer[..size]).into_owned()),
+            Err(_) if finished => break,
+            Err(_) => {}
+        }
+    }
+    let run = consumer.join().unwrap();
+    assert!(!received.is_empty(), "nothing was sent: {run:#?}");
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert!(
+        received[0].starts_with("READY=1\nSTATUS=Connecting to amqp://guest@127.0.0.1:5672"),
+        "{received:?}"
+    );
+    assert!(
+        received.contains(&format!("STATUS=Consuming from \"{queue}\"")),
+        "{received:?}"
+    );
+    let pings = received.iter().filter(|m| *m == "WATCHDOG=1").count();
+    assert!(pings >= 3, "{pings} pings in {received:?}");
+    assert!(
+        received.iter().any(|m| m.starts_with("STOPPING=1")),
+        "{received:?}"
+    );
+    broker.delete_queue(&queue);
+}
