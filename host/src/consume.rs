@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_lite::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -22,6 +23,7 @@ use crate::broker::{Backoff, Broker};
 use crate::config::Config;
 use crate::dispatch::{Job, Workers};
 use crate::exit::{Exit, Fatal};
+use crate::monitor::{self, Stats};
 use crate::notify::Notifier;
 use crate::outcome::{Next, Outcome, Settle};
 use crate::plugin;
@@ -55,6 +57,21 @@ pub fn run(config: &Config, args: &ConsumeArgs<'_>) -> Result<Exit, Fatal> {
             format!("cannot install signal handlers: {error}"),
         )
     })?;
+    let stats = Arc::new(Stats::default());
+    if let Some(monitoring) = config
+        .monitoring()
+        .map_err(|m| Fatal::new(Exit::Usage, m))?
+    {
+        monitor::serve(&monitoring.address, monitoring.port, stats.clone()).map_err(|error| {
+            Fatal::new(
+                Exit::Error,
+                format!(
+                    "cannot serve [monitoring] on {:?} port {}: {error}",
+                    monitoring.address, monitoring.port
+                ),
+            )
+        })?;
+    }
     let workers = Workers::start(vec![consumer]).map_err(|error| {
         Fatal::new(
             Exit::Registration,
@@ -73,6 +90,7 @@ pub fn run(config: &Config, args: &ConsumeArgs<'_>) -> Result<Exit, Fatal> {
         consumed_once: false,
         backoff: Backoff::new(),
         notifier: Arc::new(Notifier::from_env()),
+        stats,
     };
     let result = async_global_executor::block_on(engine.run());
     engine.notifier.stopping();
@@ -102,6 +120,8 @@ struct Engine {
     backoff: Backoff,
     /// systemd, when it supervises us.
     notifier: Arc<Notifier>,
+    /// What `[monitoring]` reports.
+    stats: Arc<Stats>,
 }
 
 /// How a connection's session ended.
@@ -135,7 +155,7 @@ enum Event {
     Delivery(usize, lapin::Result<Delivery>),
     /// A queue's delivery stream ended.
     StreamEnded(usize),
-    Done(Job, Outcome),
+    Done(Job, Outcome, Duration),
     StopRequested,
 }
 
@@ -164,6 +184,7 @@ impl Engine {
                 return Ok(Exit::Success);
             };
             let end = self.session(&connection).await;
+            self.stats.set_consuming(false);
             // Closing the connection closes its channels: the broker
             // requeues whatever was delivered and not settled. It may
             // already be gone.
@@ -174,6 +195,7 @@ impl Engine {
             match end? {
                 SessionEnd::Exit(exit) => return Ok(exit),
                 SessionEnd::Lost(reason) => {
+                    self.stats.reconnected();
                     log::warn!(
                         "Lost the connection to {}: {reason}; reconnecting, and consuming will resume",
                         self.broker.describe()
@@ -181,6 +203,7 @@ impl Engine {
                     self.notifier.status(&format!("Reconnecting: {reason}"));
                 }
                 SessionEnd::Retry(reason) => {
+                    self.stats.reconnected();
                     let delay = self.backoff.next_delay();
                     log::warn!("{reason}; retrying in {:.1} s", delay.as_secs_f64());
                     if self.stop.wait(delay).await {
@@ -208,6 +231,7 @@ impl Engine {
             };
             self.consumed_once = true;
             self.backoff.reset();
+            self.stats.set_consuming(true);
             self.notifier.status(&format!(
                 "Consuming from {}",
                 queues
@@ -310,12 +334,15 @@ impl Engine {
                     }
                     let consumer = &consumers[index];
                     match wire::check_delivery(&delivery.properties, &delivery.data) {
-                        Ok(checked) => self.pending.push_back(Job {
-                            delivery,
-                            queue: consumer.queue.clone(),
-                            checked,
-                            generation,
-                        }),
+                        Ok(checked) => {
+                            self.stats.received();
+                            self.pending.push_back(Job {
+                                delivery,
+                                queue: consumer.queue.clone(),
+                                checked,
+                                generation,
+                            });
+                        }
                         Err(reason) => {
                             log::warn!(
                                 "Message id {} did not pass validation; ignoring message: {reason}",
@@ -380,8 +407,9 @@ impl Engine {
                         }
                     }
                 }
-                Event::Done(job, outcome) => {
+                Event::Done(job, outcome, took) => {
                     self.in_flight -= 1;
+                    self.stats.answered(&outcome, took);
                     let message_id = job.message_id().to_owned();
                     let (action, next) = outcome.disposition();
                     if job.generation == generation {
@@ -425,6 +453,7 @@ impl Engine {
                 }
                 Event::StopRequested => {
                     self.notifier.stopping();
+                    self.stats.set_consuming(false);
                     stopping = Some(Exit::Success);
                     self.cancel_all(consumers).await;
                 }
@@ -491,7 +520,7 @@ impl Engine {
     ) -> Event {
         let done = async {
             match self.workers.next_result().await {
-                Some((job, outcome)) => Event::Done(job, outcome),
+                Some((job, outcome, took)) => Event::Done(job, outcome, took),
                 None => futures_lite::future::pending().await,
             }
         };

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use lapin::message::Delivery;
 
@@ -39,7 +40,7 @@ impl Job {
 /// The consumer threads.
 pub struct Workers {
     jobs: async_channel::Sender<Job>,
-    results: async_channel::Receiver<(Job, Outcome)>,
+    results: async_channel::Receiver<(Job, Outcome, Duration)>,
     graceful: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -61,9 +62,11 @@ impl Workers {
                 .name(format!("consumer-{index}"))
                 .spawn(move || {
                     while let Ok(job) = job_receiver.recv_blocking() {
+                        let started = Instant::now();
                         let outcome = consumer.consume(&job.view());
+                        let took = started.elapsed();
                         log::debug!("message {} from {}: {outcome}", job.message_id(), job.queue);
-                        if result_sender.send_blocking((job, outcome)).is_err() {
+                        if result_sender.send_blocking((job, outcome, took)).is_err() {
                             break;
                         }
                     }
@@ -92,8 +95,9 @@ impl Workers {
         let _ = self.jobs.send(job).await;
     }
 
-    /// The next finished job, with what its consumer answered.
-    pub async fn next_result(&self) -> Option<(Job, Outcome)> {
+    /// The next finished job, with what its consumer answered and how long
+    /// it took.
+    pub async fn next_result(&self) -> Option<(Job, Outcome, Duration)> {
         self.results.recv().await.ok()
     }
 

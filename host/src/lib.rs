@@ -19,6 +19,7 @@ pub mod consume;
 pub mod dispatch;
 pub mod exit;
 pub mod logging;
+pub mod monitor;
 pub mod notify;
 pub mod outcome;
 pub mod plugin;
