@@ -188,7 +188,11 @@ impl Engine {
             // Closing the connection closes its channels: the broker
             // requeues whatever was delivered and not settled. It may
             // already be gone.
-            let _ = connection.close(200, "Goodbye".into()).await;
+            bounded(
+                "closing the connection",
+                connection.close(200, "Goodbye".into()),
+            )
+            .await;
             // Deliveries of a closed connection cannot be settled; the
             // broker delivers them again.
             self.pending.clear();
@@ -250,7 +254,11 @@ impl Engine {
                     }
                     log::warn!("{reason}; opening new channels and consuming again");
                     for consumer in &consumers {
-                        let _ = consumer.channel.close(200, "reopening".into()).await;
+                        bounded(
+                            "closing a channel",
+                            consumer.channel.close(200, "reopening".into()),
+                        )
+                        .await;
                     }
                     self.pending.clear();
                 }
@@ -410,8 +418,11 @@ impl Engine {
                 Event::Done(job, outcome, took) => {
                     self.in_flight -= 1;
                     self.stats.answered(&outcome, took);
-                    let message_id = job.message_id().to_owned();
                     let (action, next) = outcome.disposition();
+                    // Only a failure's log line needs the id after the
+                    // delivery is settled (and moved).
+                    let failed_id =
+                        matches!(next, Next::Abort(_)).then(|| job.message_id().to_owned());
                     if job.generation == generation {
                         let channel = consumers
                             .iter()
@@ -422,7 +433,8 @@ impl Engine {
                         }
                     } else {
                         log::info!(
-                            "Message {message_id} arrived on a channel that has closed since; the broker delivers it again"
+                            "Message {} arrived on a channel that has closed since; the broker delivers it again",
+                            job.message_id()
                         );
                     }
                     match next {
@@ -445,7 +457,8 @@ impl Engine {
                         }
                         Next::Abort(exit) => {
                             log::error!(
-                                "Unexpected error occurred in consumer on message {message_id}: {outcome}"
+                                "Unexpected error occurred in consumer on message {}: {outcome}",
+                                failed_id.unwrap_or_default()
                             );
                             return ChannelsEnd::Exit(exit);
                         }
@@ -546,22 +559,38 @@ impl Engine {
     async fn cancel_all(&mut self, consumers: &[QueueConsumer]) {
         self.pending.clear();
         for consumer in consumers {
-            if let Err(error) = consumer
+            let cancel = consumer
                 .channel
-                .basic_cancel(consumer.tag.clone(), BasicCancelOptions::default())
-                .await
-            {
+                .basic_cancel(consumer.tag.clone(), BasicCancelOptions::default());
+            if let Some(Err(error)) = bounded("cancelling a consumer", cancel).await {
                 log::debug!("cancelling the consumer of {:?}: {error}", consumer.queue);
             }
         }
     }
 }
 
+/// How long a stop may wait for the broker to answer one request; a broker
+/// that does not answer must not keep the process from ending.
+const SHUTDOWN_STEP: Duration = Duration::from_secs(5);
+
+/// Runs `step` for at most [`SHUTDOWN_STEP`]; `None` if it took longer.
+async fn bounded<T>(what: &str, step: impl std::future::Future<Output = T>) -> Option<T> {
+    let finished = async { Some(step.await) }
+        .or(async {
+            async_io::Timer::after(SHUTDOWN_STEP).await;
+            None
+        })
+        .await;
+    if finished.is_none() {
+        log::warn!("{what}: no answer from the broker within {SHUTDOWN_STEP:?}; going on");
+    }
+    finished
+}
+
 /// Settles one delivery as the outcome table says; taking the delivery by
 /// value means it cannot be settled twice (a second settle would close the
 /// channel).
 async fn settle(delivery: Delivery, action: Settle, channel: &Channel) {
-    let id = wire::message_id(&delivery.properties).to_owned();
     let result = match action {
         Settle::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
         Settle::Requeue => {
@@ -597,7 +626,8 @@ async fn settle(delivery: Delivery, action: Settle, channel: &Channel) {
     };
     if let Err(error) = result {
         log::warn!(
-            "Could not settle message {id} ({action:?}): {error}; the broker will deliver it again"
+            "Could not settle message {} ({action:?}): {error}; the broker will deliver it again",
+            wire::message_id(&delivery.properties)
         );
     }
 }
