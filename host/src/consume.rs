@@ -223,15 +223,27 @@ impl Engine {
     async fn session(&mut self, connection: &Connection) -> Result<SessionEnd, Fatal> {
         let mut names: Option<Vec<String>> = None;
         loop {
-            let queues = match self.topology.declare(connection, names.as_deref()).await {
-                Ok(queues) => queues,
-                Err(fatal) => return self.setup_failed(connection, fatal),
+            let declared = bounded_for(
+                "declaring queues and bindings",
+                SETUP_STEP,
+                self.topology.declare(connection, names.as_deref()),
+            );
+            let queues = match declared.await {
+                Some(Ok(queues)) => queues,
+                Some(Err(fatal)) => return self.setup_failed(connection, fatal),
+                None => return Ok(SessionEnd::Lost(SETUP_HUNG.to_owned())),
             };
             names = Some(queues.clone());
             self.generation += 1;
-            let (consumers, deliveries) = match self.start_consumers(connection, &queues).await {
-                Ok(started) => started,
-                Err(fatal) => return self.setup_failed(connection, fatal),
+            let started = bounded_for(
+                "starting the consumers",
+                SETUP_STEP,
+                self.start_consumers(connection, &queues),
+            );
+            let (consumers, deliveries) = match started.await {
+                Some(Ok(started)) => started,
+                Some(Err(fatal)) => return self.setup_failed(connection, fatal),
+                None => return Ok(SessionEnd::Lost(SETUP_HUNG.to_owned())),
             };
             self.consumed_once = true;
             self.backoff.reset();
@@ -356,7 +368,9 @@ impl Engine {
                                 "Message id {} did not pass validation; ignoring message: {reason}",
                                 wire::message_id(&delivery.properties)
                             );
-                            settle(delivery, Settle::Reject, &consumer.channel).await;
+                            if !settle(delivery, Settle::Reject, &consumer.channel).await {
+                                return ChannelsEnd::ConnectionLost(UNSETTLED.to_owned());
+                            }
                         }
                     }
                 }
@@ -392,7 +406,13 @@ impl Engine {
                     // exits 12 on any cancel; a queue that still exists
                     // (its node failed, a quorum queue's leader moved) is
                     // consumed again instead.
-                    match queue_exists(connection, &consumer.queue).await {
+                    let checked = bounded("checking a cancelled consumer's queue", async {
+                        queue_exists(connection, &consumer.queue).await
+                    });
+                    let Some(exists) = checked.await else {
+                        return ChannelsEnd::ConnectionLost(UNSETTLED.to_owned());
+                    };
+                    match exists {
                         Ok(false) => {
                             log::error!(
                                 "The consumer of queue {:?} was canceled by the AMQP broker and the queue is gone! The consumer was canceled server-side, check with system administrators.",
@@ -428,8 +448,10 @@ impl Engine {
                             .iter()
                             .find(|consumer| consumer.queue == job.queue)
                             .map(|consumer| &consumer.channel);
-                        if let Some(channel) = channel {
-                            settle(job.delivery, action, channel).await;
+                        if let Some(channel) = channel
+                            && !settle(job.delivery, action, channel).await
+                        {
+                            return ChannelsEnd::ConnectionLost(UNSETTLED.to_owned());
                         }
                     } else {
                         log::info!(
@@ -569,65 +591,95 @@ impl Engine {
     }
 }
 
-/// How long a stop may wait for the broker to answer one request; a broker
-/// that does not answer must not keep the process from ending.
+/// Why a session ends when a settlement hangs.
+const UNSETTLED: &str =
+    "a request to the broker was not taken within 5 s, so the connection is presumed dead";
+
+/// How long one request to the broker may take to be taken or answered
+/// (a settlement, a cancel, a close); one that does not answer must not
+/// stop consumption silently or keep the process from ending.
 const SHUTDOWN_STEP: Duration = Duration::from_secs(5);
+
+/// How long declaring, or starting the consumers, may take on a fresh
+/// connection before it is given up as dead.
+const SETUP_STEP: Duration = Duration::from_secs(60);
+const SETUP_HUNG: &str = "the broker did not answer while setting up; connecting again";
 
 /// Runs `step` for at most [`SHUTDOWN_STEP`]; `None` if it took longer.
 async fn bounded<T>(what: &str, step: impl std::future::Future<Output = T>) -> Option<T> {
+    bounded_for(what, SHUTDOWN_STEP, step).await
+}
+
+/// Runs `step` for at most `limit`; `None` (logged) if it took longer.
+async fn bounded_for<T>(
+    what: &str,
+    limit: Duration,
+    step: impl std::future::Future<Output = T>,
+) -> Option<T> {
     let finished = async { Some(step.await) }
         .or(async {
-            async_io::Timer::after(SHUTDOWN_STEP).await;
+            async_io::Timer::after(limit).await;
             None
         })
         .await;
     if finished.is_none() {
-        log::warn!("{what}: no answer from the broker within {SHUTDOWN_STEP:?}; going on");
+        log::warn!("{what}: no answer from the broker within {limit:?}");
     }
     finished
 }
 
 /// Settles one delivery as the outcome table says; taking the delivery by
 /// value means it cannot be settled twice (a second settle would close the
-/// channel).
-async fn settle(delivery: Delivery, action: Settle, channel: &Channel) {
-    let result = match action {
-        Settle::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
-        Settle::Requeue => {
-            delivery
-                .acker
-                .nack(BasicNackOptions {
-                    multiple: false,
-                    requeue: true,
-                })
+/// channel). `false` when the library did not take the settlement within
+/// [`SHUTDOWN_STEP`]: the connection is dead but not yet known to be, and
+/// waiting on it would stop consumption silently.
+#[must_use]
+async fn settle(delivery: Delivery, action: Settle, channel: &Channel) -> bool {
+    let settling = async {
+        match action {
+            Settle::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+            Settle::Requeue => {
+                delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    })
+                    .await
+            }
+            Settle::Reject => {
+                delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        multiple: false,
+                        requeue: false,
+                    })
+                    .await
+            }
+            // Tag 0 with `multiple`: every unsettled delivery on the
+            // channel, prefetched ones included, as fedora-messaging does on
+            // a failure.
+            Settle::RequeueAllUnsettled => channel
+                .basic_nack(
+                    0,
+                    BasicNackOptions {
+                        multiple: true,
+                        requeue: true,
+                    },
+                )
                 .await
+                .map(|()| true),
         }
-        Settle::Reject => {
-            delivery
-                .acker
-                .nack(BasicNackOptions {
-                    multiple: false,
-                    requeue: false,
-                })
-                .await
-        }
-        // Tag 0 with `multiple`: every unsettled delivery on the channel,
-        // prefetched ones included, as fedora-messaging does on a failure.
-        Settle::RequeueAllUnsettled => channel
-            .basic_nack(
-                0,
-                BasicNackOptions {
-                    multiple: true,
-                    requeue: true,
-                },
-            )
-            .await
-            .map(|()| true),
     };
-    if let Err(error) = result {
-        log::warn!(
-            "Could not settle message {} ({action:?}): {error}; the broker will deliver it again",
-            wire::message_id(&delivery.properties)
-        );
+    match bounded("settling a message", settling).await {
+        Some(Ok(_)) => true,
+        Some(Err(error)) => {
+            log::warn!(
+                "Could not settle message {} ({action:?}): {error}; the broker will deliver it again",
+                wire::message_id(&delivery.properties)
+            );
+            true
+        }
+        None => false,
     }
 }
