@@ -152,10 +152,11 @@ fn a_client_certificate_from_another_ca_is_exit_14() {
         "{run:#?}"
     );
     assert!(run.stderr.contains("UnknownCA"), "{run:#?}");
-    assert!(
-        !run.stdout.contains("retrying"),
-        "no reconnect loop: {run:#?}"
-    );
+    // Under TLS 1.3 the broker's alert can lose the race against its reset
+    // of the connection, which then looks like an outage and is retried
+    // once; the alert on the next attempt ends it. Never a loop.
+    let retries = run.stdout.matches("retrying in").count();
+    assert!(retries <= 1, "{retries} retries: {run:#?}");
 }
 
 #[test]
