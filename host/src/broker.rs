@@ -91,6 +91,24 @@ impl Broker {
         self.url.describe()
     }
 
+    /// The one-line message for a failed attempt, shared by `consume` and
+    /// `publish` (which give refusals different exit codes).
+    pub fn refusal(&self, error: &ConnectError) -> String {
+        match error {
+            ConnectError::Refused(reason) => format!(
+                "the broker at {} refused the connection: {reason}",
+                self.describe()
+            ),
+            ConnectError::Untrusted(reason) => format!(
+                "the broker at {} is not trusted: {reason}: check [tls] ca_cert (or the system's trust store when it is unset)",
+                self.describe()
+            ),
+            ConnectError::Unreachable(reason) => {
+                format!("cannot reach the broker at {}: {reason}", self.describe())
+            }
+        }
+    }
+
     /// One attempt.
     pub async fn connect(&self) -> Result<Connection, ConnectError> {
         let uri = self.url.uri.clone();
@@ -126,23 +144,8 @@ impl Broker {
                     log::info!("Connected to {}", self.describe());
                     return Ok(Some(connection));
                 }
-                Err(ConnectError::Refused(reason)) => {
-                    return Err(Fatal::new(
-                        Exit::Connection,
-                        format!(
-                            "the broker at {} refused the connection: {reason}",
-                            self.describe()
-                        ),
-                    ));
-                }
-                Err(ConnectError::Untrusted(reason)) => {
-                    return Err(Fatal::new(
-                        Exit::Connection,
-                        format!(
-                            "the broker at {} is not trusted: {reason}: check [tls] ca_cert (or the system's trust store when it is unset)",
-                            self.describe()
-                        ),
-                    ));
+                Err(refusal @ (ConnectError::Refused(_) | ConnectError::Untrusted(_))) => {
+                    return Err(Fatal::new(Exit::Connection, self.refusal(&refusal)));
                 }
                 Err(ConnectError::Unreachable(reason)) => {
                     let delay = backoff.next_delay();

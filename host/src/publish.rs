@@ -99,14 +99,8 @@ async fn connect_within(broker: &Broker, timeout: Duration) -> Result<lapin::Con
     loop {
         match broker.connect().await {
             Ok(connection) => return Ok(connection),
-            Err(ConnectError::Refused(reason) | ConnectError::Untrusted(reason)) => {
-                return Err(Fatal::new(
-                    Exit::Error,
-                    format!(
-                        "the broker at {} refused the connection: {reason}",
-                        broker.describe()
-                    ),
-                ));
+            Err(refusal @ (ConnectError::Refused(_) | ConnectError::Untrusted(_))) => {
+                return Err(Fatal::new(Exit::Error, broker.refusal(&refusal)));
             }
             Err(ConnectError::Unreachable(reason)) => {
                 if Instant::now() + delay > deadline {
