@@ -8,8 +8,12 @@ use crate::config::{self, Config, Source};
 use crate::exit::{Exit, Fatal};
 use crate::logging::LogSettings;
 use crate::plugin::LoadError;
+use crate::record::Recorder;
 use crate::topology::Overrides;
 use crate::{consume, publish, reconsume};
+
+/// fedora-messaging's default for `replay` and `reconsume`.
+const DATAGREPPER_URL: &str = "https://apps.fedoraproject.org/datagrepper";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,9 +40,16 @@ enum Command {
     /// Consume messages from the broker with a consumer plugin
     Consume(ConsumeArgs),
 
+    /// Record messages from the broker to a file, one JSON object a line
+    Record(RecordArgs),
+
     /// Publish the messages of a record file (one JSON object a line, as
     /// `record` writes them)
     Publish(PublishArgs),
+    /// Replay a message from datagrepper by its id: publish it again as it
+    /// was (topic_prefix is not applied)
+    Replay(ReplayArgs),
+
     /// Run a consumer on recorded messages, without a broker: each message
     /// of --file, or one message fetched from datagrepper by its id
     Reconsume(ReconsumeArgs),
@@ -54,6 +65,34 @@ struct ConsumeArgs {
     #[arg(long, value_name = "NAME")]
     app_name: Option<String>,
 
+    #[command(flatten)]
+    source: SourceArgs,
+}
+
+#[derive(Debug, Args)]
+struct RecordArgs {
+    /// The file to write (it is truncated), or - for standard output
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+
+    /// Stop after this many messages (and show a progress bar on a
+    /// terminal)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    limit: Option<u64>,
+
+    /// The name of the application, sent to the broker as the `app` client
+    /// property
+    #[arg(long, value_name = "NAME", default_value = "recorder")]
+    app_name: String,
+
+    #[command(flatten)]
+    source: SourceArgs,
+}
+
+/// Where `consume` and `record` take messages from, when not from the
+/// configuration.
+#[derive(Debug, Args)]
+struct SourceArgs {
     /// A routing key to bind with, instead of each binding's own; repeat
     /// for several
     #[arg(long, value_name = "KEY")]
@@ -70,6 +109,16 @@ struct ConsumeArgs {
     exchange: Option<String>,
 }
 
+impl SourceArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            routing_keys: self.routing_key.clone(),
+            queue_name: self.queue_name.clone(),
+            exchange: self.exchange.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 struct PublishArgs {
     /// The exchange to publish to (default: the configuration's
@@ -80,6 +129,16 @@ struct PublishArgs {
     /// The record file, or - for standard input
     #[arg(value_name = "FILE")]
     file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    /// The id of the message to fetch from datagrepper
+    message_id: String,
+
+    /// Where to fetch the message from
+    #[arg(long, value_name = "URL", default_value = DATAGREPPER_URL)]
+    datagrepper_url: String,
 }
 
 #[derive(Debug, Args)]
@@ -97,11 +156,7 @@ struct ReconsumeArgs {
     callback: CallbackArgs,
 
     /// Where to fetch the message from
-    #[arg(
-        long,
-        value_name = "URL",
-        default_value = "https://apps.fedoraproject.org/datagrepper"
-    )]
+    #[arg(long, value_name = "URL", default_value = DATAGREPPER_URL)]
     datagrepper_url: String,
 }
 
@@ -157,7 +212,12 @@ fn execute(cli: &Cli) -> Result<Exit, Fatal> {
     };
     let config =
         Config::load(&source).map_err(|error| Fatal::new(Exit::Usage, error.to_string()))?;
-    LogSettings::from_log_config(config.log_config.as_ref()).install();
+    let mut log_settings = LogSettings::from_log_config(config.log_config.as_ref());
+    if matches!(&cli.command, Command::Record(args) if args.file == std::path::Path::new("-")) {
+        // The recording owns standard output.
+        log_settings.to_stderr = true;
+    }
+    log_settings.install();
     for warning in config.ignored_keys() {
         log::warn!("{warning}");
     }
@@ -174,18 +234,23 @@ fn execute(cli: &Cli) -> Result<Exit, Fatal> {
             let callback = args.callback.resolve(&config)?;
             consume::run(
                 &config,
+                &callback,
                 &consume::ConsumeArgs {
-                    callback: &callback,
                     app_name: args.app_name.as_deref(),
-                    overrides: Overrides {
-                        routing_keys: args.routing_key.clone(),
-                        queue_name: args.queue_name.clone(),
-                        exchange: args.exchange.clone(),
-                    },
+                    overrides: args.source.overrides(),
                 },
             )
         }
+        Command::Record(args) => consume::run_with(
+            &config,
+            &consume::ConsumeArgs {
+                app_name: Some(&args.app_name),
+                overrides: args.source.overrides(),
+            },
+            || Ok(Box::new(Recorder::create(&args.file, args.limit)?)),
+        ),
         Command::Publish(args) => publish::run(&config, args.exchange.as_deref(), &args.file),
+        Command::Replay(args) => publish::replay(&config, &args.datagrepper_url, &args.message_id),
         Command::Reconsume(args) => {
             let callback = args.callback.resolve(&config)?;
             let input = match (&args.file, &args.message_id) {

@@ -21,7 +21,7 @@ use lapin::{Channel, Connection};
 
 use crate::broker::{Backoff, Broker};
 use crate::config::Config;
-use crate::dispatch::{Job, Workers};
+use crate::dispatch::{Handler, Job, Workers};
 use crate::exit::{Exit, Fatal};
 use crate::monitor::{self, Stats};
 use crate::notify::Notifier;
@@ -33,15 +33,27 @@ use crate::wire;
 
 /// What `consume` was asked to do.
 pub struct ConsumeArgs<'a> {
-    /// `LIB:Symbol`.
-    pub callback: &'a str,
     /// `--app-name`.
     pub app_name: Option<&'a str>,
     pub overrides: Overrides,
 }
 
-/// Runs `consume` to its end and returns how the process exits.
-pub fn run(config: &Config, args: &ConsumeArgs<'_>) -> Result<Exit, Fatal> {
+/// Runs `consume` with the plugin consumer `callback` (`LIB:Symbol`) to
+/// its end and returns how the process exits.
+pub fn run(config: &Config, callback: &str, args: &ConsumeArgs<'_>) -> Result<Exit, Fatal> {
+    run_with(config, args, || {
+        let consumer = plugin::load_consumer(callback, &config.consumer_config_json())?;
+        Ok(Box::new(consumer) as Box<dyn Handler>)
+    })
+}
+
+/// Runs `consume` with the handler `build` makes, once the command line
+/// and configuration have been checked.
+pub fn run_with(
+    config: &Config,
+    args: &ConsumeArgs<'_>,
+    build: impl FnOnce() -> Result<Box<dyn Handler>, Fatal>,
+) -> Result<Exit, Fatal> {
     args.overrides
         .check()
         .map_err(|reason| Fatal::new(Exit::Usage, reason))?;
@@ -50,7 +62,7 @@ pub fn run(config: &Config, args: &ConsumeArgs<'_>) -> Result<Exit, Fatal> {
     if config.qos.prefetch_size != 0 {
         log::warn!("qos.prefetch_size is not supported by RabbitMQ; using 0");
     }
-    let consumer = plugin::load_consumer(args.callback, &config.consumer_config_json())?;
+    let consumer = build()?;
     let stop = StopRequest::on_signals().map_err(|error| {
         Fatal::new(
             Exit::Registration,

@@ -13,8 +13,16 @@ use std::time::{Duration, Instant};
 use lapin::message::Delivery;
 
 use crate::outcome::Outcome;
-use crate::plugin::LoadedConsumer;
 use crate::wire::{self, Checked, MessageView};
+
+/// What a worker thread drives: a plugin's consumer, or one built into the
+/// host (`record`'s recorder).
+pub trait Handler: Send {
+    /// Answers one message.
+    fn consume(&mut self, message: &MessageView<'_>) -> Outcome;
+    /// The host is stopping gracefully: no more messages will come.
+    fn stop(&mut self);
+}
 
 /// One checked delivery, on its way to a consumer and back.
 pub struct Job {
@@ -47,7 +55,7 @@ pub struct Workers {
 
 impl Workers {
     /// Starts one thread per consumer instance.
-    pub fn start(consumers: Vec<LoadedConsumer>) -> std::io::Result<Workers> {
+    pub fn start(consumers: Vec<Box<dyn Handler>>) -> std::io::Result<Workers> {
         // Jobs are only handed out to idle workers, so the queue between
         // never holds more than one job per worker.
         let (jobs, job_receiver) = async_channel::bounded::<Job>(consumers.len().max(1));

@@ -8,8 +8,10 @@
 //! them and makes each a [`wire::MessageView`], [`dispatch`] runs the
 //! consumer on its own thread; its [`outcome::Outcome`] goes through the
 //! one table that gives the settlement and what happens next; [`exit`]
-//! holds the exit codes and [`stop`] the signals. [`reconsume`] runs a
-//! consumer on recorded messages instead of a broker.
+//! holds the exit codes and [`stop`] the signals. [`record`] is `consume`
+//! with a built-in consumer that writes messages to a file, which
+//! [`publish`] sends back; [`reconsume`] runs a consumer on recorded
+//! messages instead of a broker.
 
 pub mod amqp_url;
 pub mod broker;
@@ -25,6 +27,7 @@ pub mod outcome;
 pub mod plugin;
 pub mod publish;
 pub mod reconsume;
+pub mod record;
 pub mod stop;
 pub mod tls;
 pub mod topology;

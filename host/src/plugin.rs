@@ -25,6 +25,7 @@ use fm_plugin_api::abi::{
     PluginModule_Ref, RawMessage,
 };
 
+use crate::dispatch::Handler;
 use crate::exit::{Exit, Fatal};
 use crate::outcome::Outcome;
 use crate::wire::{HeadersJson, MessageView};
@@ -422,6 +423,16 @@ impl LoadedConsumer {
     /// Tells the consumer the host is stopping gracefully.
     pub fn stop(&mut self) {
         self.object.stop();
+    }
+}
+
+impl Handler for LoadedConsumer {
+    fn consume(&mut self, message: &MessageView<'_>) -> Outcome {
+        LoadedConsumer::consume(self, message)
+    }
+
+    fn stop(&mut self) {
+        LoadedConsumer::stop(self);
     }
 }
 

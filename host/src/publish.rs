@@ -16,8 +16,9 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use crate::broker::{Broker, ConnectError};
 use crate::config::Config;
 use crate::exit::{Exit, Fatal};
+use crate::reconsume;
 use crate::topology::{broker_code, broker_reply};
-use crate::wire::{self, read_record_file};
+use crate::wire::{self, RecordMessage, read_record_file};
 
 /// fedora-messaging's publish timeout.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,6 +27,30 @@ pub fn run(config: &Config, exchange: Option<&str>, file: &Path) -> Result<Exit,
     let messages = read_record_file(file)?;
     let exchange = exchange.unwrap_or(&config.publish_exchange);
     wire::check_short("--exchange", exchange).map_err(|reason| Fatal::new(Exit::Usage, reason))?;
+    publish(config, exchange, &messages, &config.topic_prefix, true)
+}
+
+/// `fedora-messaging replay MESSAGE_ID`: fetches the message from
+/// datagrepper and publishes it to the configuration's `publish_exchange`
+/// as it was, so without `topic_prefix`. The exit codes are `publish`'s
+/// (fedora-messaging's `replay` ends in a traceback and 1 on a publish
+/// error).
+pub fn replay(config: &Config, datagrepper_url: &str, message_id: &str) -> Result<Exit, Fatal> {
+    let message = reconsume::fetch_from_datagrepper(datagrepper_url, message_id)?;
+    let exit = publish(config, &config.publish_exchange, &[message], "", false)?;
+    println!("Message with ID {message_id} has been successfully replayed.");
+    Ok(exit)
+}
+
+/// Publishes `messages` in order with `topic_prefix`, each confirmed by
+/// the broker; `echo` prints each topic as `publish` does.
+fn publish(
+    config: &Config,
+    exchange: &str,
+    messages: &[RecordMessage],
+    topic_prefix: &str,
+    echo: bool,
+) -> Result<Exit, Fatal> {
     let broker = Broker::new(config, None)?;
     async_global_executor::block_on(async {
         let connection = connect_within(&broker, TIMEOUT).await?;
@@ -43,11 +68,13 @@ pub fn run(config: &Config, exchange: Option<&str>, file: &Path) -> Result<Exit,
         // Publish everything, then collect the confirms in order: one round
         // trip for the file instead of one a message.
         let mut confirms = Vec::with_capacity(messages.len());
-        for message in &messages {
-            let outgoing = message.outgoing(&config.topic_prefix).map_err(|reason| {
+        for message in messages {
+            let outgoing = message.outgoing(topic_prefix).map_err(|reason| {
                 Fatal::new(Exit::Usage, format!("message {}: {reason}", message.id))
             })?;
-            println!("Publishing message with topic {}", outgoing.routing_key);
+            if echo {
+                println!("Publishing message with topic {}", outgoing.routing_key);
+            }
             let confirm = channel
                 .basic_publish(
                     exchange.into(),

@@ -61,7 +61,7 @@ pub fn run(config: &Config, callback: &str, input: Input<'_>) -> Result<Exit, Fa
 
 /// `GET {url}/v2/id?id=…&is_raw=true`, as fedora-messaging's `reconsume`
 /// and `replay` do, with their 5 second timeout.
-fn fetch_from_datagrepper(url: &str, message_id: &str) -> Result<RecordMessage, Fatal> {
+pub fn fetch_from_datagrepper(url: &str, message_id: &str) -> Result<RecordMessage, Fatal> {
     let endpoint = format!("{}/v2/id", url.trim_end_matches('/'));
     let fail = |reason: String| {
         Fatal::new(

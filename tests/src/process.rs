@@ -12,38 +12,57 @@ pub struct Running {
     child: Child,
     lines: Receiver<String>,
     seen: Vec<String>,
-    stderr: std::thread::JoinHandle<String>,
+    /// The other stream, read whole.
+    rest: std::thread::JoinHandle<String>,
+    /// Whether `lines` are standard error's (else standard output's).
+    watching_stderr: bool,
 }
 
 impl Running {
     /// Starts `command`; its standard output is read line by line.
     pub fn start(command: &mut Command) -> Running {
+        Running::start_watching(command, false)
+    }
+
+    /// Starts `command`; its standard error is read line by line, for a
+    /// process that writes its logs there.
+    pub fn start_watching_stderr(command: &mut Command) -> Running {
+        Running::start_watching(command, true)
+    }
+
+    fn start_watching(command: &mut Command, watching_stderr: bool) -> Running {
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|error| panic!("cannot start {command:?}: {error}"));
         let stdout = child.stdout.take().expect("piped stdout");
-        let mut stderr = child.stderr.take().expect("piped stderr");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (watched, mut rest): (Box<dyn Read + Send>, Box<dyn Read + Send>) = if watching_stderr {
+            (Box::new(stderr), Box::new(stdout))
+        } else {
+            (Box::new(stdout), Box::new(stderr))
+        };
         let (sender, lines) = channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
+            for line in BufReader::new(watched).lines() {
                 let Ok(line) = line else { break };
                 if sender.send(line).is_err() {
                     break;
                 }
             }
         });
-        let stderr = std::thread::spawn(move || {
+        let rest = std::thread::spawn(move || {
             let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
+            let _ = rest.read_to_string(&mut text);
             text
         });
         Running {
             child,
             lines,
             seen: Vec::new(),
-            stderr,
+            rest,
+            watching_stderr,
         }
     }
 
@@ -72,9 +91,8 @@ impl Running {
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     panic!(
-                        "the process ended without a line with {needle:?}; output:\n{}\nstderr:\n{}",
-                        self.seen.join("\n"),
-                        self.finish_now().stderr
+                        "the process ended without a line with {needle:?}: {:#?}",
+                        self.finish_now()
                     );
                 }
             }
@@ -142,15 +160,21 @@ impl Running {
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
             self.seen.push(line);
         }
-        let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new));
-        let mut stdout = self.seen.join("\n");
-        if !stdout.is_empty() {
-            stdout.push('\n');
+        let rest = std::mem::replace(&mut self.rest, std::thread::spawn(String::new));
+        let rest = rest.join().unwrap_or_default();
+        let mut watched = self.seen.join("\n");
+        if !watched.is_empty() {
+            watched.push('\n');
         }
+        let (stdout, stderr) = if self.watching_stderr {
+            (rest, watched)
+        } else {
+            (watched, rest)
+        };
         Run {
             status,
             stdout,
-            stderr: stderr.join().unwrap_or_default(),
+            stderr,
         }
     }
 }

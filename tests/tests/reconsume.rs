@@ -440,37 +440,6 @@ fn no_callback_anywhere_is_exit_1() {
     );
 }
 
-/// Serves `answer` once with `status` on 127.0.0.1 and returns the base URL
-/// and a handle giving the request line it received.
-fn serve_once(status: &'static str, answer: String) -> (String, std::thread::JoinHandle<String>) {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/datagrepper", listener.local_addr().unwrap());
-    let server = std::thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
-        stream
-            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
-            .unwrap();
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut request_line = String::new();
-        reader.read_line(&mut request_line).unwrap();
-        // Read the rest of the head so the client sees a clean exchange.
-        let mut line = String::new();
-        while reader.read_line(&mut line).unwrap() > 2 {
-            line.clear();
-        }
-        let mut stream = stream;
-        write!(
-            stream,
-            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
-            answer.len()
-        )
-        .unwrap();
-        request_line.trim_end().to_owned()
-    });
-    (url, server)
-}
-
 #[test]
 fn a_message_id_is_fetched_from_datagrepper() {
     let answer =

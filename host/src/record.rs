@@ -1,0 +1,204 @@
+//! `fedora-messaging record FILE`: consume as `consume` does, with a
+//! consumer built into the host that writes each message to FILE in
+//! fedora-messaging's record format, the format `publish` and
+//! `reconsume --file` read.
+//!
+//! As in fedora-messaging, FILE is truncated (`-` is standard output) and
+//! `--limit N` halts with exit code 0 once the Nth message is written and
+//! acknowledged. Each line is written and flushed before its message is
+//! acknowledged, so a crash loses none. Unlike fedora-messaging, a message
+//! that cannot be written fails (exit 13, the message goes back to the
+//! queue) instead of halting with 1 and acknowledging it: a full disk must
+//! not eat messages.
+
+use std::fs::File;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+use fm_plugin_api::Message;
+use serde_json::{Map, Value};
+
+use crate::dispatch::Handler;
+use crate::exit::{Exit, Fatal};
+use crate::outcome::Outcome;
+use crate::wire::MessageView;
+
+/// Writes each message it is given as one record line.
+pub struct Recorder {
+    out: Box<dyn Write + Send>,
+    limit: Option<u64>,
+    written: u64,
+    progress: Option<ProgressBar>,
+}
+
+impl Recorder {
+    /// Opens `file` (truncating it; `-` is standard output) for a recording
+    /// of at most `limit` messages.
+    pub fn create(file: &Path, limit: Option<u64>) -> Result<Recorder, Fatal> {
+        let out: Box<dyn Write + Send> = if file == Path::new("-") {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(File::create(file).map_err(|error| {
+                Fatal::new(
+                    Exit::Usage,
+                    format!("cannot write the record file {}: {error}", file.display()),
+                )
+            })?)
+        };
+        // Like click's progress bar, only on a terminal; on standard error
+        // so that it never mixes with a recording on standard output.
+        let progress = limit
+            .filter(|_| std::io::stderr().is_terminal())
+            .map(ProgressBar::new);
+        Ok(Recorder {
+            out,
+            limit,
+            written: 0,
+            progress,
+        })
+    }
+
+    fn write(&mut self, message: &MessageView<'_>) -> Result<(), String> {
+        let line = record_line(message)?;
+        self.out
+            .write_all(line.as_bytes())
+            .and_then(|()| self.out.flush())
+            .map_err(|error| error.to_string())
+    }
+}
+
+impl Handler for Recorder {
+    fn consume(&mut self, message: &MessageView<'_>) -> Outcome {
+        if let Err(reason) = self.write(message) {
+            return Outcome::Failed {
+                reason: format!("Unable to save messages to file: {reason}"),
+            };
+        }
+        self.written += 1;
+        if let Some(progress) = &mut self.progress {
+            progress.show(self.written);
+        }
+        match self.limit {
+            Some(limit) if self.written >= limit => Outcome::Halt {
+                exit_code: 0,
+                requeue: false,
+            },
+            _ => Outcome::Ack,
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.out.flush();
+        if let Some(progress) = &mut self.progress {
+            progress.finish();
+        }
+    }
+}
+
+/// The message as fedora-messaging's `dumps` writes it.
+pub fn record_line(message: &MessageView<'_>) -> Result<String, String> {
+    let body: Value = serde_json::from_slice(message.body)
+        .map_err(|error| format!("the body is not JSON: {error}"))?;
+    let headers: Map<String, Value> = serde_json::from_str(&message.headers.headers_json())
+        .map_err(|error| format!("the headers are not a JSON object: {error}"))?;
+    let line = Message::new(message.topic, &body)
+        .with_id(message.id)
+        .with_queue(message.queue)
+        .with_priority(message.priority)
+        .with_headers(headers)
+        .to_record_line();
+    Ok(line)
+}
+
+/// `[#####-----]  12/100` on standard error, redrawn in place.
+struct ProgressBar {
+    total: u64,
+    drawn: bool,
+}
+
+impl ProgressBar {
+    const WIDTH: u64 = 36;
+
+    fn new(total: u64) -> ProgressBar {
+        ProgressBar {
+            total,
+            drawn: false,
+        }
+    }
+
+    fn show(&mut self, done: u64) {
+        let filled = (done.min(self.total) * Self::WIDTH / self.total.max(1)) as usize;
+        let empty = Self::WIDTH as usize - filled;
+        let percent = done.min(self.total) * 100 / self.total.max(1);
+        let _ = write!(
+            std::io::stderr(),
+            "\r  [{}{}]  {done}/{}  {percent:>3}%",
+            "#".repeat(filled),
+            "-".repeat(empty),
+            self.total
+        );
+        self.drawn = true;
+    }
+
+    fn finish(&mut self) {
+        if std::mem::take(&mut self.drawn) {
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::HeadersJson;
+
+    struct Headers(&'static str);
+
+    impl HeadersJson for Headers {
+        fn headers_json(&self) -> String {
+            self.0.to_owned()
+        }
+    }
+
+    fn view<'a>(headers: &'a Headers, body: &'a [u8]) -> MessageView<'a> {
+        MessageView {
+            id: "9f1b",
+            topic: "org.example.thing",
+            queue: "q",
+            body,
+            severity: 30,
+            priority: 3,
+            sent_at: None,
+            schema: None,
+            headers,
+        }
+    }
+
+    #[test]
+    fn writes_python_dumps_lines() {
+        let headers = Headers(r#"{"fedora_messaging_severity": 30, "x": "é"}"#);
+        let line = record_line(&view(&headers, r#"{"b":[1,2],"a":"ü"}"#.as_bytes())).unwrap();
+        assert_eq!(
+            line,
+            "{\"body\": {\"a\": \"ü\", \"b\": [1, 2]}, \"headers\": {\"fedora_messaging_severity\": 30, \"x\": \"é\"}, \"id\": \"9f1b\", \"priority\": 3, \"queue\": \"q\", \"topic\": \"org.example.thing\"}\n"
+        );
+    }
+
+    #[test]
+    fn halts_with_zero_after_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let mut recorder = Recorder::create(&path, Some(2)).unwrap();
+        let headers = Headers("{}");
+        assert_eq!(recorder.consume(&view(&headers, b"{}")), Outcome::Ack);
+        assert_eq!(
+            recorder.consume(&view(&headers, b"{}")),
+            Outcome::Halt {
+                exit_code: 0,
+                requeue: false
+            }
+        );
+        recorder.stop();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
+    }
+}
