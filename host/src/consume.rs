@@ -105,6 +105,9 @@ pub fn run_with(
         stats,
     };
     let result = async_global_executor::block_on(engine.run());
+    if let Some(summary) = engine.stats.summary() {
+        engine.notifier.counts(summary);
+    }
     engine.notifier.stopping();
     let graceful = matches!(result, Ok(exit) if exit != Exit::ConsumerFailed);
     engine.workers.finish(graceful);
@@ -183,6 +186,19 @@ impl Engine {
                 loop {
                     async_io::Timer::after(interval).await;
                     notifier.send("WATCHDOG=1");
+                }
+            })
+            .detach();
+        }
+        if self.notifier.enabled() {
+            let notifier = self.notifier.clone();
+            let stats = self.stats.clone();
+            async_global_executor::spawn(async move {
+                loop {
+                    async_io::Timer::after(STATUS_REFRESH).await;
+                    if let Some(summary) = stats.summary() {
+                        notifier.counts(summary);
+                    }
                 }
             })
             .detach();
@@ -610,6 +626,10 @@ const UNSETTLED: &str =
 /// How long one request to the broker may take to be taken or answered
 /// (a settlement, a cancel, a close); one that does not answer must not
 /// stop consumption silently or keep the process from ending.
+/// How often systemd's `STATUS=` gets fresh message counts, when they
+/// changed.
+const STATUS_REFRESH: Duration = Duration::from_secs(1);
+
 const SHUTDOWN_STEP: Duration = Duration::from_secs(5);
 
 /// How long declaring, or starting the consumers, may take on a fresh

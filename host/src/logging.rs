@@ -8,8 +8,15 @@
 //! filters and other handler kinds have no equivalent and are ignored. The
 //! line format is fedora-messaging's default, `[logger LEVEL] message`.
 //! `RUST_LOG`, when set, replaces the levels from the file.
+//!
+//! Lines carry no timestamp (journald adds its own). When the stream is
+//! journald's (systemd says so in `JOURNAL_STREAM`), each line starts with
+//! its syslog priority, `<3>` to `<7>`, which journald strips and records,
+//! so `journalctl -p warning` finds the host's warnings.
 
 use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 
 /// The Python logger name that stands for this host's own log lines.
 const HOST_LOGGER: &str = "fedora_messaging";
@@ -90,7 +97,15 @@ impl LogSettings {
         } else {
             env_logger::Target::Stdout
         });
-        builder.format(|out, record| {
+        let to_journal = if self.to_stderr {
+            is_journal_stream(std::io::stderr().as_fd())
+        } else {
+            is_journal_stream(std::io::stdout().as_fd())
+        };
+        builder.format(move |out, record| {
+            if to_journal {
+                write!(out, "<{}>", syslog_priority(record.level()))?;
+            }
             writeln!(
                 out,
                 "[{} {}] {}",
@@ -101,6 +116,33 @@ impl LogSettings {
         });
         // A second install (tests calling into the library) keeps the first.
         let _ = builder.try_init();
+    }
+}
+
+/// Whether `stream` is the one systemd connected to journald: its device
+/// and inode are those `JOURNAL_STREAM` gives (`DEV:INODE`).
+fn is_journal_stream(stream: std::os::fd::BorrowedFd<'_>) -> bool {
+    let Some((device, inode)) = std::env::var("JOURNAL_STREAM").ok().and_then(|value| {
+        let (device, inode) = value.split_once(':')?;
+        Some((device.parse::<u64>().ok()?, inode.parse::<u64>().ok()?))
+    }) else {
+        return false;
+    };
+    let Ok(owned) = stream.try_clone_to_owned() else {
+        return false;
+    };
+    std::fs::File::from(owned)
+        .metadata()
+        .is_ok_and(|meta| meta.dev() == device && meta.ino() == inode)
+}
+
+/// sd-daemon's priority prefixes: `<3>` error to `<7>` debug.
+fn syslog_priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
     }
 }
 

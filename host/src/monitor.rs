@@ -56,6 +56,21 @@ impl Stats {
         self.received.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// `N received, N processed, N dropped, N rejected, N failed`, once a
+    /// message was received.
+    pub fn summary(&self) -> Option<String> {
+        let received = self.received.load(Ordering::Relaxed);
+        (received > 0).then(|| {
+            format!(
+                "{received} received, {} processed, {} dropped, {} rejected, {} failed",
+                self.processed.load(Ordering::Relaxed),
+                self.dropped.load(Ordering::Relaxed),
+                self.rejected.load(Ordering::Relaxed),
+                self.failed.load(Ordering::Relaxed),
+            )
+        })
+    }
+
     pub fn reconnected(&self) {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
     }

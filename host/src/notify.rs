@@ -5,19 +5,39 @@
 //! The host says `READY=1` once the consumer is built and the first
 //! connection attempt is under way (so a broker outage at boot does not
 //! trip `TimeoutStartSec`), `STATUS=` lines as it connects, consumes and
-//! reconnects, and `STOPPING=1` when it stops. With `WatchdogSec=`, the
+//! reconnects (with the message counts once there are some, refreshed at
+//! most once a second), and `STOPPING=1` when it stops. With `WatchdogSec=`, the
 //! executor that drives the connection pings `WATCHDOG=1` at half the
 //! interval: a wedged executor stops the pings and systemd restarts the
 //! service, while a consumer busy on its own thread or a broker outage
 //! (the executor still runs the reconnect loop) does not.
 
 use std::os::unix::net::UnixDatagram;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Where notifications go, if anywhere.
 pub struct Notifier {
     target: Option<Target>,
     watchdog: Option<Duration>,
+    status: Mutex<Status>,
+}
+
+/// What `STATUS=` says: what the host is doing, and its counts.
+#[derive(Default)]
+struct Status {
+    doing: String,
+    counts: String,
+}
+
+impl Status {
+    fn line(&self) -> String {
+        if self.counts.is_empty() {
+            format!("STATUS={}", self.doing)
+        } else {
+            format!("STATUS={} ({})", self.doing, self.counts)
+        }
+    }
 }
 
 struct Target {
@@ -42,7 +62,11 @@ impl Notifier {
             .and_then(|usec| usec.trim().parse::<u64>().ok())
             .filter(|usec| *usec > 0 && for_us)
             .map(Duration::from_micros);
-        Notifier { target, watchdog }
+        Notifier {
+            target,
+            watchdog,
+            status: Mutex::default(),
+        }
     }
 
     /// A notifier that sends nothing.
@@ -50,6 +74,7 @@ impl Notifier {
         Notifier {
             target: None,
             watchdog: None,
+            status: Mutex::default(),
         }
     }
 
@@ -64,16 +89,46 @@ impl Notifier {
         }
     }
 
-    pub fn ready(&self, status: &str) {
-        self.send(&format!("READY=1\nSTATUS={status}"));
+    /// Whether anything is listening: without it, nothing needs
+    /// computing.
+    pub fn enabled(&self) -> bool {
+        self.target.is_some()
     }
 
-    pub fn status(&self, status: &str) {
-        self.send(&format!("STATUS={status}"));
+    pub fn ready(&self, doing: &str) {
+        let line = self.update(|status| status.doing = doing.to_owned());
+        self.send(&format!("READY=1\n{line}"));
+    }
+
+    /// Says what the host is doing now.
+    pub fn status(&self, doing: &str) {
+        let line = self.update(|status| status.doing = doing.to_owned());
+        self.send(&line);
+    }
+
+    /// Says how many messages went which way, if that changed.
+    pub fn counts(&self, counts: String) {
+        let mut changed = false;
+        let line = self.update(|status| {
+            changed = status.counts != counts;
+            status.counts = counts;
+        });
+        if changed {
+            self.send(&line);
+        }
     }
 
     pub fn stopping(&self) {
-        self.send("STOPPING=1\nSTATUS=Stopping");
+        let line = self.update(|status| status.doing = "Stopping".to_owned());
+        self.send(&format!("STOPPING=1\n{line}"));
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Status)) -> String {
+        // A poisoned lock only means a panic elsewhere mid-update; the
+        // status text is still usable.
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        change(&mut status);
+        status.line()
     }
 
     /// How often to ping the watchdog (half its timeout), when enabled.

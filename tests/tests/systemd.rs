@@ -99,9 +99,65 @@ fn ready_status_watchdog_and_stopping_reach_notify_socket() {
     );
     let pings = received.iter().filter(|m| *m == "WATCHDOG=1").count();
     assert!(pings >= 3, "{pings} pings in {received:?}");
-    assert!(
-        received.iter().any(|m| m.starts_with("STOPPING=1")),
-        "{received:?}"
+    let stopping = received
+        .iter()
+        .rfind(|m| m.starts_with("STOPPING=1"))
+        .unwrap_or_else(|| panic!("no STOPPING=1 in {received:?}"));
+    assert_eq!(
+        stopping,
+        "STOPPING=1\nSTATUS=Stopping (2 received, 2 processed, 0 dropped, 0 rejected, 0 failed)"
     );
     broker.delete_queue(&queue);
+}
+
+/// Runs a consumer failure through `reconsume` with standard output going
+/// to a file, telling the host (or not) that the file is journald's stream.
+fn log_output(as_journal: bool) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let dir = scratch();
+    let messages = record_file(
+        dir.path(),
+        &[json!({"id": "m1", "topic": "t", "body": {"do": "fail", "reason": "boom"}})],
+    );
+    let out_path = dir.path().join("stdout");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let meta = out.metadata().unwrap();
+    let mut command = fedora_messaging();
+    command
+        .args(["reconsume", "--callback"])
+        .arg(format!("{}:Scripted", plugin("test_consumers").display()))
+        .arg("--file")
+        .arg(&messages)
+        .stdout(out);
+    if as_journal {
+        command.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+    } else {
+        command.env_remove("JOURNAL_STREAM");
+    }
+    let status = command.status().unwrap();
+    assert_eq!(status.code(), Some(13));
+    std::fs::read_to_string(&out_path).unwrap()
+}
+
+#[test]
+fn log_lines_carry_syslog_priorities_only_for_journald() {
+    let journal = log_output(true);
+    assert!(
+        journal
+            .lines()
+            .any(|line| line.starts_with("<3>[fedora_messaging.reconsume ERROR] Unexpected error")),
+        "{journal}"
+    );
+    assert!(
+        journal.lines().any(|line| line == "m1 failed: boom"),
+        "the command's own output has no prefix: {journal}"
+    );
+    let plain = log_output(false);
+    assert!(
+        plain
+            .lines()
+            .any(|line| line.starts_with("[fedora_messaging.reconsume ERROR] Unexpected error")),
+        "{plain}"
+    );
+    assert!(!plain.contains("<3>"), "{plain}");
 }
