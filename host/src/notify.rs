@@ -164,11 +164,21 @@ mod tests {
                 address: socket_address(path.to_str().unwrap()).unwrap(),
             }),
             watchdog: Some(Duration::from_secs(10)),
+            status: Mutex::default(),
         };
         notifier.ready("Connecting");
+        notifier.counts("1 received".to_owned());
+        // Unchanged counts send nothing.
+        notifier.counts("1 received".to_owned());
+        notifier.status("Consuming");
         let mut buffer = [0u8; 256];
-        let size = receiver.recv(&mut buffer).unwrap();
-        assert_eq!(&buffer[..size], b"READY=1\nSTATUS=Connecting");
+        let mut next = || {
+            let size = receiver.recv(&mut buffer).unwrap();
+            String::from_utf8_lossy(&buffer[..size]).into_owned()
+        };
+        assert_eq!(next(), "READY=1\nSTATUS=Connecting");
+        assert_eq!(next(), "STATUS=Connecting (1 received)");
+        assert_eq!(next(), "STATUS=Consuming (1 received)");
         assert_eq!(notifier.watchdog_interval(), Some(Duration::from_secs(5)));
         std::fs::remove_dir_all(&dir).unwrap();
     }
