@@ -242,14 +242,24 @@ impl RecordMessage {
     /// `application/json`, `utf-8`, persistent, its id as `message_id`, its
     /// priority (0 when unset) as property and `priority` header, the
     /// record's headers with `fedora_messaging_schema` (`base.message` when
-    /// absent), `fedora_messaging_severity` and `sent-at` (now, when
-    /// absent), and the topic prefixed with `topic_prefix` (which must
+    /// absent, and then `fedora_messaging_schema_package`
+    /// `fedora_messaging`), `fedora_messaging_severity` and `sent-at` (now,
+    /// when absent), and the topic prefixed with `topic_prefix` (which must
     /// still fit a routing key).
+    ///
+    /// Unlike fedora-messaging, which replaces a schema name whose Python
+    /// class it does not have with `base.message`, the record's schema name
+    /// is kept: the consumers downstream may well have the class.
     pub fn outgoing(&self, topic_prefix: &str) -> Result<Outgoing, String> {
         let mut headers = self.headers.clone();
-        headers
+        let schema = headers
             .entry("fedora_messaging_schema")
-            .or_insert_with(|| Value::from("base.message"));
+            .or_insert_with(|| Value::from(BASE_SCHEMA));
+        if schema == BASE_SCHEMA {
+            headers
+                .entry("fedora_messaging_schema_package")
+                .or_insert_with(|| Value::from("fedora_messaging"));
+        }
         headers.entry("sent-at").or_insert_with(|| {
             Value::from(
                 jiff::Timestamp::now()
@@ -444,6 +454,9 @@ impl RecordMessage {
     }
 }
 
+/// The schema name of fedora-messaging's own `Message` class.
+const BASE_SCHEMA: &str = "base.message";
+
 /// The headers fedora-messaging's schema types as strings.
 const STRING_HEADERS: [&str; 3] = [
     "fedora_messaging_schema",
@@ -610,6 +623,22 @@ mod tests {
     }
 
     #[test]
+    fn a_schema_of_its_own_is_kept_without_a_package() {
+        let record = RecordMessage::parse(
+            r#"{"topic": "t", "body": {}, "headers": {"fedora_messaging_schema": "bodhi.update.comment.v1"}}"#,
+        )
+        .unwrap();
+        let outgoing = record.outgoing("").unwrap();
+        let json: Value =
+            serde_json::from_str(&outgoing.properties.headers().headers_json()).unwrap();
+        assert_eq!(json["fedora_messaging_schema"], "bodhi.update.comment.v1");
+        assert!(
+            json.get("fedora_messaging_schema_package").is_none(),
+            "{json}"
+        );
+    }
+
+    #[test]
     fn records_publish_with_fedora_messaging_properties() {
         let record = RecordMessage::parse(GOOD).unwrap();
         let outgoing = record.outgoing("org.fedoraproject.").unwrap();
@@ -629,6 +658,7 @@ mod tests {
             json,
             serde_json::json!({
                 "fedora_messaging_schema": "base.message",
+                "fedora_messaging_schema_package": "fedora_messaging",
                 "fedora_messaging_severity": 20,
                 "sent-at": "2018-11-18T10:11:41+00:00",
                 "priority": 0
