@@ -37,7 +37,7 @@ pub const KEYS: [&str; 15] = [
 ];
 
 /// A loaded, validated configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default = "defaults::amqp_url")]
@@ -455,6 +455,73 @@ fn line_of_key(text: &str, key: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The example the packages install as /etc/fedora-messaging/config.toml.
+    const EXAMPLE: &str = include_str!("../../config.toml.example");
+
+    #[test]
+    fn the_example_config_loads_as_the_defaults_plus_a_callback() {
+        let example = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(example.ignored_keys(), Vec::<String>::new());
+        let mut defaults = Config::parse("").unwrap();
+        defaults.callback = Some("libprinter.so:Printer".to_owned());
+        defaults
+            .client_properties
+            .insert("app".into(), "Example consumer".into());
+        // log_config is kept as written; the logger it gives is the
+        // default one.
+        assert_eq!(
+            crate::logging::LogSettings::from_log_config(example.log_config.as_ref()),
+            crate::logging::LogSettings::default()
+        );
+        defaults.log_config = example.log_config.clone();
+        assert_eq!(example, defaults);
+    }
+
+    #[test]
+    fn the_example_config_documents_every_key() {
+        let documented = |key: &str| {
+            EXAMPLE.lines().any(|line| {
+                let line = line.trim_start_matches(['#', ' ']);
+                line.starts_with(&format!("{key} ="))
+                    || line.starts_with(&format!("[{key}"))
+                    || line.starts_with(&format!("[[{key}]]"))
+            })
+        };
+        for key in [
+            "amqp_url",
+            "client_properties",
+            "publish_exchange",
+            "topic_prefix",
+            "publish_priority",
+            "passive_declares",
+            "exchanges",
+            "queues",
+            "bindings",
+            "qos",
+            "prefetch_size",
+            "prefetch_count",
+            "callback",
+            "consumer_config",
+            "tls",
+            "ca_cert",
+            "certfile",
+            "keyfile",
+            "log_config",
+            "monitoring",
+            "address",
+            "port",
+            "durable",
+            "auto_delete",
+            "exclusive",
+            "arguments",
+            "queue",
+            "exchange",
+            "routing_keys",
+        ] {
+            assert!(documented(key), "config.toml.example does not show {key}");
+        }
+    }
 
     #[test]
     fn empty_file_gives_fedora_messaging_defaults() {

@@ -203,3 +203,17 @@ fn what_python_publishes_we_record_whole() {
     }
     broker.delete_queue(&queue);
 }
+
+#[test]
+fn the_python_library_reads_our_example_config() {
+    let example = workspace_root().join("config.toml.example");
+    let run = run(python().arg("-c").arg(
+        "import sys\n\
+         from fedora_messaging import config\n\
+         conf = config.LazyConfig()\n\
+         conf.load_config(sys.argv[1])\n\
+         print(conf['callback'], conf['qos']['prefetch_count'], conf['bindings'][0]['routing_keys'])\n",
+    ).arg(&example));
+    check(&run, "fedora_messaging.config loading config.toml.example");
+    assert_eq!(run.stdout, "libprinter.so:Printer 10 ['#']\n");
+}
