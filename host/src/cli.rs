@@ -12,6 +12,33 @@ use crate::record::Recorder;
 use crate::topology::Overrides;
 use crate::{consume, publish, reconsume};
 
+/// The end of `--help`, and of the man page.
+const AFTER_HELP: &str = "\
+Exit status (fedora-messaging's):
+  0    stopped by a signal, end of input, or a consumer's halt(0)
+  1    the consumer could not be loaded or built; other errors
+  2    bad command line or configuration file
+  10   the broker refused a queue or binding declaration
+  11   another error while setting up consumption
+  12   the broker cancelled the consumer
+  13   the consumer failed (or panicked) on a message
+  14   the broker refused the connection (credentials, vhost, TLS)
+  15   the broker refused to let us consume (permissions)
+  N    a consumer halted with exit code N
+  121  publish: the broker returned or refused a message
+  111  publish: the broker could not be reached within 30 s
+
+Files:
+  /etc/fedora-messaging/config.toml
+      the default configuration
+  /usr/lib64/fedora-messaging, /usr/lib/fedora-messaging
+      where a bare plugin file name is found
+
+Environment:
+  FEDORA_MESSAGING_CONF          the configuration file, as --conf
+  FEDORA_MESSAGING_PLUGIN_PATH   directories searched for plugins first
+  RUST_LOG                       log levels, replacing log_config's";
+
 /// fedora-messaging's default for `replay` and `reconsume`.
 const DATAGREPPER_URL: &str = "https://apps.fedoraproject.org/datagrepper";
 
@@ -19,7 +46,8 @@ const DATAGREPPER_URL: &str = "https://apps.fedoraproject.org/datagrepper";
 #[command(
     name = "fedora-messaging",
     version,
-    about = "Run fedora-messaging consumers built as shared objects"
+    about = "Run fedora-messaging consumers built as shared objects",
+    after_long_help = AFTER_HELP
 )]
 pub struct Cli {
     /// Configuration file to use instead of /etc/fedora-messaging/config.toml
