@@ -626,11 +626,11 @@ const UNSETTLED: &str =
 /// How long one request to the broker may take to be taken or answered
 /// (a settlement, a cancel, a close); one that does not answer must not
 /// stop consumption silently or keep the process from ending.
+const SHUTDOWN_STEP: Duration = Duration::from_secs(5);
+
 /// How often systemd's `STATUS=` gets fresh message counts, when they
 /// changed.
 const STATUS_REFRESH: Duration = Duration::from_secs(1);
-
-const SHUTDOWN_STEP: Duration = Duration::from_secs(5);
 
 /// How long declaring, or starting the consumers, may take on a fresh
 /// connection before it is given up as dead.

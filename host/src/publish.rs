@@ -1,5 +1,7 @@
 //! `fedora-messaging publish [--exchange X] FILE`: publish a record file
-//! with publisher confirms, as fedora-messaging's `publish` does.
+//! with publisher confirms, as fedora-messaging's `publish` does; and
+//! `replay MESSAGE_ID`, which publishes one message from datagrepper the
+//! same way.
 //!
 //! Exit codes are fedora-messaging's: 0 all confirmed; 2 a line is not a
 //! message (its number is named); 121 the broker refused or returned a
