@@ -74,6 +74,7 @@ enum Command {
     /// Publish the messages of a record file (one JSON object a line, as
     /// `record` writes them)
     Publish(PublishArgs),
+
     /// Replay a message from datagrepper by its id: publish it again as it
     /// was (topic_prefix is not applied)
     Replay(ReplayArgs),
@@ -92,6 +93,11 @@ struct ConsumeArgs {
     /// property
     #[arg(long, value_name = "NAME")]
     app_name: Option<String>,
+
+    /// How many instances of the consumer run side by side, each on its
+    /// own thread (default: the configuration's `workers`, else 1)
+    #[arg(long, value_name = "N")]
+    workers: Option<u16>,
 
     #[command(flatten)]
     source: SourceArgs,
@@ -260,9 +266,13 @@ fn execute(cli: &Cli) -> Result<Exit, Fatal> {
     match &cli.command {
         Command::Consume(args) => {
             let callback = args.callback.resolve(&config)?;
+            let workers = args.workers.unwrap_or(config.workers);
+            config::check_workers(workers)
+                .map_err(|reason| Fatal::new(Exit::Usage, format!("--workers {reason}")))?;
             consume::run(
                 &config,
                 &callback,
+                workers,
                 &consume::ConsumeArgs {
                     app_name: args.app_name.as_deref(),
                     overrides: args.source.overrides(),
@@ -275,7 +285,7 @@ fn execute(cli: &Cli) -> Result<Exit, Fatal> {
                 app_name: Some(&args.app_name),
                 overrides: args.source.overrides(),
             },
-            || Ok(Box::new(Recorder::create(&args.file, args.limit)?)),
+            || Ok(vec![Box::new(Recorder::create(&args.file, args.limit)?)]),
         ),
         Command::Publish(args) => publish::run(&config, args.exchange.as_deref(), &args.file),
         Command::Replay(args) => publish::replay(&config, &args.datagrepper_url, &args.message_id),

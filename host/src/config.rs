@@ -7,6 +7,9 @@
 //! error listing the valid ones. Where fedora-messaging would crash later on
 //! a partial table (`[qos]` with only `prefetch_count`), the missing entries
 //! take their defaults instead.
+//!
+//! One key is this host's own: `workers`, the number of consumer instances
+//! (a file using it is not one the Python fedora-messaging loads).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,8 +20,9 @@ use serde::Deserialize;
 /// The file read when neither `--conf` nor `FEDORA_MESSAGING_CONF` is set.
 pub const DEFAULT_PATH: &str = "/etc/fedora-messaging/config.toml";
 
-/// The 15 top-level keys, in fedora-messaging's order.
-pub const KEYS: [&str; 15] = [
+/// The top-level keys: fedora-messaging's 15 in its order, then this
+/// host's own.
+pub const KEYS: [&str; 16] = [
     "amqp_url",
     "client_properties",
     "publish_exchange",
@@ -34,7 +38,11 @@ pub const KEYS: [&str; 15] = [
     "tls",
     "log_config",
     "monitoring",
+    "workers",
 ];
+
+/// The most consumer instances `workers` may ask for.
+pub const MAX_WORKERS: u16 = 1024;
 
 /// A loaded, validated configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -73,6 +81,10 @@ pub struct Config {
     /// `[monitoring]`: empty means disabled.
     #[serde(default)]
     monitoring: toml::Table,
+    /// How many instances of the consumer run side by side, each on its
+    /// own thread; 1 is fedora-messaging's one message at a time.
+    #[serde(default = "defaults::workers")]
+    pub workers: u16,
 }
 
 impl Config {
@@ -176,6 +188,9 @@ mod defaults {
     }
     pub fn prefetch_count() -> u16 {
         10
+    }
+    pub fn workers() -> u16 {
+        1
     }
     pub fn exchanges() -> BTreeMap<String, toml::Table> {
         let mut topic = toml::Table::new();
@@ -327,6 +342,8 @@ impl Config {
         }
         self.monitoring()
             .map_err(|message| (line_of_key(text, "monitoring"), message))?;
+        check_workers(self.workers)
+            .map_err(|message| (line_of_key(text, "workers"), format!("workers {message}")))?;
         self.check_amqp_names()
             .map_err(|(key, message)| (line_of_key(text, key), message))?;
         Ok(self)
@@ -385,6 +402,17 @@ impl Default for Config {
             Ok(config) => config,
             Err((_, message)) => unreachable!("the built-in defaults are valid: {message}"),
         }
+    }
+}
+
+/// `workers` (or `--workers`) must be 1 to [`MAX_WORKERS`].
+pub fn check_workers(workers: u16) -> Result<(), String> {
+    if (1..=MAX_WORKERS).contains(&workers) {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be 1 (one message at a time, as fedora-messaging) to {MAX_WORKERS}, not {workers}"
+        ))
     }
 }
 
@@ -518,6 +546,7 @@ mod tests {
             "queue",
             "exchange",
             "routing_keys",
+            "workers",
         ] {
             assert!(documented(key), "config.toml.example does not show {key}");
         }

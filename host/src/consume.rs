@@ -38,21 +38,30 @@ pub struct ConsumeArgs<'a> {
     pub overrides: Overrides,
 }
 
-/// Runs `consume` with the plugin consumer `callback` (`LIB:Symbol`) to
-/// its end and returns how the process exits.
-pub fn run(config: &Config, callback: &str, args: &ConsumeArgs<'_>) -> Result<Exit, Fatal> {
+/// Runs `consume` with `workers` instances of the plugin consumer
+/// `callback` (`LIB:Symbol`) to its end and returns how the process exits.
+pub fn run(
+    config: &Config,
+    callback: &str,
+    workers: u16,
+    args: &ConsumeArgs<'_>,
+) -> Result<Exit, Fatal> {
     run_with(config, args, || {
-        let consumer = plugin::load_consumer(callback, &config.consumer_config_json())?;
-        Ok(Box::new(consumer) as Box<dyn Handler>)
+        let consumers =
+            plugin::load_consumers(callback, &config.consumer_config_json(), workers.into())?;
+        Ok(consumers
+            .into_iter()
+            .map(|consumer| Box::new(consumer) as Box<dyn Handler>)
+            .collect())
     })
 }
 
-/// Runs `consume` with the handler `build` makes, once the command line
-/// and configuration have been checked.
+/// Runs `consume` with the handlers `build` makes (one worker thread
+/// each), once the command line and configuration have been checked.
 pub fn run_with(
     config: &Config,
     args: &ConsumeArgs<'_>,
-    build: impl FnOnce() -> Result<Box<dyn Handler>, Fatal>,
+    build: impl FnOnce() -> Result<Vec<Box<dyn Handler>>, Fatal>,
 ) -> Result<Exit, Fatal> {
     args.overrides
         .check()
@@ -62,7 +71,8 @@ pub fn run_with(
     if config.qos.prefetch_size != 0 {
         log::warn!("qos.prefetch_size is not supported by RabbitMQ; using 0");
     }
-    let consumer = build()?;
+    let consumers = build()?;
+    let prefetch_count = prefetch_for(config.qos.prefetch_count, consumers.len());
     let stop = StopRequest::on_signals().map_err(|error| {
         Fatal::new(
             Exit::Registration,
@@ -84,7 +94,7 @@ pub fn run_with(
             )
         })?;
     }
-    let workers = Workers::start(vec![consumer]).map_err(|error| {
+    let workers = Workers::start(consumers).map_err(|error| {
         Fatal::new(
             Exit::Registration,
             format!("cannot start a consumer thread: {error}"),
@@ -93,7 +103,7 @@ pub fn run_with(
     let mut engine = Engine {
         broker,
         topology,
-        prefetch_count: config.qos.prefetch_count,
+        prefetch_count,
         stop,
         workers,
         pending: VecDeque::new(),
@@ -112,6 +122,20 @@ pub fn run_with(
     let graceful = matches!(result, Ok(exit) if exit != Exit::ConsumerFailed);
     engine.workers.finish(graceful);
     result
+}
+
+/// Each worker needs a message of its own to be busy, so a prefetch below
+/// the number of workers is raised to it (0, no limit, stays).
+fn prefetch_for(configured: u16, workers: usize) -> u16 {
+    let workers = u16::try_from(workers).unwrap_or(u16::MAX);
+    if configured != 0 && configured < workers {
+        log::info!(
+            "qos.prefetch_count = {configured} is below the number of workers; using {workers}, so that each worker can have a message"
+        );
+        workers
+    } else {
+        configured
+    }
 }
 
 struct Engine {
@@ -360,6 +384,9 @@ impl Engine {
     ) -> ChannelsEnd {
         let generation = self.generation;
         let mut stopping: Option<Exit> = None;
+        // A consumer failed: what is in flight on other workers finishes
+        // and is settled once, then everything else goes back.
+        let mut failed = false;
         loop {
             while stopping.is_none() && self.in_flight < self.workers.count() {
                 let Some(job) = self.pending.pop_front() else {
@@ -371,6 +398,9 @@ impl Engine {
             if let Some(exit) = stopping
                 && self.in_flight == 0
             {
+                if failed && !requeue_unsettled(consumers).await {
+                    return ChannelsEnd::ConnectionLost(UNSETTLED.to_owned());
+                }
                 return ChannelsEnd::Exit(exit);
             }
 
@@ -396,7 +426,7 @@ impl Engine {
                                 "Message id {} did not pass validation; ignoring message: {reason}",
                                 wire::message_id(&delivery.properties)
                             );
-                            if !settle(delivery, Settle::Reject, &consumer.channel).await {
+                            if !settle(delivery, Settle::Reject).await {
                                 return ChannelsEnd::ConnectionLost(UNSETTLED.to_owned());
                             }
                         }
@@ -472,13 +502,7 @@ impl Engine {
                     let failed_id =
                         matches!(next, Next::Abort(_)).then(|| job.message_id().to_owned());
                     if job.generation == generation {
-                        let channel = consumers
-                            .iter()
-                            .find(|consumer| consumer.queue == job.queue)
-                            .map(|consumer| &consumer.channel);
-                        if let Some(channel) = channel
-                            && !settle(job.delivery, action, channel).await
-                        {
+                        if !settle(job.delivery, action).await {
                             return ChannelsEnd::ConnectionLost(UNSETTLED.to_owned());
                         }
                     } else {
@@ -510,7 +534,21 @@ impl Engine {
                                 "Unexpected error occurred in consumer on message {}: {outcome}",
                                 failed_id.unwrap_or_default()
                             );
-                            return ChannelsEnd::Exit(exit);
+                            if !failed {
+                                failed = true;
+                                if stopping.is_none() {
+                                    self.notifier.stopping();
+                                    self.cancel_all(consumers).await;
+                                }
+                                if self.in_flight > 0 {
+                                    log::info!(
+                                        "Waiting for the {} message(s) other workers are handling before stopping",
+                                        self.in_flight
+                                    );
+                                }
+                            }
+                            // A failure's exit code wins over a halt's.
+                            stopping = Some(exit);
                         }
                     }
                 }
@@ -666,11 +704,14 @@ async fn bounded_for<T>(
 /// [`SHUTDOWN_STEP`]: the connection is dead but not yet known to be, and
 /// waiting on it would stop consumption silently.
 #[must_use]
-async fn settle(delivery: Delivery, action: Settle, channel: &Channel) -> bool {
+async fn settle(delivery: Delivery, action: Settle) -> bool {
     let settling = async {
         match action {
             Settle::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
-            Settle::Requeue => {
+            // After a failure, the other unsettled messages follow once no
+            // worker holds one (requeue_unsettled), so none is settled
+            // twice.
+            Settle::Requeue | Settle::RequeueAllUnsettled => {
                 delivery
                     .acker
                     .nack(BasicNackOptions {
@@ -688,19 +729,6 @@ async fn settle(delivery: Delivery, action: Settle, channel: &Channel) -> bool {
                     })
                     .await
             }
-            // Tag 0 with `multiple`: every unsettled delivery on the
-            // channel, prefetched ones included, as fedora-messaging does on
-            // a failure.
-            Settle::RequeueAllUnsettled => channel
-                .basic_nack(
-                    0,
-                    BasicNackOptions {
-                        multiple: true,
-                        requeue: true,
-                    },
-                )
-                .await
-                .map(|()| true),
         }
     };
     match bounded("settling a message", settling).await {
@@ -714,4 +742,30 @@ async fn settle(delivery: Delivery, action: Settle, channel: &Channel) -> bool {
         }
         None => false,
     }
+}
+
+/// After a failure, once no worker holds a message: every delivery still
+/// unsettled on the channels (prefetched, never handed out) goes back to
+/// its queue, as fedora-messaging does with one `basic.nack` of tag 0 with
+/// `multiple`. `false` when a channel did not take it in time.
+#[must_use]
+async fn requeue_unsettled(consumers: &[QueueConsumer]) -> bool {
+    for consumer in consumers {
+        let requeue = consumer.channel.basic_nack(
+            0,
+            BasicNackOptions {
+                multiple: true,
+                requeue: true,
+            },
+        );
+        match bounded("returning unsettled messages", requeue).await {
+            Some(Ok(())) => {}
+            Some(Err(error)) => log::warn!(
+                "Could not return the unsettled messages of queue {:?}: {error}; closing the channel returns them",
+                consumer.queue
+            ),
+            None => return false,
+        }
+    }
+    true
 }

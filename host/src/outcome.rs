@@ -24,8 +24,9 @@ pub enum Settle {
     Requeue,
     /// `basic.nack`, no requeue (dead-lettered if the queue says so).
     Reject,
-    /// `basic.nack` with `multiple`, requeue: this message and every
-    /// unsettled one before it go back to the queue.
+    /// `basic.nack`, requeue, for this message; then, once no worker
+    /// holds a message, one `basic.nack` with `multiple` returns every
+    /// other unsettled one to the queue.
     RequeueAllUnsettled,
 }
 

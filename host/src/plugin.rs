@@ -302,9 +302,22 @@ pub fn search_dirs() -> Vec<PathBuf> {
 /// Loads `spec`'s library and builds its consumer from `config`, the
 /// `consumer_config` table.
 pub fn load_consumer(spec: &str, config: &serde_json::Value) -> Result<LoadedConsumer, LoadError> {
+    let mut consumers = load_consumers(spec, config, 1)?;
+    consumers.pop().ok_or(LoadError::NoCallback)
+}
+
+/// Loads `spec`'s library once and builds `count` instances of its
+/// consumer, each with its own `new`.
+pub fn load_consumers(
+    spec: &str,
+    config: &serde_json::Value,
+    count: usize,
+) -> Result<Vec<LoadedConsumer>, LoadError> {
     let spec = CallbackSpec::parse(spec)?;
     let plugin = Plugin::load(&spec.resolve_library()?)?;
-    plugin.build(&spec.consumer, config)
+    (0..count)
+        .map(|_| plugin.build(&spec.consumer, config))
+        .collect()
 }
 
 /// A loaded plugin library. Libraries are never unloaded.

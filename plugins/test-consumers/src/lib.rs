@@ -6,6 +6,9 @@
 //!   and logs a running count (its state) when it starts and ends each
 //!   message. `nack_once` nacks the first delivery of an id and acks the
 //!   next; `sleep_once_ms` sleeps only on the first delivery of an id.
+//!   `"rendezvous": N` first waits (up to `within_ms`, default 20 s) until
+//!   N messages with it are being handled at once, by instances side by
+//!   side, and fails otherwise: it proves that `workers` run in parallel.
 //! - `Inspect` prints everything `Message` offers, as one JSON line.
 //! - `PanicInNew` and `FailInNew` never start.
 
@@ -16,6 +19,25 @@ pub struct Scripted {
     seen: u64,
     nacked: std::collections::HashSet<String>,
     slept: std::collections::HashSet<String>,
+}
+
+/// Messages inside a rendezvous, across every instance in the process.
+static MET: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn rendezvous(wanted: u64, within_ms: u64) -> Result<(), ConsumerError> {
+    use std::sync::atomic::Ordering;
+    MET.fetch_add(1, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(within_ms);
+    while MET.load(Ordering::SeqCst) < wanted {
+        if std::time::Instant::now() > deadline {
+            return Err(ConsumerError::failed(format!(
+                "only {} of {wanted} messages were handled at once",
+                MET.load(Ordering::SeqCst)
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(())
 }
 
 impl Consumer for Scripted {
@@ -42,6 +64,9 @@ impl Consumer for Scripted {
         let sleep_once = body["sleep_once_ms"]
             .as_u64()
             .filter(|_| self.slept.insert(message.id().to_owned()));
+        if let Some(wanted) = body["rendezvous"].as_u64() {
+            rendezvous(wanted, body["within_ms"].as_u64().unwrap_or(20_000))?;
+        }
         if let Some(millis) = body["sleep_ms"].as_u64().or(sleep_once) {
             std::thread::sleep(std::time::Duration::from_millis(millis));
         }

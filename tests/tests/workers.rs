@@ -1,0 +1,184 @@
+//! `workers = N`: N consumer instances side by side, with outcomes, halts
+//! and failures keeping their meaning, checked through the broker.
+
+use fm_e2e::broker::{TestBroker, queue_config};
+use fm_e2e::*;
+use lapin::types::FieldTable;
+use serde_json::{Value, json};
+
+fn scripted() -> String {
+    format!("{}:Scripted", plugin("test_consumers").display())
+}
+
+/// A fresh durable queue holding these messages, and a config for it.
+fn queue_with(
+    prefix: &str,
+    extra: &str,
+    messages: &[(&str, Value)],
+) -> (TestBroker, String, tempfile::TempDir, std::path::PathBuf) {
+    let broker = TestBroker::connect();
+    let queue = TestBroker::unique_name(prefix);
+    broker.declare_queue(&queue, FieldTable::default());
+    for (id, body) in messages {
+        broker.publish(&json!({"id": id, "topic": format!("{queue}.t"), "body": body}));
+    }
+    let dir = scratch();
+    let conf = config_file(dir.path(), &queue_config(&queue, extra));
+    (broker, queue, dir, conf)
+}
+
+fn consume(conf: &std::path::Path, extra_args: &[&str]) -> Run {
+    run(fedora_messaging()
+        .arg("--conf")
+        .arg(conf)
+        .args(["consume", "--callback", &scripted()])
+        .args(extra_args))
+}
+
+#[test]
+fn workers_handle_messages_side_by_side_even_with_a_small_prefetch() {
+    // Four messages that each wait until all four are being handled: only
+    // four workers holding a message each get past it. The prefetch of 2
+    // must be raised for that.
+    let mut messages: Vec<(&str, Value)> = ["r1", "r2", "r3", "r4"]
+        .into_iter()
+        .map(|id| (id, json!({"do": "ack", "rendezvous": 4})))
+        .collect();
+    messages.push(("last", json!({"do": "halt"})));
+    let (broker, queue, _dir, conf) = queue_with(
+        "workers",
+        "workers = 4\n[qos]\nprefetch_count = 2",
+        &messages,
+    );
+    let run = consume(&conf, &[]);
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert!(
+        run.stdout
+            .contains("qos.prefetch_count = 2 is below the number of workers; using 4"),
+        "{run:#?}"
+    );
+    assert_eq!(broker.depth(&queue), 0, "{run:#?}");
+    broker.delete_queue(&queue);
+}
+
+#[test]
+fn one_worker_is_one_message_at_a_time() {
+    // The same rendezvous of two cannot happen with one worker: the
+    // consumer fails after its wait.
+    let (broker, queue, _dir, conf) = queue_with(
+        "one-worker",
+        "",
+        &[
+            (
+                "r1",
+                json!({"do": "ack", "rendezvous": 2, "within_ms": 2000}),
+            ),
+            (
+                "r2",
+                json!({"do": "ack", "rendezvous": 2, "within_ms": 2000}),
+            ),
+        ],
+    );
+    let run = consume(&conf, &["--workers", "1"]);
+    assert_eq!(run.code(), 13, "{run:#?}");
+    assert!(
+        run.stdout
+            .contains("only 1 of 2 messages were handled at once"),
+        "{run:#?}"
+    );
+    assert_eq!(broker.depth(&queue), 2, "both go back: {run:#?}");
+    broker.delete_queue(&queue);
+}
+
+#[test]
+fn a_failure_lets_other_workers_finish_and_settles_each_message_once() {
+    // w1 takes "slow" and acks it after the failure; w2 fails on "boom".
+    // The rest never reach a worker and go back with "boom". A message
+    // settled twice would close the channel and send "slow" back too.
+    let (broker, queue, _dir, conf) = queue_with(
+        "workers-fail",
+        "workers = 2",
+        &[
+            ("slow", json!({"do": "ack", "sleep_ms": 1500})),
+            ("boom", json!({"do": "fail", "reason": "kaboom"})),
+            ("m3", json!({"do": "ack"})),
+            ("m4", json!({"do": "ack"})),
+            ("m5", json!({"do": "ack"})),
+        ],
+    );
+    let run = consume(&conf, &[]);
+    assert_eq!(run.code(), 13, "{run:#?}");
+    assert!(run.stdout.contains("failed: kaboom"), "{run:#?}");
+    assert!(run.stdout.contains("done #1 (slow)"), "{run:#?}");
+    let mut left: Vec<String> = broker.drain(&queue).into_iter().map(|q| q.id).collect();
+    left.sort();
+    assert_eq!(left, ["boom", "m3", "m4", "m5"], "{run:#?}");
+    assert!(!run.stdout.contains("PRECONDITION_FAILED"), "{run:#?}");
+    broker.delete_queue(&queue);
+}
+
+#[test]
+fn a_halt_stops_every_worker_gracefully() {
+    let (broker, queue, _dir, conf) = queue_with(
+        "workers-halt",
+        "",
+        &[
+            ("slow", json!({"do": "ack", "sleep_ms": 1000})),
+            ("stop", json!({"do": "halt", "code": 3})),
+            ("m3", json!({"do": "ack"})),
+            ("m4", json!({"do": "ack"})),
+        ],
+    );
+    let run = consume(&conf, &["--workers", "3"]);
+    assert_eq!(run.code(), 3, "{run:#?}");
+    // What workers held when the halt came was finished and acked ("slow"
+    // surely; "m3" and "m4" if a worker got them before the halt); what
+    // none held stayed queued: each message in exactly one of the two.
+    let left: Vec<String> = broker.drain(&queue).into_iter().map(|q| q.id).collect();
+    for id in ["slow", "stop", "m3", "m4"] {
+        let handled = run
+            .stdout
+            .lines()
+            .any(|line| line.contains("done #") && line.ends_with(&format!("({id})")));
+        let queued = left.iter().filter(|left| *left == id).count();
+        assert_eq!(
+            usize::from(handled) + queued,
+            1,
+            "{id}: handled {handled}, queued {queued} times: {run:#?}"
+        );
+    }
+    assert!(run.stdout.contains("done #1 (slow)"), "{run:#?}");
+    broker.delete_queue(&queue);
+}
+
+#[test]
+fn workers_out_of_range_are_usage_errors() {
+    let dir = scratch();
+    let conf = config_file(dir.path(), "amqp_url = 'amqp://'\nworkers = 0\n");
+    let run = run(fedora_messaging().arg("--conf").arg(&conf).args([
+        "consume",
+        "--callback",
+        &scripted(),
+    ]));
+    assert_eq!(run.code(), 2, "{run:#?}");
+    assert_eq!(
+        run.stderr.trim_end(),
+        format!(
+            "Error: {}:2: workers must be 1 (one message at a time, as fedora-messaging) to 1024, not 0",
+            conf.display()
+        )
+    );
+    let run = run_cli(&["consume", "--workers", "2000", "--callback", &scripted()]);
+    assert_eq!(run.code(), 2, "{run:#?}");
+    assert!(
+        run.stderr
+            .starts_with("Error: --workers must be 1 (one message at a time, as fedora-messaging) to 1024, not 2000"),
+        "{run:#?}"
+    );
+}
+
+fn run_cli(args: &[&str]) -> Run {
+    let dir = scratch();
+    let conf = config_file(dir.path(), "amqp_url = 'amqp://'\n");
+    run(fedora_messaging().arg("--conf").arg(&conf).args(args))
+}
