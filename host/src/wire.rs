@@ -131,7 +131,24 @@ pub fn delivery_view<'a>(
     queue: &'a str,
     checked: Checked,
 ) -> MessageView<'a> {
-    let headers = delivery.properties.headers();
+    view_of(
+        &delivery.properties,
+        &delivery.data,
+        delivery.routing_key.as_str(),
+        queue,
+        checked,
+    )
+}
+
+/// A checked message as consumers see it, from its parts.
+pub fn view_of<'a>(
+    properties: &'a BasicProperties,
+    body: &'a [u8],
+    topic: &'a str,
+    queue: &'a str,
+    checked: Checked,
+) -> MessageView<'a> {
+    let headers = properties.headers();
     let text = |key: &str| {
         headers
             .as_ref()
@@ -139,10 +156,10 @@ pub fn delivery_view<'a>(
             .and_then(amqp_str)
     };
     MessageView {
-        id: message_id(&delivery.properties),
-        topic: delivery.routing_key.as_str(),
+        id: message_id(properties),
+        topic,
         queue,
-        body: &delivery.data,
+        body,
         severity: checked.severity,
         priority: checked.priority,
         sent_at: text("sent-at"),

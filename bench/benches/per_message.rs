@@ -1,0 +1,78 @@
+//! The host's own cost per message, without a broker: check a delivery as
+//! fedora-messaging would (decode), lend it to a plugin consumer across
+//! the abi_stable boundary, and turn the answer into a settlement. The
+//! message has fedora-messaging's standard headers and a 1 KiB JSON body;
+//! the consumer is the no-op plugin, built in release mode first.
+//!
+//! ```text
+//! cargo bench -p fm-bench --bench per_message
+//! ```
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use fm_host::plugin;
+use fm_host::wire;
+
+fn noop_plugin() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench/ has a parent")
+        .to_path_buf();
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "bench-noop"])
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building bench-noop failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    target.join("release/libbench_noop.so")
+}
+
+fn per_message(c: &mut Criterion) {
+    let plugin = noop_plugin();
+    let mut consumer = plugin::load_consumer(
+        &format!("{}:Noop", plugin.display()),
+        &serde_json::json!({}),
+    )
+    .expect("load the no-op consumer");
+    let outgoing = fm_bench::sample_message()
+        .and_then(|message| message.outgoing(""))
+        .expect("the sample message");
+    assert!(outgoing.body.len() >= 1024, "a 1 KiB body");
+    c.bench_function("decode + plugin call + outcome", |b| {
+        b.iter(|| {
+            let checked = wire::check_delivery(&outgoing.properties, &outgoing.body)
+                .expect("a valid message");
+            let view = wire::view_of(
+                &outgoing.properties,
+                &outgoing.body,
+                &outgoing.routing_key,
+                "fm-bench",
+                checked,
+            );
+            let outcome = consumer.consume(&view);
+            std::hint::black_box(outcome.disposition())
+        })
+    });
+    // What the boundary itself costs: the same call without the decode.
+    let checked = wire::check_delivery(&outgoing.properties, &outgoing.body).expect("valid");
+    c.bench_function("plugin call only", |b| {
+        b.iter(|| {
+            let view = wire::view_of(
+                &outgoing.properties,
+                &outgoing.body,
+                &outgoing.routing_key,
+                "fm-bench",
+                checked,
+            );
+            std::hint::black_box(consumer.consume(&view))
+        })
+    });
+}
+
+criterion_group!(benches, per_message);
+criterion_main!(benches);

@@ -1,0 +1,152 @@
+//! The programs compared, each consuming the benchmark queue until it has
+//! seen a given number of messages, then exiting 0.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::broker::{AMQP_URL, QUEUE};
+
+/// Where the programs are.
+pub struct Programs {
+    /// The directory with `fedora-messaging`, `libbench_noop.so` and
+    /// `bare-lapin` (the harness's own).
+    pub bin_dir: PathBuf,
+    /// The Python fedora-messaging's `fedora-messaging`, if it takes part.
+    pub python: Option<PathBuf>,
+    /// The Python consumer (`bench/python_consumer.py`).
+    pub python_consumer: PathBuf,
+    /// Where configurations and logs go.
+    pub work_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contender {
+    /// This host with the no-op plugin.
+    Ours,
+    /// The bare lapin consumer.
+    Lapin,
+    /// Python fedora-messaging with an equivalent callback.
+    Python,
+}
+
+impl Contender {
+    pub fn name(self) -> &'static str {
+        match self {
+            Contender::Ours => "ours",
+            Contender::Lapin => "lapin",
+            Contender::Python => "python",
+        }
+    }
+}
+
+/// What one run is asked to do.
+pub struct Settings {
+    pub prefetch: u16,
+    pub messages: u64,
+    /// Consumer instances (ours only).
+    pub workers: usize,
+    /// Milliseconds the no-op consumer sleeps per message (ours only).
+    pub sleep_ms: u64,
+}
+
+impl Programs {
+    pub fn host(&self) -> PathBuf {
+        self.bin_dir.join("fedora-messaging")
+    }
+
+    /// The command that runs `contender` with `settings`.
+    pub fn command(&self, contender: Contender, settings: &Settings) -> Result<Command, String> {
+        match contender {
+            Contender::Ours => {
+                let conf = self.write_config("ours", settings, true)?;
+                let mut command = Command::new(self.host());
+                command.arg("--conf").arg(conf).arg("consume");
+                Ok(command)
+            }
+            Contender::Lapin => {
+                let mut command = Command::new(self.bin_dir.join("bare-lapin"));
+                command.args([
+                    AMQP_URL,
+                    QUEUE,
+                    &settings.prefetch.to_string(),
+                    &settings.messages.to_string(),
+                ]);
+                Ok(command)
+            }
+            Contender::Python => {
+                let python = self
+                    .python
+                    .as_ref()
+                    .ok_or("the Python fedora-messaging is not installed (--python)")?;
+                let conf = self.write_config("python", settings, false)?;
+                let mut command = Command::new(python);
+                command
+                    .env_remove("FEDORA_MESSAGING_CONF")
+                    .arg("--conf")
+                    .arg(conf)
+                    .arg("consume")
+                    .arg(format!(
+                        "--callback-file={}:Counter",
+                        self.python_consumer.display()
+                    ));
+                Ok(command)
+            }
+        }
+    }
+
+    /// A configuration consuming the benchmark queue as it is declared,
+    /// with the consumer told when to halt; `ours` adds the plugin.
+    fn write_config(&self, name: &str, settings: &Settings, ours: bool) -> Result<PathBuf, String> {
+        let mut toml = format!(
+            r#"amqp_url = "{AMQP_URL}"
+"#
+        );
+        if ours {
+            toml += &format!(
+                "callback = \"{}:Noop\"\nworkers = {}\n",
+                self.bin_dir.join("libbench_noop.so").display(),
+                settings.workers
+            );
+        }
+        toml += &format!(
+            r#"
+[queues."{QUEUE}"]
+durable = true
+auto_delete = false
+exclusive = false
+arguments = {{}}
+
+[[bindings]]
+queue = "{QUEUE}"
+exchange = "amq.topic"
+routing_keys = ["{QUEUE}.#"]
+
+[qos]
+prefetch_size = 0
+prefetch_count = {}
+
+[consumer_config]
+halt_after = {}
+"#,
+            settings.prefetch, settings.messages
+        );
+        if ours && settings.sleep_ms > 0 {
+            toml += &format!("sleep_ms = {}\n", settings.sleep_ms);
+        }
+        let path = self.work_dir.join(format!("{name}.toml"));
+        std::fs::write(&path, toml).map_err(|error| format!("{}: {error}", path.display()))?;
+        Ok(path)
+    }
+
+    pub fn log(&self, what: &str) -> PathBuf {
+        self.work_dir.join(format!("{what}.log"))
+    }
+}
+
+/// The harness's own directory: the programs are built next to it.
+pub fn bin_dir() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|error| format!("current_exe: {error}"))?;
+    exe.parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| "the harness has no directory".to_owned())
+}

@@ -1,0 +1,442 @@
+//! fm-bench: how fast and lean the host is, measured side by side with
+//! the limit of its stack (a bare lapin consumer) and with the Python
+//! fedora-messaging, on the local RabbitMQ. `scripts/bench` builds what it
+//! needs and runs it; see the README's "Benchmarks".
+//!
+//! - `throughput`: for each prefetch, fill a durable queue with N messages
+//!   in fedora-messaging's wire format and drain it with each contender in
+//!   turn (A B C A B C …); report median messages/s, peak RSS and the
+//!   ratios; write a CSV, a Markdown table and a PNG chart.
+//! - `workers`: a consumer that sleeps per message, one worker against
+//!   many.
+//! - `memory`: RSS while draining a long queue, early against late.
+//! - `startup`: from the broker accepting the connection to the first
+//!   message reaching the consumer.
+
+mod broker;
+mod chart;
+mod contender;
+mod measure;
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+use crate::broker::Broker;
+use crate::contender::{Contender, Programs, Settings};
+use crate::measure::{Measured, measure, median};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks the host against bare lapin and Python fedora-messaging")]
+struct Cli {
+    /// Where results, configurations and logs go
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+
+    /// The Python fedora-messaging command (its virtual environment's
+    /// bin/fedora-messaging); without it Python does not take part
+    #[arg(long)]
+    python: Option<PathBuf>,
+
+    /// The Python callback file
+    #[arg(long, default_value = "bench/python_consumer.py")]
+    python_consumer: PathBuf,
+
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Messages per second and peak memory: ours, bare lapin, Python
+    Throughput {
+        #[arg(long, default_value_t = 20_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, value_delimiter = ',', default_value = "25,1000")]
+        prefetch: Vec<u16>,
+    },
+    /// A consumer sleeping per message: one worker against --workers
+    Workers {
+        #[arg(long, default_value_t = 1000)]
+        messages: u64,
+        #[arg(long, default_value_t = 16)]
+        workers: usize,
+        #[arg(long, default_value_t = 10)]
+        sleep_ms: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// RSS while draining --messages, sampled as the queue empties
+    Memory {
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 25)]
+        prefetch: u16,
+    },
+    /// From the broker accepting the connection to the first message
+    Startup {
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(error) = run(&cli) {
+        eprintln!("fm-bench: {error}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), String> {
+    std::fs::create_dir_all(&cli.out).map_err(|e| format!("{}: {e}", cli.out.display()))?;
+    let programs = Programs {
+        bin_dir: contender::bin_dir()?,
+        python: cli.python.clone(),
+        python_consumer: std::fs::canonicalize(&cli.python_consumer)
+            .map_err(|e| format!("{}: {e}", cli.python_consumer.display()))?,
+        work_dir: cli.out.clone(),
+    };
+    let broker = Broker::connect().map_err(|e| format!("cannot reach the local broker: {e}"))?;
+    match &cli.mode {
+        Mode::Throughput {
+            messages,
+            rounds,
+            prefetch,
+        } => throughput(&programs, &broker, *messages, *rounds, prefetch),
+        Mode::Workers {
+            messages,
+            workers,
+            sleep_ms,
+            rounds,
+        } => compare_workers(&programs, &broker, *messages, *workers, *sleep_ms, *rounds),
+        Mode::Memory { messages, prefetch } => memory(&programs, &broker, *messages, *prefetch),
+        Mode::Startup { runs } => startup(&programs, &broker, *runs),
+    }
+}
+
+/// Long enough for the slowest contender (Python, ~300 messages/s).
+fn deadline(messages: u64) -> Duration {
+    Duration::from_secs(60) + Duration::from_secs_f64(messages as f64 / 50.0)
+}
+
+/// Fills the queue, runs `contender`, and checks that it drained it.
+fn one_run(
+    programs: &Programs,
+    broker: &Broker,
+    contender: Contender,
+    settings: &Settings,
+    label: &str,
+) -> Result<Measured, String> {
+    broker.fill(settings.messages)?;
+    let mut command = programs.command(contender, settings)?;
+    let measured = measure(
+        &mut command,
+        &programs.log(label),
+        deadline(settings.messages),
+    )?;
+    let left = broker.depth()?;
+    if left != 0 {
+        return Err(format!(
+            "{label}: {left} messages left in the queue; see {}",
+            programs.log(label).display()
+        ));
+    }
+    println!(
+        "{label:<24} {:>9.0} msgs/s {:>7.1} MiB",
+        settings.messages as f64 / measured.seconds,
+        measured.peak_rss_kib as f64 / 1024.0
+    );
+    Ok(measured)
+}
+
+fn throughput(
+    programs: &Programs,
+    broker: &Broker,
+    messages: u64,
+    rounds: usize,
+    prefetches: &[u16],
+) -> Result<(), String> {
+    let mut contenders = vec![Contender::Ours, Contender::Lapin];
+    if programs.python.is_some() {
+        contenders.push(Contender::Python);
+    } else {
+        println!("(no --python: Python fedora-messaging does not take part)");
+    }
+    let mut csv =
+        String::from("prefetch,round,contender,messages,seconds,msgs_per_s,peak_rss_kib\n");
+    let mut bars = Vec::new();
+    let mut table = String::from(
+        "| prefetch | contender | median msgs/s | median peak RSS (MiB) |\n|---|---|---|---|\n",
+    );
+    let mut ratios = String::new();
+    for &prefetch in prefetches {
+        let settings = Settings {
+            prefetch,
+            messages,
+            workers: 1,
+            sleep_ms: 0,
+        };
+        let mut results: Vec<(Contender, Vec<Measured>)> =
+            contenders.iter().map(|c| (*c, Vec::new())).collect();
+        for round in 1..=rounds {
+            for (contender, measured) in &mut results {
+                let label = format!("{}-p{prefetch}-r{round}", contender.name());
+                let run = one_run(programs, broker, *contender, &settings, &label)?;
+                let _ = writeln!(
+                    csv,
+                    "{prefetch},{round},{},{messages},{:.4},{:.1},{}",
+                    contender.name(),
+                    run.seconds,
+                    messages as f64 / run.seconds,
+                    run.peak_rss_kib
+                );
+                measured.push(run);
+            }
+        }
+        let mut medians = Vec::new();
+        for (contender, measured) in &results {
+            let rate = median(
+                &measured
+                    .iter()
+                    .map(|m| messages as f64 / m.seconds)
+                    .collect::<Vec<_>>(),
+            );
+            let rss = median(
+                &measured
+                    .iter()
+                    .map(|m| m.peak_rss_kib as f64 / 1024.0)
+                    .collect::<Vec<_>>(),
+            );
+            let _ = writeln!(
+                table,
+                "| {prefetch} | {} | {rate:.0} | {rss:.1} |",
+                contender.name()
+            );
+            bars.push(chart::Bar {
+                prefetch,
+                contender: contender.name(),
+                messages_per_second: rate,
+                peak_rss_mib: rss,
+            });
+            medians.push((*contender, rate));
+        }
+        let rate_of = |wanted: Contender| {
+            medians
+                .iter()
+                .find(|(contender, _)| *contender == wanted)
+                .map(|(_, rate)| *rate)
+        };
+        if let (Some(ours), Some(lapin)) = (rate_of(Contender::Ours), rate_of(Contender::Lapin)) {
+            let _ = writeln!(
+                ratios,
+                "prefetch {prefetch}: ours/lapin = {:.2}",
+                ours / lapin
+            );
+        }
+        if let (Some(ours), Some(python)) = (rate_of(Contender::Ours), rate_of(Contender::Python)) {
+            let _ = writeln!(
+                ratios,
+                "prefetch {prefetch}: ours/python = {:.1}",
+                ours / python
+            );
+        }
+    }
+    let summary = format!(
+        "{messages} messages, {rounds} round(s), contenders alternating\n\n{table}\n{ratios}"
+    );
+    println!("\n{summary}");
+    write(&programs.work_dir.join("throughput.csv"), &csv)?;
+    write(&programs.work_dir.join("throughput.md"), &summary)?;
+    let png = programs.work_dir.join("throughput.png");
+    match chart::draw(&png, &bars) {
+        Ok(()) => println!("wrote {}", png.display()),
+        Err(error) => println!("no chart: {error}"),
+    }
+    Ok(())
+}
+
+fn compare_workers(
+    programs: &Programs,
+    broker: &Broker,
+    messages: u64,
+    workers: usize,
+    sleep_ms: u64,
+    rounds: usize,
+) -> Result<(), String> {
+    let mut one = Vec::new();
+    let mut many = Vec::new();
+    let mut csv = String::from("round,workers,messages,seconds,msgs_per_s,peak_rss_kib\n");
+    for round in 1..=rounds {
+        for (count, results) in [(1, &mut one), (workers, &mut many)] {
+            let settings = Settings {
+                prefetch: 25,
+                messages,
+                workers: count,
+                sleep_ms,
+            };
+            let label = format!("workers-{count}-r{round}");
+            let run = one_run(programs, broker, Contender::Ours, &settings, &label)?;
+            let rate = messages as f64 / run.seconds;
+            let _ = writeln!(
+                csv,
+                "{round},{count},{messages},{:.4},{rate:.1},{}",
+                run.seconds, run.peak_rss_kib
+            );
+            results.push(rate);
+        }
+    }
+    let (one, many) = (median(&one), median(&many));
+    let summary = format!(
+        "sleep {sleep_ms} ms per message, {messages} messages, {rounds} round(s)\n\
+         1 worker: {one:.0} msgs/s; {workers} workers: {many:.0} msgs/s; ratio {:.1}\n",
+        many / one
+    );
+    println!("\n{summary}");
+    write(&programs.work_dir.join("workers.csv"), &csv)?;
+    write(&programs.work_dir.join("workers.md"), &summary)
+}
+
+fn memory(
+    programs: &Programs,
+    broker: &Broker,
+    messages: u64,
+    prefetch: u16,
+) -> Result<(), String> {
+    println!("filling the queue with {messages} messages…");
+    broker.fill(messages)?;
+    let settings = Settings {
+        prefetch,
+        messages,
+        workers: 1,
+        sleep_ms: 0,
+    };
+    let mut command = programs.command(Contender::Ours, &settings)?;
+    let log = programs.log("memory");
+    let output = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let mut child = command
+        .stdout(output)
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start the host: {e}"))?;
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut samples = Vec::new();
+    let started = Instant::now();
+    let deadline = deadline(messages);
+    while child.try_wait().map_err(|e| e.to_string())?.is_none() {
+        if started.elapsed() > deadline {
+            let _ = child.kill();
+            return Err(format!("the host did not finish within {deadline:?}"));
+        }
+        if let (Some(rss), Ok(depth)) = (vm_rss_kib(&status_path), broker.depth()) {
+            let consumed = messages.saturating_sub(u64::from(depth));
+            samples.push((started.elapsed().as_secs_f64(), consumed, rss));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let tenth = messages / 10;
+    let peak_in = |range: std::ops::Range<u64>| {
+        samples
+            .iter()
+            .filter(|(_, consumed, _)| range.contains(consumed))
+            .map(|(_, _, rss)| *rss)
+            .max()
+            .unwrap_or(0)
+    };
+    let early = peak_in(0..tenth);
+    let late = peak_in(messages - tenth..messages + 1);
+    let peak = samples.iter().map(|(_, _, rss)| *rss).max().unwrap_or(0);
+    let summary = format!(
+        "{messages} messages, prefetch {prefetch}, {:.0} s\n\
+         peak RSS {:.1} MiB; first tenth {:.1} MiB, last tenth {:.1} MiB\n",
+        started.elapsed().as_secs_f64(),
+        peak as f64 / 1024.0,
+        early as f64 / 1024.0,
+        late as f64 / 1024.0
+    );
+    println!("\n{summary}");
+    let mut csv = String::from("seconds,consumed,rss_kib\n");
+    for (seconds, consumed, rss) in &samples {
+        let _ = writeln!(csv, "{seconds:.1},{consumed},{rss}");
+    }
+    write(&programs.work_dir.join("memory.csv"), &csv)?;
+    write(&programs.work_dir.join("memory.md"), &summary)
+}
+
+fn vm_rss_kib(status_path: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(status_path).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn startup(programs: &Programs, broker: &Broker, runs: usize) -> Result<(), String> {
+    let mut after_connect = Vec::new();
+    let mut from_exec = Vec::new();
+    for run in 1..=runs {
+        broker.fill(1)?;
+        let settings = Settings {
+            prefetch: 25,
+            messages: 1,
+            workers: 1,
+            sleep_ms: 0,
+        };
+        let conf = programs.work_dir.join("ours.toml");
+        let mut command = programs.command(Contender::Ours, &settings)?;
+        // The no-op plugin logs its first message at INFO: let it through.
+        let text = std::fs::read_to_string(&conf).map_err(|e| e.to_string())?;
+        write(
+            &conf,
+            &format!("{text}\n[log_config.root]\nlevel = \"INFO\"\n"),
+        )?;
+        let started = Instant::now();
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start the host: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut connected = None;
+        let mut first = None;
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if connected.is_none() && line.contains("Connected to") {
+                connected = Some(started.elapsed());
+            }
+            if first.is_none() && line.contains("first message") {
+                first = Some(started.elapsed());
+            }
+        }
+        let status = child.wait().map_err(|e| e.to_string())?;
+        let (Some(connected), Some(first)) = (connected, first) else {
+            return Err(format!(
+                "run {run}: no 'Connected to' or 'first message' line ({status})"
+            ));
+        };
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "run {run}: connected at {:.1} ms, first message at {:.1} ms",
+            ms(connected),
+            ms(first)
+        );
+        after_connect.push(ms(first - connected));
+        from_exec.push(ms(first));
+    }
+    let summary = format!(
+        "{runs} runs: median {:.1} ms from the broker accepting the connection to the first message \
+         in the consumer ({:.1} ms from exec)\n",
+        median(&after_connect),
+        median(&from_exec)
+    );
+    println!("\n{summary}");
+    write(&programs.work_dir.join("startup.md"), &summary)
+}
+
+fn write(path: &std::path::Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}

@@ -1,0 +1,116 @@
+//! Running one contender: its wall time from start to exit and its peak
+//! resident memory, from the kernel's accounting of the child (`wait4`).
+
+use std::fs::File;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How one run went.
+#[derive(Debug, Clone, Copy)]
+pub struct Measured {
+    pub seconds: f64,
+    pub peak_rss_kib: u64,
+}
+
+/// Runs `command` to its end, its output going to `log`, and kills it
+/// after `deadline`. A non-zero exit or a kill is an error naming the log.
+pub fn measure(command: &mut Command, log: &Path, deadline: Duration) -> Result<Measured, String> {
+    let output = File::create(log).map_err(|error| format!("{}: {error}", log.display()))?;
+    let errors = output
+        .try_clone()
+        .map_err(|error| format!("{}: {error}", log.display()))?;
+    let started = Instant::now();
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(output)
+        .stderr(errors)
+        .spawn()
+        .map_err(|error| format!("cannot start {command:?}: {error}"))?;
+    let pid = child.id() as libc::pid_t;
+    let finished = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let finished = finished.clone();
+        std::thread::spawn(move || {
+            let until = Instant::now() + deadline;
+            while Instant::now() < until {
+                if finished.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if !finished.load(Ordering::SeqCst) {
+                // SAFETY: kill(2) takes any pid. This one is our child's,
+                // unreaped unless wait4 returned in the few instructions
+                // before `finished` is set.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        })
+    };
+    let (status, usage) = wait4(pid)?;
+    let seconds = started.elapsed().as_secs_f64();
+    finished.store(true, Ordering::SeqCst);
+    let _ = watchdog.join();
+    // std's Child is never waited on: wait4 reaped it.
+    drop(child);
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    if code != 0 {
+        return Err(format!(
+            "{command:?} ended with {} (killed after {deadline:?}?); see {}",
+            code,
+            log.display()
+        ));
+    }
+    Ok(Measured {
+        seconds,
+        // Linux reports ru_maxrss in KiB.
+        peak_rss_kib: usage.ru_maxrss as u64,
+    })
+}
+
+fn wait4(pid: libc::pid_t) -> Result<(i32, libc::rusage), String> {
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for the kernel to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: pid is our child; status and usage are valid for writes.
+        let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if reaped == pid {
+            return Ok((status, usage));
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            return Err(format!("wait4: {error}"));
+        }
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[middle],
+        _ => (sorted[middle - 1] + sorted[middle]) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+}
