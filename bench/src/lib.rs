@@ -11,7 +11,7 @@ pub const QUEUE: &str = "fm-bench";
 /// (schema, severity, sent-at, a few filter headers) and a JSON body of
 /// about 1 KiB.
 pub fn sample_message() -> Result<RecordMessage, String> {
-    let comment = "Works for me. ".repeat(40);
+    let comment = "Works for me. ".repeat(66);
     let record = json!({
         "id": "2f8c5b4e-5c1d-4f7e-9a55-0b8f3c6e7d21",
         "topic": format!("{QUEUE}.bodhi.update.comment"),
