@@ -21,7 +21,7 @@ use lapin::{Channel, Connection};
 
 use crate::broker::{Backoff, Broker};
 use crate::config::Config;
-use crate::dispatch::{Handler, Job, Workers};
+use crate::dispatch::{Finished, Handler, Job, Workers};
 use crate::exit::{Exit, Fatal};
 use crate::monitor::{self, Stats};
 use crate::notify::Notifier;
@@ -182,6 +182,44 @@ enum ChannelsEnd {
     Reopen(String),
 }
 
+/// The queues' delivery streams. The engine polls them itself: a task
+/// forwarding them would add a thread hop to every message.
+struct Deliveries {
+    streams: Vec<Option<std::pin::Pin<Box<lapin::Consumer>>>>,
+    /// Where the next poll starts, so that a busy queue does not starve
+    /// the others.
+    next: usize,
+}
+
+impl Deliveries {
+    /// The next delivery from any queue, or the end of a queue's stream
+    /// (reported once); pending forever once every stream has ended.
+    async fn next(&mut self) -> Event {
+        futures_lite::future::poll_fn(|cx| {
+            let count = self.streams.len();
+            for offset in 0..count {
+                let index = (self.next + offset) % count;
+                let Some(stream) = &mut self.streams[index] else {
+                    continue;
+                };
+                match stream.as_mut().poll_next(cx) {
+                    std::task::Poll::Ready(Some(delivery)) => {
+                        self.next = (index + 1) % count;
+                        return std::task::Poll::Ready(Event::Delivery(index, delivery));
+                    }
+                    std::task::Poll::Ready(None) => {
+                        self.streams[index] = None;
+                        return std::task::Poll::Ready(Event::StreamEnded(index));
+                    }
+                    std::task::Poll::Pending => {}
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+}
+
 /// One queue being consumed on a connection.
 struct QueueConsumer {
     queue: Arc<str>,
@@ -195,6 +233,8 @@ enum Event {
     /// A queue's delivery stream ended.
     StreamEnded(usize),
     Done(Job, Outcome, Duration),
+    /// A worker handed a job back without consuming it.
+    Unstarted(Job),
     StopRequested,
 }
 
@@ -246,8 +286,10 @@ impl Engine {
             )
             .await;
             // Deliveries of a closed connection cannot be settled; the
-            // broker delivers them again.
+            // broker delivers them again. Jobs waiting for a worker are
+            // handed back unstarted.
             self.pending.clear();
+            self.workers.set_generation(self.generation + 1);
             match end? {
                 SessionEnd::Exit(exit) => return Ok(exit),
                 SessionEnd::Lost(reason) => {
@@ -287,12 +329,13 @@ impl Engine {
             };
             names = Some(queues.clone());
             self.generation += 1;
+            self.workers.set_generation(self.generation);
             let started = bounded_for(
                 "starting the consumers",
                 SETUP_STEP,
                 self.start_consumers(connection, &queues),
             );
-            let (consumers, deliveries) = match started.await {
+            let (consumers, mut deliveries) = match started.await {
                 Some(Ok(started)) => started,
                 Some(Err(fatal)) => return self.setup_failed(connection, fatal),
                 None => return Ok(SessionEnd::Lost(SETUP_HUNG.to_owned())),
@@ -308,7 +351,7 @@ impl Engine {
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
-            let end = self.consume(connection, &consumers, &deliveries).await;
+            let end = self.consume(connection, &consumers, &mut deliveries).await;
             match end {
                 ChannelsEnd::Exit(exit) => return Ok(SessionEnd::Exit(exit)),
                 ChannelsEnd::ConnectionLost(reason) => return Ok(SessionEnd::Lost(reason)),
@@ -344,35 +387,20 @@ impl Engine {
         }
     }
 
-    /// Starts consuming every queue; their deliveries arrive, tagged with
-    /// the queue's index, on the returned channel.
+    /// Starts consuming every queue, and returns their delivery streams.
     async fn start_consumers(
         &self,
         connection: &Connection,
         queues: &[String],
-    ) -> Result<(Vec<QueueConsumer>, async_channel::Receiver<Event>), Fatal> {
-        let (incoming, deliveries) = async_channel::unbounded();
+    ) -> Result<(Vec<QueueConsumer>, Deliveries), Fatal> {
         let mut consumers = Vec::with_capacity(queues.len());
-        for (index, queue) in queues.iter().enumerate() {
+        let mut streams = Vec::with_capacity(queues.len());
+        for queue in queues {
             let (consumer, stream) = self.start_consumer(connection, queue).await?;
             consumers.push(consumer);
-            let incoming = incoming.clone();
-            async_global_executor::spawn(async move {
-                let mut stream = stream;
-                while let Some(delivery) = stream.next().await {
-                    if incoming
-                        .send(Event::Delivery(index, delivery))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                let _ = incoming.send(Event::StreamEnded(index)).await;
-            })
-            .detach();
+            streams.push(Some(Box::pin(stream)));
         }
-        Ok((consumers, deliveries))
+        Ok((consumers, Deliveries { streams, next: 0 }))
     }
 
     /// Dispatches deliveries and settles outcomes until something ends it.
@@ -380,7 +408,7 @@ impl Engine {
         &mut self,
         connection: &Connection,
         consumers: &[QueueConsumer],
-        deliveries: &async_channel::Receiver<Event>,
+        deliveries: &mut Deliveries,
     ) -> ChannelsEnd {
         let generation = self.generation;
         let mut stopping: Option<Exit> = None;
@@ -388,7 +416,7 @@ impl Engine {
         // and is settled once, then everything else goes back.
         let mut failed = false;
         loop {
-            while stopping.is_none() && self.in_flight < self.workers.count() {
+            while stopping.is_none() && self.in_flight < self.workers.capacity() {
                 let Some(job) = self.pending.pop_front() else {
                     break;
                 };
@@ -492,6 +520,12 @@ impl Engine {
                             ));
                         }
                     }
+                }
+                Event::Unstarted(job) => {
+                    self.in_flight -= 1;
+                    // Unsettled: the broker delivers it again once the
+                    // channel closes (or requeue_unsettled returns it).
+                    drop(job);
                 }
                 Event::Done(job, outcome, took) => {
                     self.in_flight -= 1;
@@ -614,24 +648,15 @@ impl Engine {
 
     /// The next thing to react to; finished jobs first, so settlements are
     /// not held up by a burst of deliveries.
-    async fn next_event(
-        &self,
-        deliveries: &async_channel::Receiver<Event>,
-        stopping: bool,
-    ) -> Event {
+    async fn next_event(&self, deliveries: &mut Deliveries, stopping: bool) -> Event {
         let done = async {
             match self.workers.next_result().await {
-                Some((job, outcome, took)) => Event::Done(job, outcome, took),
+                Some(Finished::Done(job, outcome, took)) => Event::Done(job, outcome, took),
+                Some(Finished::Unstarted(job)) => Event::Unstarted(job),
                 None => futures_lite::future::pending().await,
             }
         };
-        let delivered = async {
-            match deliveries.recv().await {
-                Ok(event) => event,
-                // Every stream has ended and said so already.
-                Err(_) => futures_lite::future::pending().await,
-            }
-        };
+        let delivered = deliveries.next();
         let stop = async {
             if stopping {
                 futures_lite::future::pending::<()>().await;
@@ -645,6 +670,7 @@ impl Engine {
     /// Asks the broker to stop delivering to our consumers; what it already
     /// delivered and we did not settle goes back when the channels close.
     async fn cancel_all(&mut self, consumers: &[QueueConsumer]) {
+        self.workers.hold();
         self.pending.clear();
         for consumer in consumers {
             let cancel = consumer

@@ -4,9 +4,17 @@
 //! One thread per consumer instance; each instance sees one message at a
 //! time. The number of instances is a parameter: fedora-messaging's serial
 //! behaviour is one instance.
+//!
+//! Up to [`QUEUED_PER_WORKER`] jobs per worker wait in the channel between
+//! the engine and the threads, so a worker that finishes a message starts
+//! the next without waiting for the engine to wake up and hand it one:
+//! each thread hop costs more than a consumer that does little. A job is
+//! only started while the engine still wants it: once a halt, a failure or
+//! a stop holds the workers, or the channel it came from is gone, the
+//! worker hands it back unstarted, so no message is consumed after a halt.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -45,36 +53,82 @@ impl Job {
     }
 }
 
+/// Jobs that may wait for each worker, besides the one it handles.
+pub const QUEUED_PER_WORKER: usize = 4;
+
+/// What comes back from a worker.
+pub enum Finished {
+    /// The consumer answered.
+    Done(Job, Outcome, Duration),
+    /// Handed back without being consumed: the workers were held, or the
+    /// job's channel is gone. It stays unsettled.
+    Unstarted(Job),
+}
+
 /// The consumer threads.
 pub struct Workers {
     jobs: async_channel::Sender<Job>,
-    results: async_channel::Receiver<(Job, Outcome, Duration)>,
+    results: async_channel::Receiver<Finished>,
     graceful: Arc<AtomicBool>,
+    gate: Arc<Gate>,
     threads: Vec<JoinHandle<()>>,
+}
+
+/// Whether a worker may start the job it took.
+#[derive(Default)]
+struct Gate {
+    held: AtomicBool,
+    /// Jobs of older channel set-ups can no longer be settled.
+    generation: AtomicU64,
+}
+
+impl Gate {
+    fn admits(&self, job: &Job) -> bool {
+        !self.held.load(Ordering::SeqCst)
+            && job.generation >= self.generation.load(Ordering::SeqCst)
+    }
 }
 
 impl Workers {
     /// Starts one thread per consumer instance.
     pub fn start(consumers: Vec<Box<dyn Handler>>) -> std::io::Result<Workers> {
-        // Jobs are only handed out to idle workers, so the queue between
-        // never holds more than one job per worker.
-        let (jobs, job_receiver) = async_channel::bounded::<Job>(consumers.len().max(1));
+        let count = consumers.len().max(1);
+        let (jobs, job_receiver) = async_channel::bounded::<Job>(count * (1 + QUEUED_PER_WORKER));
         let (result_sender, results) = async_channel::unbounded();
         let graceful = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new(Gate::default());
         let mut threads = Vec::with_capacity(consumers.len());
         for (index, mut consumer) in consumers.into_iter().enumerate() {
             let job_receiver = job_receiver.clone();
             let result_sender = result_sender.clone();
             let graceful = graceful.clone();
+            let gate = gate.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("consumer-{index}"))
                 .spawn(move || {
                     while let Ok(job) = job_receiver.recv_blocking() {
+                        if !gate.admits(&job) {
+                            if result_sender
+                                .send_blocking(Finished::Unstarted(job))
+                                .is_err()
+                            {
+                                break;
+                            }
+                            continue;
+                        }
                         let started = Instant::now();
                         let outcome = consumer.consume(&job.view());
                         let took = started.elapsed();
                         log::debug!("message {} from {}: {outcome}", job.message_id(), job.queue);
-                        if result_sender.send_blocking((job, outcome, took)).is_err() {
+                        if matches!(outcome, Outcome::Halt { .. } | Outcome::Failed { .. }) {
+                            // Before this thread takes another job: after a
+                            // halt or a failure nothing more is consumed.
+                            gate.held.store(true, Ordering::SeqCst);
+                        }
+                        if result_sender
+                            .send_blocking(Finished::Done(job, outcome, took))
+                            .is_err()
+                        {
                             break;
                         }
                     }
@@ -88,24 +142,35 @@ impl Workers {
             jobs,
             results,
             graceful,
+            gate,
             threads,
         })
     }
 
-    /// How many messages can be in progress at once.
-    pub fn count(&self) -> usize {
-        self.threads.len()
+    /// How many jobs may be handed out and not yet finished.
+    pub fn capacity(&self) -> usize {
+        self.threads.len().max(1) * (1 + QUEUED_PER_WORKER)
     }
 
-    /// Hands a job to an idle worker. Call only when one is idle.
+    /// Hands a job to the workers. Call only below [`Workers::capacity`].
     pub async fn submit(&self, job: Job) {
         // Fails only once finish() has run.
         let _ = self.jobs.send(job).await;
     }
 
-    /// The next finished job, with what its consumer answered and how long
-    /// it took.
-    pub async fn next_result(&self) -> Option<(Job, Outcome, Duration)> {
+    /// No job handed out is started any more: the host is stopping.
+    pub fn hold(&self) {
+        self.gate.held.store(true, Ordering::SeqCst);
+    }
+
+    /// Jobs from channel set-ups before `generation` are handed back
+    /// unstarted.
+    pub fn set_generation(&self, generation: u64) {
+        self.gate.generation.store(generation, Ordering::SeqCst);
+    }
+
+    /// The next finished job.
+    pub async fn next_result(&self) -> Option<Finished> {
         self.results.recv().await.ok()
     }
 
