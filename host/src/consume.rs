@@ -7,7 +7,7 @@
 //! requeue) → a worker thread ([`Workers`]) → its [`Outcome`] →
 //! [`Outcome::disposition`] → [`settle`] → go on, stop, or abort.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -415,6 +415,9 @@ impl Engine {
         // A consumer failed: what is in flight on other workers finishes
         // and is settled once, then everything else goes back.
         let mut failed = false;
+        // Per queue consumer, the delivery tags not settled yet: an ack
+        // with `multiple` may only cover tags that are all finished.
+        let mut unsettled = vec![BTreeSet::new(); consumers.len()];
         loop {
             while stopping.is_none() && self.in_flight < self.workers.capacity() {
                 let Some(job) = self.pending.pop_front() else {
@@ -442,11 +445,13 @@ impl Engine {
                     match wire::check_delivery(&delivery.properties, &delivery.data) {
                         Ok(checked) => {
                             self.stats.received();
+                            unsettled[index].insert(delivery.delivery_tag);
                             self.pending.push_back(Job {
                                 delivery,
                                 queue: consumer.queue.clone(),
                                 checked,
                                 generation,
+                                source: index,
                             });
                         }
                         Err(reason) => {
@@ -528,61 +533,67 @@ impl Engine {
                     drop(job);
                 }
                 Event::Done(job, outcome, took) => {
-                    self.in_flight -= 1;
-                    self.stats.answered(&outcome, took);
-                    let (action, next) = outcome.disposition();
-                    // Only a failure's log line needs the id after the
-                    // delivery is settled (and moved).
-                    let failed_id =
-                        matches!(next, Next::Abort(_)).then(|| job.message_id().to_owned());
-                    if job.generation == generation {
-                        if !settle(job.delivery, action).await {
-                            return ChannelsEnd::ConnectionLost(UNSETTLED.to_owned());
+                    // Whatever else has finished is settled with it, so
+                    // one ack with `multiple` can cover a run of messages.
+                    let mut batch = vec![(job, outcome, took)];
+                    while batch.len() < MAX_BATCH {
+                        match self.workers.try_next_result() {
+                            Some(Finished::Done(job, outcome, took)) => {
+                                batch.push((job, outcome, took));
+                            }
+                            Some(Finished::Unstarted(job)) => {
+                                self.in_flight -= 1;
+                                drop(job);
+                            }
+                            None => break,
                         }
-                    } else {
-                        log::info!(
-                            "Message {} arrived on a channel that has closed since; the broker delivers it again",
-                            job.message_id()
-                        );
                     }
-                    match next {
-                        Next::Continue => {}
-                        Next::Stop(exit) => {
-                            if let Exit::Halt(code) = exit
-                                && code != 0
-                            {
-                                log::info!("Consumer halted with non-zero exit code ({code})");
-                            }
-                            if stopping.is_none() {
-                                self.notifier.stopping();
-                                self.cancel_all(consumers).await;
-                            }
-                            // A halt's code wins over a signal's 0.
-                            stopping = Some(match stopping {
-                                Some(Exit::Success) | None => exit,
-                                Some(earlier) => earlier,
-                            });
-                        }
-                        Next::Abort(exit) => {
-                            log::error!(
-                                "Unexpected error occurred in consumer on message {}: {outcome}",
-                                failed_id.unwrap_or_default()
-                            );
-                            if !failed {
-                                failed = true;
+                    let settled = self
+                        .settle_batch(batch, consumers, &mut unsettled, generation)
+                        .await;
+                    let Some(nexts) = settled else {
+                        return ChannelsEnd::ConnectionLost(UNSETTLED.to_owned());
+                    };
+                    for (next, failure) in nexts {
+                        match next {
+                            Next::Continue => {}
+                            Next::Stop(exit) => {
+                                if let Exit::Halt(code) = exit
+                                    && code != 0
+                                {
+                                    log::info!("Consumer halted with non-zero exit code ({code})");
+                                }
                                 if stopping.is_none() {
                                     self.notifier.stopping();
                                     self.cancel_all(consumers).await;
                                 }
-                                if self.in_flight > 0 {
-                                    log::info!(
-                                        "Waiting for the {} message(s) other workers are handling before stopping",
-                                        self.in_flight
-                                    );
-                                }
+                                // A halt's code wins over a signal's 0.
+                                stopping = Some(match stopping {
+                                    Some(Exit::Success) | None => exit,
+                                    Some(earlier) => earlier,
+                                });
                             }
-                            // A failure's exit code wins over a halt's.
-                            stopping = Some(exit);
+                            Next::Abort(exit) => {
+                                log::error!(
+                                    "Unexpected error occurred in consumer on message {}",
+                                    failure.unwrap_or_default()
+                                );
+                                if !failed {
+                                    failed = true;
+                                    if stopping.is_none() {
+                                        self.notifier.stopping();
+                                        self.cancel_all(consumers).await;
+                                    }
+                                    if self.in_flight > 0 {
+                                        log::info!(
+                                            "Waiting for the {} message(s) other workers are handling before stopping",
+                                            self.in_flight
+                                        );
+                                    }
+                                }
+                                // A failure's exit code wins over a halt's.
+                                stopping = Some(exit);
+                            }
                         }
                     }
                 }
@@ -594,6 +605,87 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Settles finished jobs as their outcomes say and returns, in order,
+    /// what comes next for each (with the id and outcome of a failure, for
+    /// its log line); `None` when the connection did not take a
+    /// settlement in time.
+    ///
+    /// Acks are coalesced: when the lowest unsettled tags of a channel are
+    /// all acked by this batch, one `basic.ack` with `multiple` covers
+    /// them, never a tag still pending, in flight or unstarted. The rest
+    /// are settled one by one.
+    async fn settle_batch(
+        &mut self,
+        batch: Vec<(Job, Outcome, Duration)>,
+        consumers: &[QueueConsumer],
+        unsettled: &mut [BTreeSet<u64>],
+        generation: u64,
+    ) -> Option<Vec<(Next, Option<String>)>> {
+        let mut nexts = Vec::with_capacity(batch.len());
+        let mut acks: Vec<Vec<Job>> = (0..consumers.len()).map(|_| Vec::new()).collect();
+        for (job, outcome, took) in batch {
+            self.in_flight -= 1;
+            self.stats.answered(&outcome, took);
+            let (action, next) = outcome.disposition();
+            let failure =
+                matches!(next, Next::Abort(_)).then(|| format!("{}: {outcome}", job.message_id()));
+            nexts.push((next, failure));
+            if job.generation != generation {
+                log::info!(
+                    "Message {} arrived on a channel that has closed since; the broker delivers it again",
+                    job.message_id()
+                );
+            } else if action == Settle::Ack {
+                acks[job.source].push(job);
+            } else {
+                unsettled[job.source].remove(&job.delivery.delivery_tag);
+                if !settle(job.delivery, action).await {
+                    return None;
+                }
+            }
+        }
+        for (source, mut jobs) in acks.into_iter().enumerate() {
+            if jobs.is_empty() {
+                continue;
+            }
+            jobs.sort_by_key(|job| job.delivery.delivery_tag);
+            let acked: BTreeSet<u64> = jobs.iter().map(|job| job.delivery.delivery_tag).collect();
+            let run: Vec<u64> = unsettled[source]
+                .iter()
+                .take_while(|tag| acked.contains(tag))
+                .copied()
+                .collect();
+            let mut covered = 0;
+            if let Some(&last) = run.last()
+                && run.len() > 1
+            {
+                let ack = consumers[source]
+                    .channel
+                    .basic_ack(last, BasicAckOptions { multiple: true });
+                match bounded("settling messages", ack).await {
+                    Some(Ok(())) => {}
+                    Some(Err(error)) => log::warn!(
+                        "Could not acknowledge {} messages of queue {:?}: {error}; the broker will deliver them again",
+                        run.len(),
+                        consumers[source].queue
+                    ),
+                    None => return None,
+                }
+                for tag in &run {
+                    unsettled[source].remove(tag);
+                }
+                covered = run.len();
+            }
+            for job in jobs.into_iter().skip(covered) {
+                unsettled[source].remove(&job.delivery.delivery_tag);
+                if !settle(job.delivery, Settle::Ack).await {
+                    return None;
+                }
+            }
+        }
+        Some(nexts)
     }
 
     /// Opens a channel for `queue`, sets QoS on it and starts consuming.
@@ -691,6 +783,9 @@ const UNSETTLED: &str =
 /// (a settlement, a cancel, a close); one that does not answer must not
 /// stop consumption silently or keep the process from ending.
 const SHUTDOWN_STEP: Duration = Duration::from_secs(5);
+
+/// The most finished jobs settled together.
+const MAX_BATCH: usize = 256;
 
 /// How often systemd's `STATUS=` gets fresh message counts, when they
 /// changed.

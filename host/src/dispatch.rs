@@ -41,6 +41,8 @@ pub struct Job {
     /// Which channel set-up it arrived on: a delivery can only be settled
     /// on the channel it came from.
     pub generation: u64,
+    /// Which of that set-up's queue consumers delivered it.
+    pub source: usize,
 }
 
 impl Job {
@@ -172,6 +174,11 @@ impl Workers {
     /// The next finished job.
     pub async fn next_result(&self) -> Option<Finished> {
         self.results.recv().await.ok()
+    }
+
+    /// A finished job if one is waiting, without waiting.
+    pub fn try_next_result(&self) -> Option<Finished> {
+        self.results.try_recv().ok()
     }
 
     /// Ends the threads. Graceful: each consumer's `stop` runs and the

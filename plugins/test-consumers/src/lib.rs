@@ -5,7 +5,8 @@
 //!   "panic", "code": N, "reason": "…", "sleep_ms": N, "sleep_once_ms": N}`,
 //!   and logs a running count (its state) when it starts and ends each
 //!   message. `nack_once` nacks the first delivery of an id and acks the
-//!   next; `sleep_once_ms` sleeps only on the first delivery of an id.
+//!   next; `sleep_once_ms` sleeps only on the first delivery of an id (in
+//!   the process, whichever instance gets it).
 //!   `"rendezvous": N` first waits (up to `within_ms`, default 20 s) until
 //!   N messages with it are being handled at once, by instances side by
 //!   side, and fails otherwise: it proves that `workers` run in parallel.
@@ -17,8 +18,23 @@ use serde_json::{Value, json};
 
 pub struct Scripted {
     seen: u64,
-    nacked: std::collections::HashSet<String>,
-    slept: std::collections::HashSet<String>,
+}
+
+/// Ids already nacked by `nack_once` and slept on by `sleep_once_ms`, in
+/// the whole process: with several workers, the second delivery may reach
+/// another instance.
+static NACKED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+static SLEPT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Whether `id` is new to `seen` (and remembers it).
+fn first_time(seen: &std::sync::Mutex<Vec<String>>, id: &str) -> bool {
+    let mut seen = seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if seen.iter().any(|known| known == id) {
+        false
+    } else {
+        seen.push(id.to_owned());
+        true
+    }
 }
 
 /// Messages inside a rendezvous, across every instance in the process.
@@ -49,8 +65,6 @@ impl Consumer for Scripted {
         );
         Ok(Scripted {
             seen: 0,
-            nacked: Default::default(),
-            slept: Default::default(),
         })
     }
 
@@ -63,7 +77,7 @@ impl Consumer for Scripted {
         log::info!("message #{} ({}): {action}", self.seen, message.id());
         let sleep_once = body["sleep_once_ms"]
             .as_u64()
-            .filter(|_| self.slept.insert(message.id().to_owned()));
+            .filter(|_| first_time(&SLEPT, message.id()));
         if let Some(wanted) = body["rendezvous"].as_u64() {
             rendezvous(wanted, body["within_ms"].as_u64().unwrap_or(20_000))?;
         }
@@ -75,7 +89,7 @@ impl Consumer for Scripted {
             "ack" => Ok(()),
             "nack" => Err(ConsumerError::Nack),
             "nack_once" => {
-                if self.nacked.insert(message.id().to_owned()) {
+                if first_time(&NACKED, message.id()) {
                     Err(ConsumerError::Nack)
                 } else {
                     Ok(())
