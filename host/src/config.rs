@@ -516,27 +516,12 @@ mod tests {
                     || line.starts_with(&format!("[[{key}]]"))
             })
         };
-        for key in [
-            "amqp_url",
-            "client_properties",
-            "publish_exchange",
-            "topic_prefix",
-            "publish_priority",
-            "passive_declares",
-            "exchanges",
-            "queues",
-            "bindings",
-            "qos",
+        let inner = [
             "prefetch_size",
             "prefetch_count",
-            "callback",
-            "consumer_config",
-            "tls",
             "ca_cert",
             "certfile",
             "keyfile",
-            "log_config",
-            "monitoring",
             "address",
             "port",
             "durable",
@@ -546,8 +531,8 @@ mod tests {
             "queue",
             "exchange",
             "routing_keys",
-            "workers",
-        ] {
+        ];
+        for key in KEYS.into_iter().chain(inner) {
             assert!(documented(key), "config.toml.example does not show {key}");
         }
     }

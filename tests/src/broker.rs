@@ -11,7 +11,7 @@ use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 /// The URL tests give the host.
@@ -251,4 +251,31 @@ pub fn rabbitmq_node(args: &[&str]) {
         .status()
         .unwrap_or_else(|error| panic!("cannot run scripts/rabbitmq-node {args:?}: {error}"));
     assert!(status.success(), "scripts/rabbitmq-node {args:?} failed");
+}
+
+/// A fresh durable queue whose rejected messages go to a queue of their
+/// own (a dead-letter exchange), and a config consuming it with `extra`
+/// TOML. Returns the broker, the queue, the dead-letter queue, the config.
+pub fn dead_lettered_queue(prefix: &str, extra: &str) -> (TestBroker, String, String, String) {
+    let broker = TestBroker::connect();
+    let queue = TestBroker::unique_name(prefix);
+    let dead = format!("{queue}-dead");
+    broker.declare_queue(&dead, FieldTable::default());
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    arguments.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(dead.as_str().into()),
+    );
+    broker.declare_queue(&queue, arguments);
+    let config = queue_config(&queue, extra).replace(
+        "arguments = {}",
+        &format!(
+            "arguments = {{\"x-dead-letter-exchange\" = \"\", \"x-dead-letter-routing-key\" = \"{dead}\"}}"
+        ),
+    );
+    (broker, queue, dead, config)
 }

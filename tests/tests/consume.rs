@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use fm_e2e::broker::{AMQP_URL, Queued, TestBroker, ensure_user, queue_config, rabbitmqctl};
+use fm_e2e::broker::{
+    AMQP_URL, Queued, TestBroker, dead_lettered_queue, ensure_user, queue_config, rabbitmqctl,
+};
 use fm_e2e::process::Running;
 use fm_e2e::*;
 use lapin::BasicProperties;
@@ -21,32 +23,6 @@ fn scripted() -> String {
 /// A record for `queue` with id `id` whose body tells Scripted what to do.
 fn message(queue: &str, id: &str, body: Value) -> Value {
     json!({"id": id, "topic": format!("{queue}.test"), "body": body})
-}
-
-/// A fresh durable queue whose rejected messages go to a queue of their
-/// own (a dead-letter exchange), and a config consuming it.
-fn dead_lettered_queue(prefix: &str) -> (TestBroker, String, String, String) {
-    let broker = TestBroker::connect();
-    let queue = TestBroker::unique_name(prefix);
-    let dead = format!("{queue}-dead");
-    broker.declare_queue(&dead, FieldTable::default());
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString("".into()),
-    );
-    arguments.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(dead.as_str().into()),
-    );
-    broker.declare_queue(&queue, arguments);
-    let config = queue_config(&queue, "").replace(
-        "arguments = {}",
-        &format!(
-            "arguments = {{\"x-dead-letter-exchange\" = \"\", \"x-dead-letter-routing-key\" = \"{dead}\"}}"
-        ),
-    );
-    (broker, queue, dead, config)
 }
 
 /// A fresh durable queue holding `messages`, and a config consuming it.
@@ -119,7 +95,7 @@ fn nack_requeues_and_the_message_comes_back() {
 
 #[test]
 fn drop_rejects_without_requeue_so_the_dead_letter_queue_keeps_it() {
-    let (broker, queue, dead, config) = dead_lettered_queue("drop");
+    let (broker, queue, dead, config) = dead_lettered_queue("drop", "");
     broker.publish(&message(&queue, "m1", json!({"do": "drop"})));
     broker.publish(&message(&queue, "m2", json!({"do": "halt"})));
     let dir = scratch();
@@ -242,7 +218,7 @@ fn a_panic_is_a_failure_and_the_message_goes_back() {
 
 #[test]
 fn messages_fedora_messaging_refuses_are_dead_lettered_and_consuming_goes_on() {
-    let (broker, queue, dead, config) = dead_lettered_queue("bad");
+    let (broker, queue, dead, config) = dead_lettered_queue("bad", "");
     let key = format!("{queue}.test");
     let props = |id: &str| {
         BasicProperties::default()

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use fm_e2e::broker::{TestBroker, queue_config};
+use fm_e2e::broker::{TestBroker, dead_lettered_queue, queue_config};
 use fm_e2e::process::Running;
 use fm_e2e::*;
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use serde_json::{Value, json};
 
 fn scripted() -> String {
@@ -201,20 +201,8 @@ fn many_messages_through_several_workers_are_each_settled_once() {
     // and rejects from three workers: every message must end where its
     // outcome says, none lost to an ack that covered it too early, none
     // redelivered by a channel closed over a tag settled twice.
-    let broker = TestBroker::connect();
-    let queue = TestBroker::unique_name("workers-many");
-    let dead = format!("{queue}-dead");
-    broker.declare_queue(&dead, FieldTable::default());
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString("".into()),
-    );
-    arguments.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(dead.as_str().into()),
-    );
-    broker.declare_queue(&queue, arguments);
+    let (broker, queue, dead, config) =
+        dead_lettered_queue("workers-many", "[qos]\nprefetch_count = 50");
     let action = |n: usize| match n {
         n if n % 7 == 0 => "drop",
         n if n % 5 == 0 => "nack_once",
@@ -226,15 +214,7 @@ fn many_messages_through_several_workers_are_each_settled_once() {
             .publish(&json!({"id": id, "topic": format!("{queue}.t"), "body": {"do": action(n)}}));
     }
     let dir = scratch();
-    let conf = config_file(
-        dir.path(),
-        &queue_config(&queue, "[qos]\nprefetch_count = 50").replace(
-            "arguments = {}",
-            &format!(
-                "arguments = {{\"x-dead-letter-exchange\" = \"\", \"x-dead-letter-routing-key\" = \"{dead}\"}}"
-            ),
-        ),
-    );
+    let conf = config_file(dir.path(), &config);
     let handlings = |n: usize| if action(n) == "nack_once" { 2 } else { 1 };
     let expected: usize = (0..ids.len()).map(handlings).sum();
     let mut consumer = Running::start(fedora_messaging().arg("--conf").arg(&conf).args([

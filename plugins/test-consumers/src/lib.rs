@@ -63,9 +63,7 @@ impl Consumer for Scripted {
             init.consumer_name(),
             init.config_value()
         );
-        Ok(Scripted {
-            seen: 0,
-        })
+        Ok(Scripted { seen: 0 })
     }
 
     fn consume(&mut self, message: &Message) -> Result<(), ConsumerError> {
