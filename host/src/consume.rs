@@ -586,7 +586,7 @@ impl Engine {
                                     }
                                     if self.in_flight > 0 {
                                         log::info!(
-                                            "Waiting for the {} message(s) other workers are handling before stopping",
+                                            "Waiting for the workers to finish or hand back the {} message(s) given to them before stopping",
                                             self.in_flight
                                         );
                                     }
