@@ -651,32 +651,31 @@ impl Engine {
                 continue;
             }
             jobs.sort_by_key(|job| job.delivery.delivery_tag);
-            let acked: BTreeSet<u64> = jobs.iter().map(|job| job.delivery.delivery_tag).collect();
-            let run: Vec<u64> = unsettled[source]
+            // Both ascending, and every acked tag is unsettled: the run is
+            // where they agree from the start.
+            let run = unsettled[source]
                 .iter()
-                .take_while(|tag| acked.contains(tag))
-                .copied()
-                .collect();
+                .zip(&jobs)
+                .take_while(|(tag, job)| **tag == job.delivery.delivery_tag)
+                .count();
             let mut covered = 0;
-            if let Some(&last) = run.last()
-                && run.len() > 1
-            {
+            if run > 1 {
+                let last = jobs[run - 1].delivery.delivery_tag;
                 let ack = consumers[source]
                     .channel
                     .basic_ack(last, BasicAckOptions { multiple: true });
                 match bounded("settling messages", ack).await {
                     Some(Ok(())) => {}
                     Some(Err(error)) => log::warn!(
-                        "Could not acknowledge {} messages of queue {:?}: {error}; the broker will deliver them again",
-                        run.len(),
+                        "Could not acknowledge {run} messages of queue {:?}: {error}; the broker will deliver them again",
                         consumers[source].queue
                     ),
                     None => return None,
                 }
-                for tag in &run {
-                    unsettled[source].remove(tag);
+                for job in &jobs[..run] {
+                    unsettled[source].remove(&job.delivery.delivery_tag);
                 }
-                covered = run.len();
+                covered = run;
             }
             for job in jobs.into_iter().skip(covered) {
                 unsettled[source].remove(&job.delivery.delivery_tag);

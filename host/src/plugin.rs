@@ -302,8 +302,8 @@ pub fn search_dirs() -> Vec<PathBuf> {
 /// Loads `spec`'s library and builds its consumer from `config`, the
 /// `consumer_config` table.
 pub fn load_consumer(spec: &str, config: &serde_json::Value) -> Result<LoadedConsumer, LoadError> {
-    let mut consumers = load_consumers(spec, config, 1)?;
-    consumers.pop().ok_or(LoadError::NoCallback)
+    let (plugin, consumer) = load_library(spec)?;
+    plugin.build(&consumer, config)
 }
 
 /// Loads `spec`'s library once and builds `count` instances of its
@@ -313,11 +313,17 @@ pub fn load_consumers(
     config: &serde_json::Value,
     count: usize,
 ) -> Result<Vec<LoadedConsumer>, LoadError> {
+    let (plugin, consumer) = load_library(spec)?;
+    (0..count)
+        .map(|_| plugin.build(&consumer, config))
+        .collect()
+}
+
+/// `spec`'s library, and the name of the consumer it asks for.
+fn load_library(spec: &str) -> Result<(Plugin, String), LoadError> {
     let spec = CallbackSpec::parse(spec)?;
     let plugin = Plugin::load(&spec.resolve_library()?)?;
-    (0..count)
-        .map(|_| plugin.build(&spec.consumer, config))
-        .collect()
+    Ok((plugin, spec.consumer))
 }
 
 /// A loaded plugin library. Libraries are never unloaded.

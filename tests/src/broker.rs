@@ -279,3 +279,24 @@ pub fn dead_lettered_queue(prefix: &str, extra: &str) -> (TestBroker, String, St
     );
     (broker, queue, dead, config)
 }
+
+/// A fresh durable queue holding `messages` (id, body for Scripted), and a
+/// config consuming it with `extra` TOML. Returns the broker, the queue,
+/// the directory holding the config (removed when dropped), the config.
+pub fn queue_with(
+    prefix: &str,
+    extra: &str,
+    messages: &[(&str, serde_json::Value)],
+) -> (TestBroker, String, tempfile::TempDir, std::path::PathBuf) {
+    let broker = TestBroker::connect();
+    let queue = TestBroker::unique_name(prefix);
+    broker.declare_queue(&queue, FieldTable::default());
+    for (id, body) in messages {
+        broker.publish(
+            &serde_json::json!({"id": id, "topic": format!("{queue}.test"), "body": body}),
+        );
+    }
+    let dir = crate::scratch();
+    let conf = crate::config_file(dir.path(), &queue_config(&queue, extra));
+    (broker, queue, dir, conf)
+}

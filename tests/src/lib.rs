@@ -223,6 +223,12 @@ pub fn config_file(dir: &Path, toml: &str) -> PathBuf {
     path
 }
 
+/// `--callback` for the test plugin's `Scripted` consumer, which does what
+/// each message's body says.
+pub fn scripted() -> String {
+    format!("{}:Scripted", plugin("test_consumers").display())
+}
+
 /// The outcome lines `reconsume` prints (`ID OUTCOME`), in order.
 pub fn outcome_lines(run: &Run) -> Vec<String> {
     run.stdout

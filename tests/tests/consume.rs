@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use fm_e2e::broker::{
-    AMQP_URL, Queued, TestBroker, dead_lettered_queue, ensure_user, queue_config, rabbitmqctl,
+    AMQP_URL, Queued, TestBroker, dead_lettered_queue, ensure_user, queue_config, queue_with,
+    rabbitmqctl,
 };
 use fm_e2e::process::Running;
 use fm_e2e::*;
@@ -16,30 +17,9 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn scripted() -> String {
-    format!("{}:Scripted", plugin("test_consumers").display())
-}
-
 /// A record for `queue` with id `id` whose body tells Scripted what to do.
 fn message(queue: &str, id: &str, body: Value) -> Value {
     json!({"id": id, "topic": format!("{queue}.test"), "body": body})
-}
-
-/// A fresh durable queue holding `messages`, and a config consuming it.
-fn queue_with(
-    prefix: &str,
-    extra_config: &str,
-    messages: &[(&str, Value)],
-) -> (TestBroker, String, tempfile::TempDir, std::path::PathBuf) {
-    let broker = TestBroker::connect();
-    let queue = TestBroker::unique_name(prefix);
-    broker.declare_queue(&queue, FieldTable::default());
-    for (id, body) in messages {
-        broker.publish(&message(&queue, id, body.clone()));
-    }
-    let dir = scratch();
-    let conf = config_file(dir.path(), &queue_config(&queue, extra_config));
-    (broker, queue, dir, conf)
 }
 
 fn consume(conf: &std::path::Path, callback: &str) -> Run {

@@ -232,7 +232,7 @@ fn connections_closed_by_the_broker_are_reopened() {
     let (queue, _) = filled_queue("closed", 0);
     let dir = scratch();
     let conf = config_file(dir.path(), &queue_config_at(FAULT_URL, &queue, ""));
-    let scripted = format!("{}:Scripted", plugin("test_consumers").display());
+    let scripted = scripted();
     let mut consumer = Running::start(fedora_messaging().arg("--conf").arg(&conf).args([
         "consume",
         "--callback",
@@ -267,7 +267,7 @@ fn a_channel_closed_by_the_acknowledgement_timeout_is_reopened() {
     broker.publish(&record(&queue, "last", json!({"do": "halt"})));
     let dir = scratch();
     let conf = config_file(dir.path(), &queue_config_at(FAULT_URL, &queue, ""));
-    let scripted = format!("{}:Scripted", plugin("test_consumers").display());
+    let scripted = scripted();
     let started = Instant::now();
     let run =
         run(fedora_messaging()
@@ -308,7 +308,7 @@ fn a_passive_redeclare_of_a_queue_not_back_yet_is_retried() {
         &queue_config_at(FAULT_URL, &queue, "passive_declares = true")
             .replace("durable = true", "durable = false"),
     );
-    let scripted = format!("{}:Scripted", plugin("test_consumers").display());
+    let scripted = scripted();
     let mut consumer = Running::start(fedora_messaging().arg("--conf").arg(&conf).args([
         "consume",
         "--callback",

@@ -49,7 +49,7 @@ fn health_and_metrics_while_consuming() {
             .arg("--conf")
             .arg(&conf)
             .args(["consume", "--callback"])
-            .arg(format!("{}:Scripted", plugin("test_consumers").display())),
+            .arg(scripted()),
     );
     let line = consumer.wait_for("Monitoring on http://", Duration::from_secs(30));
     let address = line.rsplit("http://").next().unwrap().to_owned();

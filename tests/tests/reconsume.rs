@@ -4,10 +4,6 @@
 use fm_e2e::*;
 use serde_json::{Value, json};
 
-fn scripted() -> String {
-    format!("{}:Scripted", plugin("test_consumers").display())
-}
-
 fn message(id: &str, action: Value) -> Value {
     json!({"id": id, "topic": "org.example.test", "body": action})
 }

@@ -72,7 +72,7 @@ fn ready_status_watchdog_and_stopping_reach_notify_socket() {
         .arg("--conf")
         .arg(&conf)
         .args(["consume", "--callback"])
-        .arg(format!("{}:Scripted", plugin("test_consumers").display()));
+        .arg(scripted());
     let consumer = std::thread::spawn(move || run(&mut command));
     let mut received = Vec::new();
     let mut buffer = [0u8; 4096];
@@ -125,7 +125,7 @@ fn log_output(as_journal: bool) -> String {
     let mut command = fedora_messaging();
     command
         .args(["reconsume", "--callback"])
-        .arg(format!("{}:Scripted", plugin("test_consumers").display()))
+        .arg(scripted())
         .arg("--file")
         .arg(&messages)
         .stdout(out);

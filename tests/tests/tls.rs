@@ -94,7 +94,7 @@ fn consume(conf: &std::path::Path, queue: &str) -> std::process::Command {
         .arg(conf)
         .args(["consume", "--queue-name", queue, "--app-name", queue])
         .arg("--callback")
-        .arg(format!("{}:Scripted", plugin("test_consumers").display()));
+        .arg(scripted());
     command
 }
 

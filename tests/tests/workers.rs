@@ -3,32 +3,10 @@
 
 use std::time::Duration;
 
-use fm_e2e::broker::{TestBroker, dead_lettered_queue, queue_config};
+use fm_e2e::broker::{dead_lettered_queue, queue_with};
 use fm_e2e::process::Running;
 use fm_e2e::*;
-use lapin::types::FieldTable;
 use serde_json::{Value, json};
-
-fn scripted() -> String {
-    format!("{}:Scripted", plugin("test_consumers").display())
-}
-
-/// A fresh durable queue holding these messages, and a config for it.
-fn queue_with(
-    prefix: &str,
-    extra: &str,
-    messages: &[(&str, Value)],
-) -> (TestBroker, String, tempfile::TempDir, std::path::PathBuf) {
-    let broker = TestBroker::connect();
-    let queue = TestBroker::unique_name(prefix);
-    broker.declare_queue(&queue, FieldTable::default());
-    for (id, body) in messages {
-        broker.publish(&json!({"id": id, "topic": format!("{queue}.t"), "body": body}));
-    }
-    let dir = scratch();
-    let conf = config_file(dir.path(), &queue_config(&queue, extra));
-    (broker, queue, dir, conf)
-}
 
 fn consume(conf: &std::path::Path, extra_args: &[&str]) -> Run {
     run(fedora_messaging()
