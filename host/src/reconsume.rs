@@ -80,6 +80,7 @@ pub fn fetch_from_datagrepper(url: &str, message_id: &str) -> Result<RecordMessa
         .call()
         .and_then(|mut response| response.body_mut().read_to_string())
         .map_err(|error| fail(error.to_string()))?;
-    let value = serde_json::from_str(&body).map_err(|error| fail(format!("not JSON: {error}")))?;
-    RecordMessage::from_json(value).map_err(fail)
+    let value = fm_plugin_api::json::parse_object(body.as_bytes())
+        .map_err(|error| fail(format!("not a JSON object: {error}")))?;
+    RecordMessage::from_json(serde_json::Value::Object(value)).map_err(fail)
 }

@@ -16,7 +16,7 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use fm_plugin_api::Message;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::dispatch::Handler;
 use crate::exit::{Exit, Fatal};
@@ -97,9 +97,10 @@ impl Handler for Recorder {
 
 /// The message as fedora-messaging's `dumps` writes it.
 pub fn record_line(message: &MessageView<'_>) -> Result<String, String> {
-    let body: Value = serde_json::from_slice(message.body)
-        .map_err(|error| format!("the body is not JSON: {error}"))?;
-    let headers: Map<String, Value> = serde_json::from_str(&message.headers.headers_json())
+    let body = fm_plugin_api::json::parse_object(message.body)
+        .map(Value::Object)
+        .map_err(|error| format!("the body is not a JSON object: {error}"))?;
+    let headers = fm_plugin_api::json::parse_object(message.headers.headers_json().as_bytes())
         .map_err(|error| format!("the headers are not a JSON object: {error}"))?;
     let line = Message::new(message.topic, &body)
         .with_id(message.id)

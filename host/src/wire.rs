@@ -3,11 +3,12 @@
 //! format (one JSON object a line, as `record` writes and `publish` and
 //! `reconsume` read).
 
+use fm_plugin_api::json;
 use lapin::BasicProperties;
 use lapin::message::Delivery;
+use lapin::types::DecimalValue;
 use lapin::types::{AMQPValue, FieldTable};
-use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde_json::{Map, Value};
+use serde_json::{Map, Number, Value};
 
 use std::io::Read;
 use std::path::Path;
@@ -53,11 +54,9 @@ fn amqp_json(value: &AMQPValue) -> Value {
         AMQPValue::LongInt(n) => Value::from(*n),
         AMQPValue::LongUInt(n) => Value::from(*n),
         AMQPValue::LongLongInt(n) => Value::from(*n),
-        AMQPValue::Float(f) => Value::from(f64::from(*f)),
-        AMQPValue::Double(f) => Value::from(*f),
-        AMQPValue::DecimalValue(d) => {
-            Value::from(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
-        }
+        AMQPValue::Float(f) => Value::Number(json::number_from_f64(f64::from(*f))),
+        AMQPValue::Double(f) => Value::Number(json::number_from_f64(*f)),
+        AMQPValue::DecimalValue(d) => Value::Number(decimal_json(d)),
         AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
         AMQPValue::LongString(s) => {
             Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
@@ -72,6 +71,26 @@ fn amqp_json(value: &AMQPValue) -> Value {
         }
         AMQPValue::Void => Value::Null,
     }
+}
+
+/// An AMQP decimal as the exact number it stands for. Its value is a
+/// signed 32-bit integer (pika writes `Decimal('-1E+5')` as -100000 with
+/// scale 0), though amq-protocol hands it over unsigned.
+fn decimal_json(decimal: &DecimalValue) -> Number {
+    let value = decimal.value as i32;
+    let digits = value.unsigned_abs().to_string();
+    let scale = usize::from(decimal.scale);
+    let sign = if value < 0 { "-" } else { "" };
+    let text = if scale == 0 {
+        format!("{sign}{digits}")
+    } else if digits.len() > scale {
+        let (int, frac) = digits.split_at(digits.len() - scale);
+        format!("{sign}{int}.{frac}")
+    } else {
+        format!("{sign}0.{}{digits}", "0".repeat(scale - digits.len()))
+    };
+    // The text is a JSON number by construction.
+    serde_json::from_str(&text).unwrap_or_else(|_| Number::from(value))
 }
 
 /// What checking a delivery established, for building its view.
@@ -185,6 +204,12 @@ fn amqp_number(value: &AMQPValue) -> Option<f64> {
 
 /// The AMQP counterpart of [`check_headers`].
 fn check_amqp_headers(headers: &FieldTable) -> Result<u8, String> {
+    if nested_deeper_than(headers, json::MAX_DEPTH) {
+        return Err(format!(
+            "the headers are nested more than {} levels deep",
+            json::MAX_DEPTH
+        ));
+    }
     let headers = headers.inner();
     for key in STRING_HEADERS {
         if let Some(value) = headers.get(key)
@@ -200,34 +225,30 @@ fn check_amqp_headers(headers: &FieldTable) -> Result<u8, String> {
     }
 }
 
-/// Checks that `body` is UTF-8 JSON text of an object, without building
-/// it: only the plugin that asks for the body builds a tree.
-pub fn check_json_object(body: &[u8]) -> Result<(), String> {
-    let text =
-        std::str::from_utf8(body).map_err(|error| format!("the body is not UTF-8: {error}"))?;
-    serde_json::from_str::<JsonObjectShape>(text)
-        .map(drop)
-        .map_err(|error| format!("the body is not a JSON object: {error}"))
+/// Whether tables and arrays in `table` (itself one level) nest deeper than
+/// `limit`: their JSON would not decode on the plugin's side. Descends no
+/// further than `limit`.
+fn nested_deeper_than(table: &FieldTable, limit: usize) -> bool {
+    fn value_deeper(value: &AMQPValue, limit: usize) -> bool {
+        match value {
+            AMQPValue::FieldTable(table) => nested_deeper_than(table, limit),
+            AMQPValue::FieldArray(items) => {
+                limit == 0 || items.as_slice().iter().any(|v| value_deeper(v, limit - 1))
+            }
+            _ => false,
+        }
+    }
+    limit == 0 || table.inner().values().any(|v| value_deeper(v, limit - 1))
 }
 
-/// Deserializes from a JSON object, skipping its content.
-struct JsonObjectShape;
-
-impl<'de> Deserialize<'de> for JsonObjectShape {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ObjectVisitor;
-        impl<'de> Visitor<'de> for ObjectVisitor {
-            type Value = JsonObjectShape;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonObjectShape, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(JsonObjectShape)
-            }
-        }
-        deserializer.deserialize_map(ObjectVisitor)
-    }
+/// Checks that `body` is UTF-8 JSON text of an object, without building
+/// it: only the plugin that asks for the body builds a tree, with this same
+/// parser ([`fm_plugin_api::json`]), so what passes here reaches it whole.
+pub fn check_json_object(body: &[u8]) -> Result<(), String> {
+    json::check_object(body).map_err(|error| match error.reason {
+        "not UTF-8" => format!("the body is not UTF-8 (byte {})", error.offset),
+        _ => format!("the body is not a JSON object: {error}"),
+    })
 }
 
 /// A decoded, validated message, borrowed from wherever it was read.
@@ -388,9 +409,9 @@ pub struct RecordMessage {
 impl RecordMessage {
     /// Parses one record line.
     pub fn parse(line: &str) -> Result<RecordMessage, String> {
-        let value: Value =
-            serde_json::from_str(line).map_err(|error| format!("not JSON: {error}"))?;
-        RecordMessage::from_json(value)
+        let value = json::parse_object(line.as_bytes())
+            .map_err(|error| format!("not a JSON object: {error}"))?;
+        RecordMessage::from_json(Value::Object(value))
     }
 
     /// Checks a record against fedora-messaging's serialized-message schema:
@@ -576,13 +597,59 @@ mod tests {
         for (body, expected) in [
             (&b"\xff{}"[..], "not UTF-8"),
             (b"{", "not a JSON object"),
-            (b"[1]", "expected a JSON object"),
-            (b"\"text\"", "expected a JSON object"),
-            (b"{} trailing", "trailing characters"),
+            (b"[1]", "expected an object"),
+            (b"\"text\"", "expected an object"),
+            (b"{} trailing", "extra data"),
         ] {
             let error = check_json_object(body).unwrap_err();
             assert!(error.contains(expected), "{body:?}: {error}");
         }
+    }
+
+    #[test]
+    fn header_numbers_are_the_numbers_sent() {
+        let decimal = |scale, value: i32| {
+            amqp_json(&AMQPValue::DecimalValue(DecimalValue {
+                scale,
+                value: value as u32,
+            }))
+            .to_string()
+        };
+        assert_eq!(decimal(0, -100_000), "-100000");
+        assert_eq!(decimal(2, -12_345), "-123.45");
+        assert_eq!(decimal(3, 5), "0.005");
+        assert_eq!(decimal(0, i32::MIN), "-2147483648");
+        assert_eq!(amqp_json(&AMQPValue::Double(f64::NAN)).to_string(), "NaN");
+        assert_eq!(
+            amqp_json(&AMQPValue::Float(f32::NEG_INFINITY)).to_string(),
+            "-Infinity"
+        );
+        let mut table = FieldTable::default();
+        table.insert("x".into(), AMQPValue::Double(f64::INFINITY));
+        let json = Some(table).headers_json();
+        assert_eq!(json, r#"{"x":Infinity}"#);
+        assert!(json::parse_object(json.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn headers_nested_beyond_what_a_plugin_decodes_are_refused() {
+        let nested = |depth: usize| {
+            let mut table = FieldTable::default();
+            for _ in 1..depth {
+                let mut outer = FieldTable::default();
+                outer.insert("t".into(), AMQPValue::FieldTable(table));
+                table = outer;
+            }
+            table
+        };
+        let body = b"{}";
+        let at_limit = properties(Some(nested(json::MAX_DEPTH)));
+        assert!(check_delivery(&at_limit, body).is_ok());
+        let json = at_limit.headers().headers_json();
+        assert!(json::parse_object(json.as_bytes()).is_ok());
+        let beyond = properties(Some(nested(json::MAX_DEPTH + 1)));
+        let error = check_delivery(&beyond, body).unwrap_err();
+        assert!(error.contains("nested"), "{error}");
     }
 
     fn properties(headers: Option<FieldTable>) -> BasicProperties {
@@ -740,7 +807,7 @@ mod tests {
     #[test]
     fn schema_violations_say_what_is_wrong() {
         let cases = [
-            ("[]", "must be a JSON object"),
+            ("[]", "not a JSON object"),
             (r#"{"body": {}}"#, "\"topic\" is required"),
             (r#"{"topic": "t"}"#, "\"body\" is required"),
             (
@@ -761,7 +828,7 @@ mod tests {
                 "priority",
             ),
             (r#"{"topic": "t", "body": {}, "queue": 3}"#, "\"queue\""),
-            ("{", "not JSON"),
+            ("{", "not a JSON object"),
         ];
         for (line, expected) in cases {
             let error = RecordMessage::parse(line).unwrap_err();

@@ -77,6 +77,7 @@
 pub mod abi;
 mod error;
 mod guest;
+pub mod json;
 mod message;
 
 pub use error::ConsumerError;

@@ -173,19 +173,37 @@ impl<'a> Message<'a> {
         self.headers.get_or_init(|| match &self.headers_origin {
             HeadersOrigin::Host(source) => {
                 let json = source.to_json();
-                match serde_json::from_str(json.as_str()) {
-                    Ok(Value::Object(map)) => map,
-                    _ => Map::new(),
-                }
+                // The host's JSON of its AMQP table, floats as Python
+                // writes them (NaN, Infinity): the body's parser reads it.
+                crate::json::parse_object(json.as_bytes()).unwrap_or_else(|error| {
+                    panic!(
+                        "message {}: the host's headers do not decode ({error}); rebuild the plugin against the host's fm-plugin-api",
+                        self.id
+                    )
+                })
             }
             HeadersOrigin::Given => Map::new(),
         })
     }
 
-    /// The decoded body: always a JSON object for messages from the host.
+    /// The decoded body, a JSON object, exactly as it was sent: numbers
+    /// keep their text (`NaN`, `Infinity` and integers of any size
+    /// included; see [`crate::json`] for what is read and how).
+    ///
+    /// The host checks every body with this same parser before a consumer
+    /// sees the message, so decoding cannot fail for a message from the
+    /// host. Should it fail anyway (a host built against a different
+    /// revision of this crate), this panics, which the host reports as a
+    /// failure and requeues the message: a consumer never sees a body that
+    /// is not the one sent.
     pub fn body(&self) -> &Value {
-        self.body
-            .get_or_init(|| serde_json::from_slice(&self.raw_body).unwrap_or(Value::Null))
+        self.body.get_or_init(|| match crate::json::parse_object(&self.raw_body) {
+            Ok(map) => Value::Object(map),
+            Err(error) => panic!(
+                "message {}: the host accepted a body this plugin cannot decode ({error}); rebuild the plugin against the host's fm-plugin-api",
+                self.id
+            ),
+        })
     }
 
     /// The body exactly as it was delivered (UTF-8 JSON).
