@@ -7,14 +7,26 @@
 //! - `GET /metrics` → the same counters, the reconnect count and, per
 //!   outcome, a histogram of how long the consumer took.
 //!
-//! A few requests a minute from a probe need no HTTP framework: one thread
-//! answers them in turn, reading only the request line.
+//! The server ([`serve`]) runs on a thread of its own and holds against
+//! abuse: slow, idle or endless requests cannot delay another client's
+//! answer, grow memory, or touch the consumer.
 
-use std::io::{BufRead, BufReader, Write};
+use std::cell::Cell;
 use std::net::{TcpListener, TcpStream};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+
+use async_executor::LocalExecutor;
+use async_io::Async;
+use bytes::Bytes;
+use futures_lite::FutureExt;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use smol_hyper::rt::{FuturesIo, SmolTimer};
 
 use crate::outcome::Outcome;
 
@@ -175,66 +187,172 @@ impl Stats {
     }
 }
 
+/// How long a connection may take to send its request head; a client that
+/// dribbles bytes, or sends nothing, is cut off then.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection may last in all, response included (a client that
+/// never reads its response).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most bytes of a request head held for one connection (hyper's
+/// smallest allowed limit is 8 KiB); a longer request line or header block
+/// is answered 431 and closed.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// The most connections served at once; beyond it a new one is closed at
+/// once. With [`HEAD_TIMEOUT`], holding them all takes hundreds of new
+/// connections a second.
+const MAX_CONNECTIONS: usize = 4096;
+
 /// Listens on `address:port` (an empty address: every interface, as
-/// fedora-messaging) and answers on a thread of its own.
+/// fedora-messaging) and answers on a thread of its own, so no client can
+/// slow the consumer: each connection is a task of the thread's executor,
+/// bounded in time ([`HEAD_TIMEOUT`], [`CONNECTION_TIMEOUT`]) and memory
+/// ([`MAX_HEAD`]), and there are at most [`MAX_CONNECTIONS`] of them.
 pub fn serve(address: &str, port: u16, stats: Arc<Stats>) -> std::io::Result<()> {
     let host = if address.is_empty() {
         "0.0.0.0"
     } else {
         address
     };
-    let listener = TcpListener::bind((host, port))?;
-    log::info!("Monitoring on http://{}", listener.local_addr()?);
+    let listener = Async::new(TcpListener::bind((host, port))?)?;
+    log::info!("Monitoring on http://{}", listener.get_ref().local_addr()?);
+    let limit = connection_limit();
     std::thread::Builder::new()
         .name("monitoring".into())
         .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                if let Err(error) = answer(stream, &stats) {
-                    log::debug!("monitoring request: {error}");
-                }
-            }
+            let executor = LocalExecutor::new();
+            async_io::block_on(executor.run(accept(&executor, listener, stats, limit)));
         })?;
     Ok(())
 }
 
-fn answer(stream: TcpStream, stats: &Stats) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    // The headers are read and ignored, so the client sees a clean close.
-    let mut header = String::new();
-    while reader.read_line(&mut header)? > 2 {
-        header.clear();
+/// [`MAX_CONNECTIONS`], or fewer when the process may not open that many
+/// files. The soft limit is raised to the hard one first (as Go's runtime
+/// does): this process waits on sockets with epoll, never `select`, so
+/// the historical 1024 has no reason here.
+fn connection_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return MAX_CONNECTIONS / 8;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
     }
-    let mut parts = request_line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    // Half the files stay for the broker connection, the plugin's own and
+    // the log.
+    usize::try_from(limit.rlim_cur / 2)
+        .unwrap_or(MAX_CONNECTIONS)
+        .min(MAX_CONNECTIONS)
+}
+
+async fn accept(
+    executor: &LocalExecutor<'_>,
+    listener: Async<TcpListener>,
+    stats: Arc<Stats>,
+    limit: usize,
+) {
+    let open = Rc::new(Cell::new(0usize));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of files, most likely: wait for connections to end
+                // rather than spin on the error.
+                log::debug!("monitoring: cannot accept a connection: {error}");
+                async_io::Timer::after(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if open.get() >= limit {
+            log::debug!("monitoring: {limit} connections open; closing a new one");
+            continue;
+        }
+        open.set(open.get() + 1);
+        let open = open.clone();
+        let stats = stats.clone();
+        executor
+            .spawn(async move {
+                let served = answer(stream, stats).or(async {
+                    async_io::Timer::after(CONNECTION_TIMEOUT).await;
+                    Err("the connection lasted too long".into())
+                });
+                if let Err(error) = served.await {
+                    log::debug!("monitoring request: {error}");
+                }
+                open.set(open.get() - 1);
+            })
+            .detach();
+    }
+}
+
+/// Serves one request on `stream`, then closes it.
+async fn answer(
+    stream: Async<TcpStream>,
+    stats: Arc<Stats>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let service = service_fn(move |request: Request<Incoming>| {
+        let response = respond(&stats, request.method(), request.uri().path());
+        async move { Ok::<_, std::convert::Infallible>(response) }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .timer(SmolTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .keep_alive(false)
+        .serve_connection(FuturesIo::new(stream), service)
+        .await?;
+    Ok(())
+}
+
+fn respond(stats: &Stats, method: &Method, path: &str) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (method, path) {
-        ("GET", "/live") => (
-            "200 OK",
+        (&Method::GET, "/live") => (
+            StatusCode::OK,
             "application/json",
             "{\"status\": \"OK\"}\n".to_owned(),
         ),
-        ("GET", "/ready") => (
-            "200 OK",
+        (&Method::GET, "/ready") => (
+            StatusCode::OK,
             "application/json",
             format!("{}\n", stats.ready_json()),
         ),
-        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", stats.prometheus()),
-        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            stats.prometheus(),
+        ),
+        (&Method::GET, _) => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
         _ => (
-            "405 Method Not Allowed",
+            StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "GET only\n".to_owned(),
         ),
     };
-    let mut stream = stream;
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    stream.flush()
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
 }
 
 #[cfg(test)]
