@@ -2,7 +2,8 @@
 //! runs them the way fedora-messaging runs Python callbacks.
 //!
 //! One message's path through the modules: [`config`] and [`cli`] decide
-//! what to run; [`plugin`] loads the consumer; [`broker`] connects
+//! what to run; [`plugin`] loads the consumer (from a file
+//! [`plugin_file`] checked); [`broker`] connects
 //! ([`amqp_url`] reads the URL as pika does) and [`topology`] declares the
 //! queues and bindings; [`consume`] receives deliveries, [`wire`] checks
 //! them and makes each a [`wire::MessageView`], [`dispatch`] runs the
@@ -25,6 +26,7 @@ pub mod monitor;
 pub mod notify;
 pub mod outcome;
 pub mod plugin;
+pub mod plugin_file;
 pub mod publish;
 pub mod reconsume;
 pub mod record;

@@ -1,16 +1,15 @@
 //! Loading consumers from plugin libraries: `--callback=LIB:Symbol`.
 //!
-//! A library is checked before any of its code runs beyond abi_stable's
-//! loader (it is ours or root's, not writable by others, an ELF shared
-//! object), then abi_stable checks that it was built against a compatible
+//! A library is checked before any of its code runs ([`PluginFile`]: a
+//! regular file, ours or root's, not writable by others, nor replaceable
+//! in any directory above it, an ELF file), loaded from the very file
+//! checked, then abi_stable checks that it was built against a compatible
 //! `fm-plugin-api`. Everything that can go wrong is a [`LoadError`], whose
 //! message names the cause and the fix. The FFI types stay in here:
 //! the rest of the host sees [`Plugin`], [`LoadedConsumer`] and
 //! [`Outcome`].
 
 use std::fmt;
-use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -28,6 +27,7 @@ use fm_plugin_api::abi::{
 use crate::dispatch::Handler;
 use crate::exit::{Exit, Fatal};
 use crate::outcome::Outcome;
+use crate::plugin_file::PluginFile;
 use crate::wire::{HeadersJson, MessageView};
 
 /// Directories searched for a plugin given by file name alone, after those
@@ -70,6 +70,10 @@ pub enum LoadError {
     Unreadable {
         path: PathBuf,
         reason: String,
+    },
+    NotRegularFile {
+        path: PathBuf,
+        kind: &'static str,
     },
     Insecure {
         path: PathBuf,
@@ -151,6 +155,11 @@ impl fmt::Display for LoadError {
             LoadError::Unreadable { path, reason } => {
                 write!(f, "cannot read plugin {}: {reason}", path.display())
             }
+            LoadError::NotRegularFile { path, kind } => write!(
+                f,
+                "plugin {} is {kind}, not a regular file: pass the libNAME.so file itself",
+                path.display()
+            ),
             LoadError::Insecure { path, problem, fix } => write!(
                 f,
                 "refusing to load plugin {}: {problem}, so another user could change the code this process runs; {fix}",
@@ -335,11 +344,10 @@ pub struct Plugin {
 impl Plugin {
     /// Checks and loads the library at `path`.
     pub fn load(path: &Path) -> Result<Plugin, LoadError> {
-        check_ownership(path)?;
-        check_elf(path)?;
-        let module = lib_header_from_path(path)
+        let loader_path = PluginFile::open(path)?.into_loader_path();
+        let module = lib_header_from_path(&loader_path)
             .and_then(|header| header.init_root_module::<PluginModule_Ref>())
-            .map_err(|error| library_error(path, error))?;
+            .map_err(|error| library_error(path, &loader_path, error))?;
         if !module.panic_unwinds() {
             return Err(LoadError::PanicAbort {
                 path: path.to_owned(),
@@ -498,101 +506,20 @@ extern "C" fn publish_from_plugin(_message: RStr<'_>) -> RResult<(), RString> {
     ))
 }
 
-/// Refuses files (and their directory) that someone other than root or
-/// us could have written, as sshd does with keys. Group-writable is fine:
-/// Fedora's default umask makes build output group-writable. A
-/// world-writable directory with the sticky bit (like /tmp) is fine too:
-/// others cannot replace a file they do not own there.
-fn check_ownership(path: &Path) -> Result<(), LoadError> {
-    let real = std::fs::canonicalize(path).map_err(|error| LoadError::Unreadable {
-        path: path.to_owned(),
-        reason: error.to_string(),
-    })?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    let file = std::fs::metadata(&real).map_err(|error| LoadError::Unreadable {
-        path: path.to_owned(),
-        reason: error.to_string(),
-    })?;
-    let insecure = |problem: String, fix: String| LoadError::Insecure {
-        path: path.to_owned(),
-        problem,
-        fix,
-    };
-    if file.mode() & 0o002 != 0 {
-        return Err(insecure(
-            format!(
-                "it is writable by every user (mode {:04o})",
-                file.mode() & 0o7777
-            ),
-            format!("run chmod o-w {}", real.display()),
-        ));
-    }
-    if file.uid() != 0 && file.uid() != euid {
-        return Err(insecure(
-            format!(
-                "it is owned by uid {}, neither root nor the user running fedora-messaging (uid {euid})",
-                file.uid()
-            ),
-            format!("chown it to root or to uid {euid}, or copy it somewhere you own"),
-        ));
-    }
-    if let Some(dir) = real.parent() {
-        let meta = std::fs::metadata(dir).map_err(|error| LoadError::Unreadable {
-            path: path.to_owned(),
-            reason: error.to_string(),
-        })?;
-        let sticky = meta.mode() & 0o1000 != 0;
-        if meta.mode() & 0o002 != 0 && !sticky {
-            return Err(insecure(
-                format!("its directory {} is writable by every user", dir.display()),
-                format!("run chmod o-w {}", dir.display()),
-            ));
-        }
-        if meta.uid() != 0 && meta.uid() != euid {
-            return Err(insecure(
-                format!(
-                    "its directory {} is owned by uid {}, neither root nor the user running fedora-messaging (uid {euid})",
-                    dir.display(),
-                    meta.uid()
-                ),
-                "move the plugin to a directory owned by root or by you".to_owned(),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn check_elf(path: &Path) -> Result<(), LoadError> {
-    let mut magic = [0u8; 4];
-    let read = std::fs::File::open(path).and_then(|mut file| file.read_exact(&mut magic));
-    match read {
-        Ok(()) if magic == *b"\x7fELF" => Ok(()),
-        Ok(()) => Err(LoadError::NotSharedObject {
-            path: path.to_owned(),
-        }),
-        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
-            Err(LoadError::NotSharedObject {
-                path: path.to_owned(),
-            })
-        }
-        Err(error) => Err(LoadError::Unreadable {
-            path: path.to_owned(),
-            reason: error.to_string(),
-        }),
-    }
-}
-
 /// Turns abi_stable's (sometimes thousands of lines long) errors into one
 /// line; the full text goes to the debug log.
-fn library_error(path: &Path, error: LibraryError) -> LoadError {
-    log::debug!("loading {} failed: {error}", path.display());
+fn library_error(path: &Path, loaded_as: &Path, error: LibraryError) -> LoadError {
+    log::debug!(
+        "loading {} (as {}) failed: {error}",
+        path.display(),
+        loaded_as.display()
+    );
     let path = path.to_owned();
     match error {
         LibraryError::OpenError { err, .. } => {
             // dlerror() starts with the path, which the message already has.
             let reason = err.to_string();
-            let prefix = format!("{}: ", path.display());
+            let prefix = format!("{}: ", loaded_as.display());
             LoadError::OpenFailed {
                 reason: reason.strip_prefix(&prefix).unwrap_or(&reason).to_owned(),
                 path,

@@ -301,3 +301,190 @@ fn an_elf_file_the_dynamic_loader_refuses() {
         "dlerror's reason: {run:#?}"
     );
 }
+
+#[test]
+fn a_fifo_or_a_directory_is_refused_at_once() {
+    let dir = scratch();
+    let fifo = dir.path().join("libfifo.so");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Nobody ever writes to the FIFO: opening it must not wait for one.
+    let run = load(&format!("{}:Printer", fifo.display()), dir.path());
+    assert_eq!(
+        refusal(&run),
+        format!(
+            "Error: plugin {} is a FIFO, not a regular file: pass the libNAME.so file itself",
+            fifo.display()
+        )
+    );
+    let directory = dir.path().join("libdir.so");
+    std::fs::create_dir(&directory).unwrap();
+    let run = load(&format!("{}:Printer", directory.display()), dir.path());
+    assert_eq!(
+        refusal(&run),
+        format!(
+            "Error: plugin {} is a directory, not a regular file: pass the libNAME.so file itself",
+            directory.display()
+        )
+    );
+}
+
+#[test]
+fn a_symlink_is_checked_where_it_sits_and_where_it_points() {
+    let dir = scratch();
+    let safe = dir.path().join("safe");
+    let open = dir.path().join("open");
+    for d in [&safe, &open] {
+        std::fs::create_dir(d).unwrap();
+    }
+    set_mode(&safe, 0o755);
+    set_mode(&open, 0o777);
+    let library = copy_plugin(&plugin("printer"), &safe);
+
+    // A link in a directory anyone may write to: anyone could repoint it.
+    let link = open.join("libopenlink.so");
+    std::os::unix::fs::symlink(&library, &link).unwrap();
+    let run = load(&format!("{}:Printer", link.display()), dir.path());
+    let open_real = open.canonicalize().unwrap();
+    assert_eq!(
+        refusal(&run),
+        format!(
+            "Error: refusing to load plugin {}: its directory {} is writable by every user, so another user could change the code this process runs; run chmod o-w {}",
+            link.display(),
+            open_real.display(),
+            open_real.display()
+        )
+    );
+
+    // A link in a safe directory to a library in an open one.
+    let exposed = copy_plugin(&plugin("printer"), &open);
+    let link = safe.join("libexposed.so");
+    std::os::unix::fs::symlink(&exposed, &link).unwrap();
+    let run = load(&format!("{}:Printer", link.display()), dir.path());
+    assert!(
+        refusal(&run).contains(&format!(
+            "its directory {} is writable by every user",
+            open_real.display()
+        )),
+        "{run:#?}"
+    );
+
+    // A safe link to a safe library loads.
+    let link = safe.join("liblinked.so");
+    std::os::unix::fs::symlink(&library, &link).unwrap();
+    let run = load(&format!("{}:Printer", link.display()), dir.path());
+    assert_eq!(run.code(), 0, "{run:#?}");
+
+    // A directory above the plugin that anyone may write to is as open as
+    // the plugin's own: its entries can be renamed away and replaced.
+    let nested = open.join("deeper");
+    std::fs::create_dir(&nested).unwrap();
+    set_mode(&nested, 0o755);
+    let deep = copy_plugin(&plugin("printer"), &nested);
+    let run = load(&format!("{}:Printer", deep.display()), dir.path());
+    assert!(
+        refusal(&run).contains(&format!(
+            "its directory {} is writable by every user",
+            open_real.display()
+        )),
+        "{run:#?}"
+    );
+}
+
+/// Whether a file of this path is mapped into this process.
+fn mapped(path: &Path) -> bool {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let path = path.canonicalize().unwrap();
+    maps.lines()
+        .any(|line| line.ends_with(path.to_str().unwrap()))
+}
+
+/// Defect 6 of issue #10: the ownership check followed a symlink, then
+/// `dlopen` opened the link's path again, so a link repointed between the
+/// two loaded a library nobody checked. Here a link flips between a safe
+/// library and one in a world-writable directory while it is loaded, for
+/// thousands of loads (each through a link of its own name, since the
+/// dynamic loader reuses a library already loaded under the same name);
+/// whatever each load answers, the exposed library must never be mapped
+/// into the process.
+#[test]
+fn a_symlink_swapped_during_loading_never_loads_what_was_not_checked() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    const LOADS: usize = 3000;
+    let dir = scratch();
+    let safe = dir.path().join("safe");
+    let open = dir.path().join("open");
+    let links = dir.path().join("links");
+    for d in [&safe, &open, &links] {
+        std::fs::create_dir(d).unwrap();
+        set_mode(d, 0o755);
+    }
+    set_mode(&open, 0o777);
+    let good = copy_plugin(&plugin("printer"), &safe);
+    let evil = copy_plugin(&plugin("printer"), &open);
+    let link = |n: usize| links.join(format!("libswapped{n}.so"));
+    for n in 0..LOADS {
+        std::os::unix::fs::symlink(&good, link(n)).unwrap();
+    }
+
+    let current = std::sync::Arc::new(AtomicUsize::new(0));
+    // The link the swapper has begun to flip: each load waits for it, so
+    // that every load races the swapper.
+    let flipping = std::sync::Arc::new(AtomicUsize::new(usize::MAX));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (current, flipping, stop, links, good, evil) = (
+            current.clone(),
+            flipping.clone(),
+            stop.clone(),
+            links.clone(),
+            good.clone(),
+            evil.clone(),
+        );
+        std::thread::spawn(move || {
+            let staged = links.join("staged");
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let n = current.load(Ordering::SeqCst);
+                let link = links.join(format!("libswapped{n}.so"));
+                for target in [&evil, &good] {
+                    let _ = std::fs::remove_file(&staged);
+                    std::os::unix::fs::symlink(target, &staged).unwrap();
+                    std::fs::rename(&staged, &link).unwrap();
+                    swaps += 1;
+                }
+                flipping.store(n, Ordering::SeqCst);
+            }
+            swaps
+        })
+    };
+    let (mut loaded, mut refused) = (0, 0);
+    for n in 0..LOADS {
+        current.store(n, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while flipping.load(Ordering::SeqCst) != n {
+            assert!(
+                std::time::Instant::now() < deadline && !swapper.is_finished(),
+                "the swapper stopped flipping"
+            );
+            std::hint::spin_loop();
+        }
+        match fm_host::plugin::Plugin::load(&link(n)) {
+            Ok(_) => loaded += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    println!(
+        "{LOADS} loads during {swaps} swaps: {loaded} loaded the safe library, {refused} refused"
+    );
+    assert!(
+        !mapped(&evil),
+        "a library nobody checked was loaded ({loaded} loads, {refused} refusals)"
+    );
+    assert!(mapped(&good), "the safe library was loaded at least once");
+}
