@@ -79,23 +79,11 @@ impl LogSettings {
     /// the bridge in [`crate::plugin`]).
     pub fn install(&self) {
         let mut builder = env_logger::Builder::new();
-        builder.filter_level(self.root);
-        // The AMQP library's own lines repeat, less clearly, what this host
-        // logs about the same events; `loggers.lapin` or RUST_LOG=lapin=…
-        // bring them back. Its tracing bridge also reports every span enter
-        // and exit, which says nothing to a user.
-        builder.filter_module("lapin", log::LevelFilter::Off);
-        builder.filter_module("tracing::span", log::LevelFilter::Off);
-        for (target, level) in &self.targets {
-            builder.filter_module(target, *level);
-        }
-        if let Ok(spec) = std::env::var("RUST_LOG") {
-            builder.parse_filters(&spec);
-        }
+        self.filters(std::env::var("RUST_LOG").ok().as_deref(), &mut builder);
         builder.target(if self.to_stderr {
             env_logger::Target::Stderr
         } else {
-            env_logger::Target::Stdout
+            env_logger::Target::Pipe(Box::new(StdoutOrStderr::default()))
         });
         let to_journal = if self.to_stderr {
             is_journal_stream(std::io::stderr().as_fd())
@@ -116,6 +104,63 @@ impl LogSettings {
         });
         // A second install (tests calling into the library) keeps the first.
         let _ = builder.try_init();
+    }
+}
+
+impl LogSettings {
+    /// The levels: `RUST_LOG`'s when it is set (it replaces the file's
+    /// wholesale, so `RUST_LOG=warn` silences the host's INFO lines too),
+    /// else the file's.
+    fn filters(&self, rust_log: Option<&str>, builder: &mut env_logger::Builder) {
+        // The AMQP library's own lines repeat, less clearly, what this host
+        // logs about the same events; `loggers.lapin` or RUST_LOG=lapin=…
+        // bring them back. Its tracing bridge also reports every span enter
+        // and exit, which says nothing to a user.
+        builder.filter_module("lapin", log::LevelFilter::Off);
+        builder.filter_module("tracing::span", log::LevelFilter::Off);
+        match rust_log {
+            Some(spec) => {
+                builder.parse_filters(spec);
+            }
+            None => {
+                builder.filter_level(self.root);
+                for (target, level) in &self.targets {
+                    builder.filter_module(target, *level);
+                }
+            }
+        }
+    }
+}
+
+/// Standard output, or standard error once standard output is closed (its
+/// reader gone, as with `| head -1`), so the host's last words, a
+/// failure's cause above all, still reach someone.
+#[derive(Default)]
+struct StdoutOrStderr {
+    stdout_closed: bool,
+}
+
+impl Write for StdoutOrStderr {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        if !self.stdout_closed {
+            let mut stdout = std::io::stdout().lock();
+            match stdout.write_all(line).and_then(|()| stdout.flush()) {
+                Ok(()) => return Ok(line.len()),
+                Err(error) => {
+                    self.stdout_closed = true;
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "[{HOST_LOGGER} WARNING] cannot write the log to standard output ({error}); writing it to standard error"
+                    );
+                }
+            }
+        }
+        std::io::stderr().write_all(line)?;
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -246,6 +291,28 @@ mod tests {
             "fedora_messaging.reconsume"
         );
         assert_eq!(python_logger_name("my_plugin::db"), "my_plugin.db");
+    }
+
+    #[test]
+    fn rust_log_replaces_the_configured_levels() {
+        let enabled = |rust_log: Option<&str>, target: &str, level: log::Level| {
+            let mut builder = env_logger::Builder::new();
+            LogSettings::default().filters(rust_log, &mut builder);
+            log::Log::enabled(
+                &builder.build(),
+                &log::Metadata::builder().target(target).level(level).build(),
+            )
+        };
+        use log::Level::{Debug, Info, Warn};
+        assert!(enabled(None, "fm_host::broker", Info));
+        assert!(!enabled(None, "lapin::io_loop", Warn));
+        for spec in ["off", "error", "warn"] {
+            assert!(!enabled(Some(spec), "fm_host::broker", Info), "{spec}");
+        }
+        assert!(enabled(Some("warn"), "fm_host::broker", Warn));
+        assert!(enabled(Some("debug"), "fm_host::broker", Debug));
+        assert!(!enabled(Some("info"), "lapin::io_loop", Info));
+        assert!(enabled(Some("lapin=info"), "lapin::io_loop", Info));
     }
 
     #[test]

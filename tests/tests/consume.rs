@@ -48,6 +48,25 @@ fn ack_settles_and_halt_zero_is_a_clean_stop() {
 }
 
 #[test]
+fn rust_log_replaces_the_configured_levels() {
+    let (broker, queue, _dir, conf) = queue_with(
+        "rust-log",
+        "",
+        &[("m1", json!({"do": "ack"})), ("m2", json!({"do": "halt"}))],
+    );
+    let run = run(fedora_messaging()
+        .env("RUST_LOG", "warn")
+        .arg("--conf")
+        .arg(&conf)
+        .args(["consume", "--callback", &scripted()]));
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert_eq!(broker.depth(&queue), 0);
+    // Neither the host's INFO lines ("Connected to ...") nor the plugin's.
+    assert!(!run.output().contains(" INFO]"), "{run:#?}");
+    broker.delete_queue(&queue);
+}
+
+#[test]
 fn nack_requeues_and_the_message_comes_back() {
     // Prefetch 1: the requeued message is the next one delivered.
     let (broker, queue, _dir, conf) = queue_with(

@@ -493,3 +493,37 @@ fn a_datagrepper_error_is_exit_1_with_the_cause() {
     );
     assert!(run.stderr.contains("404"), "{run:#?}");
 }
+
+/// `| head -1` closes standard output under the host: the log, and so the
+/// reason the host stops, goes to standard error instead of nowhere.
+#[test]
+fn with_standard_output_closed_the_log_goes_to_standard_error() {
+    let dir = scratch();
+    let file = record_file(dir.path(), &[message("m1", json!({"do": "ack"}))]);
+    let mut child = fedora_messaging()
+        .args(["reconsume", "--callback"])
+        .arg(format!("{}:Printer", plugin("printer").display()))
+        .arg("--file")
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < RUN_DEADLINE, "the host did not end");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(13), "{stderr}");
+    assert!(
+        stderr.contains("cannot write the log to standard output")
+            && stderr.contains("Unexpected error occurred in consumer Printer on message m1"),
+        "{stderr}"
+    );
+}
