@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use lapin::tcp::OwnedTLSConfig;
-use lapin::types::LongString;
 use lapin::uri::{AMQPScheme, SASLMechanism};
 use lapin::{Connection, ConnectionProperties};
 
@@ -58,13 +57,17 @@ impl Broker {
         if let Some(locale) = &url.locale {
             properties = properties.with_locale(locale.as_str().into());
         }
-        for (key, value) in &config.client_properties {
-            let text = match value {
-                toml::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            properties = properties.with_client_property(key.as_str().into(), text.into());
-        }
+        let mut client: Vec<(String, String)> = config
+            .client_properties
+            .iter()
+            .map(|(key, value)| {
+                let text = match value {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (key.clone(), text)
+            })
+            .collect();
         let app = app_name
             .map(str::to_owned)
             .or_else(|| {
@@ -75,9 +78,15 @@ impl Broker {
                     .map(str::to_owned)
             })
             .unwrap_or_else(|| "Unknown".to_owned());
-        properties = properties.with_client_property("app".into(), app.into());
-        for (key, value) in config::reserved_client_properties() {
-            properties = properties.with_client_property(key.into(), LongString::from(value));
+        client.push(("app".to_owned(), app));
+        client.extend(
+            config::reserved_client_properties()
+                .into_iter()
+                .map(|(key, value)| (key.to_owned(), value)),
+        );
+        check_handshake_fits(&url, &client, app_name.is_some())?;
+        for (key, value) in client {
+            properties = properties.with_client_property(key.as_str().into(), value.into());
         }
         Ok(Broker {
             url,
@@ -166,6 +175,63 @@ impl Broker {
             }
         }
     }
+}
+
+/// RabbitMQ takes no frame larger than this until the connection is tuned,
+/// and resets a connection whose `connection.start-ok` is larger.
+const HANDSHAKE_FRAME_MAX: usize = 4096;
+
+/// What lapin adds to the client properties (`platform` and its
+/// `capabilities` table, 254 bytes encoded), with room to spare.
+const LAPIN_PROPERTIES: usize = 300;
+
+/// Refuses client properties (the app name, `[client_properties]`) that
+/// would make `connection.start-ok` too large for the broker to accept: it
+/// resets the connection, and retrying would never end. Exit 2, naming
+/// what to shorten.
+fn check_handshake_fits(
+    url: &BrokerUrl,
+    client: &[(String, String)],
+    app_from_command_line: bool,
+) -> Result<(), Fatal> {
+    // A field-table entry of a long string: key, type, length, value.
+    let encoded: usize = client
+        .iter()
+        .map(|(key, value)| 1 + key.len() + 1 + 4 + value.len())
+        .sum();
+    let userinfo = &url.uri.authority.userinfo;
+    let locale = url.locale.as_deref().unwrap_or("en_US");
+    // Frame header and end, method ids, the table's length, the mechanism
+    // ("EXTERNAL" at most), the PLAIN response and the locale.
+    let rest = 8
+        + 4
+        + 4
+        + LAPIN_PROPERTIES
+        + 9
+        + 6
+        + userinfo.username.len()
+        + userinfo.password.len()
+        + 1
+        + locale.len();
+    let budget = HANDSHAKE_FRAME_MAX.saturating_sub(rest);
+    if encoded <= budget {
+        return Ok(());
+    }
+    let app_len = client
+        .iter()
+        .find(|(key, _)| key == "app")
+        .map_or(0, |(_, value)| value.len());
+    let what = if app_from_command_line && app_len > budget / 2 {
+        format!("shorten --app-name ({app_len} bytes)")
+    } else {
+        "shorten [client_properties] (or --app-name)".to_owned()
+    };
+    Err(Fatal::new(
+        Exit::Usage,
+        format!(
+            "the client properties take {encoded} bytes, more than the {budget} the AMQP handshake leaves them (RabbitMQ accepts no frame over {HANDSHAKE_FRAME_MAX} bytes before the connection is tuned): {what}"
+        ),
+    ))
 }
 
 /// Exponential backoff with jitter: about 1 s, then doubling up to 10 s,

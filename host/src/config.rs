@@ -455,9 +455,21 @@ fn toml_error(text: &str, error: &toml::de::Error) -> (Option<usize>, String) {
     if let Some(line) = line
         && let Some(source_line) = text.lines().nth(line - 1)
     {
-        message = format!("{message} (at `{}`)", source_line.trim());
+        message = format!("{message} (at `{}`)", shortened(source_line.trim()));
     }
     (line, message)
+}
+
+/// The longest piece of a line an error message echoes.
+const ECHO_WIDTH: usize = 120;
+
+/// `line`, cut to [`ECHO_WIDTH`] characters (marked with `…`), so that an
+/// error about a huge line stays one readable line.
+fn shortened(line: &str) -> std::borrow::Cow<'_, str> {
+    match line.char_indices().nth(ECHO_WIDTH) {
+        Some((cut, _)) => format!("{}…", &line[..cut]).into(),
+        None => line.into(),
+    }
 }
 
 fn line_number(text: &str, offset: usize) -> usize {
@@ -623,6 +635,30 @@ mod tests {
     fn upper_case_top_level_keys_are_accepted() {
         let config = Config::parse("AMQP_URL = 'amqp://broker/'\n").unwrap();
         assert_eq!(config.amqp_url, "amqp://broker/");
+    }
+
+    #[test]
+    fn of_keys_differing_only_in_case_the_last_wins() {
+        let config = Config::parse("amqp_url = 'amqp://a/'\nAMQP_URL = 'amqp://b/'\n").unwrap();
+        assert_eq!(config.amqp_url, "amqp://b/");
+        let config = Config::parse("AMQP_URL = 'amqp://b/'\namqp_url = 'amqp://a/'\n").unwrap();
+        assert_eq!(config.amqp_url, "amqp://a/");
+    }
+
+    #[test]
+    fn an_error_echoes_at_most_a_screenful_of_its_line() {
+        let deep = format!("x = {}1{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        let (line, message) = Config::parse(&deep).unwrap_err();
+        assert_eq!(line, Some(1));
+        assert!(
+            message.len() < 1000,
+            "{} bytes: {message:.300}",
+            message.len()
+        );
+        assert!(
+            message.contains("(at `x = [[[") && message.contains("…`)"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -67,6 +67,25 @@ fn rust_log_replaces_the_configured_levels() {
 }
 
 #[test]
+fn an_app_name_too_long_for_the_handshake_is_a_usage_error() {
+    let dir = scratch();
+    let conf = config_file(dir.path(), &format!("amqp_url = \"{AMQP_URL}\"\n"));
+    let long = "a".repeat(5000);
+    let run = run(fedora_messaging().arg("--conf").arg(&conf).args([
+        "consume",
+        "--callback",
+        &scripted(),
+        "--app-name",
+        &long,
+    ]));
+    assert_eq!(run.code(), 2, "{run:#?}");
+    assert!(
+        run.stderr.contains("shorten --app-name (5000 bytes)") && run.stderr.lines().count() == 1,
+        "{run:#?}"
+    );
+}
+
+#[test]
 fn nack_requeues_and_the_message_comes_back() {
     // Prefetch 1: the requeued message is the next one delivered.
     let (broker, queue, _dir, conf) = queue_with(
