@@ -138,7 +138,13 @@ impl<'a> Init<'a> {
 /// Reserved: this host revision does not offer publishing yet, so this
 /// returns a failure saying so.
 pub fn publish(topic: &str, body: &serde_json::Value) -> Result<(), ConsumerError> {
-    let message = serde_json::json!({ "topic": topic, "body": body });
+    let message: serde_json::Map<String, serde_json::Value> = [
+        ("topic".to_owned(), serde_json::Value::from(topic)),
+        ("body".to_owned(), body.clone()),
+    ]
+    .into_iter()
+    .collect();
+    let message = serde_json::Value::Object(message);
     guest::publish(&message.to_string()).map_err(ConsumerError::failed)
 }
 

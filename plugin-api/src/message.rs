@@ -190,6 +190,12 @@ impl<'a> Message<'a> {
     /// keep their text (`NaN`, `Infinity` and integers of any size
     /// included; see [`crate::json`] for what is read and how).
     ///
+    /// Deserialize it into your own types with `serde_json::from_value`
+    /// (an `f64` field reads `NaN` and `Infinity` too), or walk the value.
+    /// Embedding it with `json!` or `serde_json::to_value` fails on a body
+    /// holding `NaN` or `Infinity` (serde_json's own numbers cannot be
+    /// those): clone it into a [`Value`] you build instead.
+    ///
     /// The host checks every body with this same parser before a consumer
     /// sees the message, so decoding cannot fail for a message from the
     /// host. Should it fail anyway (a host built against a different
@@ -270,14 +276,20 @@ impl<'a> Message<'a> {
         } else {
             Value::from(self.queue.as_ref())
         };
-        let record = serde_json::json!({
-            "body": self.body(),
-            "headers": self.headers(),
-            "id": self.id(),
-            "priority": self.priority,
-            "queue": queue,
-            "topic": self.topic(),
-        });
+        // Built by hand, not with json!: that re-reads each number through
+        // serde, which refuses the NaN and Infinity a body may hold.
+        let record: Map<String, Value> = [
+            ("body", self.body().clone()),
+            ("headers", Value::Object(self.headers().clone())),
+            ("id", Value::from(self.id())),
+            ("priority", Value::from(self.priority)),
+            ("queue", queue),
+            ("topic", Value::from(self.topic())),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value))
+        .collect();
+        let record = Value::Object(record);
         // json.dumps(record, ensure_ascii=False, sort_keys=True)
         let mut line = to_json_text(&record, PythonSeparators);
         line.push('\n');
@@ -423,6 +435,19 @@ mod tests {
         assert_eq!(
             message.to_record_line(),
             "{\"body\": {\"n\": [1, 2], \"test_key1\": \"tést\"}, \"headers\": {\"fedora_messaging_severity\": 20}, \"id\": \"273ed91d\", \"priority\": 0, \"queue\": \"test_queue\", \"topic\": \"test_topic\"}\n"
+        );
+    }
+
+    #[test]
+    fn record_lines_keep_nan_infinity_and_big_numbers() {
+        let raw = br#"{"x": NaN, "y": -Infinity, "n": 123456789012345678901234567890}"#;
+        let body = Value::Object(crate::json::parse_object(raw).unwrap());
+        let line = Message::new("t", &body).to_record_line();
+        assert!(
+            line.starts_with(
+                r#"{"body": {"n": 123456789012345678901234567890, "x": NaN, "y": -Infinity}, "headers": {}"#
+            ),
+            "{line}"
         );
     }
 

@@ -10,7 +10,8 @@
 //!   `"rendezvous": N` first waits (up to `within_ms`, default 20 s) until
 //!   N messages with it are being handled at once, by instances side by
 //!   side, and fails otherwise: it proves that `workers` run in parallel.
-//! - `Inspect` prints everything `Message` offers, as one JSON line.
+//! - `Inspect` prints everything `Message` offers, as one JSON line, and
+//!   halts after a message whose body is `{"end": true}`.
 //! - `PanicInNew` and `FailInNew` never start.
 
 use fm_plugin_api::{Consumer, ConsumerError, Init, Message, export_consumers};
@@ -130,15 +131,30 @@ impl std::error::Error for Wrapped {
     }
 }
 
-pub struct Inspect;
+pub struct Inspect {
+    /// `consumer_config.out`: a file to append the lines to. A line on
+    /// standard output longer than a pipe's atomic write can be cut by
+    /// the host's own log lines.
+    out: Option<std::fs::File>,
+}
 
 impl Consumer for Inspect {
-    fn new(_init: &Init) -> Result<Self, ConsumerError> {
-        Ok(Inspect)
+    fn new(init: &Init) -> Result<Self, ConsumerError> {
+        let out = match init.config_value().get("out").and_then(Value::as_str) {
+            Some(path) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|error| ConsumerError::failed(format!("{path}: {error}")))?,
+            ),
+            None => None,
+        };
+        Ok(Inspect { out })
     }
 
     fn consume(&mut self, message: &Message) -> Result<(), ConsumerError> {
-        let seen = json!({
+        let mut seen = json!({
             "id": message.id(),
             "topic": message.topic(),
             "queue": message.queue(),
@@ -146,8 +162,6 @@ impl Consumer for Inspect {
             "priority": message.priority(),
             "sent_at": message.sent_at(),
             "schema": message.schema(),
-            "headers": message.headers(),
-            "body": message.body(),
             "raw_body": String::from_utf8_lossy(message.raw_body()),
             "usernames": message.usernames(),
             "groups": message.groups(),
@@ -157,7 +171,21 @@ impl Consumer for Inspect {
             "flatpaks": message.flatpaks(),
             "publish": fm_plugin_api::publish("t", &Value::Null).err().map(|e| e.to_string()),
         });
-        println!("INSPECT {seen}");
+        // Set, not put in json!: json! re-reads each number through serde,
+        // which refuses the NaN and Infinity a body or header may hold.
+        seen["headers"] = Value::Object(message.headers().clone());
+        seen["body"] = message.body().clone();
+        match &mut self.out {
+            Some(out) => {
+                use std::io::Write;
+                writeln!(out, "{seen}")?;
+            }
+            None => println!("INSPECT {seen}"),
+        }
+        // The differential test's last message.
+        if message.body().get("end") == Some(&Value::Bool(true)) {
+            return Err(ConsumerError::halt(0));
+        }
         Ok(())
     }
 }
