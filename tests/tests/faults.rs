@@ -252,6 +252,58 @@ fn connections_closed_by_the_broker_are_reopened() {
     TestBroker::connect_to(FAULT_URL).delete_queue(&queue);
 }
 
+/// Issue #10: a connection that broke as soon as consuming began (a
+/// message the client could not parse) was made again at once, 170 times
+/// a second. Every reconnection waits, and the wait grows while the
+/// connections keep dying young.
+#[test]
+fn connections_that_die_young_are_remade_after_growing_waits() {
+    let _serial = fault_node();
+    let (queue, _) = filled_queue("die-young", 0);
+    let dir = scratch();
+    let conf = config_file(dir.path(), &queue_config_at(FAULT_URL, &queue, ""));
+    let scripted = scripted();
+    let mut consumer = Running::start(fedora_messaging().arg("--conf").arg(&conf).args([
+        "consume",
+        "--callback",
+        &scripted,
+    ]));
+    let mut waited = Vec::new();
+    for session in 1..=4 {
+        consumer.wait_for_count("Consuming messages from queue", session, WAIT);
+        let closed = Instant::now();
+        node_ctl(&["close_all_connections", "fault test"]);
+        consumer.wait_for_count("Consuming messages from queue", session + 1, WAIT);
+        waited.push(closed.elapsed());
+    }
+    consumer.signal("TERM");
+    let run = consumer.finish();
+    assert_eq!(run.code(), 0, "{run:#?}");
+    let announced: Vec<f64> = run
+        .stdout
+        .lines()
+        .filter(|line| line.contains("Lost the connection"))
+        .filter_map(|line| {
+            let (_, after) = line.split_once("reconnecting in ")?;
+            after.split_once(" s")?.0.parse().ok()
+        })
+        .collect();
+    eprintln!("connections closed as soon as they consumed: waits announced {announced:?} s, consuming again after {waited:?}");
+    assert_eq!(announced.len(), 4, "{run:#?}");
+    for (n, (announced, waited)) in announced.iter().zip(&waited).enumerate() {
+        let base = f64::from(1u32 << n).min(10.0);
+        assert!(
+            (0.8 * base..=1.2 * base).contains(announced),
+            "wait {n} announced {announced} s, expected about {base} s: {run:#?}"
+        );
+        assert!(
+            waited.as_secs_f64() >= 0.8 * announced,
+            "consuming again after {waited:?}, before the {announced} s wait"
+        );
+    }
+    TestBroker::connect_to(FAULT_URL).delete_queue(&queue);
+}
+
 #[test]
 fn a_channel_closed_by_the_acknowledgement_timeout_is_reopened() {
     let _serial = fault_node();
