@@ -63,6 +63,16 @@ fn filled_queue(prefix: &str, count: usize) -> (String, Vec<String>) {
     (queue, ids)
 }
 
+/// `consume` of `queue` on the fault node with Scripted.
+fn scripted_consumer(dir: &Path, queue: &str) -> Running {
+    let conf = config_file(dir, &queue_config_at(FAULT_URL, queue, ""));
+    Running::start(fedora_messaging().arg("--conf").arg(&conf).args([
+        "consume",
+        "--callback",
+        &scripted(),
+    ]))
+}
+
 fn saver(dir: &Path, queue: &str) -> (Running, PathBuf) {
     let saved = dir.join("saved.jsonl");
     let conf = config_file(
@@ -231,13 +241,7 @@ fn connections_closed_by_the_broker_are_reopened() {
     let _serial = fault_node();
     let (queue, _) = filled_queue("closed", 0);
     let dir = scratch();
-    let conf = config_file(dir.path(), &queue_config_at(FAULT_URL, &queue, ""));
-    let scripted = scripted();
-    let mut consumer = Running::start(fedora_messaging().arg("--conf").arg(&conf).args([
-        "consume",
-        "--callback",
-        &scripted,
-    ]));
+    let mut consumer = scripted_consumer(dir.path(), &queue);
     consumer.wait_for_count("Consuming messages from queue", 1, WAIT);
     let closed = Instant::now();
     node_ctl(&["close_all_connections", "fault test"]);
@@ -261,13 +265,7 @@ fn connections_that_die_young_are_remade_after_growing_waits() {
     let _serial = fault_node();
     let (queue, _) = filled_queue("die-young", 0);
     let dir = scratch();
-    let conf = config_file(dir.path(), &queue_config_at(FAULT_URL, &queue, ""));
-    let scripted = scripted();
-    let mut consumer = Running::start(fedora_messaging().arg("--conf").arg(&conf).args([
-        "consume",
-        "--callback",
-        &scripted,
-    ]));
+    let mut consumer = scripted_consumer(dir.path(), &queue);
     let mut waited = Vec::new();
     for session in 1..=4 {
         consumer.wait_for_count("Consuming messages from queue", session, WAIT);
@@ -288,7 +286,9 @@ fn connections_that_die_young_are_remade_after_growing_waits() {
             after.split_once(" s")?.0.parse().ok()
         })
         .collect();
-    eprintln!("connections closed as soon as they consumed: waits announced {announced:?} s, consuming again after {waited:?}");
+    eprintln!(
+        "connections closed as soon as they consumed: waits announced {announced:?} s, consuming again after {waited:?}"
+    );
     assert_eq!(announced.len(), 4, "{run:#?}");
     for (n, (announced, waited)) in announced.iter().zip(&waited).enumerate() {
         let base = f64::from(1u32 << n).min(10.0);

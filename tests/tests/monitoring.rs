@@ -27,6 +27,25 @@ fn get(address: &str, path: &str) -> (String, String) {
     )
 }
 
+/// `consume` of `queue` with Scripted and monitoring on a free port of
+/// 127.0.0.1, and the address it serves on.
+fn monitored_consumer(dir: &std::path::Path, queue: &str) -> (Running, String) {
+    let conf = config_file(
+        dir,
+        &queue_config(queue, "[monitoring]\naddress = \"127.0.0.1\"\nport = 0"),
+    );
+    let mut consumer = Running::start(
+        fedora_messaging()
+            .arg("--conf")
+            .arg(&conf)
+            .args(["consume", "--callback"])
+            .arg(scripted()),
+    );
+    let line = consumer.wait_for("Monitoring on http://", Duration::from_secs(30));
+    let address = line.rsplit("http://").next().unwrap().to_owned();
+    (consumer, address)
+}
+
 /// `/ready` once `until` holds for it; fails the test after `timeout`.
 fn ready_when(address: &str, timeout: Duration, until: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + timeout;
@@ -58,19 +77,7 @@ fn health_and_metrics_while_consuming() {
         broker.publish(&json!({"id": id, "topic": format!("{queue}.t"), "body": body}));
     }
     let dir = scratch();
-    let conf = config_file(
-        dir.path(),
-        &queue_config(&queue, "[monitoring]\naddress = \"127.0.0.1\"\nport = 0"),
-    );
-    let mut consumer = Running::start(
-        fedora_messaging()
-            .arg("--conf")
-            .arg(&conf)
-            .args(["consume", "--callback"])
-            .arg(scripted()),
-    );
-    let line = consumer.wait_for("Monitoring on http://", Duration::from_secs(30));
-    let address = line.rsplit("http://").next().unwrap().to_owned();
+    let (mut consumer, address) = monitored_consumer(dir.path(), &queue);
     // m3 is in the consumer's hands for 3 s; m1 and m2 are answered, and
     // settled once the engine next wakes: wait for the counters to say so.
     consumer.wait_for("message #3 (m3)", Duration::from_secs(30));
@@ -157,19 +164,7 @@ fn monitoring_holds_against_slow_idle_and_endless_clients() {
     let queue = TestBroker::unique_name("monitoring-abuse");
     broker.declare_queue(&queue, FieldTable::default());
     let dir = scratch();
-    let conf = config_file(
-        dir.path(),
-        &queue_config(&queue, "[monitoring]\naddress = \"127.0.0.1\"\nport = 0"),
-    );
-    let mut consumer = Running::start(
-        fedora_messaging()
-            .arg("--conf")
-            .arg(&conf)
-            .args(["consume", "--callback"])
-            .arg(scripted()),
-    );
-    let line = consumer.wait_for("Monitoring on http://", Duration::from_secs(30));
-    let address = line.rsplit("http://").next().unwrap().to_owned();
+    let (mut consumer, address) = monitored_consumer(dir.path(), &queue);
     let publish = |first: usize, count: usize| {
         for n in first..first + count {
             broker.publish(&json!({"id": format!("a{n}"), "topic": format!("{queue}.t"), "body": {"do": "ack"}}));
