@@ -7,6 +7,7 @@ use fm_plugin_api::json;
 use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::types::DecimalValue;
+use lapin::types::parsing::MAX_NESTING;
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Map, Number, Value};
 
@@ -204,10 +205,11 @@ fn amqp_number(value: &AMQPValue) -> Option<f64> {
 
 /// The AMQP counterpart of [`check_headers`].
 fn check_amqp_headers(headers: &FieldTable) -> Result<u8, String> {
-    if nested_deeper_than(headers, json::MAX_DEPTH) {
+    // The AMQP parser reads tables nested deeper than this as empty (the
+    // stack it would take otherwise): such headers are not what was sent.
+    if nested_deeper_than(headers, MAX_NESTING) {
         return Err(format!(
-            "the headers are nested more than {} levels deep",
-            json::MAX_DEPTH
+            "the headers are nested more than {MAX_NESTING} levels deep"
         ));
     }
     let headers = headers.inner();
@@ -226,8 +228,7 @@ fn check_amqp_headers(headers: &FieldTable) -> Result<u8, String> {
 }
 
 /// Whether tables and arrays in `table` (itself one level) nest deeper than
-/// `limit`: their JSON would not decode on the plugin's side. Descends no
-/// further than `limit`.
+/// `limit`. Descends no further than `limit`.
 fn nested_deeper_than(table: &FieldTable, limit: usize) -> bool {
     fn value_deeper(value: &AMQPValue, limit: usize) -> bool {
         match value {
@@ -632,7 +633,7 @@ mod tests {
     }
 
     #[test]
-    fn headers_nested_beyond_what_a_plugin_decodes_are_refused() {
+    fn headers_nested_beyond_what_the_amqp_parser_reads_are_refused() {
         let nested = |depth: usize| {
             let mut table = FieldTable::default();
             for _ in 1..depth {
@@ -643,11 +644,11 @@ mod tests {
             table
         };
         let body = b"{}";
-        let at_limit = properties(Some(nested(json::MAX_DEPTH)));
+        let at_limit = properties(Some(nested(MAX_NESTING)));
         assert!(check_delivery(&at_limit, body).is_ok());
         let json = at_limit.headers().headers_json();
         assert!(json::parse_object(json.as_bytes()).is_ok());
-        let beyond = properties(Some(nested(json::MAX_DEPTH + 1)));
+        let beyond = properties(Some(nested(MAX_NESTING + 1)));
         let error = check_delivery(&beyond, body).unwrap_err();
         assert!(error.contains("nested"), "{error}");
     }

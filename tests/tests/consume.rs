@@ -299,6 +299,34 @@ fn messages_fedora_messaging_refuses_are_dead_lettered_and_consuming_goes_on() {
     broker.delete_queue(&dead);
 }
 
+/// Issue #10: a header table nested 15,000 deep overflowed the stack of
+/// lapin's reading thread and aborted the host, so systemd restarted it
+/// into the same message. The patched parser reads such a table only 64
+/// levels deep, and the host dead-letters what it could not read whole.
+#[test]
+fn a_header_table_nested_15000_deep_is_dead_lettered_not_a_crash() {
+    let (broker, queue, dead, config) = dead_lettered_queue("deep-headers", "");
+    let published = run(fm_e2e::python::python()
+        .arg(workspace_root().join("tests/fixtures/differential.py"))
+        .args(["deep-headers", AMQP_URL, &format!("{queue}.test"), "15000"]));
+    assert_eq!(published.code(), 0, "{published:#?}");
+    broker.publish(&message(&queue, "last", json!({"do": "halt"})));
+    let dir = scratch();
+    let conf = config_file(dir.path(), &config);
+    let run = consume(&conf, &scripted());
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert!(
+        run.stdout.contains(
+            "Message id deep did not pass validation; ignoring message: the headers are nested more than 64 levels deep"
+        ),
+        "{run:#?}"
+    );
+    assert!(run.stdout.contains("message #1 (last): halt"), "{run:#?}");
+    assert_eq!(ids(&broker.drain(&dead)), ["deep"]);
+    broker.delete_queue(&queue);
+    broker.delete_queue(&dead);
+}
+
 #[test]
 fn a_consumer_blocking_past_the_heartbeat_keeps_the_connection() {
     // A 2 s heartbeat: a broker that heard nothing for two intervals would

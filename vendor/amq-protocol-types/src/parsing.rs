@@ -100,12 +100,32 @@ pub type ParserError = nom::Err<ParserErrors>;
 /// Return type of parsers
 pub type ParserResult<I, T> = Result<(I, T), ParserError>;
 
+/// How deep [FieldTable](../type.FieldTable.html)s and
+/// [FieldArray](../type.FieldArray.html)s are parsed; one nested deeper is
+/// skipped whole (its length says where it ends) and read as empty.
+///
+/// The parser recurses once per level, and a frame can nest tables tens of
+/// thousands deep (RabbitMQ relays them), which would overflow the stack of
+/// the thread parsing it and abort the process. A level takes several KiB
+/// of stack in an unoptimised build, so 64 levels stay well within a
+/// thread's default 2 MiB; headers in use nest a few levels at most.
+pub const MAX_NESTING: usize = 64;
+
 /// Parse the [AMQPValue](../type.AMQPValue.html) of the given [AMQPType](../type.AMQPType.html)
 #[must_use]
 pub fn parse_raw_value<I: ParsableInput>(
     amqp_type: AMQPType,
 ) -> impl Parser<I, Output = AMQPValue, Error = ParserErrors> {
-    context("parse_raw_value", move |i| match amqp_type {
+    context("parse_raw_value", move |i| parse_raw_value_at(i, amqp_type, 0))
+}
+
+/// [parse_raw_value] inside `depth` tables and arrays.
+fn parse_raw_value_at<I: ParsableInput>(
+    i: I,
+    amqp_type: AMQPType,
+    depth: usize,
+) -> ParserResult<I, AMQPValue> {
+    match amqp_type {
         AMQPType::Boolean => map(parse_boolean, AMQPValue::Boolean).parse(i),
         AMQPType::ShortShortInt => map(parse_short_short_int, AMQPValue::ShortShortInt).parse(i),
         AMQPType::ShortShortUInt => map(parse_short_short_uint, AMQPValue::ShortShortUInt).parse(i),
@@ -121,17 +141,36 @@ pub fn parse_raw_value<I: ParsableInput>(
         AMQPType::DecimalValue => map(parse_decimal_value, AMQPValue::DecimalValue).parse(i),
         AMQPType::ShortString => map(parse_short_string, AMQPValue::ShortString).parse(i),
         AMQPType::LongString => map(parse_long_string, AMQPValue::LongString).parse(i),
-        AMQPType::FieldArray => map(parse_field_array, AMQPValue::FieldArray).parse(i),
+        AMQPType::FieldArray => map(
+            |i| parse_field_array_at(i, depth + 1),
+            AMQPValue::FieldArray,
+        )
+        .parse(i),
         AMQPType::Timestamp => map(parse_timestamp, AMQPValue::Timestamp).parse(i),
-        AMQPType::FieldTable => map(parse_field_table, AMQPValue::FieldTable).parse(i),
+        AMQPType::FieldTable => map(
+            |i| parse_field_table_at(i, depth + 1),
+            AMQPValue::FieldTable,
+        )
+        .parse(i),
         AMQPType::ByteArray => map(parse_byte_array, AMQPValue::ByteArray).parse(i),
         AMQPType::Void => Ok((i, AMQPValue::Void)),
-    })
+    }
 }
 
 /// Parse an [AMQPValue](../type.AMQPValue.html)
 pub fn parse_value<I: ParsableInput>(i: I) -> ParserResult<I, AMQPValue> {
-    context("parse_value", flat_map(parse_type, parse_raw_value)).parse(i)
+    parse_value_at(i, 0)
+}
+
+/// [parse_value] inside `depth` tables and arrays.
+fn parse_value_at<I: ParsableInput>(i: I, depth: usize) -> ParserResult<I, AMQPValue> {
+    context(
+        "parse_value",
+        flat_map(parse_type, move |amqp_type| {
+            move |i| parse_raw_value_at(i, amqp_type, depth)
+        }),
+    )
+    .parse(i)
 }
 
 /// Parse an [AMQPType](../type.AMQPType.html)
@@ -241,12 +280,27 @@ pub fn parse_long_string<I: ParsableInput>(i: I) -> ParserResult<I, LongString> 
 
 /// Parse a [FieldArray](../type.FieldArray.html)
 pub fn parse_field_array<I: ParsableInput>(i: I) -> ParserResult<I, FieldArray> {
+    parse_field_array_at(i, 1)
+}
+
+/// [parse_field_array] for an array `depth` levels deep.
+fn parse_field_array_at<I: ParsableInput>(i: I, depth: usize) -> ParserResult<I, FieldArray> {
+    if depth > MAX_NESTING {
+        return context(
+            "parse_field_array",
+            map(flat_map(parse_long_uint, take), |_| FieldArray::default()),
+        )
+        .parse(i);
+    }
     context(
         "parse_field_array",
         map_parser(
             flat_map(parse_long_uint, take),
             all_consuming(fold_many0(
-                context("parse_field_array_entry", complete(parse_value)),
+                context(
+                    "parse_field_array_entry",
+                    complete(|i| parse_value_at(i, depth)),
+                ),
                 FieldArray::default,
                 |mut acc, elem| {
                     acc.push(elem);
@@ -265,6 +319,18 @@ pub fn parse_timestamp<I: ParsableInput>(i: I) -> ParserResult<I, Timestamp> {
 
 /// Parse a [FieldTable](../type.FieldTable.html)
 pub fn parse_field_table<I: ParsableInput>(i: I) -> ParserResult<I, FieldTable> {
+    parse_field_table_at(i, 1)
+}
+
+/// [parse_field_table] for a table `depth` levels deep.
+fn parse_field_table_at<I: ParsableInput>(i: I, depth: usize) -> ParserResult<I, FieldTable> {
+    if depth > MAX_NESTING {
+        return context(
+            "parse_field_table",
+            map(flat_map(parse_long_uint, take), |_| FieldTable::default()),
+        )
+        .parse(i);
+    }
     context(
         "parse_field_table",
         map_parser(
@@ -272,7 +338,7 @@ pub fn parse_field_table<I: ParsableInput>(i: I) -> ParserResult<I, FieldTable> 
             all_consuming(fold_many0(
                 context(
                     "parse_field_table_entry",
-                    complete(pair(parse_short_string, parse_value)),
+                    complete(pair(parse_short_string, |i| parse_value_at(i, depth))),
                 ),
                 FieldTable::default,
                 |mut acc, (key, value)| {
@@ -489,6 +555,50 @@ mod test {
         let (_, long) = parse_short_string(&invalid[..]).unwrap();
         assert_eq!(long.as_str().len(), 255);
         assert!(long.as_str().chars().all(|c| c == '\u{fffd}'));
+    }
+
+    #[test]
+    fn test_parse_field_table_nested_too_deep() {
+        fn nested(depth: usize) -> Vec<u8> {
+            let mut table: Vec<u8> = Vec::new();
+            for _ in 0..depth {
+                let mut entry = vec![1, b't', b'F'];
+                entry.extend_from_slice(&(table.len() as u32).to_be_bytes());
+                entry.extend_from_slice(&table);
+                table = entry;
+            }
+            let mut out = (table.len() as u32).to_be_bytes().to_vec();
+            out.extend_from_slice(&table);
+            out
+        }
+        fn depth_of(table: &FieldTable) -> usize {
+            1 + table
+                .inner()
+                .values()
+                .map(|value| match value {
+                    AMQPValue::FieldTable(inner) => depth_of(inner),
+                    _ => 0,
+                })
+                .max()
+                .unwrap_or(0)
+        }
+        // The outer table plus `depth` nested ones.
+        let at_limit = nested(MAX_NESTING - 1);
+        let (rest, table) = parse_field_table(&at_limit[..]).unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(depth_of(&table), MAX_NESTING);
+        let beyond = nested(MAX_NESTING + 5);
+        let (rest, table) = parse_field_table(&beyond[..]).unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(depth_of(&table), MAX_NESTING + 1);
+        // Far deeper than a thread's stack would take, parsed on one.
+        let deep = nested(100_000);
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || assert!(parse_field_table(&deep[..]).is_ok()))
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]
