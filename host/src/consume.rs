@@ -822,12 +822,13 @@ const MAX_BATCH: usize = 256;
 /// changed.
 const STATUS_REFRESH: Duration = Duration::from_secs(1);
 
-/// How long declaring, or starting the consumers, may take on a fresh
-/// connection before it is given up as dead.
 /// How long channels must consume before a lost connection is treated as
 /// a new outage (reconnect after about a second) rather than the same one
 /// again (the wait keeps growing, up to [`Backoff::CAP`]).
 const STABLE_SESSION: Duration = Duration::from_secs(30);
+
+/// How long declaring, or starting the consumers, may take on a fresh
+/// connection before it is given up as dead.
 const SETUP_STEP: Duration = Duration::from_secs(60);
 const SETUP_HUNG: &str = "the broker did not answer while setting up; connecting again";
 

@@ -105,9 +105,7 @@ impl LogSettings {
         // A second install (tests calling into the library) keeps the first.
         let _ = builder.try_init();
     }
-}
 
-impl LogSettings {
     /// The levels: `RUST_LOG`'s when it is set (it replaces the file's
     /// wholesale, so `RUST_LOG=warn` silences the host's INFO lines too),
     /// else the file's.
