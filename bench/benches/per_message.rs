@@ -82,5 +82,34 @@ fn per_message(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, per_message);
+/// The body's JSON, checked (as the host does for every message) and
+/// built (as `Message::body()` does when a consumer asks), against
+/// serde_json doing the same: skipping (`IgnoredAny`, after checking the
+/// UTF-8) and building a `Value`. serde_json is what both did before issue #10; it refuses
+/// bodies Python accepts (NaN, deep nesting) and rounds big integers.
+fn body_json(c: &mut Criterion) {
+    let outgoing = fm_bench::sample_message()
+        .and_then(|message| message.outgoing(""))
+        .expect("the sample message");
+    let body = outgoing.body.as_slice();
+    c.bench_function("body check: fm_plugin_api::json", |b| {
+        b.iter(|| fm_plugin_api::json::check_object(std::hint::black_box(body)))
+    });
+    // The check before: UTF-8 first (serde_json does not check the text
+    // of what it skips), then serde_json skipping.
+    c.bench_function("body check: from_utf8 + serde_json IgnoredAny", |b| {
+        b.iter(|| {
+            std::str::from_utf8(std::hint::black_box(body))
+                .map(serde_json::from_str::<serde::de::IgnoredAny>)
+        })
+    });
+    c.bench_function("body build: fm_plugin_api::json", |b| {
+        b.iter(|| fm_plugin_api::json::parse_object(std::hint::black_box(body)))
+    });
+    c.bench_function("body build: serde_json Value", |b| {
+        b.iter(|| serde_json::from_slice::<serde_json::Value>(std::hint::black_box(body)))
+    });
+}
+
+criterion_group!(benches, per_message, body_json);
 criterion_main!(benches);

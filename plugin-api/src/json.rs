@@ -362,22 +362,53 @@ impl<'a> Parser<'a> {
         Ok(())
     }
 
+    /// Moves to the next `"`, `\\` or control character (or the end), eight
+    /// bytes at a time while none is in sight: bodies are mostly text, and
+    /// this is the host's cost for every message.
+    fn skip_plain_text(&mut self) {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGHS: u64 = 0x8080_8080_8080_8080;
+        // A byte of `word` is zero, or below 0x20: the classic bit tricks,
+        // exact about whether any byte is.
+        let zero_byte = |word: u64| word.wrapping_sub(ONES) & !word;
+        let special = |word: u64| {
+            (zero_byte(word ^ (ONES * u64::from(b'"')))
+                | zero_byte(word ^ (ONES * u64::from(b'\\')))
+                | (word.wrapping_sub(ONES * 0x20) & !word))
+                & HIGHS
+        };
+        for chunk in self.bytes[self.pos..].chunks_exact(8) {
+            let word = u64::from_le_bytes([
+                chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7],
+            ]);
+            if special(word) != 0 {
+                break;
+            }
+            self.pos += 8;
+        }
+        while let Some(&byte) = self.bytes.get(self.pos) {
+            if matches!(byte, b'"' | b'\\' | 0..=0x1f) {
+                break;
+            }
+            self.pos += 1;
+        }
+    }
+
     /// A string at `"`; borrowed from the body unless it has escapes.
     fn string(&mut self) -> Result<Cow<'a, str>, JsonError> {
         self.pos += 1; // '"'
         let start = self.pos;
-        loop {
-            match self.peek() {
-                None => return Err(self.error("unterminated string")),
-                Some(b'"') => {
-                    let s = &self.text[start..self.pos];
-                    self.pos += 1;
-                    return Ok(Cow::Borrowed(s));
-                }
-                Some(b'\\') => break,
-                Some(0..=0x1f) => return Err(self.error("a control character in a string")),
-                Some(_) => self.pos += 1,
+        self.skip_plain_text();
+        match self.peek() {
+            None => return Err(self.error("unterminated string")),
+            Some(b'"') => {
+                let s = &self.text[start..self.pos];
+                self.pos += 1;
+                return Ok(Cow::Borrowed(s));
             }
+            Some(b'\\') => {}
+            // skip_plain_text stops at nothing else.
+            Some(_) => return Err(self.error("a control character in a string")),
         }
         let mut owned = String::from(&self.text[start..self.pos]);
         loop {
@@ -414,12 +445,9 @@ impl<'a> Parser<'a> {
                     // Copy up to the next quote, backslash or control
                     // character in one go; those are ASCII, so the cut is
                     // at a character boundary.
-                    let run = self.bytes[self.pos..]
-                        .iter()
-                        .position(|b| matches!(b, b'"' | b'\\' | 0..=0x1f))
-                        .unwrap_or(self.bytes.len() - self.pos);
-                    owned.push_str(&self.text[self.pos..self.pos + run]);
-                    self.pos += run;
+                    let run_start = self.pos;
+                    self.skip_plain_text();
+                    owned.push_str(&self.text[run_start..self.pos]);
                 }
             }
         }
