@@ -269,7 +269,10 @@ fn messages_fedora_messaging_refuses_are_dead_lettered_and_consuming_goes_on() {
     for (id, reason) in [
         ("not-utf8", "the body is not UTF-8"),
         ("not-json", "the body is not a JSON object"),
-        ("not-object", "expected a JSON object"),
+        (
+            "not-object",
+            "the body is not a JSON object: expected an object",
+        ),
         ("bad-severity", "must be 10, 20, 30 or 40"),
     ] {
         let line = run
