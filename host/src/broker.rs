@@ -1,7 +1,7 @@
 //! Connecting to the broker: client properties, and telling a broker that
 //! is not there yet (retry) from one that refuses us (exit 14).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lapin::tcp::OwnedTLSConfig;
 use lapin::uri::{AMQPScheme, SASLMechanism};
@@ -237,9 +237,16 @@ fn check_handshake_fits(
 /// Exponential backoff with jitter: about 1 s, then doubling up to 10 s,
 /// each delay spread by ±20 % so that many consumers restarted by one
 /// broker outage do not all come back at the same instant.
+///
+/// It starts over at about 1 s only once consuming has lasted
+/// [`Backoff::STABLE`]: a connection that breaks each time consuming
+/// starts (a message that breaks it on delivery) keeps the waits growing,
+/// so it costs an attempt every 10 s, never a spin.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     next: Duration,
+    /// Since when the channels have been consuming, if they are.
+    consuming_since: Option<Instant>,
 }
 
 impl Backoff {
@@ -248,20 +255,35 @@ impl Backoff {
     /// back" can get.
     pub const CAP: Duration = Duration::from_secs(10);
 
+    /// How long consuming must last for a later failure to count as a new
+    /// outage rather than the same one again.
+    pub const STABLE: Duration = Duration::from_secs(30);
+
     pub fn new() -> Backoff {
-        Backoff { next: Self::FIRST }
+        Backoff {
+            next: Self::FIRST,
+            consuming_since: None,
+        }
     }
 
-    /// The delay before the next attempt.
+    /// Consuming has started (again).
+    pub fn consuming(&mut self) {
+        self.consuming_since = Some(Instant::now());
+    }
+
+    /// The delay before the next attempt, after a failure to connect or
+    /// the end of a connection or of its channels.
     pub fn next_delay(&mut self) -> Duration {
+        if self
+            .consuming_since
+            .take()
+            .is_some_and(|since| since.elapsed() >= Self::STABLE)
+        {
+            self.next = Self::FIRST;
+        }
         let base = self.next;
         self.next = (base * 2).min(Self::CAP);
         base.mul_f64(0.8 + 0.4 * fastrand::f64())
-    }
-
-    /// After a success: the next failure waits about 1 s again.
-    pub fn reset(&mut self) {
-        self.next = Self::FIRST;
     }
 }
 
@@ -319,7 +341,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_starts_near_a_second_doubles_caps_and_resets() {
+    fn backoff_starts_near_a_second_doubles_caps_and_starts_over_after_stable_consuming() {
         let mut backoff = Backoff::new();
         let delays: Vec<f64> = (0..8).map(|_| backoff.next_delay().as_secs_f64()).collect();
         assert!((0.8..=1.2).contains(&delays[0]), "{delays:?}");
@@ -331,7 +353,11 @@ mod tests {
             "{delays:?}"
         );
         assert!(delays[7] >= 0.8 * Backoff::CAP.as_secs_f64(), "{delays:?}");
-        backoff.reset();
+        // Consuming that ended young keeps the waits long.
+        backoff.consuming();
+        assert!(backoff.next_delay() >= Backoff::CAP.mul_f64(0.8));
+        // Consuming that lasted starts them over.
+        backoff.consuming_since = Instant::now().checked_sub(Backoff::STABLE);
         assert!(backoff.next_delay() <= Duration::from_millis(1200));
     }
 

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_lite::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -111,7 +111,6 @@ pub fn run_with(
         generation: 0,
         consumed_once: false,
         backoff: Backoff::new(),
-        consuming_since: None,
         notifier: Arc::new(Notifier::from_env()),
         stats,
     };
@@ -158,9 +157,6 @@ struct Engine {
     /// broker still recovering, and is retried.
     consumed_once: bool,
     backoff: Backoff,
-    /// When the current channels started consuming: the backoff starts
-    /// over only after a session that lasted [`STABLE_SESSION`].
-    consuming_since: Option<Instant>,
     /// systemd, when it supervises us.
     notifier: Arc<Notifier>,
     /// What `[monitoring]` reports.
@@ -298,7 +294,7 @@ impl Engine {
                 SessionEnd::Exit(exit) => return Ok(exit),
                 SessionEnd::Lost(reason) => {
                     self.stats.reconnected();
-                    let delay = self.next_delay();
+                    let delay = self.backoff.next_delay();
                     log::warn!(
                         "Lost the connection to {}: {reason}; reconnecting in {:.1} s, and consuming will resume",
                         self.broker.describe(),
@@ -311,7 +307,7 @@ impl Engine {
                 }
                 SessionEnd::Retry(reason) => {
                     self.stats.reconnected();
-                    let delay = self.next_delay();
+                    let delay = self.backoff.next_delay();
                     log::warn!("{reason}; retrying in {:.1} s", delay.as_secs_f64());
                     if self.stop.wait(delay).await {
                         return Ok(Exit::Success);
@@ -350,7 +346,7 @@ impl Engine {
                 None => return Ok(SessionEnd::Lost(SETUP_HUNG.to_owned())),
             };
             self.consumed_once = true;
-            self.consuming_since = Some(Instant::now());
+            self.backoff.consuming();
             self.stats.set_consuming(true);
             self.notifier.status(&format!(
                 "Consuming from {}",
@@ -368,7 +364,7 @@ impl Engine {
                     if !connection.status().connected() {
                         return Ok(SessionEnd::Lost(reason));
                     }
-                    let delay = self.next_delay();
+                    let delay = self.backoff.next_delay();
                     log::warn!(
                         "{reason}; opening new channels and consuming again in {:.1} s",
                         delay.as_secs_f64()
@@ -387,22 +383,6 @@ impl Engine {
                 }
             }
         }
-    }
-
-    /// The wait before setting up again after a connection or channels
-    /// ended. Every set-up waits, so a message that breaks the connection
-    /// each time it is delivered costs a reconnection every few seconds,
-    /// never a spin; the wait starts over at about a second only after
-    /// channels that consumed for [`STABLE_SESSION`].
-    fn next_delay(&mut self) -> Duration {
-        if self
-            .consuming_since
-            .take()
-            .is_some_and(|since| since.elapsed() >= STABLE_SESSION)
-        {
-            self.backoff.reset();
-        }
-        self.backoff.next_delay()
     }
 
     /// A declaration or consumer set-up failed: a lost connection is
@@ -821,11 +801,6 @@ const MAX_BATCH: usize = 256;
 /// How often systemd's `STATUS=` gets fresh message counts, when they
 /// changed.
 const STATUS_REFRESH: Duration = Duration::from_secs(1);
-
-/// How long channels must consume before a lost connection is treated as
-/// a new outage (reconnect after about a second) rather than the same one
-/// again (the wait keeps growing, up to [`Backoff::CAP`]).
-const STABLE_SESSION: Duration = Duration::from_secs(30);
 
 /// How long declaring, or starting the consumers, may take on a fresh
 /// connection before it is given up as dead.
