@@ -4,7 +4,8 @@
 //! caught by the plugin's own unwinder before they can reach the host.
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::mem::ManuallyDrop;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 
@@ -70,8 +71,11 @@ extern "C" fn new_consumer<C: Consumer>(args: &InitArgs<'_>) -> RResult<Consumer
         name: args.name.as_str(),
         config_json: args.config_json.as_str(),
     };
-    match catch_unwind(|| C::new(&init)) {
-        Ok(Ok(consumer)) => ROk(ConsumerObject_TO::from_value(Guarded(consumer), TD_Opaque)),
+    match guarded(|| C::new(&init)) {
+        Ok(Ok(consumer)) => ROk(ConsumerObject_TO::from_value(
+            Guarded(ManuallyDrop::new(consumer)),
+            TD_Opaque,
+        )),
         Ok(Err(error)) => RErr(RString::from(new_error_reason(error))),
         Err(payload) => RErr(RString::from(panic_reason(payload))),
     }
@@ -84,13 +88,37 @@ fn new_error_reason(error: ConsumerError) -> String {
     }
 }
 
-/// A consumer whose panics become failures.
-struct Guarded<C>(C);
+/// A consumer whose panics become failures, in `new`, `consume`, `stop`
+/// and its `Drop` alike: none may unwind into the host (abi_stable would
+/// end the process).
+struct Guarded<C>(ManuallyDrop<C>);
+
+impl<C> Drop for Guarded<C> {
+    fn drop(&mut self) {
+        // SAFETY: the consumer is dropped here, once, and never used after.
+        let dropped = guarded(|| unsafe { ManuallyDrop::drop(&mut self.0) });
+        if let Err(payload) = dropped {
+            log::error!(
+                "consumer panicked while being dropped: {}",
+                panic_reason(payload)
+            );
+        }
+    }
+}
+
+/// Runs `call`, catching its panic; our panic hook records where it
+/// happened instead of printing it.
+fn guarded<T>(call: impl FnOnce() -> T) -> Result<T, Box<dyn Any + Send>> {
+    let outer = IN_GUARDED_CALL.with(|flag| flag.replace(true));
+    let result = catch_unwind(AssertUnwindSafe(call));
+    IN_GUARDED_CALL.with(|flag| flag.set(outer));
+    result
+}
 
 impl<C: Consumer> ConsumerObject for Guarded<C> {
     fn consume(&mut self, raw: &RawMessage<'_>) -> Outcome_NE {
         let message = Message::from_raw(raw);
-        let outcome = match catch_unwind(AssertUnwindSafe(|| self.0.consume(&message))) {
+        let outcome = match guarded(|| self.0.consume(&message)) {
             Ok(Ok(())) => Outcome::Ack,
             Ok(Err(ConsumerError::Nack)) => Outcome::Nack,
             Ok(Err(ConsumerError::Drop)) => Outcome::Drop,
@@ -108,7 +136,7 @@ impl<C: Consumer> ConsumerObject for Guarded<C> {
     }
 
     fn stop(&mut self) {
-        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| self.0.stop())) {
+        if let Err(payload) = guarded(|| self.0.stop()) {
             log::error!(
                 "consumer panicked while stopping: {}",
                 panic_reason(payload)
@@ -120,28 +148,55 @@ impl<C: Consumer> ConsumerObject for Guarded<C> {
 thread_local! {
     /// Where the last panic on this thread happened, recorded by our hook.
     static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Whether this thread is in a call to the consumer that [`guarded`]
+    /// catches.
+    static IN_GUARDED_CALL: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Replaces the default hook (which prints to stderr) of this plugin's own
-/// copy of std: the panic is reported once, as the message's failure.
+/// copy of std. A panic in a call to the consumer is reported once, as the
+/// message's failure; one on a thread of the plugin's own goes to the
+/// host's log, which the default hook's stderr might not reach.
 fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let location = info
             .location()
             .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
-        PANIC_LOCATION.with(|cell| *cell.borrow_mut() = location);
+        if IN_GUARDED_CALL.with(Cell::get) {
+            PANIC_LOCATION.with(|cell| *cell.borrow_mut() = location);
+        } else {
+            let thread = std::thread::current();
+            log::error!(
+                "thread {} of the plugin panicked at {}: {}",
+                thread.name().unwrap_or("<unnamed>"),
+                location.as_deref().unwrap_or("an unknown place"),
+                payload_text(info.payload())
+            );
+        }
     }));
 }
 
-fn panic_reason(payload: Box<dyn Any + Send>) -> String {
-    let message = if let Some(text) = payload.downcast_ref::<&str>() {
+fn payload_text(payload: &(dyn Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
         (*text).to_owned()
     } else if let Some(text) = payload.downcast_ref::<String>() {
         text.clone()
     } else {
         "non-string panic payload".to_owned()
-    };
-    match PANIC_LOCATION.with(|cell| cell.borrow_mut().take()) {
+    }
+}
+
+/// The panic's message and location; the payload is dropped here, and a
+/// payload whose own `Drop` panics is contained too (that second payload
+/// is leaked rather than dropped).
+fn panic_reason(payload: Box<dyn Any + Send>) -> String {
+    let message = payload_text(payload.as_ref());
+    let location = PANIC_LOCATION.with(|cell| cell.borrow_mut().take());
+    if let Err(second) = guarded(move || drop(payload)) {
+        std::mem::forget(second);
+        PANIC_LOCATION.with(|cell| cell.borrow_mut().take());
+    }
+    match location {
         Some(location) => format!("panicked at {location}: {message}"),
         None => format!("panicked: {message}"),
     }

@@ -124,6 +124,52 @@ fn a_panic_in_consume_is_a_failure_not_an_abort() {
     assert!(!run.stderr.contains("panicked"), "{run:#?}");
 }
 
+/// Issue #11: a panic while the host dropped the consumer crossed the
+/// boundary, and abi_stable ended the process with exit 1 after `m1 ack`.
+#[test]
+fn a_panic_in_the_consumers_drop_is_logged_and_the_outcome_stands() {
+    let run = reconsume(
+        &scripted(),
+        &[message("m1", json!({"do": "ack", "panic_on_drop": true}))],
+    );
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert_eq!(outcome_lines(&run), ["m1 ack"]);
+    let output = run.output();
+    assert!(
+        output.contains("consumer panicked while being dropped: panicked at ")
+            && output.contains("cannot close the database"),
+        "{run:#?}"
+    );
+}
+
+#[test]
+fn a_panic_whose_payload_panics_when_dropped_is_one_failure() {
+    let run = reconsume(&scripted(), &[message("m1", json!({"do": "panic_bomb"}))]);
+    assert_eq!(run.code(), 13, "{run:#?}");
+    let lines = outcome_lines(&run);
+    assert_eq!(lines.len(), 1, "{run:#?}");
+    assert!(
+        lines[0].starts_with("m1 failed: panicked at ")
+            && lines[0].ends_with("non-string panic payload"),
+        "{run:#?}"
+    );
+}
+
+/// The plugin's panic hook, which turns a consumer's panic into its
+/// failure, also silenced panics on the plugin's own threads.
+#[test]
+fn a_panic_on_a_thread_of_the_plugin_is_logged() {
+    let run = reconsume(&scripted(), &[message("m1", json!({"do": "thread_panic"}))]);
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert_eq!(outcome_lines(&run), ["m1 ack"]);
+    assert!(
+        run.output()
+            .contains("thread scripted-helper of the plugin panicked at ")
+            && run.output().contains("the helper thread gave up"),
+        "{run:#?}"
+    );
+}
+
 #[test]
 fn a_panic_in_new_stops_before_consuming() {
     let callback = format!("{}:PanicInNew", plugin("test_consumers").display());

@@ -10,6 +10,9 @@
 //!   `"rendezvous": N` first waits (up to `within_ms`, default 20 s) until
 //!   N messages with it are being handled at once, by instances side by
 //!   side, and fails otherwise: it proves that `workers` run in parallel.
+//!   `"panic_on_drop": true` makes the instance panic when it is dropped;
+//!   `"do": "panic_bomb"` panics with a payload whose own `Drop` panics;
+//!   `"do": "thread_panic"` acks after a thread of its own panicked.
 //! - `Inspect` prints everything `Message` offers, as one JSON line, and
 //!   halts after a message whose body is `{"end": true}`.
 //! - `PanicInNew` and `FailInNew` never start.
@@ -19,6 +22,24 @@ use serde_json::{Value, json};
 
 pub struct Scripted {
     seen: u64,
+    panic_on_drop: bool,
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        if self.panic_on_drop {
+            panic!("cannot close the database");
+        }
+    }
+}
+
+/// A panic payload that panics again when dropped.
+struct Bomb;
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        panic!("the payload went off");
+    }
 }
 
 /// Ids already nacked by `nack_once` and slept on by `sleep_once_ms`, in
@@ -64,7 +85,10 @@ impl Consumer for Scripted {
             init.consumer_name(),
             init.config_value()
         );
-        Ok(Scripted { seen: 0 })
+        Ok(Scripted {
+            seen: 0,
+            panic_on_drop: false,
+        })
     }
 
     fn consume(&mut self, message: &Message) -> Result<(), ConsumerError> {
@@ -74,6 +98,7 @@ impl Consumer for Scripted {
         let code = body["code"].as_i64().unwrap_or(0) as i32;
         let reason = body["reason"].as_str().unwrap_or("scripted failure");
         log::info!("message #{} ({}): {action}", self.seen, message.id());
+        self.panic_on_drop |= body["panic_on_drop"] == true;
         let sleep_once = body["sleep_once_ms"]
             .as_u64()
             .filter(|_| first_time(&SLEPT, message.id()));
@@ -106,6 +131,16 @@ impl Consumer for Scripted {
                 ))?
             }
             "panic" => panic!("{reason}"),
+            "panic_bomb" => std::panic::panic_any(Bomb),
+            "thread_panic" => {
+                let panicked = std::thread::Builder::new()
+                    .name("scripted-helper".into())
+                    .spawn(|| panic!("the helper thread gave up"))?
+                    .join()
+                    .is_err();
+                log::info!("the helper thread panicked: {panicked}");
+                Ok(())
+            }
             other => Err(ConsumerError::failed(format!("unknown action {other:?}"))),
         }
     }
