@@ -290,29 +290,21 @@ impl Engine {
             // handed back unstarted.
             self.pending.clear();
             self.workers.set_generation(self.generation + 1);
-            match end? {
+            let (what, then) = match end? {
                 SessionEnd::Exit(exit) => return Ok(exit),
                 SessionEnd::Lost(reason) => {
-                    self.stats.reconnected();
-                    let delay = self.backoff.next_delay();
-                    log::warn!(
-                        "Lost the connection to {}: {reason}; reconnecting in {:.1} s, and consuming will resume",
-                        self.broker.describe(),
-                        delay.as_secs_f64()
-                    );
                     self.notifier.status(&format!("Reconnecting: {reason}"));
-                    if self.stop.wait(delay).await {
-                        return Ok(Exit::Success);
-                    }
+                    let broker = self.broker.describe();
+                    let what = format!("Lost the connection to {broker}: {reason}; reconnecting");
+                    (what, ", and consuming will resume")
                 }
-                SessionEnd::Retry(reason) => {
-                    self.stats.reconnected();
-                    let delay = self.backoff.next_delay();
-                    log::warn!("{reason}; retrying in {:.1} s", delay.as_secs_f64());
-                    if self.stop.wait(delay).await {
-                        return Ok(Exit::Success);
-                    }
-                }
+                SessionEnd::Retry(reason) => (format!("{reason}; retrying"), ""),
+            };
+            self.stats.reconnected();
+            let delay = self.backoff.next_delay();
+            log::warn!("{what} in {:.1} s{then}", delay.as_secs_f64());
+            if self.stop.wait(delay).await {
+                return Ok(Exit::Success);
             }
         }
     }
