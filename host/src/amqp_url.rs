@@ -6,29 +6,35 @@
 //! `guest` unless given; the vhost is the first path segment,
 //! percent-decoded, and `/` when the path is empty or `/` (lapin's own
 //! parser gives `""` there); every query parameter must be one pika knows,
-//! given once. Of those, `heartbeat`, `channel_max`, `frame_max` and
-//! `locale` are honoured; the others are accepted and ignored, as
-//! fedora-messaging ignores them too (Twisted, not pika, manages its
-//! sockets) or because this host configures the same thing elsewhere
-//! (`ssl_options`: use `[tls]`; `client_properties`: use the
-//! `[client_properties]` table).
+//! given once. Of those, `heartbeat`, `channel_max`, `frame_max`,
+//! `locale`, `socket_timeout` (the TCP connect, 10 s unless given) and
+//! `stack_timeout` (the whole bring-up: TCP, TLS and the AMQP handshake,
+//! 15 s unless given) are honoured, with pika's defaults; the others are
+//! accepted and ignored, as fedora-messaging ignores them too (Twisted, not
+//! pika, manages its sockets) or because this host configures the same
+//! thing elsewhere (`ssl_options`: use `[tls]`; `client_properties`: use
+//! the `[client_properties]` table).
 
 use std::fmt;
+use std::time::Duration;
 
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use percent_encoding::percent_decode_str;
 
 /// The query parameters pika accepts and this host ignores.
-const IGNORED_PARAMETERS: [&str; 8] = [
+const IGNORED_PARAMETERS: [&str; 6] = [
     "blocked_connection_timeout",
     "client_properties",
     "connection_attempts",
     "retry_delay",
-    "socket_timeout",
     "ssl_options",
-    "stack_timeout",
     "tcp_options",
 ];
+
+/// pika's `DEFAULT_SOCKET_TIMEOUT`.
+pub const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
+/// pika's `DEFAULT_STACK_TIMEOUT`.
+pub const STACK_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A broker address with pika's meaning.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +42,11 @@ pub struct BrokerUrl {
     pub uri: AMQPUri,
     /// The AMQP locale (pika's `locale` parameter), if given.
     pub locale: Option<String>,
+    /// How long opening the TCP connection may take (`socket_timeout`).
+    pub socket_timeout: Duration,
+    /// How long the whole bring-up may take: TCP, TLS and the AMQP
+    /// handshake (`stack_timeout`).
+    pub stack_timeout: Duration,
     /// Query parameters accepted but without effect here.
     pub ignored: Vec<String>,
 }
@@ -58,6 +69,20 @@ fn error(message: impl Into<String>) -> UrlError {
 
 fn decode(text: &str) -> String {
     percent_decode_str(text).decode_utf8_lossy().into_owned()
+}
+
+/// A timeout in seconds, as pika takes it: a positive number.
+fn seconds(name: &str, value: &str) -> Result<Duration, UrlError> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|seconds| *seconds > 0.0)
+        .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+        .ok_or_else(|| {
+            error(format!(
+                "{name} must be a positive number of seconds, not {value:?}"
+            ))
+        })
 }
 
 fn number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, UrlError> {
@@ -113,6 +138,8 @@ impl BrokerUrl {
         let mut query = AMQPQueryString::default();
         let mut locale = None;
         let mut ignored = Vec::new();
+        let mut socket_timeout = SOCKET_TIMEOUT;
+        let mut stack_timeout = STACK_TIMEOUT;
         let mut seen = Vec::new();
         for (name, value) in url.query_pairs() {
             // parse_qs drops parameters without a value.
@@ -127,6 +154,8 @@ impl BrokerUrl {
                 "heartbeat" => query.heartbeat = Some(number(&name, &value)?),
                 "channel_max" => query.channel_max = Some(number(&name, &value)?),
                 "frame_max" => query.frame_max = Some(number(&name, &value)?),
+                "socket_timeout" => socket_timeout = seconds(&name, &value)?,
+                "stack_timeout" => stack_timeout = seconds(&name, &value)?,
                 "locale" => {
                     crate::wire::check_short("locale", &value).map_err(error)?;
                     locale = Some(value.clone().into_owned());
@@ -134,7 +163,7 @@ impl BrokerUrl {
                 known if IGNORED_PARAMETERS.contains(&known) => ignored.push(known.to_owned()),
                 unknown => {
                     return Err(error(format!(
-                        "unknown parameter {unknown:?} (pika accepts heartbeat, channel_max, frame_max, locale, {})",
+                        "unknown parameter {unknown:?} (pika accepts heartbeat, channel_max, frame_max, locale, socket_timeout, stack_timeout, {})",
                         IGNORED_PARAMETERS.join(", ")
                     )));
                 }
@@ -152,6 +181,8 @@ impl BrokerUrl {
                 query,
             },
             locale,
+            socket_timeout,
+            stack_timeout,
             ignored,
         })
     }
@@ -192,6 +223,24 @@ mod tests {
         assert_eq!(url.uri.authority.userinfo.username, "guest");
         assert_eq!(url.uri.authority.userinfo.password, "guest");
         assert_eq!(url.ignored, ["connection_attempts", "retry_delay"]);
+    }
+
+    #[test]
+    fn socket_and_stack_timeouts_are_pikas_seconds() {
+        let url = parse("amqp://h/");
+        assert_eq!(url.socket_timeout, SOCKET_TIMEOUT);
+        assert_eq!(url.stack_timeout, STACK_TIMEOUT);
+        let url = parse("amqp://h/?socket_timeout=2.5&stack_timeout=4");
+        assert_eq!(url.socket_timeout, Duration::from_millis(2500));
+        assert_eq!(url.stack_timeout, Duration::from_secs(4));
+        assert!(url.ignored.is_empty());
+        for bad in ["0", "-1", "soon", "inf"] {
+            let error = BrokerUrl::parse(&format!("amqp://h/?socket_timeout={bad}")).unwrap_err();
+            assert!(
+                error.to_string().contains("positive number of seconds"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -1,17 +1,18 @@
 //! Connecting to the broker: client properties, and telling a broker that
 //! is not there yet (retry) from one that refuses us (exit 14).
 
+use std::net::ToSocketAddrs;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lapin::tcp::OwnedTLSConfig;
-use lapin::uri::{AMQPScheme, SASLMechanism};
+use futures_lite::FutureExt;
+use lapin::tcp::{AsyncTcpStream, OwnedTLSConfig};
+use lapin::uri::{AMQPScheme, AMQPUri, SASLMechanism};
 use lapin::{Connection, ConnectionProperties};
 
 use crate::amqp_url::BrokerUrl;
 use crate::config::{self, Config};
 use crate::exit::{Exit, Fatal};
-use crate::notify::Notifier;
-use crate::stop::StopRequest;
 use crate::tls;
 
 /// How to reach the broker, and who we say we are.
@@ -118,61 +119,167 @@ impl Broker {
         }
     }
 
-    /// One attempt.
+    /// One attempt, bounded by the URL's `socket_timeout` (the TCP
+    /// connect) and `stack_timeout` (everything up to an open connection).
+    ///
+    /// Dropping the future (the caller gave up, or a stop came) shuts the
+    /// socket down, so lapin's I/O thread ends instead of waiting for ever
+    /// on a peer that never speaks.
     pub async fn connect(&self) -> Result<Connection, ConnectError> {
-        let uri = self.url.uri.clone();
-        let properties = self.properties.clone();
-        let connected = match &self.tls {
-            None => Connection::connect_uri(uri, properties).await,
-            Some(tls) => {
-                let runtime = lapin::runtime::default_runtime()
-                    .map_err(|error| ConnectError::Unreachable(error.to_string()))?;
-                Connection::connect_uri_with_config(uri, properties, tls.clone(), runtime).await
+        let runtime = lapin::runtime::default_runtime()
+            .map_err(|error| ConnectError::Unreachable(error.to_string()))?;
+        let socket = AttemptSocket::default();
+        let _give_up = GiveUpOnDrop(socket.clone());
+        let connecting = Connection::connector(
+            self.url.uri.clone(),
+            runtime,
+            open_transport(socket.clone(), self.url.socket_timeout, self.tls.clone()),
+            self.properties.clone(),
+        );
+        let stack_timeout = self.url.stack_timeout;
+        let outcome = async { Some(connecting.await) }
+            .or(async {
+                async_io::Timer::after(stack_timeout).await;
+                None
+            })
+            .await;
+        match outcome {
+            Some(Ok(connection)) => {
+                socket.keep();
+                Ok(connection)
             }
-        };
-        connected.map_err(classify)
+            Some(Err(error)) => Err(classify(error)),
+            None => Err(ConnectError::Unreachable(format!(
+                "no open AMQP connection within {:.1} s (the URL's stack_timeout): the peer accepted TCP but did not complete the handshake",
+                stack_timeout.as_secs_f64()
+            ))),
+        }
+    }
+}
+
+/// The socket of one connection attempt, shut down when the attempt is
+/// given up: lapin's I/O thread owns the stream and would otherwise read
+/// from a silent peer for ever.
+#[derive(Clone, Default)]
+struct AttemptSocket(Arc<Mutex<SocketSlot>>);
+
+#[derive(Default)]
+struct SocketSlot {
+    /// A duplicate of the attempt's socket, once it is connected.
+    socket: Option<std::net::TcpStream>,
+    /// The attempt ended: kept (it succeeded) or given up.
+    settled: bool,
+}
+
+impl AttemptSocket {
+    fn slot(&self) -> std::sync::MutexGuard<'_, SocketSlot> {
+        // A poisoned lock only means a panic elsewhere mid-update; the slot
+        // is still usable.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Connects, retrying without limit while the broker is unreachable
-    /// (logging each attempt with the next delay), until it answers. A
-    /// refusal ends the retries at once: trying again cannot change it.
-    /// `Ok(None)`: a stop was requested first.
-    pub async fn connect_with_retry(
-        &self,
-        stop: &StopRequest,
-        backoff: &mut Backoff,
-        notifier: &Notifier,
-    ) -> Result<Option<Connection>, Fatal> {
-        let mut attempt = 1u64;
-        loop {
-            if stop.is_requested() {
-                return Ok(None);
+    /// Records the connected socket; false if the attempt was already
+    /// given up (the socket is then shut down at once).
+    fn register(&self, socket: &std::net::TcpStream) -> bool {
+        let mut slot = self.slot();
+        if slot.settled {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+            return false;
+        }
+        slot.socket = socket.try_clone().ok();
+        true
+    }
+
+    /// The attempt succeeded: the socket is the connection's now.
+    fn keep(&self) {
+        let mut slot = self.slot();
+        slot.settled = true;
+        slot.socket = None;
+    }
+}
+
+/// Gives the attempt up when dropped, unless it was kept: whether
+/// connect() returned or its future was dropped mid-way.
+struct GiveUpOnDrop(AttemptSocket);
+
+impl Drop for GiveUpOnDrop {
+    fn drop(&mut self) {
+        let mut slot = self.0.slot();
+        if !slot.settled {
+            slot.settled = true;
+            if let Some(socket) = slot.socket.take() {
+                let _ = socket.shutdown(std::net::Shutdown::Both);
             }
-            match self.connect().await {
-                Ok(connection) => {
-                    log::info!("Connected to {}", self.describe());
-                    return Ok(Some(connection));
+        }
+    }
+}
+
+/// What lapin's I/O thread calls to open the transport: a TCP connection
+/// within `socket_timeout`, registered so that the attempt can shut it
+/// down, then TLS when configured.
+fn open_transport<R>(
+    socket: AttemptSocket,
+    socket_timeout: Duration,
+    tls: Option<OwnedTLSConfig>,
+) -> impl AsyncFn(AMQPUri, R) -> lapin::Result<AsyncTcpStream<async_io::Async<std::net::TcpStream>>>
++ Send
++ Sync
++ 'static
+where
+    R: Send + 'static,
+{
+    async move |uri: AMQPUri, _runtime: R| {
+        let host = uri.authority.host.clone();
+        let port = uri.authority.port;
+        // Name resolution blocks lapin's I/O thread, which has nothing
+        // else to do until the connection exists.
+        let addresses = (host.as_str(), port).to_socket_addrs()?;
+        let mut last_error = std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{host:?} has no address"),
+        );
+        let mut connected = None;
+        for address in addresses {
+            let attempt =
+                async { Some(async_io::Async::<std::net::TcpStream>::connect(address).await) }.or(
+                    async {
+                        async_io::Timer::after(socket_timeout).await;
+                        None
+                    },
+                );
+            match attempt.await {
+                Some(Ok(stream)) => {
+                    connected = Some(stream);
+                    break;
                 }
-                Err(refusal @ (ConnectError::Refused(_) | ConnectError::Untrusted(_))) => {
-                    return Err(Fatal::new(Exit::Connection, self.refusal(&refusal)));
-                }
-                Err(ConnectError::Unreachable(reason)) => {
-                    let delay = backoff.next_delay();
-                    log::warn!(
-                        "Cannot connect to {} (attempt {attempt}): {reason}; retrying in {:.1} s",
-                        self.describe(),
-                        delay.as_secs_f64()
+                Some(Err(error)) => last_error = error,
+                None => {
+                    last_error = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "no TCP connection to {address} within {:.1} s (the URL's socket_timeout)",
+                            socket_timeout.as_secs_f64()
+                        ),
                     );
-                    notifier.status(&format!(
-                        "Cannot reach the broker (attempt {attempt}); retrying in {:.0} s",
-                        delay.as_secs_f64()
-                    ));
-                    if stop.wait(delay).await {
-                        return Ok(None);
-                    }
-                    attempt += 1;
                 }
             }
+        }
+        let Some(stream) = connected else {
+            return Err(last_error.into());
+        };
+        if !socket.register(stream.get_ref()) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the connection attempt was given up",
+            )
+            .into());
+        }
+        let stream = AsyncTcpStream::Plain(stream);
+        match &tls {
+            None => Ok(stream),
+            Some(tls) => Ok(stream.into_tls(&host, tls.as_ref()).await?),
         }
     }
 }
