@@ -5,10 +5,11 @@
 //! what to run; [`plugin`] loads the consumer (from a file
 //! [`plugin_file`] checked); [`broker`] connects
 //! ([`amqp_url`] reads the URL as pika does) and [`topology`] declares the
-//! queues and bindings; [`consume`] receives deliveries, [`wire`] checks
-//! them and makes each a [`wire::MessageView`], [`dispatch`] runs the
-//! consumer on its own thread; its [`outcome::Outcome`] goes through the
-//! one table that gives the settlement and what happens next; [`exit`]
+//! queues and bindings; [`consume`] builds the [`engine`], which receives
+//! deliveries, has [`wire`] check them and make each a
+//! [`wire::MessageView`], runs the consumer on its own thread, and settles;
+//! the consumer's [`outcome::Outcome`] goes through the one table that
+//! gives the settlement and what happens next; [`exit`]
 //! holds the exit codes and [`stop`] the signals. [`record`] is `consume`
 //! with a built-in consumer that writes messages to a file, which
 //! [`publish`] sends back; [`reconsume`] runs a consumer on recorded
@@ -19,7 +20,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod consume;
-pub mod dispatch;
+pub mod engine;
 pub mod exit;
 pub mod logging;
 pub mod monitor;

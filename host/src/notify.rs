@@ -6,11 +6,11 @@
 //! connection attempt is under way (so a broker outage at boot does not
 //! trip `TimeoutStartSec`), `STATUS=` lines as it connects, consumes and
 //! reconnects (with the message counts once there are some, refreshed at
-//! most once a second), and `STOPPING=1` when it stops. With `WatchdogSec=`, the
-//! executor that drives the connection pings `WATCHDOG=1` at half the
-//! interval: a wedged executor stops the pings and systemd restarts the
-//! service, while a consumer busy on its own thread or a broker outage
-//! (the executor still runs the reconnect loop) does not.
+//! most once a second), and `STOPPING=1` when it stops. With `WatchdogSec=`,
+//! the engine pings `WATCHDOG=1` from its own loop (see
+//! `engine::pulse`): an engine that stops turning stops the pings and
+//! systemd restarts the service, while a consumer busy on its own thread
+//! or a broker outage (the engine still turns while it waits) does not.
 
 use std::os::unix::net::UnixDatagram;
 use std::sync::Mutex;

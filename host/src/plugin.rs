@@ -24,7 +24,7 @@ use fm_plugin_api::abi::{
     PluginModule_Ref, RawMessage,
 };
 
-use crate::dispatch::Handler;
+use crate::engine::workers::Handler;
 use crate::exit::{Exit, Fatal};
 use crate::outcome::Outcome;
 use crate::plugin_file::PluginFile;

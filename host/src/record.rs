@@ -18,7 +18,7 @@ use std::path::Path;
 use fm_plugin_api::Message;
 use serde_json::Value;
 
-use crate::dispatch::Handler;
+use crate::engine::workers::Handler;
 use crate::exit::{Exit, Fatal};
 use crate::outcome::Outcome;
 use crate::wire::MessageView;

@@ -10,16 +10,19 @@
 //! the next without waiting for the engine to wake up and hand it one:
 //! each thread hop costs more than a consumer that does little. A job is
 //! only started while the engine still wants it: once a halt, a failure or
-//! a stop holds the workers, or the channel it came from is gone, the
-//! worker hands it back unstarted, so no message is consumed after a halt.
+//! a stop holds the workers, or its ticket's ledger is retired, or lapin
+//! knows its channel is gone, the worker hands it back unstarted, so no
+//! message is consumed after a halt, and none twice because its channel
+//! closed while it waited.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use lapin::message::Delivery;
 
+use super::ledger::Ticket;
 use crate::outcome::Outcome;
 use crate::wire::{self, Checked, MessageView};
 
@@ -38,11 +41,9 @@ pub struct Job {
     /// The queue it came from (the broker's name for a server-named queue).
     pub queue: Arc<str>,
     pub checked: Checked,
-    /// Which channel set-up it arrived on: a delivery can only be settled
-    /// on the channel it came from.
-    pub generation: u64,
-    /// Which of that set-up's queue consumers delivered it.
-    pub source: usize,
+    /// Its place in the ledger of the channels it arrived on: a delivery
+    /// can only be settled on the channel it came from.
+    pub ticket: Ticket,
 }
 
 impl Job {
@@ -52,6 +53,12 @@ impl Job {
 
     pub fn message_id(&self) -> &str {
         wire::message_id(&self.delivery.properties)
+    }
+
+    /// Whether it can still be settled: its ledger lives and lapin has not
+    /// poisoned its acker (the channel closed).
+    pub fn settleable(&self) -> bool {
+        self.ticket.is_live() && self.delivery.acker.usable()
     }
 }
 
@@ -79,15 +86,13 @@ pub struct Workers {
 /// Whether a worker may start the job it took.
 #[derive(Default)]
 struct Gate {
+    /// Set once for good: the process is draining.
     held: AtomicBool,
-    /// Jobs of older channel set-ups can no longer be settled.
-    generation: AtomicU64,
 }
 
 impl Gate {
     fn admits(&self, job: &Job) -> bool {
-        !self.held.load(Ordering::SeqCst)
-            && job.generation >= self.generation.load(Ordering::SeqCst)
+        !self.held.load(Ordering::SeqCst) && job.settleable()
     }
 }
 
@@ -160,15 +165,10 @@ impl Workers {
         let _ = self.jobs.send(job).await;
     }
 
-    /// No job handed out is started any more: the host is stopping.
+    /// No job handed out is started any more: the host is draining, for
+    /// good.
     pub fn hold(&self) {
         self.gate.held.store(true, Ordering::SeqCst);
-    }
-
-    /// Jobs from channel set-ups before `generation` are handed back
-    /// unstarted.
-    pub fn set_generation(&self, generation: u64) {
-        self.gate.generation.store(generation, Ordering::SeqCst);
     }
 
     /// The next finished job.

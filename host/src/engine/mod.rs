@@ -1,0 +1,694 @@
+//! The consume engine: everything between an open broker and the exit
+//! code, for `consume` and `record`.
+//!
+//! - [`lifecycle`]: the state machine (running, draining, stopped) that
+//!   decides, without I/O, whether messages may start and what the process
+//!   exits with; it outlives connections.
+//! - [`ledger`]: one channel set-up's channels, unsettled tags and
+//!   tickets; settles batches (coalesced acks), requeues everything,
+//!   retires at once when the channels go.
+//! - [`session`]: declares, opens the channels and consumers of one
+//!   connection, reads the delivery streams, says why one ended.
+//! - [`workers`]: the consumer threads, which start a job only while the
+//!   engine still wants it.
+//! - [`pulse`]: the systemd watchdog and `STATUS=`, fed by the engine's
+//!   own loop.
+//! - [`seams`]: faults only the tests switch on.
+//!
+//! [`Engine::run`] is the supervisor: connect (each attempt bounded and
+//! given up at once on a stop, a halt or a failure), consume on the
+//! connection until it ends, wait by the backoff, again; and once the
+//! lifecycle drains, finish without the broker if the connection is gone.
+//! Every wait in it is raced with the worker results, the stop request and
+//! the pulse's tick, or bounded by a few seconds.
+
+pub mod ledger;
+pub mod lifecycle;
+pub mod pulse;
+pub mod seams;
+pub mod session;
+pub mod workers;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::FutureExt;
+use lapin::Connection;
+
+use crate::broker::{Backoff, Broker, ConnectError};
+use crate::exit::{Exit, Fatal};
+use crate::monitor::Stats;
+use crate::outcome::{Next, Outcome};
+use crate::stop::StopRequest;
+use crate::topology::Topology;
+use crate::wire;
+use ledger::Ledger;
+use lifecycle::Lifecycle;
+use pulse::Pulse;
+use session::{Delivered, Deliveries, StreamEnd};
+use workers::{Finished, Job, Workers};
+
+/// Why a session ends when a settlement hangs.
+pub(crate) const UNSETTLED: &str =
+    "a request to the broker was not taken within 5 s, so the connection is presumed dead";
+
+/// How long one request to the broker may take to be taken or answered
+/// (a settlement, a cancel, a close); one that does not answer must not
+/// stop consumption silently or keep the process from ending.
+const BROKER_STEP: Duration = Duration::from_secs(5);
+
+/// How long declaring and starting the consumers may take on a fresh
+/// connection before it is given up as dead.
+const SETUP_STEP: Duration = Duration::from_secs(60);
+const SETUP_HUNG: &str = "the broker did not answer while setting up; connecting again";
+
+/// The most finished jobs settled together.
+const MAX_BATCH: usize = 256;
+
+/// The engine and what it drives.
+pub struct Engine {
+    broker: Broker,
+    topology: Topology,
+    prefetch_count: u16,
+    backoff: Backoff,
+    /// Whether consuming ever started: until then a declaration the broker
+    /// refuses is a configuration error (exit 10); afterwards it is a
+    /// broker still recovering, and is retried.
+    consumed_once: bool,
+    core: Core,
+}
+
+/// What every wait of the engine attends to, whatever the connection is
+/// doing: the lifecycle, the workers' answers, the stop request and the
+/// pulse.
+struct Core {
+    lifecycle: Lifecycle,
+    workers: Workers,
+    /// Checked deliveries waiting for room with the workers.
+    pending: VecDeque<Job>,
+    stop: StopRequest,
+    pulse: Pulse,
+    stats: Arc<Stats>,
+}
+
+/// How a connection's session ended.
+enum SessionEnd {
+    /// The lifecycle has stopped or is draining: no reconnecting.
+    Draining,
+    /// The connection broke: connect again after the backoff.
+    Lost(String),
+    /// The broker is not ready for us yet: connect again after a delay.
+    Retry(String),
+}
+
+/// How consuming on one channel set-up ended; the ledger is retired.
+enum ChannelsEnd {
+    Draining,
+    ConnectionLost(String),
+    Reopen(String),
+}
+
+/// What the consume loop reacts to. Built and matched at once, never
+/// stored.
+#[allow(clippy::large_enum_variant)]
+enum Event {
+    Delivered(Delivered),
+    Finished(Finished),
+    StopRequested,
+    Tick,
+}
+
+impl Engine {
+    pub fn new(
+        broker: Broker,
+        topology: Topology,
+        prefetch_count: u16,
+        workers: Workers,
+        stop: StopRequest,
+        pulse: Pulse,
+        stats: Arc<Stats>,
+    ) -> Engine {
+        Engine {
+            broker,
+            topology,
+            prefetch_count,
+            backoff: Backoff::new(),
+            consumed_once: false,
+            core: Core {
+                lifecycle: Lifecycle::new(),
+                workers,
+                pending: VecDeque::new(),
+                stop,
+                pulse,
+                stats,
+            },
+        }
+    }
+
+    /// Ends the worker threads: gracefully (each consumer's `stop` runs)
+    /// unless a consumer failed.
+    pub fn finish(self, exit: &Result<Exit, Fatal>) {
+        let graceful = matches!(exit, Ok(exit) if *exit != Exit::ConsumerFailed);
+        self.core.workers.finish(graceful);
+    }
+
+    /// Runs until the process should exit, and says how.
+    pub async fn run(&mut self) -> Result<Exit, Fatal> {
+        self.core
+            .pulse
+            .ready(&format!("Connecting to {}", self.broker.describe()));
+        loop {
+            if !self.core.lifecycle.is_running() {
+                return Ok(self.core.drain_offline().await);
+            }
+            let Some(connection) = self.connect().await? else {
+                continue;
+            };
+            let end = self.session(&connection).await;
+            self.core.stats.set_consuming(false);
+            // Deliveries of a closed connection cannot be settled; the
+            // broker delivers them again.
+            self.core.pending.clear();
+            // Closing the connection closes its channels: the broker
+            // requeues whatever was delivered and not settled. It may
+            // already be gone.
+            self.core.pulse.status("Closing the connection");
+            self.core
+                .bounded(
+                    "closing the connection",
+                    connection.close(200, "Goodbye".into()),
+                )
+                .await;
+            let end = end?;
+            if !self.core.lifecycle.is_running() {
+                // Draining: finish without reconnecting.
+                continue;
+            }
+            let (what, then) = match end {
+                SessionEnd::Draining => continue,
+                SessionEnd::Lost(reason) => {
+                    let broker = self.broker.describe();
+                    let what = format!("Lost the connection to {broker}: {reason}; reconnecting");
+                    (what, ", and consuming will resume")
+                }
+                SessionEnd::Retry(reason) => (format!("{reason}; retrying"), ""),
+            };
+            self.core.stats.reconnected();
+            let delay = self.backoff.next_delay();
+            log::warn!("{what} in {:.1} s{then}", delay.as_secs_f64());
+            self.core.pulse.status(&format!(
+                "Waiting {:.1} s to reconnect: {what}",
+                delay.as_secs_f64()
+            ));
+            self.core.interruptible(async_io::Timer::after(delay)).await;
+        }
+    }
+
+    /// Connects, retrying without limit while the broker is unreachable,
+    /// until it answers. A refusal ends the retries at once: trying again
+    /// cannot change it. `Ok(None)`: the lifecycle stopped running first.
+    async fn connect(&mut self) -> Result<Option<Connection>, Fatal> {
+        let describe = self.broker.describe();
+        let mut attempt = 1u64;
+        loop {
+            log::info!("Connecting to {describe} (attempt {attempt})");
+            self.core
+                .pulse
+                .status(&format!("Connecting to {describe} (attempt {attempt})"));
+            let Some(result) = self.core.interruptible(self.broker.connect()).await else {
+                return Ok(None);
+            };
+            match result {
+                Ok(connection) => {
+                    log::info!("Connected to {describe}");
+                    return Ok(Some(connection));
+                }
+                Err(refusal @ (ConnectError::Refused(_) | ConnectError::Untrusted(_))) => {
+                    return Err(Fatal::new(Exit::Connection, self.broker.refusal(&refusal)));
+                }
+                Err(ConnectError::Unreachable(reason)) => {
+                    let delay = self.backoff.next_delay();
+                    log::warn!(
+                        "Cannot connect to {describe} (attempt {attempt}): {reason}; retrying in {:.1} s",
+                        delay.as_secs_f64()
+                    );
+                    self.core.pulse.status(&format!(
+                        "Cannot reach the broker (attempt {attempt}); retrying in {:.0} s",
+                        delay.as_secs_f64()
+                    ));
+                    let waited = self.core.interruptible(async_io::Timer::after(delay)).await;
+                    if waited.is_none() {
+                        return Ok(None);
+                    }
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Declares and consumes on one connection until it ends, setting the
+    /// channels up again whenever one closes while the connection lives.
+    async fn session(&mut self, connection: &Connection) -> Result<SessionEnd, Fatal> {
+        let mut names: Option<Vec<String>> = None;
+        loop {
+            self.core
+                .pulse
+                .status("Declaring queues and bindings, starting the consumers");
+            let setup = bounded_for(
+                "declaring queues and bindings and starting the consumers",
+                SETUP_STEP,
+                session::open(
+                    connection,
+                    &self.topology,
+                    names.as_deref(),
+                    self.prefetch_count,
+                ),
+            );
+            let mut opened = match self.core.interruptible(setup).await {
+                None => return Ok(SessionEnd::Draining),
+                Some(None) => return Ok(SessionEnd::Lost(SETUP_HUNG.to_owned())),
+                Some(Some(Err(fatal))) => return self.setup_failed(connection, fatal),
+                Some(Some(Ok(opened))) => opened,
+            };
+            self.consumed_once = true;
+            self.backoff.consuming();
+            self.core.stats.set_consuming(true);
+            self.core.pulse.status(&format!(
+                "Consuming from {}",
+                opened
+                    .names
+                    .iter()
+                    .map(|queue| format!("{queue:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            let end = self
+                .core
+                .consume(connection, &mut opened.ledger, &mut opened.deliveries)
+                .await;
+            names = Some(std::mem::take(&mut opened.names));
+            let reason = match end {
+                ChannelsEnd::Draining => return Ok(SessionEnd::Draining),
+                ChannelsEnd::ConnectionLost(reason) => return Ok(SessionEnd::Lost(reason)),
+                ChannelsEnd::Reopen(reason) => reason,
+            };
+            if !connection.status().connected() {
+                return Ok(SessionEnd::Lost(reason));
+            }
+            self.core.pending.clear();
+            opened.ledger.close("reopening").await;
+            drop(opened);
+            let delay = self.backoff.next_delay();
+            log::warn!(
+                "{reason}; opening new channels and consuming again in {:.1} s",
+                delay.as_secs_f64()
+            );
+            self.core.pulse.status(&format!(
+                "Waiting {:.1} s to open new channels: {reason}",
+                delay.as_secs_f64()
+            ));
+            let waited = self.core.interruptible(async_io::Timer::after(delay)).await;
+            if waited.is_none() {
+                return Ok(SessionEnd::Draining);
+            }
+        }
+    }
+
+    /// A declaration or consumer set-up failed: a lost connection is
+    /// reconnected; a refusal is fatal at start (exit 10, 11 or 15) and
+    /// retried once consuming has worked (the broker may not be back
+    /// whole: a passive declare finds no queue until it is).
+    fn setup_failed(&self, connection: &Connection, fatal: Fatal) -> Result<SessionEnd, Fatal> {
+        if !connection.status().connected() {
+            Ok(SessionEnd::Lost(fatal.message))
+        } else if self.consumed_once && fatal.exit != Exit::Permission {
+            Ok(SessionEnd::Retry(fatal.message))
+        } else {
+            Err(fatal)
+        }
+    }
+}
+
+impl Core {
+    /// Runs `step` while attending to everything else: worker answers
+    /// (whose channels are gone: no ledger lives while the engine waits
+    /// here), the stop request, the pulse. `None` once the lifecycle stops
+    /// running; `step` is then dropped unfinished.
+    async fn interruptible<T>(&mut self, step: impl std::future::Future<Output = T>) -> Option<T> {
+        let mut step = std::pin::pin!(step);
+        loop {
+            self.pulse.turned();
+            if !self.lifecycle.is_running() {
+                return None;
+            }
+            // Built and matched at once, never stored: boxing would cost an
+            // allocation a message.
+            #[allow(clippy::large_enum_variant)]
+            enum Woke<T> {
+                Done(T),
+                Finished(Finished),
+                StopRequested,
+                Tick,
+            }
+            let woke = async { Woke::Done(step.as_mut().await) }
+                .or(async {
+                    match self.workers.next_result().await {
+                        Some(finished) => Woke::Finished(finished),
+                        None => futures_lite::future::pending().await,
+                    }
+                })
+                .or(async {
+                    self.stop.requested().await;
+                    Woke::StopRequested
+                })
+                .or(async {
+                    self.pulse.tick().await;
+                    Woke::Tick
+                })
+                .await;
+            match woke {
+                Woke::Done(value) => return Some(value),
+                Woke::Finished(finished) => {
+                    // No ledger: nothing to settle, so nothing can hang.
+                    self.answer(None, vec![finished]).await;
+                }
+                Woke::StopRequested => {
+                    if self.lifecycle.stop_requested() {
+                        self.start_draining(None).await;
+                    }
+                }
+                Woke::Tick => {}
+            }
+        }
+    }
+
+    /// Runs `step` for at most [`BROKER_STEP`]; `None` (logged) if it took
+    /// longer.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        step: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        bounded(what, step).await
+    }
+
+    /// The lifecycle is draining and no connection is left: wait for the
+    /// workers to hand back what they hold (nothing can be settled: the
+    /// broker delivers it again), then say how to exit. Never waits for
+    /// the broker.
+    async fn drain_offline(&mut self) -> Exit {
+        self.workers.hold();
+        self.pending.clear();
+        loop {
+            self.pulse.turned();
+            if let Some(exit) = self.lifecycle.exit() {
+                return exit;
+            }
+            self.pulse.status(&format!(
+                "Stopping: waiting for {} message(s) given to the consumer",
+                self.lifecycle.in_flight()
+            ));
+            let finished = async { self.workers.next_result().await.map(Some) }
+                .or(async {
+                    self.pulse.tick().await;
+                    Some(None)
+                })
+                .await;
+            match finished {
+                Some(Some(finished)) => {
+                    // No ledger: nothing to settle, so nothing can hang.
+                    self.answer(None, vec![finished]).await;
+                }
+                Some(None) => {}
+                // The worker threads are gone: nothing is in flight.
+                None => {
+                    return match self.lifecycle.phase() {
+                        lifecycle::Phase::Draining { exit, .. }
+                        | lifecycle::Phase::Stopped(exit) => exit,
+                        lifecycle::Phase::Running => Exit::Success,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Dispatches deliveries and settles outcomes until the lifecycle
+    /// stops or the channels end. The ledger is retired when this returns.
+    async fn consume(
+        &mut self,
+        connection: &Connection,
+        ledger: &mut Ledger,
+        deliveries: &mut Deliveries,
+    ) -> ChannelsEnd {
+        let end = self.consume_until_end(connection, ledger, deliveries).await;
+        ledger.retire();
+        end
+    }
+
+    async fn consume_until_end(
+        &mut self,
+        connection: &Connection,
+        ledger: &mut Ledger,
+        deliveries: &mut Deliveries,
+    ) -> ChannelsEnd {
+        loop {
+            self.pulse.turned();
+            while self.lifecycle.is_running()
+                && self.lifecycle.in_flight() < self.workers.capacity()
+            {
+                let Some(job) = self.pending.pop_front() else {
+                    break;
+                };
+                self.lifecycle.dispatched();
+                self.workers.submit(job).await;
+            }
+            if self.lifecycle.exit().is_some() {
+                if self.lifecycle.requeue_all() && !ledger.requeue_all().await {
+                    return ChannelsEnd::ConnectionLost(UNSETTLED.to_owned());
+                }
+                return ChannelsEnd::Draining;
+            }
+            let running = self.lifecycle.is_running();
+            let event = async {
+                match self.workers.next_result().await {
+                    Some(finished) => Event::Finished(finished),
+                    None => futures_lite::future::pending().await,
+                }
+            }
+            .or(async { Event::Delivered(deliveries.next().await) })
+            .or(async {
+                if !running {
+                    futures_lite::future::pending::<()>().await;
+                }
+                self.stop.requested().await;
+                Event::StopRequested
+            })
+            .or(async {
+                self.pulse.tick().await;
+                Event::Tick
+            })
+            .await;
+            match event {
+                Event::Tick => {}
+                Event::StopRequested => {
+                    if self.lifecycle.stop_requested() {
+                        self.start_draining(Some(ledger)).await;
+                    }
+                }
+                Event::Finished(first) => {
+                    // Whatever else has finished is settled with it, so
+                    // one ack with `multiple` can cover a run of messages.
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match self.workers.try_next_result() {
+                            Some(finished) => batch.push(finished),
+                            None => break,
+                        }
+                    }
+                    if self.answer(Some(ledger), batch).await {
+                        return ChannelsEnd::ConnectionLost(UNSETTLED.to_owned());
+                    }
+                }
+                Event::Delivered(Delivered::Delivery(source, Ok(delivery))) => {
+                    if !self.lifecycle.is_running() {
+                        // Not settled: requeued when the channel closes.
+                        continue;
+                    }
+                    if !self.admit(ledger, source, delivery).await {
+                        return ChannelsEnd::ConnectionLost(UNSETTLED.to_owned());
+                    }
+                }
+                Event::Delivered(Delivered::Delivery(source, Err(error))) => {
+                    let reason = format!(
+                        "consuming from {:?} failed: {error}",
+                        ledger.queues()[source].queue
+                    );
+                    return if connection.status().connected() {
+                        ChannelsEnd::Reopen(reason)
+                    } else {
+                        ChannelsEnd::ConnectionLost(reason)
+                    };
+                }
+                Event::Delivered(Delivered::Ended(source)) => {
+                    if !self.lifecycle.is_running() {
+                        // Our own cancel ends the streams; what is in
+                        // flight is still settled on the channels.
+                        continue;
+                    }
+                    match session::why_ended(connection, &ledger.queues()[source]).await {
+                        StreamEnd::ConnectionLost(reason) => {
+                            return ChannelsEnd::ConnectionLost(reason);
+                        }
+                        StreamEnd::Reopen(reason) => return ChannelsEnd::Reopen(reason),
+                        StreamEnd::QueueGone => {
+                            if self.lifecycle.queue_gone() {
+                                self.start_draining(Some(ledger)).await;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks a delivery: one fedora-messaging would refuse is rejected
+    /// without requeue; the others wait for a worker. `false` when the
+    /// rejection was not taken in time.
+    async fn admit(
+        &mut self,
+        ledger: &mut Ledger,
+        source: usize,
+        delivery: lapin::message::Delivery,
+    ) -> bool {
+        match wire::check_delivery(&delivery.properties, &delivery.data) {
+            Ok(checked) => {
+                self.stats.received();
+                let ticket = ledger.admit(source, delivery.delivery_tag);
+                if seams::get().breaks_channel_on(wire::message_id(&delivery.properties)) {
+                    ledger.break_channel(source).await;
+                }
+                self.pending.push_back(Job {
+                    delivery,
+                    queue: ledger.queues()[source].queue.clone(),
+                    checked,
+                    ticket,
+                });
+                true
+            }
+            Err(reason) => {
+                log::warn!(
+                    "Message id {} did not pass validation; ignoring message: {reason}",
+                    wire::message_id(&delivery.properties)
+                );
+                ledger.reject(delivery).await
+            }
+        }
+    }
+
+    /// Takes what workers handed back: the lifecycle learns every answer
+    /// first, before any I/O, so a halt or a failure is never lost; then
+    /// the jobs `ledger` owns are settled, and the others (their channel is
+    /// gone) are left to the broker, which delivers them again. Only
+    /// settled answers are counted, so a message delivered again counts
+    /// once. True when a settlement hung (the ledger is then retired).
+    async fn answer(&mut self, ledger: Option<&mut Ledger>, batch: Vec<Finished>) -> bool {
+        let mut started_draining = false;
+        let mut to_settle = Vec::with_capacity(batch.len());
+        let mut answers: Vec<(Outcome, Duration)> = Vec::with_capacity(batch.len());
+        for finished in batch {
+            self.lifecycle.returned();
+            let (job, outcome, took) = match finished {
+                // Unsettled: the broker delivers it again once the channel
+                // closes (or requeue_all returns it).
+                Finished::Unstarted(_) => continue,
+                Finished::Done(job, outcome, took) => (job, outcome, took),
+            };
+            seams::get().maybe_stall_engine(job.message_id());
+            let (action, next) = outcome.disposition();
+            match next {
+                Next::Continue => {}
+                Next::Stop(Exit::Halt(code)) if code != 0 => {
+                    log::info!("Consumer halted with non-zero exit code ({code})");
+                }
+                Next::Stop(_) => {}
+                Next::Abort(_) => log::error!(
+                    "Unexpected error occurred in consumer on message {}: {outcome}",
+                    job.message_id()
+                ),
+            }
+            started_draining |= self.lifecycle.answered(next);
+            match ledger.as_deref() {
+                Some(ledger) if ledger.owns(&job.ticket) => {
+                    to_settle.push((answers.len(), job, action));
+                    answers.push((outcome, took));
+                }
+                _ => log::info!(
+                    "Message {} was answered ({outcome}) after the channel it came on closed; the broker delivers it again",
+                    job.message_id()
+                ),
+            }
+        }
+        if started_draining {
+            self.start_draining(None).await;
+        }
+        let mut hung = false;
+        if let Some(ledger) = ledger {
+            let settlement = ledger.settle(to_settle).await;
+            for index in settlement.settled {
+                let (outcome, took) = &answers[index];
+                self.stats.answered(outcome, *took);
+            }
+            hung = settlement.hung;
+            if started_draining && !hung {
+                ledger.cancel_all().await;
+            }
+        }
+        hung
+    }
+
+    /// The lifecycle just started draining: no job starts any more, and
+    /// the broker is asked to stop delivering.
+    async fn start_draining(&mut self, ledger: Option<&Ledger>) {
+        self.workers.hold();
+        self.pending.clear();
+        self.stats.set_consuming(false);
+        self.pulse.stopping();
+        let in_flight = self.lifecycle.in_flight();
+        if in_flight > 0 {
+            log::info!(
+                "Waiting for the workers to finish or hand back the {in_flight} message(s) given to them before stopping"
+            );
+        }
+        if let Some(ledger) = ledger {
+            ledger.cancel_all().await;
+        }
+    }
+}
+
+/// Runs `step` for at most [`BROKER_STEP`]; `None` (logged) if it took
+/// longer.
+pub(crate) async fn bounded<T>(
+    what: &str,
+    step: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    bounded_for(what, BROKER_STEP, step).await
+}
+
+/// Runs `step` for at most `limit`; `None` (logged) if it took longer.
+async fn bounded_for<T>(
+    what: &str,
+    limit: Duration,
+    step: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let finished = async { Some(step.await) }
+        .or(async {
+            async_io::Timer::after(limit).await;
+            None
+        })
+        .await;
+    if finished.is_none() {
+        log::warn!("{what}: no answer from the broker within {limit:?}");
+    }
+    finished
+}

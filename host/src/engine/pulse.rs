@@ -1,0 +1,81 @@
+//! The engine's pulse: what systemd hears from it. `WATCHDOG=1` is sent
+//! only from the engine's own loop, each time it turns, so an engine that
+//! stops turning (stuck in a wait with no bound, or its thread blocked)
+//! stops the pings and systemd restarts the service. Every wait in the
+//! engine is raced with [`Pulse::tick`], so a healthy engine turns at
+//! least once per ping interval whatever the broker or the consumers do.
+//! `STATUS=` says what the engine is doing or waiting for, with the
+//! message counts refreshed at most once a second.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::monitor::Stats;
+use crate::notify::Notifier;
+
+/// How often `STATUS=` gets fresh message counts, when they changed.
+const STATUS_REFRESH: Duration = Duration::from_secs(1);
+
+pub struct Pulse {
+    notifier: Arc<Notifier>,
+    stats: Arc<Stats>,
+    /// Half the watchdog's timeout, when systemd set one.
+    ping_every: Option<Duration>,
+    last_ping: Instant,
+    last_counts: Instant,
+}
+
+impl Pulse {
+    pub fn new(notifier: Arc<Notifier>, stats: Arc<Stats>) -> Pulse {
+        let now = Instant::now();
+        Pulse {
+            ping_every: notifier.watchdog_interval(),
+            notifier,
+            stats,
+            last_ping: now,
+            last_counts: now,
+        }
+    }
+
+    /// The engine's loop turned: ping the watchdog and refresh the counts
+    /// when they are due.
+    pub fn turned(&mut self) {
+        let now = Instant::now();
+        if let Some(every) = self.ping_every
+            && now.duration_since(self.last_ping) >= every
+        {
+            self.notifier.send("WATCHDOG=1");
+            self.last_ping = now;
+        }
+        if self.notifier.enabled() && now.duration_since(self.last_counts) >= STATUS_REFRESH {
+            self.last_counts = now;
+            if let Some(summary) = self.stats.summary() {
+                self.notifier.counts(summary);
+            }
+        }
+    }
+
+    /// Resolves when the loop should turn even if nothing else happened.
+    pub async fn tick(&self) {
+        let period = match self.ping_every {
+            Some(every) => every.min(STATUS_REFRESH),
+            None if self.notifier.enabled() => STATUS_REFRESH,
+            // Nobody listens: turning would only cost wake-ups.
+            None => Duration::from_secs(3600),
+        };
+        async_io::Timer::after(period).await;
+    }
+
+    pub fn ready(&self, doing: &str) {
+        self.notifier.ready(doing);
+    }
+
+    /// What the engine is doing or waiting for now.
+    pub fn status(&self, doing: &str) {
+        self.notifier.status(doing);
+    }
+
+    pub fn stopping(&self) {
+        self.notifier.stopping();
+    }
+}

@@ -1,0 +1,60 @@
+//! Test seams: faults the end-to-end tests cannot cause from outside the
+//! process, switched on by environment variables that only the tests set.
+//! Each names a message id; without the variables nothing here acts.
+//!
+//! - `FM_TEST_STALL_ENGINE_ON`: once that message's answer reaches the
+//!   engine, the engine's thread blocks for good (as a deadlock would), so
+//!   a test can see the systemd watchdog go quiet.
+//! - `FM_TEST_HANG_SETTLE_OF`: settling that message never completes (as
+//!   on a connection that is dead but not yet known to be).
+//! - `FM_TEST_BREAK_CHANNEL_ON`: when that message is first delivered, the
+//!   engine acknowledges a delivery tag the broker never gave, and the
+//!   broker closes the channel (406), as it closes one for any channel
+//!   error, while other jobs of that channel still wait for a worker.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Seams {
+    stall_engine_on: Option<String>,
+    hang_settle_of: Option<String>,
+    break_channel_on: Option<String>,
+    channel_broken: AtomicBool,
+}
+
+/// The seams this process was started with.
+pub fn get() -> &'static Seams {
+    static SEAMS: OnceLock<Seams> = OnceLock::new();
+    SEAMS.get_or_init(|| {
+        let read = |name: &str| std::env::var(name).ok().filter(|id| !id.is_empty());
+        Seams {
+            stall_engine_on: read("FM_TEST_STALL_ENGINE_ON"),
+            hang_settle_of: read("FM_TEST_HANG_SETTLE_OF"),
+            break_channel_on: read("FM_TEST_BREAK_CHANNEL_ON"),
+            channel_broken: AtomicBool::new(false),
+        }
+    })
+}
+
+impl Seams {
+    /// Blocks the calling thread for good if `message_id` is the one.
+    pub fn maybe_stall_engine(&self, message_id: &str) {
+        if self.stall_engine_on.as_deref() == Some(message_id) {
+            log::warn!("test seam: the engine stalls on message {message_id}");
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+
+    pub fn hangs_settle_of(&self, message_id: &str) -> bool {
+        self.hang_settle_of.as_deref() == Some(message_id)
+    }
+
+    /// True once: on the first delivery of the message.
+    pub fn breaks_channel_on(&self, message_id: &str) -> bool {
+        self.break_channel_on.as_deref() == Some(message_id)
+            && !self.channel_broken.swap(true, Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,190 @@
+//! One connection's channels: declaring the queues and bindings, opening
+//! a channel per queue with its QoS and consumer, the queues' delivery
+//! streams, and what the end of a stream means.
+
+use std::task::Poll;
+
+use lapin::Connection;
+use lapin::message::Delivery;
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{FieldTable, ShortString};
+
+use super::ledger::{Ledger, QueueChannel};
+use crate::exit::{Exit, Fatal};
+use crate::topology::{Topology, broker_code, broker_reply, queue_exists};
+
+/// What one set-up opened: the queues' names (the broker's, for
+/// server-named queues, so that a re-declaration asks for the same ones),
+/// their ledger and their delivery streams.
+pub struct Opened {
+    pub names: Vec<String>,
+    pub ledger: Ledger,
+    pub deliveries: Deliveries,
+}
+
+/// Declares the queues and bindings (with `known_names` after the first
+/// time), then opens a channel per queue with QoS `prefetch_count` and
+/// starts consuming on it.
+pub async fn open(
+    connection: &Connection,
+    topology: &Topology,
+    known_names: Option<&[String]>,
+    prefetch_count: u16,
+) -> Result<Opened, Fatal> {
+    let names = topology.declare(connection, known_names).await?;
+    let mut queues = Vec::with_capacity(names.len());
+    let mut streams = Vec::with_capacity(names.len());
+    for name in &names {
+        let (queue, stream) = start_consumer(connection, name, prefetch_count).await?;
+        queues.push(queue);
+        streams.push(Some(Box::pin(stream)));
+    }
+    Ok(Opened {
+        names,
+        ledger: Ledger::new(queues),
+        deliveries: Deliveries { streams, next: 0 },
+    })
+}
+
+/// Opens a channel for `queue`, sets QoS on it and starts consuming.
+async fn start_consumer(
+    connection: &Connection,
+    queue: &str,
+    prefetch_count: u16,
+) -> Result<(QueueChannel, lapin::Consumer), Fatal> {
+    let registration = |what: &str, error: lapin::Error| {
+        Fatal::new(
+            Exit::Registration,
+            format!("cannot {what} for queue {queue:?}: {error} (please report this bug)"),
+        )
+    };
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|error| registration("open a channel", error))?;
+    channel
+        .basic_qos(prefetch_count, BasicQosOptions { global: false })
+        .await
+        .map_err(|error| registration("set QoS", error))?;
+    let consumer_tag: ShortString = uuid::Uuid::new_v4().to_string().into();
+    let stream = channel
+        .basic_consume(
+            queue.into(),
+            consumer_tag.clone(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|error| match broker_code(&error) {
+            Some(403) => Fatal::new(
+                Exit::Permission,
+                format!(
+                    "the broker does not allow consuming from queue {queue:?}: {} (the user needs read permission on the queue)",
+                    broker_reply(&error)
+                ),
+            ),
+            _ => registration("start consuming", error),
+        })?;
+    log::info!("Consuming messages from queue {queue:?}");
+    Ok((
+        QueueChannel {
+            queue: queue.into(),
+            channel,
+            consumer_tag,
+        },
+        stream,
+    ))
+}
+
+/// The queues' delivery streams. The engine polls them itself: a task
+/// forwarding them would add a thread hop to every message.
+pub struct Deliveries {
+    streams: Vec<Option<std::pin::Pin<Box<lapin::Consumer>>>>,
+    /// Where the next poll starts, so that a busy queue does not starve
+    /// the others.
+    next: usize,
+}
+
+/// What a queue's stream gave. Built and matched at once, never stored:
+/// boxing would cost an allocation a message.
+#[allow(clippy::large_enum_variant)]
+pub enum Delivered {
+    Delivery(usize, lapin::Result<Delivery>),
+    /// The stream ended (reported once).
+    Ended(usize),
+}
+
+impl Deliveries {
+    /// The next delivery from any queue, or the end of a queue's stream;
+    /// pending forever once every stream has ended.
+    pub async fn next(&mut self) -> Delivered {
+        futures_lite::future::poll_fn(|cx| {
+            let count = self.streams.len();
+            for offset in 0..count {
+                let index = (self.next + offset) % count;
+                let Some(stream) = &mut self.streams[index] else {
+                    continue;
+                };
+                match futures_lite::Stream::poll_next(stream.as_mut(), cx) {
+                    Poll::Ready(Some(delivery)) => {
+                        self.next = (index + 1) % count;
+                        return Poll::Ready(Delivered::Delivery(index, delivery));
+                    }
+                    Poll::Ready(None) => {
+                        self.streams[index] = None;
+                        return Poll::Ready(Delivered::Ended(index));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// What the end of a queue's stream, while consuming, means.
+pub enum StreamEnd {
+    /// The connection is gone.
+    ConnectionLost(String),
+    /// The channel closed, or the broker cancelled a consumer whose queue
+    /// still exists: set the channels up again.
+    Reopen(String),
+    /// The broker cancelled the consumer and the queue is gone (exit 12).
+    QueueGone,
+}
+
+/// Why `source`'s stream ended: the connection, the channel, or the
+/// broker's cancel (then whether the queue still exists says which).
+pub async fn why_ended(connection: &Connection, queue: &QueueChannel) -> StreamEnd {
+    if !connection.status().connected() {
+        return StreamEnd::ConnectionLost("the connection closed".to_owned());
+    }
+    if !queue.channel.status().connected() {
+        return StreamEnd::Reopen(format!("The channel of queue {:?} was closed", queue.queue));
+    }
+    // fedora-messaging exits 12 on any cancel; a queue that still exists
+    // (its node failed, a quorum queue's leader moved) is consumed again
+    // instead.
+    let checked = super::bounded("checking a cancelled consumer's queue", async {
+        queue_exists(connection, &queue.queue).await
+    });
+    match checked.await {
+        None => StreamEnd::ConnectionLost(super::UNSETTLED.to_owned()),
+        Some(Ok(false)) => {
+            log::error!(
+                "The consumer of queue {:?} was canceled by the AMQP broker and the queue is gone! The consumer was canceled server-side, check with system administrators.",
+                queue.queue
+            );
+            StreamEnd::QueueGone
+        }
+        Some(Ok(true)) => StreamEnd::Reopen(format!(
+            "The AMQP broker canceled the consumer of queue {:?}, which still exists",
+            queue.queue
+        )),
+        Some(Err(error)) => StreamEnd::Reopen(format!(
+            "The AMQP broker canceled the consumer of queue {:?} (checking the queue: {error})",
+            queue.queue
+        )),
+    }
+}
