@@ -12,6 +12,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use futures_lite::FutureExt;
 use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 
@@ -54,11 +55,15 @@ fn publish(
     echo: bool,
 ) -> Result<Exit, Fatal> {
     let broker = Broker::new(config, None)?;
-    async_global_executor::block_on(async {
-        let connection = connect_within(&broker, TIMEOUT).await?;
+    let deadline = Instant::now() + TIMEOUT;
+    // What the publish is doing, for the error when the deadline passes.
+    let stage = std::cell::Cell::new("connecting");
+    let publishing = async {
+        let connection = connect_within(&broker, deadline).await?;
         let other = |what: &str, error: lapin::Error| {
             Fatal::new(Exit::Error, format!("cannot {what}: {error}"))
         };
+        stage.set("opening a channel");
         let channel = connection
             .create_channel()
             .await
@@ -69,6 +74,7 @@ fn publish(
             .map_err(|e| other("enable publisher confirms", e))?;
         // Publish everything, then collect the confirms in order: one round
         // trip for the file instead of one a message.
+        stage.set("publishing");
         let mut confirms = Vec::with_capacity(messages.len());
         for message in messages {
             let outgoing = message.outgoing(topic_prefix).map_err(|reason| {
@@ -89,6 +95,7 @@ fn publish(
                 .map_err(|error| refusal(exchange, &message.id, error))?;
             confirms.push((message.id.as_str(), confirm));
         }
+        stage.set("waiting for the broker's confirmations");
         for (id, confirm) in confirms {
             match confirm
                 .await
@@ -103,9 +110,25 @@ fn publish(
                 }
             }
         }
+        stage.set("closing the connection");
         let _ = connection.close(200, "Goodbye".into()).await;
         Ok(Exit::Success)
-    })
+    };
+    // fedora-messaging's timeout covers the whole publish, confirmations
+    // included: a broker that takes the connection and never answers
+    // cannot hold the command.
+    async_global_executor::block_on(publishing.or(async {
+        async_io::Timer::at(deadline).await;
+        Err(Fatal::new(
+            Exit::PublishTimeout,
+            format!(
+                "publishing to {} did not complete within {} s (still {})",
+                broker.describe(),
+                TIMEOUT.as_secs(),
+                stage.get()
+            ),
+        ))
+    }))
 }
 
 fn refusal(exchange: &str, id: &str, error: lapin::Error) -> Fatal {
@@ -122,8 +145,7 @@ fn refusal(exchange: &str, id: &str, error: lapin::Error) -> Fatal {
     )
 }
 
-async fn connect_within(broker: &Broker, timeout: Duration) -> Result<lapin::Connection, Fatal> {
-    let deadline = Instant::now() + timeout;
+async fn connect_within(broker: &Broker, deadline: Instant) -> Result<lapin::Connection, Fatal> {
     let mut delay = Duration::from_millis(500);
     loop {
         match broker.connect().await {
@@ -138,7 +160,7 @@ async fn connect_within(broker: &Broker, timeout: Duration) -> Result<lapin::Con
                         format!(
                             "cannot reach the broker at {} within {} s: {reason}",
                             broker.describe(),
-                            timeout.as_secs()
+                            TIMEOUT.as_secs()
                         ),
                     ));
                 }
