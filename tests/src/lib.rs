@@ -7,6 +7,7 @@
 
 pub mod broker;
 pub mod process;
+pub mod proxy;
 pub mod python;
 
 use std::io::Read;

@@ -578,8 +578,12 @@ fn a_broker_that_refuses_tcp_at_start_is_retried() {
         "--callback",
         &scripted(),
     ]));
-    let first = consumer.wait_for("(attempt 1)", WAIT);
-    let second = consumer.wait_for("(attempt 2)", WAIT);
+    consumer.wait_for(
+        "Connecting to amqp://guest@127.0.0.1:5999 vhost \"/\" (attempt 1)",
+        WAIT,
+    );
+    let first = consumer.wait_for("(attempt 1): ", WAIT);
+    let second = consumer.wait_for("(attempt 2): ", WAIT);
     // About 1 s, then about 2 s (±20 % jitter).
     let delay = |line: &str| -> f64 {
         line.rsplit("retrying in ")
