@@ -395,3 +395,30 @@ fn a_panic_in_a_consumers_drop_keeps_the_halt_code() {
     assert_eq!(broker.depth(&queue), 0);
     broker.delete_queue(&queue);
 }
+
+#[test]
+fn publish_to_a_peer_that_never_speaks_gives_up_at_its_30_s_deadline() {
+    let (port, _accepted) = silent_peer();
+    let dir = scratch();
+    let conf = config_file(
+        dir.path(),
+        &format!("amqp_url = \"amqp://127.0.0.1:{port}/\"\n"),
+    );
+    let input = record_file(dir.path(), &[json!({"topic": "t", "body": {}})]);
+    // (Built before the clock starts: the first call builds the binary.)
+    let mut publish = fedora_messaging();
+    publish.arg("--conf").arg(&conf).arg("publish").arg(&input);
+    let started = Instant::now();
+    let run = run(&mut publish);
+    let took = started.elapsed();
+    eprintln!(
+        "publish to a silent peer: exit {:?} after {took:?}",
+        run.status.code()
+    );
+    assert_eq!(run.code(), 111, "{run:#?}");
+    assert!(
+        (Duration::from_secs(29)..Duration::from_secs(40)).contains(&took),
+        "took {took:?}: {run:#?}"
+    );
+    assert!(run.stderr.contains("within 30 s"), "{run:#?}");
+}
