@@ -195,14 +195,30 @@ impl Engine {
                 SessionEnd::Retry(reason) => (format!("{reason}; retrying"), ""),
             };
             self.core.stats.reconnected();
-            let delay = self.backoff.next_delay();
-            log::warn!("{what} in {:.1} s{then}", delay.as_secs_f64());
-            self.core.pulse.status(&format!(
-                "Waiting {:.1} s to reconnect: {what}",
-                delay.as_secs_f64()
-            ));
-            self.core.interruptible(async_io::Timer::after(delay)).await;
+            self.back_off(
+                |delay| format!("{what} in {delay:.1} s{then}"),
+                |delay| format!("Waiting {delay:.1} s to reconnect: {what}"),
+            )
+            .await;
         }
+    }
+
+    /// Waits by the backoff before trying again, saying so in the log and
+    /// in `STATUS=` (each given the delay in seconds); false if the
+    /// lifecycle stopped running meanwhile.
+    async fn back_off(
+        &mut self,
+        log_line: impl FnOnce(f64) -> String,
+        status: impl FnOnce(f64) -> String,
+    ) -> bool {
+        let delay = self.backoff.next_delay();
+        let seconds = delay.as_secs_f64();
+        log::warn!("{}", log_line(seconds));
+        self.core.pulse.status(&status(seconds));
+        self.core
+            .interruptible(async_io::Timer::after(delay))
+            .await
+            .is_some()
     }
 
     /// Connects, retrying without limit while the broker is unreachable,
@@ -228,17 +244,13 @@ impl Engine {
                     return Err(Fatal::new(Exit::Connection, self.broker.refusal(&refusal)));
                 }
                 Err(ConnectError::Unreachable(reason)) => {
-                    let delay = self.backoff.next_delay();
-                    log::warn!(
-                        "Cannot connect to {describe} (attempt {attempt}): {reason}; retrying in {:.1} s",
-                        delay.as_secs_f64()
-                    );
-                    self.core.pulse.status(&format!(
-                        "Cannot reach the broker (attempt {attempt}); retrying in {:.0} s",
-                        delay.as_secs_f64()
-                    ));
-                    let waited = self.core.interruptible(async_io::Timer::after(delay)).await;
-                    if waited.is_none() {
+                    let waited = self
+                        .back_off(
+                            |delay| format!("Cannot connect to {describe} (attempt {attempt}): {reason}; retrying in {delay:.1} s"),
+                            |delay| format!("Cannot reach the broker (attempt {attempt}); retrying in {delay:.0} s"),
+                        )
+                        .await;
+                    if !waited {
                         return Ok(None);
                     }
                     attempt += 1;
@@ -299,17 +311,17 @@ impl Engine {
             self.core.pending.clear();
             opened.ledger.close("reopening").await;
             drop(opened);
-            let delay = self.backoff.next_delay();
-            log::warn!(
-                "{reason}; opening new channels and consuming again in {:.1} s",
-                delay.as_secs_f64()
-            );
-            self.core.pulse.status(&format!(
-                "Waiting {:.1} s to open new channels: {reason}",
-                delay.as_secs_f64()
-            ));
-            let waited = self.core.interruptible(async_io::Timer::after(delay)).await;
-            if waited.is_none() {
+            let waited = self
+                .back_off(
+                    |delay| {
+                        format!(
+                            "{reason}; opening new channels and consuming again in {delay:.1} s"
+                        )
+                    },
+                    |delay| format!("Waiting {delay:.1} s to open new channels: {reason}"),
+                )
+                .await;
+            if !waited {
                 return Ok(SessionEnd::Draining);
             }
         }
