@@ -264,8 +264,7 @@ impl Ledger {
 /// settlement within [`bounded`]'s limit: the connection is dead but not
 /// yet known to be, and waiting on it would stop consumption silently.
 async fn settle_one(delivery: Delivery, action: Settle) -> Option<bool> {
-    let id = wire::message_id(&delivery.properties).to_owned();
-    let hang = seams::get().hangs_settle_of(&id);
+    let hang = seams::get().hangs_settle_of(wire::message_id(&delivery.properties));
     let settling = async {
         if hang {
             futures_lite::future::pending::<()>().await;
@@ -294,7 +293,9 @@ async fn settle_one(delivery: Delivery, action: Settle) -> Option<bool> {
             }
         }
     };
-    match bounded("settling a message", settling).await {
+    let settled = bounded("settling a message", settling).await;
+    let id = wire::message_id(&delivery.properties);
+    match settled {
         Some(Ok(true)) => Some(true),
         Some(Ok(false)) => {
             log::warn!(

@@ -174,12 +174,11 @@ impl Engine {
             // requeues whatever was delivered and not settled. It may
             // already be gone.
             self.core.pulse.status("Closing the connection");
-            self.core
-                .bounded(
-                    "closing the connection",
-                    connection.close(200, "Goodbye".into()),
-                )
-                .await;
+            bounded(
+                "closing the connection",
+                connection.close(200, "Goodbye".into()),
+            )
+            .await;
             let end = end?;
             if !self.core.lifecycle.is_running() {
                 // Draining: finish without reconnecting.
@@ -393,16 +392,6 @@ impl Core {
                 Woke::Tick => {}
             }
         }
-    }
-
-    /// Runs `step` for at most [`BROKER_STEP`]; `None` (logged) if it took
-    /// longer.
-    async fn bounded<T>(
-        &self,
-        what: &str,
-        step: impl std::future::Future<Output = T>,
-    ) -> Option<T> {
-        bounded(what, step).await
     }
 
     /// The lifecycle is draining and no connection is left: wait for the
