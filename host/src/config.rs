@@ -8,8 +8,10 @@
 //! a partial table (`[qos]` with only `prefetch_count`), the missing entries
 //! take their defaults instead.
 //!
-//! One key is this host's own: `workers`, the number of consumer instances
-//! (a file using it is not one the Python fedora-messaging loads).
+//! Two keys are this host's own: `workers`, the number of consumer
+//! instances, and `[delivery_limit]`, how often one message may be
+//! delivered (a file using either is not one the Python fedora-messaging
+//! loads).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,7 +24,7 @@ pub const DEFAULT_PATH: &str = "/etc/fedora-messaging/config.toml";
 
 /// The top-level keys: fedora-messaging's 15 in its order, then this
 /// host's own.
-pub const KEYS: [&str; 16] = [
+pub const KEYS: [&str; 17] = [
     "amqp_url",
     "client_properties",
     "publish_exchange",
@@ -39,6 +41,7 @@ pub const KEYS: [&str; 16] = [
     "log_config",
     "monitoring",
     "workers",
+    "delivery_limit",
 ];
 
 /// The most consumer instances `workers` may ask for.
@@ -85,6 +88,24 @@ pub struct Config {
     /// own thread; 1 is fedora-messaging's one message at a time.
     #[serde(default = "defaults::workers")]
     pub workers: u16,
+    /// `[delivery_limit]`: without it, a message may be delivered any
+    /// number of times, as in fedora-messaging.
+    #[serde(default)]
+    pub delivery_limit: Option<DeliveryLimit>,
+}
+
+/// `[delivery_limit]`: a message delivered `max` times is not handed to
+/// the consumer again; it goes to `dead_letter_exchange` (routed by
+/// `dead_letter_routing_key`, or its own routing key), or is rejected
+/// without requeue when no exchange is given.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryLimit {
+    pub max: u32,
+    #[serde(default)]
+    pub dead_letter_exchange: Option<String>,
+    #[serde(default)]
+    pub dead_letter_routing_key: Option<String>,
 }
 
 impl Config {
@@ -346,6 +367,14 @@ impl Config {
             .map_err(|message| (line_of_key(text, "workers"), format!("workers {message}")))?;
         self.check_amqp_names()
             .map_err(|(key, message)| (line_of_key(text, key), message))?;
+        if let Some(limit) = &self.delivery_limit
+            && limit.max == 0
+        {
+            return Err((
+                line_of_key(text, "delivery_limit"),
+                "[delivery_limit] max must be at least 1 (the first delivery counts); remove the table for no limit".to_owned(),
+            ));
+        }
         Ok(self)
     }
 
@@ -375,6 +404,18 @@ impl Config {
         }
         for key in self.client_properties.keys() {
             short("client_properties", "a client property name", key)?;
+        }
+        if let Some(limit) = &self.delivery_limit {
+            for name in [&limit.dead_letter_exchange, &limit.dead_letter_routing_key]
+                .into_iter()
+                .flatten()
+            {
+                short(
+                    "delivery_limit",
+                    "a dead-letter exchange or routing key",
+                    name,
+                )?;
+            }
         }
         Ok(())
     }
@@ -598,6 +639,28 @@ mod tests {
                 "ignoring unknown key `verify` in [tls]"
             ]
         );
+    }
+
+    #[test]
+    fn delivery_limit_is_optional_and_needs_a_max_of_at_least_one() {
+        assert_eq!(Config::parse("").unwrap().delivery_limit, None);
+        let config =
+            Config::parse("[delivery_limit]\nmax = 5\ndead_letter_exchange = \"dlx\"\n").unwrap();
+        assert_eq!(
+            config.delivery_limit,
+            Some(DeliveryLimit {
+                max: 5,
+                dead_letter_exchange: Some("dlx".to_owned()),
+                dead_letter_routing_key: None,
+            })
+        );
+        let (line, message) =
+            Config::parse("workers = 1\n[delivery_limit]\nmax = 0\n").unwrap_err();
+        assert_eq!(line, Some(2));
+        assert!(message.contains("at least 1"), "{message}");
+        let (_, message) =
+            Config::parse("[delivery_limit]\nmax = 3\nexchange = \"x\"\n").unwrap_err();
+        assert!(message.contains("unknown field `exchange`"), "{message}");
     }
 
     #[test]

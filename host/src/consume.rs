@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::engine::Engine;
 use crate::engine::pulse::Pulse;
 use crate::engine::workers::{Handler, Workers};
+use crate::engine::{Engine, Settings};
 use crate::exit::{Exit, Fatal};
 use crate::monitor::{self, Stats};
 use crate::notify::Notifier;
@@ -98,10 +98,14 @@ pub fn run_with(
     })?;
     let notifier = Arc::new(Notifier::from_env());
     let pulse = Pulse::new(notifier.clone(), stats.clone());
+    let settings = Settings {
+        prefetch_count,
+        delivery_limit: config.delivery_limit.clone(),
+    };
     let mut engine = Engine::new(
         broker,
         topology,
-        prefetch_count,
+        settings,
         workers,
         stop,
         pulse,

@@ -48,6 +48,8 @@ pub struct Stats {
     rejected: AtomicU64,
     failed: AtomicU64,
     reconnects: AtomicU64,
+    /// Messages not consumed again: over `[delivery_limit]`.
+    over_limit: AtomicU64,
     durations: [Histogram; 5],
 }
 
@@ -69,18 +71,29 @@ impl Stats {
     }
 
     /// `N received, N processed, N dropped, N rejected, N failed`, once a
-    /// message was received.
+    /// message was received, and `, N over the delivery limit` once one
+    /// was.
     pub fn summary(&self) -> Option<String> {
         let received = self.received.load(Ordering::Relaxed);
         (received > 0).then(|| {
-            format!(
+            let mut summary = format!(
                 "{received} received, {} processed, {} dropped, {} rejected, {} failed",
                 self.processed.load(Ordering::Relaxed),
                 self.dropped.load(Ordering::Relaxed),
                 self.rejected.load(Ordering::Relaxed),
                 self.failed.load(Ordering::Relaxed),
-            )
+            );
+            let over_limit = self.over_limit.load(Ordering::Relaxed);
+            if over_limit > 0 {
+                summary.push_str(&format!(", {over_limit} over the delivery limit"));
+            }
+            summary
         })
+    }
+
+    /// A message went over `[delivery_limit]` and was not consumed again.
+    pub fn over_limit(&self) {
+        self.over_limit.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn reconnected(&self) {
@@ -156,6 +169,12 @@ impl Stats {
                 get(counter)
             ));
         }
+        out.push_str("# HELP fedora_messaging_over_delivery_limit_total Messages dead-lettered by [delivery_limit] instead of consumed again.\n");
+        out.push_str("# TYPE fedora_messaging_over_delivery_limit_total counter\n");
+        out.push_str(&format!(
+            "fedora_messaging_over_delivery_limit_total {}\n",
+            self.over_limit.load(Ordering::Relaxed)
+        ));
         out.push_str("# HELP fedora_messaging_reconnects_total Connections lost and made again.\n");
         out.push_str("# TYPE fedora_messaging_reconnects_total counter\n");
         out.push_str(&format!(

@@ -34,6 +34,14 @@ pub struct Queued {
     pub redelivered: bool,
 }
 
+/// A message taken from a queue whole.
+#[derive(Debug, Clone)]
+pub struct Taken {
+    pub id: String,
+    pub headers: FieldTable,
+    pub body: Vec<u8>,
+}
+
 impl TestBroker {
     pub fn connect() -> TestBroker {
         TestBroker::connect_to(AMQP_URL)
@@ -177,6 +185,47 @@ impl TestBroker {
             }
         });
         taken
+    }
+
+    /// Takes every message out of `queue` whole, in order.
+    pub fn take_all(&self, queue: &str) -> Vec<Taken> {
+        let mut taken = Vec::new();
+        block_on(async {
+            while let Some(message) = self
+                .channel
+                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                .await
+                .expect("basic.get")
+            {
+                let properties = &message.delivery.properties;
+                taken.push(Taken {
+                    id: properties
+                        .message_id()
+                        .as_ref()
+                        .map(|id| id.as_str().to_owned())
+                        .unwrap_or_default(),
+                    headers: properties.headers().clone().unwrap_or_default(),
+                    body: message.delivery.data.clone(),
+                });
+            }
+        });
+        taken
+    }
+
+    /// Binds `queue` to `exchange` with `routing_key`.
+    pub fn bind(&self, queue: &str, exchange: &str, routing_key: &str) {
+        block_on(async {
+            self.channel
+                .queue_bind(
+                    queue.into(),
+                    exchange.into(),
+                    routing_key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("bind the queue");
+        });
     }
 
     pub fn delete_queue(&self, queue: &str) {

@@ -124,6 +124,12 @@ impl Running {
         }
     }
 
+    /// Whether the process has ended (it is not reaped until
+    /// [`Running::finish`]).
+    pub fn has_ended(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use lapin::Channel;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
-use lapin::types::ShortString;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicPublishOptions};
+use lapin::types::{FieldTable, ShortString};
 
 use super::workers::Job;
 use super::{bounded, seams};
@@ -62,9 +62,26 @@ pub struct Settlement {
     pub hung: bool,
 }
 
+/// What forwarding a delivery (a copy published elsewhere, the original
+/// acked) came to.
+pub enum Forwarded {
+    /// The broker confirmed the copy and took the ack.
+    Done,
+    /// The broker had nowhere to route the copy; the original is not
+    /// settled.
+    Unroutable(Box<Delivery>),
+    /// The publishing channel failed (it is closed now): set the channels
+    /// up again. The original is not settled.
+    Failed(String),
+    /// A request was not taken in time: the connection is presumed dead.
+    Hung,
+}
+
 pub struct Ledger {
     life: Arc<AtomicBool>,
     queues: Vec<QueueChannel>,
+    /// A channel in confirm mode, for the delivery limit's copies.
+    publisher: Option<Channel>,
     /// Per queue, the delivery tags admitted and not settled.
     unsettled: Vec<BTreeSet<u64>>,
 }
@@ -76,11 +93,12 @@ impl Drop for Ledger {
 }
 
 impl Ledger {
-    pub fn new(queues: Vec<QueueChannel>) -> Ledger {
+    pub fn new(queues: Vec<QueueChannel>, publisher: Option<Channel>) -> Ledger {
         let unsettled = vec![BTreeSet::new(); queues.len()];
         Ledger {
             life: Arc::new(AtomicBool::new(true)),
             queues,
+            publisher,
             unsettled,
         }
     }
@@ -190,11 +208,70 @@ impl Ledger {
         }
     }
 
+    /// Publishes a copy of a delivery that was never admitted to
+    /// `exchange` with `routing_key` and `headers` (its other properties
+    /// and its body as they were), waits for the broker's confirm, then
+    /// acks the original: at-least-once, never lost in between.
+    pub async fn forward(
+        &self,
+        delivery: Delivery,
+        exchange: &str,
+        routing_key: &str,
+        headers: FieldTable,
+    ) -> Forwarded {
+        let Some(publisher) = &self.publisher else {
+            return Forwarded::Failed("no publishing channel (please report this bug)".to_owned());
+        };
+        let properties = delivery.properties.clone().with_headers(headers);
+        let confirmed = async {
+            let confirm = publisher
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &delivery.data,
+                    properties,
+                )
+                .await?;
+            confirm.await
+        };
+        match bounded("publishing a copy of a message", confirmed).await {
+            None => Forwarded::Hung,
+            Some(Err(error)) => Forwarded::Failed(format!(
+                "publishing a copy of message {} to exchange {exchange:?} failed: {error}",
+                wire::message_id(&delivery.properties)
+            )),
+            Some(Ok(lapin::Confirmation::Ack(None))) => {
+                match settle_one(delivery, Settle::Ack).await {
+                    Some(_) => Forwarded::Done,
+                    None => Forwarded::Hung,
+                }
+            }
+            Some(Ok(lapin::Confirmation::Ack(Some(_)))) => {
+                Forwarded::Unroutable(Box::new(delivery))
+            }
+            Some(Ok(confirmation)) => Forwarded::Failed(format!(
+                "the broker did not take a copy of message {} for exchange {exchange:?} ({confirmation:?})",
+                wire::message_id(&delivery.properties)
+            )),
+        }
+    }
+
     /// Rejects a delivery that was never admitted (it failed the checks);
     /// `false` when the request was not taken in time.
     #[must_use]
     pub async fn reject(&self, delivery: Delivery) -> bool {
         settle_one(delivery, Settle::Reject).await.is_some()
+    }
+
+    /// Returns a delivery that was never admitted to its queue; `false`
+    /// when the request was not taken in time.
+    #[must_use]
+    pub async fn requeue(&self, delivery: Delivery) -> bool {
+        settle_one(delivery, Settle::Requeue).await.is_some()
     }
 
     /// After a failure, once no worker holds a message: every delivery
@@ -242,8 +319,9 @@ impl Ledger {
     /// what they hold unsettled).
     pub async fn close(&self, reason: &str) {
         self.retire();
-        for queue in &self.queues {
-            bounded("closing a channel", queue.channel.close(200, reason.into())).await;
+        let channels = self.queues.iter().map(|queue| &queue.channel);
+        for channel in channels.chain(&self.publisher) {
+            bounded("closing a channel", channel.close(200, reason.into())).await;
         }
     }
 

@@ -11,6 +11,7 @@
 //!   connection, reads the delivery streams, says why one ended.
 //! - [`workers`]: the consumer threads, which start a job only while the
 //!   engine still wants it.
+//! - [`redelivery`]: the delivery limit's judgement of each delivery.
 //! - [`pulse`]: the systemd watchdog and `STATUS=`, fed by the engine's
 //!   own loop.
 //! - [`seams`]: faults only the tests switch on.
@@ -25,6 +26,7 @@
 pub mod ledger;
 pub mod lifecycle;
 pub mod pulse;
+pub mod redelivery;
 pub mod seams;
 pub mod session;
 pub mod workers;
@@ -37,15 +39,17 @@ use futures_lite::FutureExt;
 use lapin::Connection;
 
 use crate::broker::{Backoff, Broker, ConnectError};
+use crate::config::DeliveryLimit;
 use crate::exit::{Exit, Fatal};
 use crate::monitor::Stats;
 use crate::outcome::{Next, Outcome};
 use crate::stop::StopRequest;
 use crate::topology::Topology;
 use crate::wire;
-use ledger::Ledger;
+use ledger::{Forwarded, Ledger};
 use lifecycle::Lifecycle;
 use pulse::Pulse;
+use redelivery::Verdict;
 use session::{Delivered, Deliveries, StreamEnd};
 use workers::{Finished, Job, Workers};
 
@@ -65,6 +69,13 @@ const SETUP_HUNG: &str = "the broker did not answer while setting up; connecting
 
 /// The most finished jobs settled together.
 const MAX_BATCH: usize = 256;
+
+/// What the engine takes from the configuration.
+pub struct Settings {
+    /// Each queue consumer's QoS.
+    pub prefetch_count: u16,
+    pub delivery_limit: Option<DeliveryLimit>,
+}
 
 /// The engine and what it drives.
 pub struct Engine {
@@ -90,6 +101,8 @@ struct Core {
     stop: StopRequest,
     pulse: Pulse,
     stats: Arc<Stats>,
+    /// `[delivery_limit]`, if any.
+    limit: Option<DeliveryLimit>,
 }
 
 /// How a connection's session ended.
@@ -123,7 +136,7 @@ impl Engine {
     pub fn new(
         broker: Broker,
         topology: Topology,
-        prefetch_count: u16,
+        settings: Settings,
         workers: Workers,
         stop: StopRequest,
         pulse: Pulse,
@@ -132,7 +145,7 @@ impl Engine {
         Engine {
             broker,
             topology,
-            prefetch_count,
+            prefetch_count: settings.prefetch_count,
             backoff: Backoff::new(),
             consumed_once: false,
             core: Core {
@@ -142,6 +155,7 @@ impl Engine {
                 stop,
                 pulse,
                 stats,
+                limit: settings.delivery_limit,
             },
         }
     }
@@ -266,6 +280,7 @@ impl Engine {
             self.core
                 .pulse
                 .status("Declaring queues and bindings, starting the consumers");
+            let limit = self.core.limit.clone();
             let setup = bounded_for(
                 "declaring queues and bindings and starting the consumers",
                 SETUP_STEP,
@@ -274,6 +289,7 @@ impl Engine {
                     &self.topology,
                     names.as_deref(),
                     self.prefetch_count,
+                    limit.as_ref(),
                 ),
             );
             let mut opened = match self.core.interruptible(setup).await {
@@ -516,8 +532,8 @@ impl Core {
                         // Not settled: requeued when the channel closes.
                         continue;
                     }
-                    if !self.admit(ledger, source, delivery).await {
-                        return ChannelsEnd::ConnectionLost(UNSETTLED.to_owned());
+                    if let Err(end) = self.admit(ledger, source, delivery).await {
+                        return end;
                     }
                 }
                 Event::Delivered(Delivered::Delivery(source, Err(error))) => {
@@ -554,16 +570,30 @@ impl Core {
     }
 
     /// Checks a delivery: one fedora-messaging would refuse is rejected
-    /// without requeue; the others wait for a worker. `false` when the
-    /// rejection was not taken in time.
+    /// without requeue; one the delivery limit stops is carried on or
+    /// dead-lettered; the others wait for a worker. `Err` when the
+    /// channels must end.
     async fn admit(
         &mut self,
         ledger: &mut Ledger,
         source: usize,
         delivery: lapin::message::Delivery,
-    ) -> bool {
+    ) -> Result<(), ChannelsEnd> {
         match wire::check_delivery(&delivery.properties, &delivery.data) {
             Ok(checked) => {
+                if let Some(limit) = &self.limit {
+                    let verdict = redelivery::judge(
+                        limit.max,
+                        delivery.redelivered,
+                        delivery.properties.headers().as_ref(),
+                    );
+                    if verdict != Verdict::Consume {
+                        let limit = limit.clone();
+                        return self
+                            .limit_delivery(ledger, source, delivery, verdict, &limit)
+                            .await;
+                    }
+                }
                 self.stats.received();
                 let ticket = ledger.admit(source, delivery.delivery_tag);
                 if seams::get().breaks_channel_on(wire::message_id(&delivery.properties)) {
@@ -575,15 +605,87 @@ impl Core {
                     checked,
                     ticket,
                 });
-                true
+                Ok(())
             }
             Err(reason) => {
                 log::warn!(
                     "Message id {} did not pass validation; ignoring message: {reason}",
                     wire::message_id(&delivery.properties)
                 );
-                ledger.reject(delivery).await
+                taken(ledger.reject(delivery).await)
             }
+        }
+    }
+
+    /// A delivery the limit stops before the consumer: a classic queue's
+    /// redelivery goes back to the end of its queue carrying its count; one
+    /// over the limit goes to the dead-letter exchange, or is rejected.
+    async fn limit_delivery(
+        &mut self,
+        ledger: &Ledger,
+        source: usize,
+        delivery: lapin::message::Delivery,
+        verdict: Verdict,
+        limit: &DeliveryLimit,
+    ) -> Result<(), ChannelsEnd> {
+        let id = wire::message_id(&delivery.properties).to_owned();
+        let topic = delivery.routing_key.as_str().to_owned();
+        let queue = ledger.queues()[source].queue.clone();
+        let headers = delivery.properties.headers().clone();
+        let (forwarded, over) = match verdict {
+            Verdict::Consume => return Ok(()),
+            Verdict::CarryCount(number) => {
+                log::info!(
+                    "Message {id} came back (delivery {number} of at most {}); requeued at the end of queue {queue:?} with its count",
+                    limit.max
+                );
+                let headers = redelivery::carried_back(headers.as_ref(), number, &queue);
+                (ledger.forward(delivery, "", &topic, headers).await, false)
+            }
+            Verdict::OverLimit(number) => {
+                self.stats.over_limit();
+                let delivered = number - 1;
+                let Some(exchange) = limit
+                    .dead_letter_exchange
+                    .as_deref()
+                    .filter(|name| !name.is_empty())
+                else {
+                    log::warn!(
+                        "Message {id} (topic {topic}) was delivered {}, [delivery_limit] max, and no dead_letter_exchange is set: rejected without requeue",
+                        redelivery::times(delivered)
+                    );
+                    return taken(ledger.reject(delivery).await);
+                };
+                log::warn!(
+                    "Message {id} (topic {topic}) was delivered {}, [delivery_limit] max: sent to dead-letter exchange {exchange:?} instead of the consumer",
+                    redelivery::times(delivered)
+                );
+                let routing_key = limit.dead_letter_routing_key.as_deref().unwrap_or(&topic);
+                let headers = redelivery::dead_lettered(headers.as_ref(), number, limit.max);
+                (
+                    ledger
+                        .forward(delivery, exchange, routing_key, headers)
+                        .await,
+                    true,
+                )
+            }
+        };
+        match forwarded {
+            Forwarded::Done => Ok(()),
+            Forwarded::Unroutable(delivery) if over => {
+                log::error!(
+                    "The dead-letter exchange routed message {id} nowhere: bind a queue to it; rejected without requeue"
+                );
+                taken(ledger.reject(*delivery).await)
+            }
+            Forwarded::Unroutable(delivery) => {
+                log::warn!(
+                    "Queue {queue:?} took no copy of message {id}; returned to the queue as it was"
+                );
+                taken(ledger.requeue(*delivery).await)
+            }
+            Forwarded::Failed(reason) => Err(ChannelsEnd::Reopen(reason)),
+            Forwarded::Hung => Err(ChannelsEnd::ConnectionLost(UNSETTLED.to_owned())),
         }
     }
 
@@ -664,6 +766,15 @@ impl Core {
         if let Some(ledger) = ledger {
             ledger.cancel_all().await;
         }
+    }
+}
+
+/// A settlement outside the batches: `Err` when it was not taken in time.
+fn taken(settled: bool) -> Result<(), ChannelsEnd> {
+    if settled {
+        Ok(())
+    } else {
+        Err(ChannelsEnd::ConnectionLost(UNSETTLED.to_owned()))
     }
 }
 

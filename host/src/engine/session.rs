@@ -4,12 +4,15 @@
 
 use std::task::Poll;
 
-use lapin::Connection;
 use lapin::message::Delivery;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+};
 use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Connection};
 
 use super::ledger::{Ledger, QueueChannel};
+use crate::config::DeliveryLimit;
 use crate::exit::{Exit, Fatal};
 use crate::topology::{Topology, broker_code, broker_reply, queue_exists};
 
@@ -24,14 +27,21 @@ pub struct Opened {
 
 /// Declares the queues and bindings (with `known_names` after the first
 /// time), then opens a channel per queue with QoS `prefetch_count` and
-/// starts consuming on it.
+/// starts consuming on it; with a delivery limit, also a channel in
+/// confirm mode for its copies, once its dead-letter exchange is known to
+/// exist.
 pub async fn open(
     connection: &Connection,
     topology: &Topology,
     known_names: Option<&[String]>,
     prefetch_count: u16,
+    limit: Option<&DeliveryLimit>,
 ) -> Result<Opened, Fatal> {
     let names = topology.declare(connection, known_names).await?;
+    let publisher = match limit {
+        Some(limit) => Some(open_publisher(connection, limit).await?),
+        None => None,
+    };
     let mut queues = Vec::with_capacity(names.len());
     let mut streams = Vec::with_capacity(names.len());
     for name in &names {
@@ -41,9 +51,60 @@ pub async fn open(
     }
     Ok(Opened {
         names,
-        ledger: Ledger::new(queues),
+        ledger: Ledger::new(queues, publisher),
         deliveries: Deliveries { streams, next: 0 },
     })
+}
+
+/// The delivery limit's channel, in confirm mode; its dead-letter exchange
+/// must exist (exit 10 otherwise, as for any declaration).
+async fn open_publisher(connection: &Connection, limit: &DeliveryLimit) -> Result<Channel, Fatal> {
+    let registration = |what: &str, error: lapin::Error| {
+        Fatal::new(
+            Exit::Registration,
+            format!("cannot {what} for [delivery_limit]: {error} (please report this bug)"),
+        )
+    };
+    if let Some(exchange) = limit
+        .dead_letter_exchange
+        .as_deref()
+        .filter(|name| !name.is_empty())
+    {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|error| registration("open a channel", error))?;
+        channel
+            .exchange_declare(
+                exchange.into(),
+                lapin::ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|error| {
+                Fatal::new(
+                    Exit::Declaration,
+                    format!(
+                        "[delivery_limit] dead_letter_exchange {exchange:?} cannot be used: {}; declare it, or fix the name",
+                        broker_reply(&error)
+                    ),
+                )
+            })?;
+        let _ = channel.close(200, "checked".into()).await;
+    }
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|error| registration("open a channel", error))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|error| registration("enable publisher confirms", error))?;
+    Ok(channel)
 }
 
 /// Opens a channel for `queue`, sets QoS on it and starts consuming.

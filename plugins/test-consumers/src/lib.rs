@@ -12,7 +12,8 @@
 //!   side, and fails otherwise: it proves that `workers` run in parallel.
 //!   `"panic_on_drop": true` makes the instance panic when it is dropped;
 //!   `"do": "panic_bomb"` panics with a payload whose own `Drop` panics;
-//!   `"do": "thread_panic"` acks after a thread of its own panicked.
+//!   `"do": "thread_panic"` acks after a thread of its own panicked;
+//!   `"do": "abort"` ends the whole process at once.
 //! - `Inspect` prints everything `Message` offers, as one JSON line, and
 //!   halts after a message whose body is `{"end": true}`.
 //! - `PanicInNew` and `FailInNew` never start.
@@ -131,6 +132,8 @@ impl Consumer for Scripted {
                 ))?
             }
             "panic" => panic!("{reason}"),
+            // A crash no guard can catch, as a segfault or an OOM kill.
+            "abort" => std::process::abort(),
             "panic_bomb" => std::panic::panic_any(Bomb),
             "thread_panic" => {
                 let panicked = std::thread::Builder::new()

@@ -1,0 +1,287 @@
+//! `[delivery_limit]` (issue #12): no message loops forever. A message
+//! whose consumer always answers Nack, on a classic and on a quorum queue,
+//! and one that crashes the host each time (restarted by a supervisor loop,
+//! as systemd's `Restart=on-failure` would), end in the dead-letter queue
+//! after `max` deliveries while the messages behind them are consumed.
+
+use std::os::unix::process::ExitStatusExt;
+use std::time::{Duration, Instant};
+
+use fm_e2e::broker::{Taken, TestBroker, queue_config};
+use fm_e2e::process::Running;
+use fm_e2e::*;
+use lapin::types::{AMQPValue, FieldTable};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+const MAX: u32 = 3;
+
+/// A queue (with `arguments` on the broker and `config_arguments` in the
+/// configuration) holding `messages`, and a dead-letter queue bound to
+/// `amq.direct`, which `[delivery_limit]` names. Returns the broker, the
+/// queue, the dead-letter queue and the configuration's text.
+fn limited_queue(
+    prefix: &str,
+    arguments: FieldTable,
+    config_arguments: &str,
+    extra: &str,
+    messages: &[(&str, Value)],
+) -> (TestBroker, String, String, String) {
+    let broker = TestBroker::connect();
+    let queue = TestBroker::unique_name(prefix);
+    let dead = format!("{queue}-dead");
+    broker.declare_queue(&dead, FieldTable::default());
+    broker.bind(&dead, "amq.direct", &dead);
+    broker.declare_queue(&queue, arguments);
+    for (id, body) in messages {
+        broker.publish(&json!({"id": id, "topic": format!("{queue}.test"), "body": body}));
+    }
+    let config = queue_config(
+        &queue,
+        &format!(
+            "{extra}\n[delivery_limit]\nmax = {MAX}\ndead_letter_exchange = \"amq.direct\"\ndead_letter_routing_key = \"{dead}\"\n"
+        ),
+    )
+    .replace("arguments = {}", config_arguments);
+    (broker, queue, dead, config)
+}
+
+fn consume_command(conf: &std::path::Path) -> std::process::Command {
+    let mut command = fedora_messaging();
+    command
+        .arg("--conf")
+        .arg(conf)
+        .args(["consume", "--callback"])
+        .arg(scripted());
+    command
+}
+
+/// Waits until `queue` holds `count` messages.
+fn wait_depth(broker: &TestBroker, queue: &str, count: u32) {
+    let deadline = Instant::now() + WAIT;
+    while broker.depth(queue) != count {
+        assert!(
+            Instant::now() < deadline,
+            "{queue} holds {} messages, not {count}",
+            broker.depth(queue)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How many times Scripted started message `id`.
+fn starts(output: &str, id: &str) -> usize {
+    output
+        .lines()
+        .filter(|line| line.contains("message #") && line.contains(&format!("({id}):")))
+        .count()
+}
+
+/// The dead-lettered message: `id`, its body as published, the count and
+/// the reason, the original headers kept.
+fn check_dead_lettered(taken: &[Taken], id: &str) {
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    let message = &taken[0];
+    assert_eq!(message.id, id);
+    let body: Value = serde_json::from_slice(&message.body).unwrap();
+    assert!(body["do"].is_string(), "{body}");
+    let headers = message.headers.inner();
+    let count = headers.get("x-fm-delivery-count");
+    assert_eq!(
+        count,
+        Some(&AMQPValue::LongLongInt(i64::from(MAX))),
+        "{headers:?}"
+    );
+    let Some(AMQPValue::LongString(reason)) = headers.get("x-fm-dead-letter-reason") else {
+        panic!("no reason in {headers:?}");
+    };
+    assert!(
+        reason
+            .to_string()
+            .contains(&format!("delivered {MAX} times")),
+        "{reason}"
+    );
+    assert!(
+        headers.contains_key("fedora_messaging_schema"),
+        "{headers:?}"
+    );
+}
+
+/// A consumer that answers Nack to `loop` for ever: after MAX deliveries
+/// `loop` is in the dead-letter queue, the good messages behind it were
+/// consumed once each, and the host is still consuming.
+fn nack_loop(prefix: &str, arguments: FieldTable, config_arguments: &str) {
+    let messages = [
+        ("loop", json!({"do": "nack"})),
+        ("g1", json!({"do": "ack"})),
+        ("g2", json!({"do": "ack"})),
+        ("g3", json!({"do": "ack"})),
+    ];
+    let (broker, queue, dead, config) =
+        limited_queue(prefix, arguments, config_arguments, "", &messages);
+    let dir = scratch();
+    let conf = config_file(dir.path(), &config);
+    // (Made before the clock starts: the first one builds the binary.)
+    let mut command = consume_command(&conf);
+    let started = Instant::now();
+    let mut consumer = Running::start(&mut command);
+    wait_depth(&broker, &dead, 1);
+    let took = started.elapsed();
+    consumer.wait_for("message #", WAIT);
+    wait_depth(&broker, &queue, 0);
+    consumer.wait_for("(g3): ack", WAIT);
+    consumer.signal("TERM");
+    let run = consumer.finish();
+    assert_eq!(run.code(), 0, "{run:#?}");
+    let loops = starts(&run.stdout, "loop");
+    eprintln!(
+        "nack loop ({prefix}): {loops} deliveries to the consumer, dead-lettered after {took:?}"
+    );
+    assert_eq!(loops, MAX as usize, "{run:#?}");
+    for good in ["g1", "g2", "g3"] {
+        assert_eq!(starts(&run.stdout, good), 1, "{good}: {run:#?}");
+    }
+    assert!(
+        run.stdout.contains(&format!(
+            "Message loop (topic {queue}.test) was delivered {MAX} times, [delivery_limit] max: sent to dead-letter exchange \"amq.direct\""
+        )),
+        "{run:#?}"
+    );
+    assert!(run.stdout.contains("1 over the delivery limit"), "{run:#?}");
+    check_dead_lettered(&broker.take_all(&dead), "loop");
+    broker.delete_queue(&queue);
+    broker.delete_queue(&dead);
+}
+
+#[test]
+fn a_nack_loop_on_a_classic_queue_ends_in_the_dead_letter_queue() {
+    nack_loop("nack-loop-classic", FieldTable::default(), "arguments = {}");
+}
+
+#[test]
+fn a_nack_loop_on_a_quorum_queue_ends_in_the_dead_letter_queue() {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    nack_loop(
+        "nack-loop-quorum",
+        arguments,
+        "arguments = {\"x-queue-type\" = \"quorum\"}",
+    );
+}
+
+#[test]
+fn a_message_that_crashes_the_host_is_dead_lettered_after_the_limit() {
+    let messages = [
+        ("g1", json!({"do": "ack"})),
+        ("crash", json!({"do": "abort"})),
+        ("g2", json!({"do": "ack"})),
+        ("g3", json!({"do": "ack"})),
+    ];
+    // A prefetch of 1: a crash counts against every message the host
+    // holds, and only the crashing one should be held then.
+    let (broker, queue, dead, config) = limited_queue(
+        "crash-loop",
+        FieldTable::default(),
+        "arguments = {}",
+        "[qos]\nprefetch_count = 1",
+        &messages,
+    );
+    let dir = scratch();
+    let conf = config_file(dir.path(), &config);
+    let mut command = consume_command(&conf);
+    let started = Instant::now();
+    let mut crashes = 0;
+    let mut output = String::new();
+    // The supervisor: start the host again each time it dies, as systemd
+    // does, until the crashing message is dead-lettered.
+    let last = loop {
+        assert!(crashes <= MAX, "{crashes} crashes:\n{output}");
+        let mut consumer = Running::start(&mut command);
+        let deadline = Instant::now() + WAIT;
+        while !consumer.has_ended() && broker.depth(&dead) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "neither a crash nor a dead letter"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if consumer.has_ended() {
+            let run = consumer.finish();
+            assert_eq!(run.status.signal(), Some(6), "not an abort: {run:#?}");
+            output.push_str(&run.stdout);
+            crashes += 1;
+            eprintln!("crash {crashes} after {:?}", started.elapsed());
+            continue;
+        }
+        break consumer;
+    };
+    let took = started.elapsed();
+    wait_depth(&broker, &queue, 0);
+    last.signal("TERM");
+    let run = last.finish();
+    assert_eq!(run.code(), 0, "{run:#?}");
+    output.push_str(&run.stdout);
+    eprintln!("crash loop: {crashes} crashes, dead-lettered after {took:?}");
+    assert_eq!(crashes, MAX, "{output}");
+    assert_eq!(starts(&output, "crash"), MAX as usize, "{output}");
+    for good in ["g1", "g2", "g3"] {
+        assert_eq!(starts(&output, good), 1, "{good}: {output}");
+    }
+    assert!(run.stdout.contains("was delivered 3 times"), "{run:#?}");
+    check_dead_lettered(&broker.take_all(&dead), "crash");
+    broker.delete_queue(&queue);
+    broker.delete_queue(&dead);
+}
+
+#[test]
+fn a_dead_letter_exchange_that_does_not_exist_is_exit_10() {
+    let dir = scratch();
+    let queue = TestBroker::unique_name("limit-no-dlx");
+    let config = queue_config(
+        &queue,
+        "[delivery_limit]\nmax = 2\ndead_letter_exchange = \"fm-e2e-no-such-exchange\"\n",
+    );
+    let conf = config_file(dir.path(), &config);
+    let run = run(&mut consume_command(&conf));
+    assert_eq!(run.code(), 10, "{run:#?}");
+    assert!(
+        run.stderr.contains(
+            "[delivery_limit] dead_letter_exchange \"fm-e2e-no-such-exchange\" cannot be used"
+        ),
+        "{run:#?}"
+    );
+    TestBroker::connect().delete_queue(&queue);
+}
+
+#[test]
+fn without_a_dead_letter_exchange_it_is_rejected_to_the_queues_own() {
+    // The queue's own x-dead-letter-exchange keeps what is rejected.
+    let (broker, queue, dead, config) =
+        fm_e2e::broker::dead_lettered_queue("limit-reject", "[delivery_limit]\nmax = 1\n");
+    broker
+        .publish(&json!({"id": "loop", "topic": format!("{queue}.test"), "body": {"do": "nack"}}));
+    broker.publish(&json!({"id": "g1", "topic": format!("{queue}.test"), "body": {"do": "ack"}}));
+    let dir = scratch();
+    let conf = config_file(dir.path(), &config);
+    let mut consumer = Running::start(&mut consume_command(&conf));
+    wait_depth(&broker, &dead, 1);
+    consumer.wait_for("(g1): ack", WAIT);
+    consumer.signal("TERM");
+    let run = consumer.finish();
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert_eq!(starts(&run.stdout, "loop"), 1, "{run:#?}");
+    assert!(
+        run.stdout.contains(&format!(
+            "Message loop (topic {queue}.test) was delivered once, [delivery_limit] max, and no dead_letter_exchange is set: rejected without requeue"
+        )),
+        "{run:#?}"
+    );
+    let dead_lettered = broker.take_all(&dead);
+    assert_eq!(dead_lettered.len(), 1);
+    assert_eq!(dead_lettered[0].id, "loop");
+    broker.delete_queue(&queue);
+    broker.delete_queue(&dead);
+}
