@@ -126,6 +126,63 @@ pub fn out_of_tree_plugin(which: OutOfTree) -> PathBuf {
     })
 }
 
+/// A commit of this repository whose plugin interface is revision 1, the
+/// first one plugins were built against. Its plugins must load in every
+/// later host.
+pub const REVISION_1_COMMIT: &str = "6c036cb64debdc1547e2a26ccc55e0283fe0b07a";
+
+/// A plugin of [`REVISION_1_COMMIT`] (`printer`, `saver`, `test_consumers`),
+/// built from that commit's tree (taken from this repository's history
+/// into `target/`, never kept in the tree), once.
+pub fn revision_1_plugin(lib_name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let root = workspace_root();
+        let has_commit = Command::new("git")
+            .arg("-C")
+            .arg(&root)
+            .args(["cat-file", "-e", &format!("{REVISION_1_COMMIT}^{{commit}}")])
+            .status()
+            .is_ok_and(|status| status.success());
+        assert!(
+            has_commit,
+            "commit {REVISION_1_COMMIT} (plugin interface revision 1) is not in this clone: fetch the whole history"
+        );
+        let source = target_dir().join("revision-1").join("source");
+        let _ = std::fs::remove_dir_all(&source);
+        std::fs::create_dir_all(&source).expect("create the revision-1 source directory");
+        let archive = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "git -C '{}' archive {REVISION_1_COMMIT} | tar -x -C '{}'",
+                root.display(),
+                source.display()
+            ))
+            .status()
+            .expect("run git archive");
+        assert!(archive.success(), "git archive of {REVISION_1_COMMIT} failed");
+        // Its own target directory: its plugin-api must not replace the
+        // workspace's in the main one.
+        let target = target_dir().join("revision-1").join("target");
+        let manifest = source.join("Cargo.toml");
+        run_cargo(&[
+            "build",
+            "--manifest-path",
+            manifest.to_str().expect("a UTF-8 path"),
+            "-p",
+            "printer",
+            "-p",
+            "saver",
+            "-p",
+            "test-consumers",
+            "--target-dir",
+            target.to_str().expect("a UTF-8 path"),
+        ]);
+        target.join("debug")
+    });
+    dir.join(format!("lib{lib_name}.so"))
+}
+
 /// What one run of the binary did.
 #[derive(Debug)]
 pub struct Run {

@@ -1,0 +1,75 @@
+//! Plugins built against an earlier revision of the plugin interface load
+//! and run unchanged in this host, with no rebuild. Revision 1's plugins
+//! are built from this repository's history ([`REVISION_1_COMMIT`]) into
+//! `target/revision-1/`; their source is never kept in the tree.
+
+use fm_e2e::broker::{TestBroker, queue_with};
+use fm_e2e::*;
+use serde_json::{Value, json};
+
+fn reconsume_with(callback: &str, records: &[Value]) -> Run {
+    let dir = scratch();
+    let file = record_file(dir.path(), records);
+    run(fedora_messaging()
+        .args(["reconsume", "--callback", callback, "--file"])
+        .arg(&file))
+}
+
+#[test]
+fn a_revision_1_printer_prints_what_this_revisions_printer_prints() {
+    let records = [
+        json!({"id": "m1", "topic": "hi", "body": {"msg": "Hello world", "n": [1, 2.5, null]},
+               "headers": {"fedora_messaging_schema": "base.message", "sent-at": "2019-07-30T19:12:22+00:00"}}),
+        json!({"id": "m2", "topic": "org.fedoraproject.prod.x", "body": {"é": "ünïcode"}}),
+    ];
+    let old = reconsume_with(
+        &format!("{}:Printer", revision_1_plugin("printer").display()),
+        &records,
+    );
+    let new = reconsume_with(
+        &format!("{}:Printer", plugin("printer").display()),
+        &records,
+    );
+    assert_eq!(old.code(), 0, "{old:#?}");
+    assert_eq!(old.stdout, new.stdout);
+    assert!(
+        old.stdout.contains("Topic: org.fedoraproject.prod.x"),
+        "{old:#?}"
+    );
+}
+
+#[test]
+fn a_revision_1_consumer_answers_every_outcome_through_the_broker() {
+    let (broker, queue, _dir, conf) = queue_with(
+        "revision-1",
+        "",
+        &[
+            ("m1", json!({"do": "ack"})),
+            ("m2", json!({"do": "nack_once"})),
+            ("m3", json!({"do": "drop"})),
+            ("m4", json!({"do": "panic", "reason": "caught"})),
+        ],
+    );
+    let scripted = format!("{}:Scripted", revision_1_plugin("test_consumers").display());
+    let run =
+        run(fedora_messaging()
+            .arg("--conf")
+            .arg(&conf)
+            .args(["consume", "--callback", &scripted]));
+    // The panic is a failure: logged, the message back in the queue, 13.
+    assert_eq!(run.code(), 13, "{run:#?}");
+    for line in [
+        "message #1 (m1): ack",
+        "message #2 (m2): nack_once",
+        "message #3 (m3): drop",
+        "message #4 (m4): panic",
+        "caught",
+    ] {
+        assert!(run.output().contains(line), "{line:?} missing: {run:#?}");
+    }
+    // m2 was nacked and m4 failed: both are back in the queue.
+    let mut left: Vec<String> = broker.drain(&queue).into_iter().map(|m| m.id).collect();
+    left.sort();
+    assert_eq!(left, ["m2", "m4"]);
+    broker.delete_queue(&queue);
+}
