@@ -3,7 +3,7 @@
 //! are built from this repository's history ([`REVISION_1_COMMIT`]) into
 //! `target/revision-1/`; their source is never kept in the tree.
 
-use fm_e2e::broker::{TestBroker, queue_with};
+use fm_e2e::broker::queue_with;
 use fm_e2e::*;
 use serde_json::{Value, json};
 

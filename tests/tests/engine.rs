@@ -68,6 +68,23 @@ fn ready_and_unacked(queue: &str) -> (u32, u32) {
         .unwrap_or_else(|| panic!("no queue {queue} in {listing}"))
 }
 
+/// Waits until `queue` holds `expected` (ready, unacknowledged) messages:
+/// the broker returns what a closed connection held a moment after.
+fn wait_ready_and_unacked(queue: &str, expected: (u32, u32)) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = ready_and_unacked(queue);
+        if now == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{queue}: {now:?}, not {expected:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// How many times Scripted started each message id.
 fn consumptions(output: &str) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
@@ -237,11 +254,7 @@ fn answer_during_an_outage(body: Value, code: i32) {
         "{run:#?}"
     );
     // The broker took the message back when the connection died.
-    let deadline = Instant::now() + WAIT;
-    while ready_and_unacked(&queue) != (1, 0) {
-        assert!(Instant::now() < deadline, "{:?}", ready_and_unacked(&queue));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_ready_and_unacked(&queue, (1, 0));
     broker.delete_queue(&queue);
 }
 
@@ -275,7 +288,7 @@ fn settle_hangs_on(body: Value, code: i32) {
         "{run:#?}"
     );
     assert!(!run.stdout.contains("message #3"), "{run:#?}");
-    assert_eq!(ready_and_unacked(&queue), (5, 0));
+    wait_ready_and_unacked(&queue, (5, 0));
     let left: Vec<String> = broker.drain(&queue).into_iter().map(|m| m.id).collect();
     assert_eq!(left, ["m2", "m3", "m4", "m5", "m6"]);
     broker.delete_queue(&queue);
@@ -318,7 +331,6 @@ fn a_channel_closed_while_jobs_wait_runs_no_message_twice_because_of_it() {
     );
     let counts = consumptions(&run.stdout);
     eprintln!("channel closed with jobs waiting: consumptions {counts:?}");
-    assert_eq!(counts.get("slow"), Some(&2), "{counts:?}\n{run:#?}");
     for id in waiting
         .iter()
         .map(String::as_str)
@@ -326,16 +338,22 @@ fn a_channel_closed_while_jobs_wait_runs_no_message_twice_because_of_it() {
     {
         assert_eq!(counts.get(id), Some(&1), "{id} in {counts:?}\n{run:#?}");
     }
-    // `slow`'s first answer: its channel had closed (whether the engine or
-    // lapin noticed first), and it was said so.
-    assert!(
-        run.stdout
-            .contains("Message slow was answered (ack) after the channel it came on closed")
-            || run
-                .stdout
-                .contains("Could not settle message slow (Ack): its channel has closed"),
-        "{run:#?}"
-    );
+    // `slow` normally started before the channel closed: its answer could
+    // not be settled (whether the engine or lapin noticed first), it was
+    // said so, and it ran again. Had its worker been slower to pick it up
+    // than the broker to close the channel, it ran once.
+    match counts.get("slow") {
+        Some(2) => assert!(
+            run.stdout
+                .contains("Message slow was answered (ack) after the channel it came on closed")
+                || run
+                    .stdout
+                    .contains("Could not settle message slow (Ack): its channel has closed"),
+            "{run:#?}"
+        ),
+        Some(1) => {}
+        other => panic!("slow ran {other:?} times: {run:#?}"),
+    }
     // Each message counted once: the answer that could not be settled is
     // not counted.
     assert!(
