@@ -68,8 +68,9 @@
 //! - Any Rust compiler version on either side: the boundary uses only
 //!   abi_stable's stable layouts, never Rust's own ABI.
 //!
-//! From the second interface revision on, the host's tests load a plugin
-//! built against the previous one.
+//! The host's tests build plugins against revision 1 of this crate, taken
+//! from the repository's history, and run them in the current host
+//! (`tests/tests/compat.rs`); each later revision adds the one before it.
 
 #![allow(non_local_definitions, non_camel_case_types)]
 
