@@ -285,3 +285,30 @@ fn without_a_dead_letter_exchange_it_is_rejected_to_the_queues_own() {
     broker.delete_queue(&queue);
     broker.delete_queue(&dead);
 }
+
+#[test]
+fn a_user_who_may_not_publish_the_copies_is_exit_15() {
+    // Everything but publishing to the default exchange, which carries a
+    // classic queue's counts.
+    fm_e2e::broker::ensure_user("fm-e2e-nowrite", "secret", Some([".*", "^fm-e2e-.*", ".*"]));
+    let (broker, queue, dir, conf) = fm_e2e::broker::queue_with(
+        "limit-nowrite",
+        "[delivery_limit]\nmax = 3\n",
+        &[("loop", json!({"do": "nack"}))],
+    );
+    let config = std::fs::read_to_string(&conf)
+        .unwrap()
+        .replace("guest:guest", "fm-e2e-nowrite:secret");
+    let conf = config_file(dir.path(), &config);
+    let run = run(&mut consume_command(&conf));
+    assert_eq!(run.code(), 15, "{run:#?}");
+    assert!(
+        run.stderr.contains(
+            "the broker does not let this user publish to exchange \"\": 403 ACCESS_REFUSED"
+        ) && run.stderr.contains("or remove [delivery_limit]"),
+        "{run:#?}"
+    );
+    // Nothing lost: the message is back in its queue.
+    wait_depth(&broker, &queue, 1);
+    broker.delete_queue(&queue);
+}

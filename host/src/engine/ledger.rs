@@ -28,6 +28,7 @@ use lapin::types::{FieldTable, ShortString};
 use super::workers::Job;
 use super::{bounded, seams};
 use crate::outcome::Settle;
+use crate::topology::{broker_code, broker_reply};
 use crate::wire;
 
 /// A delivery's place in the ledger that admitted it.
@@ -73,6 +74,9 @@ pub enum Forwarded {
     /// The publishing channel failed (it is closed now): set the channels
     /// up again. The original is not settled.
     Failed(String),
+    /// The broker does not let this user publish there (403); trying
+    /// again cannot help.
+    Forbidden(String),
     /// A request was not taken in time: the connection is presumed dead.
     Hung,
 }
@@ -240,6 +244,10 @@ impl Ledger {
         };
         match bounded("publishing a copy of a message", confirmed).await {
             None => Forwarded::Hung,
+            Some(Err(error)) if broker_code(&error) == Some(403) => Forwarded::Forbidden(format!(
+                "the broker does not let this user publish to exchange {exchange:?}: {}",
+                broker_reply(&error)
+            )),
             Some(Err(error)) => Forwarded::Failed(format!(
                 "publishing a copy of message {} to exchange {exchange:?} failed: {error}",
                 wire::message_id(&delivery.properties)

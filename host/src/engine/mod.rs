@@ -120,6 +120,8 @@ enum ChannelsEnd {
     Draining,
     ConnectionLost(String),
     Reopen(String),
+    /// Something no retry can mend: exit.
+    Fatal(Fatal),
 }
 
 /// What the consume loop reacts to. Built and matched at once, never
@@ -319,6 +321,7 @@ impl Engine {
                 ChannelsEnd::Draining => return Ok(SessionEnd::Draining),
                 ChannelsEnd::ConnectionLost(reason) => return Ok(SessionEnd::Lost(reason)),
                 ChannelsEnd::Reopen(reason) => reason,
+                ChannelsEnd::Fatal(fatal) => return Err(fatal),
             };
             if !connection.status().connected() {
                 return Ok(SessionEnd::Lost(reason));
@@ -685,6 +688,12 @@ impl Core {
                 taken(ledger.requeue(*delivery).await)
             }
             Forwarded::Failed(reason) => Err(ChannelsEnd::Reopen(reason)),
+            Forwarded::Forbidden(reason) => Err(ChannelsEnd::Fatal(Fatal::new(
+                Exit::Permission,
+                format!(
+                    "{reason} ([delivery_limit] sends messages there: grant the user write permission on it, or remove [delivery_limit])"
+                ),
+            ))),
             Forwarded::Hung => Err(ChannelsEnd::ConnectionLost(UNSETTLED.to_owned())),
         }
     }
