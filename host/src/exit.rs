@@ -22,7 +22,8 @@ pub enum Exit {
     ConsumerFailed,
     /// The broker refused the connection (credentials, vhost, TLS).
     Connection,
-    /// The broker refused to let us consume (403).
+    /// The broker refused to let us consume, or to publish the delivery
+    /// limit's copies (403).
     Permission,
     /// A consumer asked to halt with this code.
     Halt(i32),

@@ -131,6 +131,35 @@ pub fn out_of_tree_plugin(which: OutOfTree) -> PathBuf {
 /// later host.
 pub const REVISION_1_COMMIT: &str = "6c036cb64debdc1547e2a26ccc55e0283fe0b07a";
 
+/// That commit's subject, to find it by should the history have been
+/// rewritten on its way to another clone.
+const REVISION_1_SUBJECT: &str =
+    "One path for waiting after a lost connection and after a refused re-declaration";
+
+/// [`REVISION_1_COMMIT`], or the commit with its subject.
+fn revision_1_commit(root: &Path) -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    if git(&["cat-file", "-e", &format!("{REVISION_1_COMMIT}^{{commit}}")]).is_some() {
+        return REVISION_1_COMMIT.to_owned();
+    }
+    git(&["log", "--all", "--format=%H", "-F", "--grep", REVISION_1_SUBJECT, "-1"])
+        .filter(|commit| !commit.is_empty())
+        .unwrap_or_else(|| {
+            panic!(
+                "commit {REVISION_1_COMMIT} (plugin interface revision 1) is not in this clone: fetch the whole history"
+            )
+        })
+}
+
 /// A plugin of [`REVISION_1_COMMIT`] (`printer`, `saver`, `test_consumers`),
 /// built from that commit's tree (taken from this repository's history
 /// into `target/`, never kept in the tree), once.
@@ -138,29 +167,20 @@ pub fn revision_1_plugin(lib_name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
         let root = workspace_root();
-        let has_commit = Command::new("git")
-            .arg("-C")
-            .arg(&root)
-            .args(["cat-file", "-e", &format!("{REVISION_1_COMMIT}^{{commit}}")])
-            .status()
-            .is_ok_and(|status| status.success());
-        assert!(
-            has_commit,
-            "commit {REVISION_1_COMMIT} (plugin interface revision 1) is not in this clone: fetch the whole history"
-        );
+        let commit = revision_1_commit(&root);
         let source = target_dir().join("revision-1").join("source");
         let _ = std::fs::remove_dir_all(&source);
         std::fs::create_dir_all(&source).expect("create the revision-1 source directory");
         let archive = Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "git -C '{}' archive {REVISION_1_COMMIT} | tar -x -C '{}'",
+                "git -C '{}' archive {commit} | tar -x -C '{}'",
                 root.display(),
                 source.display()
             ))
             .status()
             .expect("run git archive");
-        assert!(archive.success(), "git archive of {REVISION_1_COMMIT} failed");
+        assert!(archive.success(), "git archive of {commit} failed");
         // Its own target directory: its plugin-api must not replace the
         // workspace's in the main one.
         let target = target_dir().join("revision-1").join("target");
