@@ -275,13 +275,6 @@ impl Ledger {
         settle_one(delivery, Settle::Reject).await.is_some()
     }
 
-    /// Returns a delivery that was never admitted to its queue; `false`
-    /// when the request was not taken in time.
-    #[must_use]
-    pub async fn requeue(&self, delivery: Delivery) -> bool {
-        settle_one(delivery, Settle::Requeue).await.is_some()
-    }
-
     /// After a failure, once no worker holds a message: every delivery
     /// still unsettled on the channels (prefetched, never handed out) goes
     /// back to its queue, as fedora-messaging does with one `basic.nack`

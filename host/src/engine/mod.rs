@@ -584,6 +584,7 @@ impl Core {
     ) -> Result<(), ChannelsEnd> {
         match wire::check_delivery(&delivery.properties, &delivery.data) {
             Ok(checked) => {
+                let mut delivery = delivery;
                 if let Some(limit) = &self.limit {
                     let verdict = redelivery::judge(
                         limit.max,
@@ -592,9 +593,13 @@ impl Core {
                     );
                     if verdict != Verdict::Consume {
                         let limit = limit.clone();
-                        return self
+                        match self
                             .limit_delivery(ledger, source, delivery, verdict, &limit)
-                            .await;
+                            .await?
+                        {
+                            Some(returned) => delivery = returned,
+                            None => return Ok(()),
+                        }
                     }
                 }
                 self.stats.received();
@@ -623,6 +628,8 @@ impl Core {
     /// A delivery the limit stops before the consumer: a classic queue's
     /// redelivery goes back to the end of its queue carrying its count; one
     /// over the limit goes to the dead-letter exchange, or is rejected.
+    /// `Some`: the count could not be carried (its queue took no copy), so
+    /// the consumer gets the delivery as it is rather than see it loop.
     async fn limit_delivery(
         &mut self,
         ledger: &Ledger,
@@ -630,13 +637,13 @@ impl Core {
         delivery: lapin::message::Delivery,
         verdict: Verdict,
         limit: &DeliveryLimit,
-    ) -> Result<(), ChannelsEnd> {
+    ) -> Result<Option<lapin::message::Delivery>, ChannelsEnd> {
         let id = wire::message_id(&delivery.properties).to_owned();
         let topic = delivery.routing_key.as_str().to_owned();
         let queue = ledger.queues()[source].queue.clone();
         let headers = delivery.properties.headers().clone();
         let (forwarded, over) = match verdict {
-            Verdict::Consume => return Ok(()),
+            Verdict::Consume => return Ok(Some(delivery)),
             Verdict::CarryCount(number) => {
                 log::info!(
                     "Message {id} came back (delivery {number} of at most {}); requeued at the end of queue {queue:?} with its count",
@@ -646,7 +653,6 @@ impl Core {
                 (ledger.forward(delivery, "", &topic, headers).await, false)
             }
             Verdict::OverLimit(number) => {
-                self.stats.over_limit();
                 let delivered = number - 1;
                 let Some(exchange) = limit
                     .dead_letter_exchange
@@ -657,7 +663,9 @@ impl Core {
                         "Message {id} (topic {topic}) was delivered {}, [delivery_limit] max, and no dead_letter_exchange is set: rejected without requeue",
                         redelivery::times(delivered)
                     );
-                    return taken(ledger.reject(delivery).await);
+                    taken(ledger.reject(delivery).await)?;
+                    self.stats.over_limit();
+                    return Ok(None);
                 };
                 log::warn!(
                     "Message {id} (topic {topic}) was delivered {}, [delivery_limit] max: sent to dead-letter exchange {exchange:?} instead of the consumer",
@@ -674,18 +682,25 @@ impl Core {
             }
         };
         match forwarded {
-            Forwarded::Done => Ok(()),
+            Forwarded::Done => {
+                if over {
+                    self.stats.over_limit();
+                }
+                Ok(None)
+            }
             Forwarded::Unroutable(delivery) if over => {
                 log::error!(
                     "The dead-letter exchange routed message {id} nowhere: bind a queue to it; rejected without requeue"
                 );
-                taken(ledger.reject(*delivery).await)
+                taken(ledger.reject(*delivery).await)?;
+                self.stats.over_limit();
+                Ok(None)
             }
             Forwarded::Unroutable(delivery) => {
                 log::warn!(
-                    "Queue {queue:?} took no copy of message {id}; returned to the queue as it was"
+                    "Queue {queue:?} took no copy of message {id}, so its delivery count cannot be carried; handing it to the consumer as it is"
                 );
-                taken(ledger.requeue(*delivery).await)
+                Ok(Some(*delivery))
             }
             Forwarded::Failed(reason) => Err(ChannelsEnd::Reopen(reason)),
             Forwarded::Forbidden(reason) => Err(ChannelsEnd::Fatal(Fatal::new(
