@@ -379,6 +379,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn messages_over_the_delivery_limit_are_counted_and_shown_once_there_are_some() {
+        let stats = Stats::default();
+        stats.received();
+        assert_eq!(
+            stats.summary().as_deref(),
+            Some("1 received, 0 processed, 0 dropped, 0 rejected, 0 failed")
+        );
+        assert!(
+            stats
+                .prometheus()
+                .contains("fedora_messaging_over_delivery_limit_total 0\n")
+        );
+        stats.over_limit();
+        stats.over_limit();
+        assert_eq!(
+            stats.summary().as_deref(),
+            Some(
+                "1 received, 0 processed, 0 dropped, 0 rejected, 0 failed, 2 over the delivery limit"
+            )
+        );
+        assert!(
+            stats
+                .prometheus()
+                .contains("fedora_messaging_over_delivery_limit_total 2\n")
+        );
+    }
+
+    #[test]
     fn outcomes_are_counted_as_fedora_messaging_counts_them() {
         let stats = Stats::default();
         for outcome in [
