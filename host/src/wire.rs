@@ -290,6 +290,27 @@ impl RecordMessage {
     /// class it does not have with `base.message`, the record's schema name
     /// is kept: the consumers downstream may well have the class.
     pub fn outgoing(&self, topic_prefix: &str) -> Result<Outgoing, String> {
+        let published = self.as_published(topic_prefix)?;
+        let mut table = FieldTable::default();
+        for (key, value) in &published.headers {
+            table.insert(key.as_str().into(), json_amqp(value));
+        }
+        Ok(Outgoing {
+            routing_key: published.topic,
+            properties: BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_content_encoding("utf-8".into())
+                .with_delivery_mode(2)
+                .with_message_id(published.id.as_str().into())
+                .with_priority(published.priority)
+                .with_headers(table),
+            body: published.body,
+        })
+    }
+
+    /// The record as [`RecordMessage::outgoing`] sends it: fedora-messaging's
+    /// headers added, the topic prefixed with `topic_prefix`.
+    pub fn as_published(&self, topic_prefix: &str) -> Result<RecordMessage, String> {
         let mut headers = self.headers.clone();
         let schema = headers
             .entry("fedora_messaging_schema")
@@ -308,26 +329,20 @@ impl RecordMessage {
         });
         headers.insert(SEVERITY_HEADER.to_owned(), Value::from(self.severity));
         headers.insert("priority".to_owned(), Value::from(self.priority));
-        let mut table = FieldTable::default();
-        for (key, value) in &headers {
-            table.insert(key.as_str().into(), json_amqp(value));
-        }
-        let routing_key = if topic_prefix.is_empty() {
+        let topic = if topic_prefix.is_empty() {
             self.topic.clone()
         } else {
             format!("{}.{}", topic_prefix.trim_end_matches('.'), self.topic)
         };
-        check_short("the topic with topic_prefix", &routing_key)?;
-        Ok(Outgoing {
-            routing_key,
-            properties: BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_content_encoding("utf-8".into())
-                .with_delivery_mode(2)
-                .with_message_id(self.id.as_str().into())
-                .with_priority(self.priority)
-                .with_headers(table),
+        check_short("the topic with topic_prefix", &topic)?;
+        Ok(RecordMessage {
+            id: self.id.clone(),
+            topic,
+            queue: self.queue.clone(),
             body: self.body.clone(),
+            headers,
+            severity: self.severity,
+            priority: self.priority,
         })
     }
 }
