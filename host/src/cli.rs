@@ -10,7 +10,7 @@ use crate::logging::LogSettings;
 use crate::plugin::LoadError;
 use crate::record::Recorder;
 use crate::topology::Overrides;
-use crate::{consume, publish, reconsume};
+use crate::{consume, engine, publish, reconsume};
 
 /// The end of `--help`, and of the man page.
 const AFTER_HELP: &str = "\
@@ -192,6 +192,12 @@ struct ReconsumeArgs {
     /// Where to fetch the message from
     #[arg(long, value_name = "URL", default_value = DATAGREPPER_URL)]
     datagrepper_url: String,
+
+    /// Write what the consumer publishes to FILE (record format, one
+    /// message a line, appended) instead of printing it; nothing is ever
+    /// sent to a broker
+    #[arg(long, value_name = "FILE")]
+    publish_to: Option<PathBuf>,
 }
 
 /// Which consumer to run.
@@ -285,7 +291,10 @@ fn execute(cli: &Cli) -> Result<Exit, Fatal> {
                 app_name: Some(&args.app_name),
                 overrides: args.source.overrides(),
             },
-            || Ok(vec![Box::new(Recorder::create(&args.file, args.limit)?)]),
+            || {
+                let recorder = Recorder::create(&args.file, args.limit)?;
+                Ok(vec![engine::workers::Source::Built(Box::new(recorder))])
+            },
         ),
         Command::Publish(args) => publish::run(&config, args.exchange.as_deref(), &args.file),
         Command::Replay(args) => publish::replay(&config, &args.datagrepper_url, &args.message_id),
@@ -301,7 +310,7 @@ fn execute(cli: &Cli) -> Result<Exit, Fatal> {
                     return Err(Fatal::new(Exit::Usage, "give a MESSAGE_ID or --file FILE"));
                 }
             };
-            reconsume::run(&config, &callback, input)
+            reconsume::run(&config, &callback, input, args.publish_to.as_deref())
         }
     }
 }

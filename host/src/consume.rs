@@ -18,12 +18,13 @@ use std::sync::Arc;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::engine::pulse::Pulse;
-use crate::engine::workers::{Handler, Workers};
+use crate::engine::workers::{Handler, Source, Workers};
 use crate::engine::{Engine, Settings};
 use crate::exit::{Exit, Fatal};
 use crate::monitor::{self, Stats};
 use crate::notify::Notifier;
 use crate::plugin;
+use crate::publisher;
 use crate::stop::StopRequest;
 use crate::topology::{Overrides, Topology};
 
@@ -43,11 +44,23 @@ pub fn run(
     args: &ConsumeArgs<'_>,
 ) -> Result<Exit, Fatal> {
     run_with(config, args, || {
-        let consumers =
-            plugin::load_consumers(callback, &config.consumer_config_json(), workers.into())?;
-        Ok(consumers
-            .into_iter()
-            .map(|consumer| Box::new(consumer) as Box<dyn Handler>)
+        // The library, its ABI and the consumer's name are checked here, at
+        // once; each instance is built on its worker's thread while the
+        // engine connects, so that `new` may publish.
+        let (plugin, name) = plugin::load_library(callback)?;
+        plugin.ensure_consumer(&name)?;
+        let plugin = Arc::new(plugin);
+        let consumer_config = Arc::new(config.consumer_config_json());
+        Ok((0..workers)
+            .map(|_| {
+                let plugin = plugin.clone();
+                let name = name.clone();
+                let consumer_config = consumer_config.clone();
+                Source::Build(Box::new(move || {
+                    let consumer = plugin.build(&name, &consumer_config)?;
+                    Ok(Box::new(consumer) as Box<dyn Handler>)
+                }))
+            })
             .collect())
     })
 }
@@ -57,7 +70,7 @@ pub fn run(
 pub fn run_with(
     config: &Config,
     args: &ConsumeArgs<'_>,
-    build: impl FnOnce() -> Result<Vec<Box<dyn Handler>>, Fatal>,
+    build: impl FnOnce() -> Result<Vec<Source>, Fatal>,
 ) -> Result<Exit, Fatal> {
     args.overrides
         .check()
@@ -76,6 +89,7 @@ pub fn run_with(
         )
     })?;
     let stats = Arc::new(Stats::default());
+    publisher::service().use_broker(publisher::Settings::from_config(config), stats.clone());
     if let Some(monitoring) = config
         .monitoring()
         .map_err(|m| Fatal::new(Exit::Usage, m))?

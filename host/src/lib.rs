@@ -29,6 +29,7 @@ pub mod outcome;
 pub mod plugin;
 pub mod plugin_file;
 pub mod publish;
+pub mod publisher;
 pub mod reconsume;
 pub mod record;
 pub mod stop;

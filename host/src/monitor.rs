@@ -50,6 +50,8 @@ pub struct Stats {
     reconnects: AtomicU64,
     /// Messages not consumed again: over `[delivery_limit]`.
     over_limit: AtomicU64,
+    /// Messages consumers published, confirmed by the broker.
+    published: AtomicU64,
     durations: [Histogram; 5],
 }
 
@@ -91,6 +93,11 @@ impl Stats {
         })
     }
 
+    /// A consumer published a message and the broker confirmed it.
+    pub fn published(&self) {
+        self.published.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A message went over `[delivery_limit]` and was not consumed again.
     pub fn over_limit(&self) {
         self.over_limit.fetch_add(1, Ordering::Relaxed);
@@ -129,7 +136,7 @@ impl Stats {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         serde_json::json!({
             "consuming": self.consuming.load(Ordering::Relaxed),
-            "published": 0,
+            "published": get(&self.published),
             "consumed": {
                 "received": get(&self.received),
                 "processed": get(&self.processed),
@@ -169,6 +176,12 @@ impl Stats {
                 get(counter)
             ));
         }
+        out.push_str("# HELP fedora_messaging_published_total Messages consumers published, confirmed by the broker.\n");
+        out.push_str("# TYPE fedora_messaging_published_total counter\n");
+        out.push_str(&format!(
+            "fedora_messaging_published_total {}\n",
+            self.published.load(Ordering::Relaxed)
+        ));
         out.push_str("# HELP fedora_messaging_over_delivery_limit_total Messages dead-lettered by [delivery_limit] instead of consumed again.\n");
         out.push_str("# TYPE fedora_messaging_over_delivery_limit_total counter\n");
         out.push_str(&format!(

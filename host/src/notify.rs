@@ -2,8 +2,8 @@
 //! directly: datagrams to the socket in `NOTIFY_SOCKET`. Without that
 //! variable (not under a `Type=notify` unit) nothing is sent.
 //!
-//! The host says `READY=1` once the consumer is built and the first
-//! connection attempt is under way (so a broker outage at boot does not
+//! The host says `READY=1` once the plugin is loaded and checked and the
+//! first connection attempt is under way (so a broker outage at boot does not
 //! trip `TimeoutStartSec`), `STATUS=` lines as it connects, consumes and
 //! reconnects (with the message counts once there are some, refreshed at
 //! most once a second), and `STOPPING=1` when it stops. With `WatchdogSec=`,

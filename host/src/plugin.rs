@@ -13,21 +13,25 @@ use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::Duration;
 
+use abi_stable::StableAbi;
 use abi_stable::library::{LibraryError, lib_header_from_path};
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::sabi_types::RRef;
-use abi_stable::std_types::{RErr, RResult, RSlice, RStr, RString};
+use abi_stable::std_types::{RErr, ROk, RResult, RSlice, RStr, RString};
+use abi_stable::type_layout::TypeLayout;
 use fm_plugin_api::abi::{
     self, ConsumerBox, HeadersSource, HeadersSource_TO, HostServices, HostServices_Ref, InitArgs,
-    PluginModule_Ref, RawMessage,
+    PluginModule_Ref, PublishFailure, PublishFailure_NE, RawMessage,
 };
 
 use crate::engine::workers::Handler;
 use crate::exit::{Exit, Fatal};
 use crate::outcome::Outcome;
 use crate::plugin_file::PluginFile;
+use crate::publisher;
 use crate::wire::{HeadersJson, MessageView};
 
 /// Directories searched for a plugin given by file name alone, after those
@@ -329,7 +333,7 @@ pub fn load_consumers(
 }
 
 /// `spec`'s library, and the name of the consumer it asks for.
-fn load_library(spec: &str) -> Result<(Plugin, String), LoadError> {
+pub fn load_library(spec: &str) -> Result<(Plugin, String), LoadError> {
     let spec = CallbackSpec::parse(spec)?;
     let plugin = Plugin::load(&spec.resolve_library()?)?;
     Ok((plugin, spec.consumer))
@@ -373,6 +377,27 @@ impl Plugin {
     }
 
     /// Builds the consumer `name` with its `consumer_config`.
+    /// Whether the library exports a consumer named `name`.
+    pub fn ensure_consumer(&self, name: &str) -> Result<(), LoadError> {
+        if self
+            .entries()
+            .iter()
+            .any(|entry| entry.name.as_str() == name)
+        {
+            Ok(())
+        } else {
+            Err(self.no_such_consumer(name))
+        }
+    }
+
+    fn no_such_consumer(&self, name: &str) -> LoadError {
+        LoadError::NoSuchConsumer {
+            path: self.path.clone(),
+            name: name.to_owned(),
+            available: self.consumer_names(),
+        }
+    }
+
     pub fn build(
         &self,
         name: &str,
@@ -380,11 +405,7 @@ impl Plugin {
     ) -> Result<LoadedConsumer, LoadError> {
         let entries = self.entries();
         let Some(entry) = entries.iter().find(|entry| entry.name.as_str() == name) else {
-            return Err(LoadError::NoSuchConsumer {
-                path: self.path.clone(),
-                name: name.to_owned(),
-                available: self.consumer_names(),
-            });
+            return Err(self.no_such_consumer(name));
         };
         let config_json = config.to_string();
         let args = InitArgs {
@@ -479,6 +500,8 @@ fn host_services() -> HostServices_Ref {
             max_log_level: log::max_level() as u8,
             log: log_from_plugin,
             publish: publish_from_plugin,
+            layout: host_services_layout,
+            publish_confirmed: publish_confirmed_from_plugin,
         }
         .leak_into_prefix()
     })
@@ -500,10 +523,73 @@ extern "C" fn log_from_plugin(level: u8, target: RStr<'_>, message: RStr<'_>) {
     }));
 }
 
-extern "C" fn publish_from_plugin(_message: RStr<'_>) -> RResult<(), RString> {
-    RErr(RString::from(
-        "publishing from a consumer is not available in this host version",
-    ))
+/// The layout plugins of revision 2 and later check before reading the
+/// fields after `publish`.
+extern "C" fn host_services_layout() -> &'static TypeLayout {
+    <HostServices_Ref as StableAbi>::LAYOUT
+}
+
+/// Revision 1's `publish`: the configuration's exchange, 30 s.
+extern "C" fn publish_from_plugin(message: RStr<'_>) -> RResult<(), RString> {
+    match publish_guarded(message.as_str(), "", Duration::from_secs(30)) {
+        Ok(_) => ROk(()),
+        Err(failure) => RErr(RString::from(format!("{failure:?}"))),
+    }
+}
+
+// `PublishFailure_NE` is abi_stable's fixed-size, `repr(C)` storage for a
+// non-exhaustive enum; the lint looks only at the `#[non_exhaustive]` enum
+// inside it.
+#[allow(improper_ctypes_definitions)]
+extern "C" fn publish_confirmed_from_plugin(
+    record: RStr<'_>,
+    exchange: RStr<'_>,
+    timeout_ms: u64,
+) -> RResult<RString, PublishFailure_NE> {
+    use publisher::Failure;
+    let timeout = Duration::from_millis(timeout_ms);
+    match publish_guarded(record.as_str(), exchange.as_str(), timeout) {
+        Ok(id) => ROk(RString::from(id)),
+        Err(failure) => {
+            let failure = match failure {
+                Failure::Timeout(reason) => PublishFailure::Timeout {
+                    reason: reason.into(),
+                },
+                Failure::Unreachable(reason) => PublishFailure::Unreachable {
+                    reason: reason.into(),
+                },
+                Failure::Forbidden(reason) => PublishFailure::Forbidden {
+                    reason: reason.into(),
+                },
+                Failure::Returned(reason) => PublishFailure::Returned {
+                    reason: reason.into(),
+                },
+                Failure::Invalid(reason) => PublishFailure::Invalid {
+                    reason: reason.into(),
+                },
+                Failure::Unavailable(reason) => PublishFailure::Unavailable {
+                    reason: reason.into(),
+                },
+            };
+            RErr(PublishFailure_NE::new(failure))
+        }
+    }
+}
+
+/// A panic must not unwind into the plugin.
+fn publish_guarded(
+    record: &str,
+    exchange: &str,
+    timeout: Duration,
+) -> Result<String, publisher::Failure> {
+    catch_unwind(AssertUnwindSafe(|| {
+        publisher::service().publish(record, exchange, timeout)
+    }))
+    .unwrap_or_else(|_| {
+        Err(publisher::Failure::Unavailable(
+            "the host failed while publishing (please report this bug)".to_owned(),
+        ))
+    })
 }
 
 /// Turns abi_stable's (sometimes thousands of lines long) errors into one

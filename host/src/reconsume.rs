@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::exit::{Exit, Fatal};
 use crate::outcome::Next;
 use crate::plugin;
+use crate::publisher;
 use crate::wire::{RecordMessage, read_record_file};
 
 /// Where the messages come from.
@@ -24,11 +25,33 @@ pub enum Input<'a> {
 }
 
 /// Runs `callback` (a `LIB:Symbol`) on every message of `input`, in order.
-pub fn run(config: &Config, callback: &str, input: Input<'_>) -> Result<Exit, Fatal> {
+/// What the consumer publishes is printed, or appended to `publish_to`.
+pub fn run(
+    config: &Config,
+    callback: &str,
+    input: Input<'_>,
+    publish_to: Option<&Path>,
+) -> Result<Exit, Fatal> {
     let messages = match input {
         Input::File(path) => read_record_file(path)?,
         Input::Datagrepper { url, message_id } => vec![fetch_from_datagrepper(url, message_id)?],
     };
+    let output = match publish_to {
+        None => publisher::Output::Print,
+        Some(path) => publisher::Output::File(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|error| {
+                    Fatal::new(
+                        Exit::Usage,
+                        format!("cannot open --publish-to {}: {error}", path.display()),
+                    )
+                })?,
+        ),
+    };
+    publisher::service().use_output(publisher::Settings::from_config(config), output);
     let mut consumer = plugin::load_consumer(callback, &config.consumer_config_json())?;
     for message in &messages {
         let outcome = consumer.consume(&message.view());

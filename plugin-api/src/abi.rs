@@ -16,6 +16,7 @@ use abi_stable::{
     package_version_strings, sabi_trait,
     sabi_types::VersionStrings,
     std_types::{RBox, ROption, RResult, RSlice, RStr, RString, RVec},
+    type_layout::TypeLayout,
 };
 
 /// The name the host reports in version errors.
@@ -61,6 +62,14 @@ impl RootModule for PluginModule_Ref {
 /// older revision reads the fields it knows and never the newer ones; a
 /// plugin built against a newer revision finds the fields an older host
 /// lacks absent (`None`) and reports that the service is not available.
+///
+/// Revision 1: `max_log_level`, `log`, `publish` (reserved, answered
+/// "not available"). Revision 2: `layout`, `publish_confirmed`; `publish`
+/// publishes. From revision 2 on, the plugin checks `layout` against its
+/// own before reading any other field, so a host whose fields changed
+/// (rather than grew) is refused instead of misread. The next revision
+/// appends its fields after the last one here, and its plugins treat each
+/// one a host lacks as a service that is not available.
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = HostServices_Ref)))]
@@ -76,9 +85,55 @@ pub struct HostServices {
     pub log: extern "C" fn(level: u8, target: RStr<'_>, message: RStr<'_>),
 
     /// Publishes one message given as a JSON object in fedora-messaging's
-    /// record format. Reserved: hosts of this revision answer that
+    /// record format, to the configuration's `publish_exchange`, waiting
+    /// up to 30 s for the broker's confirm. Revision-1 hosts answer that
     /// publishing is not available.
     pub publish: extern "C" fn(message: RStr<'_>) -> RResult<(), RString>,
+
+    /// Revision 2: the layout of [`HostServices_Ref`] as the host was built.
+    #[sabi(unsafe_opaque_field)]
+    pub layout: extern "C" fn() -> &'static TypeLayout,
+
+    /// Revision 2: publishes one message in fedora-messaging's record
+    /// format (a JSON object) to `exchange` (empty: the configuration's
+    /// `publish_exchange`), and returns its id once the broker confirmed
+    /// it, waiting at most `timeout_ms` (also for a connection, during an
+    /// outage).
+    pub publish_confirmed: extern "C" fn(
+        record: RStr<'_>,
+        exchange: RStr<'_>,
+        timeout_ms: TimeoutMs,
+    ) -> RResult<RString, PublishFailure_NE>,
+}
+
+/// Milliseconds, in `publish_confirmed`; another type only in a test
+/// fixture that stands for a host whose services changed.
+#[cfg(not(feature = "test-changed-host-services"))]
+pub type TimeoutMs = u64;
+#[cfg(feature = "test-changed-host-services")]
+pub type TimeoutMs = u32;
+
+/// Why a publish failed (revision 2).
+///
+/// Non-exhaustive across the boundary: a plugin that meets a variant it
+/// does not know (from a newer host) reports the publish unavailable.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+#[sabi(kind(WithNonExhaustive(size = [usize; 6], traits(Debug, Clone, PartialEq))))]
+#[non_exhaustive]
+pub enum PublishFailure {
+    /// The broker did not confirm within the timeout.
+    Timeout { reason: RString },
+    /// No connection to the broker came up within the timeout.
+    Unreachable { reason: RString },
+    /// The broker refused the user (403 ACCESS_REFUSED).
+    Forbidden { reason: RString },
+    /// The broker did not take the message: no such exchange, or a nack.
+    Returned { reason: RString },
+    /// The message is not one fedora-messaging would publish.
+    Invalid { reason: RString },
+    /// Publishing is not available where the consumer runs.
+    Unavailable { reason: RString },
 }
 
 /// One named consumer in a plugin library.

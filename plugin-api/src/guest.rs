@@ -13,11 +13,14 @@ use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RErr, ROk, RResult, RStr, RString, RVec};
 
+use abi_stable::StableAbi;
+use abi_stable::abi_stability::abi_checking::check_layout_compatibility;
+
 use crate::abi::{
     ConsumerBox, ConsumerEntry, ConsumerObject, ConsumerObject_TO, HostServices_Ref, InitArgs,
-    Outcome, Outcome_NE, PluginModule, PluginModule_Ref, RawMessage,
+    Outcome, Outcome_NE, PluginModule, PluginModule_Ref, PublishFailure, RawMessage, TimeoutMs,
 };
-use crate::{Consumer, ConsumerError, Init, Message};
+use crate::{Consumer, ConsumerError, Init, Message, PublishError};
 
 /// Builds the root module; `panic_unwinds` is evaluated in the plugin crate.
 pub fn plugin_module(
@@ -42,31 +45,89 @@ pub fn entry<C: Consumer>(name: &'static str) -> ConsumerEntry {
 
 static HOST: OnceLock<HostServices_Ref> = OnceLock::new();
 
+/// Set when the host's services are laid out otherwise than this plugin's
+/// (a changed field, not an appended one): every consumer of the plugin
+/// then refuses to start, with this reason.
+static HOST_MISMATCH: OnceLock<String> = OnceLock::new();
+
 extern "C" fn init(services: HostServices_Ref) {
     // Loading one library twice (two of its consumers) initialises it twice;
     // the first set of services stays, they are the same host's.
     if HOST.set(services).is_err() {
         return;
     }
+    install_panic_hook();
+    // Before any other field is read.
+    if let Err(reason) = check_host_services(services) {
+        let _ = HOST_MISMATCH.set(reason);
+        return;
+    }
     if log::set_logger(&HostLogger).is_ok() {
         log::set_max_level(level_filter(services.max_log_level()));
     }
-    install_panic_hook();
 }
 
-/// Publishes through the host, when the host offers it.
-pub(crate) fn publish(message_json: &str) -> Result<(), String> {
-    let unavailable = || "publishing from a consumer is not available in this host version";
-    let publish = HOST
-        .get()
-        .and_then(|host| host.publish())
-        .ok_or_else(|| unavailable().to_owned())?;
-    publish(RStr::from_str(message_json))
-        .into_result()
-        .map_err(RString::into_string)
+/// Compares the host's layout of its services with this plugin's, with
+/// abi_stable's checker. A host of revision 1 hands over no layout: its
+/// fields are revision 1's, which every later revision keeps.
+fn check_host_services(services: HostServices_Ref) -> Result<(), String> {
+    let Some(host_layout) = services.layout() else {
+        return Ok(());
+    };
+    check_layout_compatibility(<HostServices_Ref as StableAbi>::LAYOUT, host_layout())
+        .map_err(|errors| {
+            format!(
+                "this plugin was built against fm-plugin-api {}, whose host services do not match this host's ({} difference(s)): rebuild the plugin against the host's fm-plugin-api",
+                env!("CARGO_PKG_VERSION"),
+                errors.errors.len()
+            )
+        })
+}
+
+/// Publishes through the host (revision 2); see [`crate::Publisher`].
+pub(crate) fn publish_confirmed(
+    record: &str,
+    exchange: &str,
+    timeout: std::time::Duration,
+) -> Result<String, PublishError> {
+    let Some(services) = HOST.get() else {
+        return Err(PublishError::Unavailable(
+            "not running in a fedora-messaging host".to_owned(),
+        ));
+    };
+    if let Some(mismatch) = HOST_MISMATCH.get() {
+        return Err(PublishError::Unavailable(mismatch.clone()));
+    }
+    let Some(publish) = services.publish_confirmed() else {
+        return Err(PublishError::Unavailable(
+            "this fedora-messaging host is older than plugin interface revision 2 and cannot publish: upgrade the host".to_owned(),
+        ));
+    };
+    let timeout_ms = TimeoutMs::try_from(timeout.as_millis()).unwrap_or(TimeoutMs::MAX);
+    match publish(RStr::from_str(record), RStr::from_str(exchange), timeout_ms) {
+        ROk(id) => Ok(id.into_string()),
+        RErr(failure) => Err(match failure.as_enum() {
+            Ok(PublishFailure::Timeout { reason }) => PublishError::Timeout(reason.to_string()),
+            Ok(PublishFailure::Unreachable { reason }) => {
+                PublishError::Unreachable(reason.to_string())
+            }
+            Ok(PublishFailure::Forbidden { reason }) => PublishError::Forbidden(reason.to_string()),
+            Ok(PublishFailure::Returned { reason }) => PublishError::Returned(reason.to_string()),
+            Ok(PublishFailure::Invalid { reason }) => PublishError::Invalid(reason.to_string()),
+            Ok(PublishFailure::Unavailable { reason }) => {
+                PublishError::Unavailable(reason.to_string())
+            }
+            Err(_) => PublishError::Unavailable(
+                "the host answered with a failure this plugin does not know".to_owned(),
+            ),
+        }),
+    }
 }
 
 extern "C" fn new_consumer<C: Consumer>(args: &InitArgs<'_>) -> RResult<ConsumerBox, RString> {
+    if let Some(mismatch) = HOST_MISMATCH.get() {
+        return RErr(RString::from(mismatch.as_str()));
+    }
     let init = Init {
         name: args.name.as_str(),
         config_json: args.config_json.as_str(),

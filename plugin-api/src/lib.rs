@@ -51,6 +51,21 @@
 //! (see its table). A panic is a failure carrying the panic message; it
 //! never brings the host down. `log` macros go to the host's log.
 //!
+//! # Publishing
+//!
+//! A consumer publishes as a Python callback calls `api.publish`: build an
+//! [`Outgoing`] (topic, body, headers, severity, priority, the filter lists
+//! that become `fedora_messaging_<kind>_<name>` headers, schema name,
+//! exchange) and hand it to a [`Publisher`] (`Copy`, `Send`, `Sync`; usable
+//! from `new`, `consume`, `stop` and threads of your own). It goes through
+//! the host's own connection and returns the message id once the broker
+//! confirmed it, or a [`PublishError`] saying which of timeout, broker
+//! unreachable, forbidden, returned, invalid or unavailable it was. Whatever
+//! a consumer publishes while handling a message is confirmed before that
+//! message is acknowledged. Under `reconsume`, published messages are
+//! printed (or written with `--publish-to FILE`), never sent, so a
+//! publishing consumer can be tried without a broker.
+//!
 //! # Compatibility between plugins and hosts
 //!
 //! The host checks, when it loads a plugin, that both were built against
@@ -68,8 +83,21 @@
 //! - Any Rust compiler version on either side: the boundary uses only
 //!   abi_stable's stable layouts, never Rust's own ABI.
 //!
-//! The host's tests build plugins against revision 1 of this crate, taken
-//! from the repository's history, and run them in the current host
+//! Interface revisions so far: revision 1 (0.1.0) is the consumer
+//! interface, logging and a reserved `publish`; revision 2 (0.1.1) appends
+//! publishing to the host services, and the host's layout of those
+//! services, which a plugin checks against its own before reading them.
+//! A revision-1 plugin runs unchanged in a revision-2 host (its `publish`
+//! now publishes); a revision-2 plugin loads in a revision-1 host, where
+//! [`Publisher::publish`] answers [`PublishError::Unavailable`]. A plugin
+//! whose host services differ from the host's (a field changed rather than
+//! appended, which the rules forbid) refuses to build its consumers, asking
+//! for a rebuild. The next revision must append its fields after the last
+//! one, never change one, and have its plugins treat a field an older host
+//! lacks as a service that is not available.
+//!
+//! The host's tests build plugins and the host of revision 1, taken from
+//! the repository's history, and run them with the current ones
 //! (`tests/tests/compat.rs`); each later revision adds the one before it.
 
 #![allow(non_local_definitions, non_camel_case_types)]
@@ -80,9 +108,11 @@ mod error;
 mod guest;
 pub mod json;
 mod message;
+mod publish;
 
 pub use error::ConsumerError;
 pub use message::{Message, Severity};
+pub use publish::{Outgoing, PublishError, Publisher};
 
 /// A message consumer: what a fedora-messaging callback class is in Python.
 ///
@@ -134,19 +164,15 @@ impl<'a> Init<'a> {
     }
 }
 
-/// Publishes a message through the host's connection.
-///
-/// Reserved: this host revision does not offer publishing yet, so this
-/// returns a failure saying so.
+/// Publishes a message on `topic` with `body` through the host's
+/// connection, with the defaults of [`Outgoing`] and [`Publisher`]; a
+/// failure of the message when it cannot. [`Publisher::publish`] returns
+/// the id and tells the failures apart.
 pub fn publish(topic: &str, body: &serde_json::Value) -> Result<(), ConsumerError> {
-    let message: serde_json::Map<String, serde_json::Value> = [
-        ("topic".to_owned(), serde_json::Value::from(topic)),
-        ("body".to_owned(), body.clone()),
-    ]
-    .into_iter()
-    .collect();
-    let message = serde_json::Value::Object(message);
-    guest::publish(&message.to_string()).map_err(ConsumerError::failed)
+    Publisher::new()
+        .publish(&Outgoing::new(topic, body.clone()))
+        .map(drop)
+        .map_err(|error| ConsumerError::failed(error.to_string()))
 }
 
 /// Exports consumer types from a plugin library, by their type names.

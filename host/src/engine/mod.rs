@@ -43,6 +43,7 @@ use crate::config::DeliveryLimit;
 use crate::exit::{Exit, Fatal};
 use crate::monitor::Stats;
 use crate::outcome::{Next, Outcome};
+use crate::publisher;
 use crate::stop::StopRequest;
 use crate::topology::Topology;
 use crate::wire;
@@ -103,6 +104,8 @@ struct Core {
     stats: Arc<Stats>,
     /// `[delivery_limit]`, if any.
     limit: Option<DeliveryLimit>,
+    /// A consumer that could not be built: the process ends with it.
+    build_failure: Option<Fatal>,
 }
 
 /// How a connection's session ended.
@@ -158,6 +161,7 @@ impl Engine {
                 pulse,
                 stats,
                 limit: settings.delivery_limit,
+                build_failure: None,
             },
         }
     }
@@ -175,13 +179,34 @@ impl Engine {
             .pulse
             .ready(&format!("Connecting to {}", self.broker.describe()));
         loop {
+            if let Some(fatal) = self.core.build_failure.take() {
+                return Err(fatal);
+            }
             if !self.core.lifecycle.is_running() {
                 return Ok(self.core.drain_offline().await);
             }
             let Some(connection) = self.connect().await? else {
                 continue;
             };
+            // Consumers publish through this connection while it lasts.
+            let connection = Arc::new(connection);
+            publisher::service().connected(connection.clone());
             let end = self.session(&connection).await;
+            if self
+                .core
+                .lifecycle
+                .exit()
+                .is_some_and(|exit| exit != Exit::ConsumerFailed)
+                && self.core.build_failure.is_none()
+            {
+                // A graceful stop with the connection still up: the
+                // consumers' `stop` may publish through it.
+                self.core
+                    .pulse
+                    .status("Stopping: running the consumers' stop");
+                self.core.workers.stop_consumers();
+            }
+            publisher::service().disconnected();
             self.core.stats.set_consuming(false);
             // Deliveries of a closed connection cannot be settled; the
             // broker delivers them again.
@@ -196,6 +221,9 @@ impl Engine {
             )
             .await;
             let end = end?;
+            if let Some(fatal) = self.core.build_failure.take() {
+                return Err(fatal);
+            }
             if !self.core.lifecycle.is_running() {
                 // Draining: finish without reconnecting.
                 continue;
@@ -529,6 +557,9 @@ impl Core {
                     if self.answer(Some(ledger), batch).await {
                         return ChannelsEnd::ConnectionLost(UNSETTLED.to_owned());
                     }
+                    if self.build_failure.is_some() {
+                        return ChannelsEnd::Draining;
+                    }
                 }
                 Event::Delivered(Delivered::Delivery(source, Ok(delivery))) => {
                     if !self.lifecycle.is_running() {
@@ -724,12 +755,24 @@ impl Core {
         let mut to_settle = Vec::with_capacity(batch.len());
         let mut answers: Vec<(Outcome, Duration)> = Vec::with_capacity(batch.len());
         for finished in batch {
-            self.lifecycle.returned();
             let (job, outcome, took) = match finished {
-                // Unsettled: the broker delivers it again once the channel
-                // closes (or requeue_all returns it).
-                Finished::Unstarted(_) => continue,
-                Finished::Done(job, outcome, took) => (job, outcome, took),
+                Finished::BuildFailed(fatal) => {
+                    // A consumer that cannot be built ends the process as
+                    // a load error does (exit 1 with its reason).
+                    self.build_failure.get_or_insert(fatal);
+                    started_draining |= self.lifecycle.stop_requested();
+                    continue;
+                }
+                Finished::Unstarted(_) => {
+                    // Unsettled: the broker delivers it again once the
+                    // channel closes (or requeue_all returns it).
+                    self.lifecycle.returned();
+                    continue;
+                }
+                Finished::Done(job, outcome, took) => {
+                    self.lifecycle.returned();
+                    (job, outcome, took)
+                }
             };
             seams::get().maybe_stall_engine(job.message_id());
             let (action, next) = outcome.disposition();

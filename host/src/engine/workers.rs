@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use lapin::message::Delivery;
 
 use super::ledger::Ticket;
+use crate::exit::Fatal;
 use crate::outcome::Outcome;
 use crate::wire::{self, Checked, MessageView};
 
@@ -65,6 +66,15 @@ impl Job {
 /// Jobs that may wait for each worker, besides the one it handles.
 pub const QUEUED_PER_WORKER: usize = 4;
 
+/// Where a worker's consumer comes from.
+pub enum Source {
+    /// Built already (`record`'s recorder).
+    Built(Box<dyn Handler>),
+    /// Built on the worker's own thread once the engine runs, so that a
+    /// consumer's `new` may publish through the engine's connection.
+    Build(Box<dyn FnOnce() -> Result<Box<dyn Handler>, Fatal> + Send>),
+}
+
 /// What comes back from a worker.
 pub enum Finished {
     /// The consumer answered.
@@ -72,6 +82,8 @@ pub enum Finished {
     /// Handed back without being consumed: the workers were held, or the
     /// job's channel is gone. It stays unsettled.
     Unstarted(Job),
+    /// The worker's consumer could not be built; the worker has ended.
+    BuildFailed(Fatal),
 }
 
 /// The consumer threads.
@@ -98,14 +110,14 @@ impl Gate {
 
 impl Workers {
     /// Starts one thread per consumer instance.
-    pub fn start(consumers: Vec<Box<dyn Handler>>) -> std::io::Result<Workers> {
+    pub fn start(consumers: Vec<Source>) -> std::io::Result<Workers> {
         let count = consumers.len().max(1);
         let (jobs, job_receiver) = async_channel::bounded::<Job>(count * (1 + QUEUED_PER_WORKER));
         let (result_sender, results) = async_channel::unbounded();
         let graceful = Arc::new(AtomicBool::new(false));
         let gate = Arc::new(Gate::default());
         let mut threads = Vec::with_capacity(consumers.len());
-        for (index, mut consumer) in consumers.into_iter().enumerate() {
+        for (index, source) in consumers.into_iter().enumerate() {
             let job_receiver = job_receiver.clone();
             let result_sender = result_sender.clone();
             let graceful = graceful.clone();
@@ -113,6 +125,16 @@ impl Workers {
             let thread = std::thread::Builder::new()
                 .name(format!("consumer-{index}"))
                 .spawn(move || {
+                    let mut consumer = match source {
+                        Source::Built(consumer) => consumer,
+                        Source::Build(build) => match build() {
+                            Ok(consumer) => consumer,
+                            Err(fatal) => {
+                                let _ = result_sender.send_blocking(Finished::BuildFailed(fatal));
+                                return;
+                            }
+                        },
+                    };
                     while let Ok(job) = job_receiver.recv_blocking() {
                         if !gate.admits(&job) {
                             if result_sender
@@ -181,18 +203,27 @@ impl Workers {
         self.results.try_recv().ok()
     }
 
-    /// Ends the threads. Graceful: each consumer's `stop` runs and the
-    /// threads are joined; otherwise (after a failure) they are left to end
-    /// with the process.
-    pub fn finish(self, graceful: bool) {
-        self.graceful.store(graceful, Ordering::SeqCst);
+    /// Ends the threads gracefully now: each consumer's `stop` runs (and
+    /// may still publish, while the engine's connection lives) and the
+    /// threads are joined. Later calls do nothing.
+    pub fn stop_consumers(&mut self) {
+        self.graceful.store(true, Ordering::SeqCst);
         self.jobs.close();
-        if graceful {
-            for thread in self.threads {
-                if thread.join().is_err() {
-                    log::error!("a consumer thread panicked while stopping");
-                }
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                log::error!("a consumer thread panicked while stopping");
             }
+        }
+    }
+
+    /// Ends the threads, unless [`Workers::stop_consumers`] did. Graceful:
+    /// each consumer's `stop` runs and the threads are joined; otherwise
+    /// (after a failure) they are left to end with the process.
+    pub fn finish(mut self, graceful: bool) {
+        if graceful {
+            self.stop_consumers();
+        } else {
+            self.jobs.close();
         }
     }
 }

@@ -14,15 +14,26 @@
 //!   `"do": "panic_bomb"` panics with a payload whose own `Drop` panics;
 //!   `"do": "thread_panic"` acks after a thread of its own panicked;
 //!   `"do": "abort"` ends the whole process at once.
+//!   `"do": "publish", "publish": SPEC` publishes through the host (SPEC:
+//!   `topic`, `body`, and optionally `severity`, `priority`, `headers`,
+//!   `usernames`, `packages`, `schema`, `exchange`, `timeout_ms`,
+//!   `from_thread`), logs `published ID` and acks, or fails with the
+//!   error's kind (`publish failed: Forbidden(…)`). A `consumer_config`
+//!   with `publish_on_new = SPEC` publishes from `new`, one with
+//!   `publish_on_stop = SPEC` from `stop`.
 //! - `Inspect` prints everything `Message` offers, as one JSON line, and
 //!   halts after a message whose body is `{"end": true}`.
 //! - `PanicInNew` and `FailInNew` never start.
 
-use fm_plugin_api::{Consumer, ConsumerError, Init, Message, export_consumers};
+use fm_plugin_api::{
+    Consumer, ConsumerError, Init, Message, Outgoing, Publisher, Severity, export_consumers,
+};
 use serde_json::{Value, json};
 
 pub struct Scripted {
     seen: u64,
+    /// `consumer_config.publish_on_stop`: published from `stop`.
+    publish_on_stop: Option<Value>,
     panic_on_drop: bool,
 }
 
@@ -86,7 +97,11 @@ impl Consumer for Scripted {
             init.consumer_name(),
             init.config_value()
         );
+        if let Some(spec) = init.config_value().get("publish_on_new") {
+            publish(spec)?;
+        }
         Ok(Scripted {
+            publish_on_stop: init.config_value().get("publish_on_stop").cloned(),
             seen: 0,
             panic_on_drop: false,
         })
@@ -144,12 +159,74 @@ impl Consumer for Scripted {
                 log::info!("the helper thread panicked: {panicked}");
                 Ok(())
             }
+            "publish" => publish(&body["publish"]),
             other => Err(ConsumerError::failed(format!("unknown action {other:?}"))),
         }
     }
 
     fn stop(&mut self) {
         log::info!("stopping after {} messages", self.seen);
+        if let Some(spec) = &self.publish_on_stop
+            && let Err(error) = publish(spec)
+        {
+            log::error!("{error}");
+        }
+    }
+}
+
+/// Publishes what `spec` says (see the crate's doc).
+fn publish(spec: &Value) -> Result<(), ConsumerError> {
+    let strings = |key: &str| -> Vec<String> {
+        spec[key]
+            .as_array()
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|n| n.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut message = Outgoing::new(
+        spec["topic"].as_str().unwrap_or("scripted"),
+        spec["body"].clone(),
+    )
+    .usernames(strings("usernames"))
+    .packages(strings("packages"));
+    if let Some(level) = spec["severity"].as_u64().and_then(Severity::from_level) {
+        message = message.severity(level);
+    }
+    if let Some(priority) = spec["priority"].as_u64() {
+        message = message.priority(priority as u8);
+    }
+    if let Some(headers) = spec["headers"].as_object() {
+        for (name, value) in headers {
+            message = message.header(name.as_str(), value.clone());
+        }
+    }
+    if let Some(schema) = spec["schema"].as_str() {
+        message = message.schema(schema);
+    }
+    if let Some(exchange) = spec["exchange"].as_str() {
+        message = message.exchange(exchange);
+    }
+    let publisher = match spec["timeout_ms"].as_u64() {
+        Some(millis) => Publisher::with_timeout(std::time::Duration::from_millis(millis)),
+        None => Publisher::new(),
+    };
+    let published = if spec["from_thread"] == true {
+        std::thread::spawn(move || publisher.publish(&message))
+            .join()
+            .map_err(|_| ConsumerError::failed("the publishing thread panicked"))?
+    } else {
+        publisher.publish(&message)
+    };
+    match published {
+        Ok(id) => {
+            log::info!("published {id}");
+            Ok(())
+        }
+        Err(error) => Err(ConsumerError::failed(format!("publish failed: {error:?}"))),
     }
 }
 
