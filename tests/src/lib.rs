@@ -76,6 +76,8 @@ pub enum OutOfTree {
     ThirdParty,
     /// Built against a plugin-api whose message layout differs.
     ChangedAbi,
+    /// Built against a plugin-api whose host services differ.
+    ChangedServices,
     /// Built with `panic = "abort"`.
     PanicAbort,
 }
@@ -102,6 +104,17 @@ pub fn out_of_tree_plugin(which: OutOfTree) -> PathBuf {
             "--target-dir",
             target,
         ]);
+        // On its own: built together, the two fixtures' plugin-api
+        // features would unify.
+        run_cargo(&[
+            "build",
+            "--manifest-path",
+            "tests/fixtures/Cargo.toml",
+            "-p",
+            "changed-services-plugin",
+            "--target-dir",
+            target,
+        ]);
         // Only the plugin's own crate is built with abort, as a plugin
         // author's `panic = "abort"` profile would build its cdylib.
         run_cargo(&[
@@ -122,6 +135,7 @@ pub fn out_of_tree_plugin(which: OutOfTree) -> PathBuf {
     dir.join(match which {
         OutOfTree::ThirdParty => "libtopic_counter.so",
         OutOfTree::ChangedAbi => "libchanged_abi_plugin.so",
+        OutOfTree::ChangedServices => "libchanged_services_plugin.so",
         OutOfTree::PanicAbort => "libpanic_abort_plugin.so",
     })
 }
@@ -160,15 +174,22 @@ fn revision_1_commit(root: &Path) -> String {
         })
 }
 
-/// A plugin of [`REVISION_1_COMMIT`] (`printer`, `saver`, `test_consumers`),
-/// built from that commit's tree (taken from this repository's history
-/// into `target/`, never kept in the tree), once.
-pub fn revision_1_plugin(lib_name: &str) -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let dir = BUILT.get_or_init(|| {
+/// [`REVISION_1_COMMIT`]'s tree, taken from this repository's history into
+/// `target/revision-1/source` (never kept in the tree), once; and the
+/// target directory its builds use.
+fn revision_1_tree() -> &'static (PathBuf, PathBuf) {
+    static TREE: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    TREE.get_or_init(|| {
         let root = workspace_root();
         let commit = revision_1_commit(&root);
         let source = target_dir().join("revision-1").join("source");
+        let target = target_dir().join("revision-1").join("target");
+        // Kept between runs (with its build) while it is the same commit:
+        // fresh files would make cargo rebuild its crates.
+        let marker = target_dir().join("revision-1").join("commit");
+        if std::fs::read_to_string(&marker).ok().as_deref() == Some(commit.as_str()) {
+            return (source, target);
+        }
         let _ = std::fs::remove_dir_all(&source);
         std::fs::create_dir_all(&source).expect("create the revision-1 source directory");
         let archive = Command::new("sh")
@@ -181,26 +202,47 @@ pub fn revision_1_plugin(lib_name: &str) -> PathBuf {
             .status()
             .expect("run git archive");
         assert!(archive.success(), "git archive of {commit} failed");
-        // Its own target directory: its plugin-api must not replace the
-        // workspace's in the main one.
-        let target = target_dir().join("revision-1").join("target");
-        let manifest = source.join("Cargo.toml");
-        run_cargo(&[
-            "build",
-            "--manifest-path",
-            manifest.to_str().expect("a UTF-8 path"),
-            "-p",
-            "printer",
-            "-p",
-            "saver",
-            "-p",
-            "test-consumers",
-            "--target-dir",
-            target.to_str().expect("a UTF-8 path"),
-        ]);
-        target.join("debug")
-    });
-    dir.join(format!("lib{lib_name}.so"))
+        std::fs::write(&marker, &commit).expect("write the revision-1 marker");
+        // (Its own target directory: its plugin-api must not replace the
+        // workspace's in the main one.)
+        (source, target)
+    })
+}
+
+/// Builds `packages` of revision 1's tree; its build directory.
+fn build_revision_1(packages: &[&str]) -> PathBuf {
+    let (source, target) = revision_1_tree();
+    let manifest = source.join("Cargo.toml");
+    let mut args = vec![
+        "build",
+        "--manifest-path",
+        manifest.to_str().expect("a UTF-8 path"),
+        "--target-dir",
+        target.to_str().expect("a UTF-8 path"),
+    ];
+    for package in packages {
+        args.extend(["-p", package]);
+    }
+    run_cargo(&args);
+    target.join("debug")
+}
+
+/// A plugin of [`REVISION_1_COMMIT`] (`printer`, `saver`, `test_consumers`),
+/// built from that commit's tree, once.
+pub fn revision_1_plugin(lib_name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_revision_1(&["printer", "saver", "test-consumers"]))
+        .join(format!("lib{lib_name}.so"))
+}
+
+/// The `fedora-messaging` host of [`REVISION_1_COMMIT`], built from that
+/// commit's tree, once.
+pub fn revision_1_host() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_revision_1(&["fm-host"]))
+        .join("fedora-messaging")
 }
 
 /// What one run of the binary did.
@@ -228,7 +270,16 @@ impl Run {
 /// A command line for the binary, with no inherited configuration: each
 /// test says which config it uses.
 pub fn fedora_messaging() -> Command {
-    let mut command = Command::new(host_binary());
+    command_for(&host_binary())
+}
+
+/// [`fedora_messaging`] for the host of [`REVISION_1_COMMIT`].
+pub fn revision_1_fedora_messaging() -> Command {
+    command_for(&revision_1_host())
+}
+
+fn command_for(binary: &Path) -> Command {
+    let mut command = Command::new(binary);
     command
         .env_remove("FEDORA_MESSAGING_CONF")
         .env_remove("FEDORA_MESSAGING_PLUGIN_PATH")

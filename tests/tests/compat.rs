@@ -1,7 +1,9 @@
 //! Plugins built against an earlier revision of the plugin interface load
-//! and run unchanged in this host, with no rebuild. Revision 1's plugins
-//! are built from this repository's history ([`REVISION_1_COMMIT`]) into
-//! `target/revision-1/`; their source is never kept in the tree.
+//! and run unchanged in this host, with no rebuild; and this revision's
+//! plugins load in a host of revision 1, where publishing is unavailable.
+//! Revision 1's plugins and host are built from this repository's history
+//! ([`REVISION_1_COMMIT`]) into `target/revision-1/`; their source is never
+//! kept in the tree.
 
 use fm_e2e::broker::queue_with;
 use fm_e2e::*;
@@ -72,4 +74,27 @@ fn a_revision_1_consumer_answers_every_outcome_through_the_broker() {
     left.sort();
     assert_eq!(left, ["m2", "m4"]);
     broker.delete_queue(&queue);
+}
+
+#[test]
+fn a_revision_2_plugin_in_a_revision_1_host_loads_and_finds_publishing_unavailable() {
+    let dir = scratch();
+    let file = record_file(
+        dir.path(),
+        &[
+            json!({"id": "m1", "topic": "t", "body": {"do": "ack"}}),
+            json!({"id": "m2", "topic": "t", "body": {"do": "publish", "publish": {"topic": "x", "body": {}}}}),
+        ],
+    );
+    let run = run(revision_1_fedora_messaging()
+        .args(["reconsume", "--callback", &scripted(), "--file"])
+        .arg(&file));
+    assert_eq!(run.code(), 13, "{run:#?}");
+    assert!(run.stdout.contains("m1 ack"), "{run:#?}");
+    assert!(
+        run.output().contains(
+            "publish failed: Unavailable(\"this fedora-messaging host is older than plugin interface revision 2 and cannot publish: upgrade the host\")"
+        ),
+        "{run:#?}"
+    );
 }

@@ -86,6 +86,21 @@ fn a_plugin_built_against_a_changed_interface() {
 }
 
 #[test]
+fn a_plugin_whose_host_services_differ_refuses_to_start_and_asks_for_a_rebuild() {
+    // Its root module matches the host's; what it was told the host offers
+    // does not, and it checks that before reading any of it.
+    let dir = scratch();
+    let library = out_of_tree_plugin(OutOfTree::ChangedServices);
+    let run = load(&format!("{}:Fixture", library.display()), dir.path());
+    let line = refusal(&run);
+    assert!(
+        line.contains("whose host services do not match this host's")
+            && line.contains("rebuild the plugin against the host's fm-plugin-api"),
+        "{line}"
+    );
+}
+
+#[test]
 fn a_plugin_built_with_panic_abort() {
     let dir = scratch();
     let library = out_of_tree_plugin(OutOfTree::PanicAbort);

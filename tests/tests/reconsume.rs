@@ -269,9 +269,11 @@ fn the_message_crosses_the_boundary_whole() {
     assert_eq!(seen["containers"], json!(["httpd"]));
     assert_eq!(seen["modules"], json!(["nodejs"]));
     assert_eq!(seen["flatpaks"], json!(["firefox"]));
+    // The host's answer to a publish crosses back too: here a refusal of a
+    // body that is not an object, before anything is printed or sent.
     assert_eq!(
         seen["publish"],
-        "failed: publishing from a consumer is not available in this host version"
+        "failed: invalid message: \"body\" must be a JSON object"
     );
 }
 

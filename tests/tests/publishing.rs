@@ -1,0 +1,474 @@
+//! Publishing from a consumer (issue #12): what a plugin publishes goes
+//! out as the `publish` command sends it, through the host's connection,
+//! confirmed; Python fedora-messaging reads it; it waits through an
+//! outage; the broker's refusals and silences come back as distinct
+//! errors; `reconsume` prints or writes it instead of sending it.
+
+use std::time::{Duration, Instant};
+
+use fm_e2e::broker::{
+    FAULT_NODE, FAULT_URL, TestBroker, ensure_user, queue_config, queue_config_at, rabbitmq_node,
+    rabbitmqctl,
+};
+use fm_e2e::process::Running;
+use fm_e2e::proxy::Proxy;
+use fm_e2e::python::fedora_messaging_py;
+use fm_e2e::*;
+use lapin::types::FieldTable;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn record(queue: &str, id: &str, body: Value) -> Value {
+    json!({"id": id, "topic": format!("{queue}.test"), "body": body})
+}
+
+fn scripted_command(conf: &std::path::Path) -> std::process::Command {
+    let mut command = fedora_messaging();
+    command
+        .arg("--conf")
+        .arg(conf)
+        .args(["consume", "--callback"])
+        .arg(scripted());
+    command
+}
+
+/// Waits until `queue` holds at least `count` messages; how many it holds.
+fn wait_depth_at_least(broker: &TestBroker, queue: &str, count: u32) -> u32 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let depth = broker.depth(queue);
+        if depth >= count {
+            return depth;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{queue} holds {depth}, not {count}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn what_a_consumer_publishes_from_new_consume_a_thread_and_stop_python_fedora_messaging_reads() {
+    let broker = TestBroker::connect();
+    let source = TestBroker::unique_name("publishing-source");
+    let derived = TestBroker::unique_name("publishing-derived");
+    broker.declare_queue(&source, FieldTable::default());
+    broker.declare_queue(&derived, FieldTable::default());
+    broker.publish(&record(
+        &source,
+        "m1",
+        json!({"do": "publish", "publish": {
+            "topic": format!("{derived}.consumed"),
+            "body": {"n": 1, "text": "héllo"},
+            "severity": 30,
+            "usernames": ["alice"],
+            "packages": ["kernel"],
+            "headers": {"x-custom": "kept"},
+        }}),
+    ));
+    broker.publish(&record(
+        &source,
+        "m2",
+        json!({"do": "publish", "publish": {
+            "topic": format!("{derived}.thread"), "body": {"n": 2}, "from_thread": true,
+        }}),
+    ));
+    broker.publish(&record(&source, "end", json!({"do": "halt"})));
+    let dir = scratch();
+    let conf = config_file(
+        dir.path(),
+        &queue_config(
+            &source,
+            &format!(
+                "[consumer_config]\npublish_on_new = {{topic = \"{derived}.new\", body = {{n = 0}}}}\npublish_on_stop = {{topic = \"{derived}.stop\", body = {{n = 3}}}}"
+            ),
+        ),
+    );
+    let run = run(&mut scripted_command(&conf));
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert_eq!(run.stdout.matches("published ").count(), 4, "{run:#?}");
+    assert_eq!(broker.depth(&derived), 4);
+    // Python fedora-messaging 3.9 records them: each passed its
+    // get_message and its schema checks.
+    // Python's log_config needs a version: the file has none.
+    let python_toml = queue_config(&derived, "");
+    let python_toml = &python_toml[..python_toml.find("[log_config.root]").unwrap()];
+    let python_conf = config_file(dir.path(), python_toml);
+    let recorded = dir.path().join("python.jsonl");
+    let python = run_python_record(&python_conf, &recorded, 4);
+    assert_eq!(python.code(), 0, "{python:#?}");
+    let lines: Vec<Value> = std::fs::read_to_string(&recorded)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let topics: Vec<&str> = lines.iter().map(|m| m["topic"].as_str().unwrap()).collect();
+    assert_eq!(
+        topics,
+        [
+            format!("{derived}.new"),
+            format!("{derived}.consumed"),
+            format!("{derived}.thread"),
+            format!("{derived}.stop")
+        ]
+    );
+    let consumed = &lines[1];
+    assert_eq!(consumed["body"], json!({"n": 1, "text": "héllo"}));
+    let headers = &consumed["headers"];
+    assert_eq!(headers["fedora_messaging_severity"], 30, "{headers}");
+    assert_eq!(
+        headers["fedora_messaging_schema"], "base.message",
+        "{headers}"
+    );
+    assert_eq!(headers["fedora_messaging_user_alice"], true, "{headers}");
+    assert_eq!(headers["fedora_messaging_rpm_kernel"], true, "{headers}");
+    assert_eq!(headers["x-custom"], "kept", "{headers}");
+    assert_eq!(headers["priority"], 0, "{headers}");
+    assert!(
+        headers["sent-at"]
+            .as_str()
+            .is_some_and(|at| at.ends_with("+00:00")),
+        "{headers}"
+    );
+    broker.delete_queue(&source);
+    broker.delete_queue(&derived);
+}
+
+fn run_python_record(conf: &std::path::Path, file: &std::path::Path, limit: u32) -> Run {
+    run(fedora_messaging_py().arg("--conf").arg(conf).args([
+        "record",
+        file.to_str().unwrap(),
+        "--limit",
+        &limit.to_string(),
+    ]))
+}
+
+#[test]
+fn a_publish_during_an_outage_waits_for_the_connection_and_nothing_is_lost() {
+    let broker = TestBroker::connect();
+    let source = TestBroker::unique_name("publishing-outage");
+    let derived = TestBroker::unique_name("publishing-outage-derived");
+    broker.declare_queue(&source, FieldTable::default());
+    broker.declare_queue(&derived, FieldTable::default());
+    broker.publish(&record(
+        &source,
+        "m1",
+        json!({"do": "publish", "sleep_ms": 1500, "publish": {
+            "topic": format!("{derived}.out"), "body": {"n": 1},
+        }}),
+    ));
+    let proxy = Proxy::start("127.0.0.1:5672");
+    let dir = scratch();
+    let conf = config_file(dir.path(), &queue_config_at(&proxy.url(), &source, ""));
+    let mut consumer = Running::start(&mut scripted_command(&conf));
+    consumer.wait_for("message #1 (m1)", WAIT);
+    proxy.cut();
+    consumer.wait_for("Lost the connection", WAIT);
+    // The consumer publishes while nothing answers; the broker comes back
+    // a moment later.
+    std::thread::sleep(Duration::from_millis(2500));
+    proxy.restore();
+    let derived_count = wait_depth_at_least(&broker, &derived, 1);
+    broker.publish(&record(&source, "end", json!({"do": "halt"})));
+    let run = consumer.finish();
+    assert_eq!(run.code(), 0, "{run:#?}");
+    // m1's first answer came after its channel closed: it ran again, and
+    // published again (at-least-once), never fewer.
+    let derived_count = derived_count.max(broker.depth(&derived));
+    eprintln!("publish during an outage: {derived_count} derived message(s) for 1 consumed");
+    assert!(
+        (1..=2).contains(&derived_count),
+        "{derived_count}: {run:#?}"
+    );
+    assert_eq!(broker.depth(&source), 0);
+    broker.delete_queue(&source);
+    broker.delete_queue(&derived);
+}
+
+#[test]
+fn a_publish_the_broker_forbids_is_forbidden() {
+    // May publish nowhere but to its own queues.
+    ensure_user(
+        "fm-e2e-nopublish",
+        "secret",
+        Some([".*", "^fm-e2e-.*", ".*"]),
+    );
+    let broker = TestBroker::connect();
+    let source = TestBroker::unique_name("publishing-forbidden");
+    broker.declare_queue(&source, FieldTable::default());
+    broker.publish(&record(
+        &source,
+        "m1",
+        json!({"do": "publish", "publish": {"topic": "anywhere", "body": {}}}),
+    ));
+    let dir = scratch();
+    let conf = config_file(
+        dir.path(),
+        &queue_config(&source, "").replace("guest:guest", "fm-e2e-nopublish:secret"),
+    );
+    let run = run(&mut scripted_command(&conf));
+    assert_eq!(run.code(), 13, "{run:#?}");
+    assert!(
+        run.stdout
+            .contains("publish failed: Forbidden(\"exchange \\\"amq.topic\\\": 403 ACCESS_REFUSED"),
+        "{run:#?}"
+    );
+    assert_eq!(broker.depth(&source), 1);
+    broker.delete_queue(&source);
+}
+
+#[test]
+fn a_publish_to_a_missing_exchange_is_returned() {
+    let broker = TestBroker::connect();
+    let source = TestBroker::unique_name("publishing-no-exchange");
+    broker.declare_queue(&source, FieldTable::default());
+    broker.publish(&record(
+        &source,
+        "m1",
+        json!({"do": "publish", "publish": {"topic": "t", "body": {}, "exchange": "fm-e2e-no-such-exchange"}}),
+    ));
+    broker.publish(&record(
+        &source,
+        "m2",
+        json!({"do": "publish", "publish": {"topic": "t", "body": {}}}),
+    ));
+    broker.publish(&record(&source, "end", json!({"do": "halt"})));
+    let dir = scratch();
+    // m1 fails; the next publishes go through a channel of their own.
+    let conf = config_file(dir.path(), &queue_config(&source, ""));
+    let run = run(&mut scripted_command(&conf));
+    assert_eq!(run.code(), 13, "{run:#?}");
+    assert!(
+        run.stdout.contains(
+            "publish failed: Returned(\"exchange \\\"fm-e2e-no-such-exchange\\\": 404 NOT_FOUND"
+        ),
+        "{run:#?}"
+    );
+    broker.delete_queue(&source);
+}
+
+/// The fault node (127.0.0.1:5701), started if need be, one test at a time.
+fn fault_node() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    rabbitmq_node(&["start", FAULT_NODE, "5701", "consumer_timeout = 5000"]);
+    guard
+}
+
+#[test]
+fn publishing_through_a_broker_restart_loses_nothing() {
+    let _serial = fault_node();
+    const COUNT: usize = 200;
+    let broker = TestBroker::connect_to(FAULT_URL);
+    let source = TestBroker::unique_name("publishing-restart");
+    let derived = TestBroker::unique_name("publishing-restart-derived");
+    broker.declare_queue(&source, FieldTable::default());
+    broker.declare_queue(&derived, FieldTable::default());
+    let ids: Vec<String> = (0..COUNT).map(|n| format!("m{n:05}")).collect();
+    for id in &ids {
+        broker.publish(&record(
+            &source,
+            id,
+            json!({"do": "publish", "sleep_ms": 20, "publish": {
+                "topic": format!("{derived}.of"), "body": {"of": id},
+            }}),
+        ));
+    }
+    broker.publish(&record(&source, "end", json!({"do": "halt"})));
+    drop(broker);
+    let dir = scratch();
+    let conf = config_file(dir.path(), &queue_config_at(FAULT_URL, &source, ""));
+    let mut consumer = Running::start(&mut scripted_command(&conf));
+    consumer.wait_for_count("published ", COUNT / 4, WAIT);
+    rabbitmq_node(&["stop", FAULT_NODE]);
+    rabbitmq_node(&["start", FAULT_NODE, "5701", "consumer_timeout = 5000"]);
+    let broker = TestBroker::connect_to(FAULT_URL);
+    // The last message halts the host: everything before it was consumed.
+    let run = consumer.finish();
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert_eq!(broker.depth(&source), 0);
+    let arrived: Vec<String> = broker
+        .take_all(&derived)
+        .iter()
+        .map(|message| {
+            let body: Value = serde_json::from_slice(&message.body).unwrap();
+            body["of"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let distinct: std::collections::HashSet<&String> = arrived.iter().collect();
+    let lost: Vec<&String> = ids.iter().filter(|id| !distinct.contains(id)).collect();
+    let duplicated = arrived.len() - distinct.len();
+    eprintln!(
+        "publishing through a broker restart: {COUNT} consumed, {} derived arrived, {} lost, {duplicated} duplicated",
+        arrived.len(),
+        lost.len()
+    );
+    if !lost.is_empty() {
+        let log = target_dir().join("publishing-restart.log");
+        std::fs::write(&log, &run.stdout).unwrap();
+        panic!("lost {lost:?}; the host's log is in {}", log.display());
+    }
+    // Only what was in flight when the broker went: the prefetch.
+    assert!(duplicated <= 20, "{duplicated} duplicates");
+    broker.delete_queue(&source);
+    broker.delete_queue(&derived);
+}
+
+/// Sets the fault node's memory watermark back when dropped.
+struct MemoryAlarm;
+
+impl MemoryAlarm {
+    fn raise() -> MemoryAlarm {
+        node_ctl(&["set_vm_memory_high_watermark", "0"]);
+        MemoryAlarm
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        node_ctl(&["set_vm_memory_high_watermark", "0.4"]);
+    }
+}
+
+fn node_ctl(args: &[&str]) -> String {
+    let node = format!("{FAULT_NODE}@localhost");
+    let mut full = vec!["-n", node.as_str()];
+    full.extend_from_slice(args);
+    rabbitmqctl(&full)
+}
+
+#[test]
+fn a_publish_a_blocked_broker_never_confirms_times_out() {
+    let _serial = fault_node();
+    let broker = TestBroker::connect_to(FAULT_URL);
+    let source = TestBroker::unique_name("publishing-blocked");
+    // Declared and filled before the alarm blocks publishers.
+    broker.declare_queue(&source, FieldTable::default());
+    broker.publish(&record(
+        &source,
+        "m1",
+        json!({"do": "publish", "publish": {"topic": "t", "body": {}, "timeout_ms": 2000}}),
+    ));
+    let _alarm = MemoryAlarm::raise();
+    let dir = scratch();
+    let conf = config_file(dir.path(), &queue_config_at(FAULT_URL, &source, ""));
+    let started = Instant::now();
+    let run = run(&mut scripted_command(&conf));
+    let took = started.elapsed();
+    eprintln!(
+        "publish to a blocked broker: exit {:?} after {took:?}",
+        run.status.code()
+    );
+    assert_eq!(run.code(), 13, "{run:#?}");
+    assert!(run.stdout.contains("publish failed: Timeout("), "{run:#?}");
+    drop(_alarm);
+    TestBroker::connect_to(FAULT_URL).delete_queue(&source);
+}
+
+#[test]
+fn reconsume_prints_or_writes_what_a_consumer_publishes_and_sends_nothing() {
+    let dir = scratch();
+    let messages = record_file(
+        dir.path(),
+        &[
+            json!({"id": "m1", "topic": "t", "body": {"do": "publish", "publish": {
+                "topic": "derived.x", "body": {"n": 1}, "severity": 40,
+            }}}),
+        ],
+    );
+    let printed = run(fedora_messaging()
+        .args(["reconsume", "--callback", &scripted(), "--file"])
+        .arg(&messages));
+    assert_eq!(printed.code(), 0, "{printed:#?}");
+    let line = printed
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("published to amq.topic: "))
+        .unwrap_or_else(|| panic!("nothing printed: {printed:#?}"));
+    let published: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(published["topic"], "derived.x");
+    assert_eq!(published["headers"]["fedora_messaging_severity"], 40);
+    let file = dir.path().join("published.jsonl");
+    for _ in 0..2 {
+        let written = run(fedora_messaging()
+            .args(["reconsume", "--callback", &scripted(), "--publish-to"])
+            .arg(&file)
+            .arg("--file")
+            .arg(&messages));
+        assert_eq!(written.code(), 0, "{written:#?}");
+        assert!(!written.stdout.contains("published to"), "{written:#?}");
+    }
+    // Appended, one record line each, which `publish` can send later.
+    let lines: Vec<Value> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["body"], json!({"n": 1}));
+}
+
+#[test]
+fn the_published_count_is_in_ready_and_metrics() {
+    // Checked through the unit tests of the counters; here, that a publish
+    // is counted once it is confirmed.
+    let broker = TestBroker::connect();
+    let source = TestBroker::unique_name("publishing-counted");
+    broker.declare_queue(&source, FieldTable::default());
+    broker.publish(&record(
+        &source,
+        "m1",
+        json!({"do": "publish", "publish": {"topic": "counted", "body": {}}}),
+    ));
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let dir = scratch();
+    let conf = config_file(
+        dir.path(),
+        &queue_config(
+            &source,
+            &format!("[monitoring]\naddress = \"127.0.0.1\"\nport = {port}"),
+        ),
+    );
+    let mut consumer = Running::start(&mut scripted_command(&conf));
+    consumer.wait_for("published ", WAIT);
+    let deadline = Instant::now() + WAIT;
+    let ready = loop {
+        let answer = http_get(port, "/ready");
+        if answer.contains("\"published\":1") {
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "{answer}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let metrics = http_get(port, "/metrics");
+    consumer.signal("TERM");
+    let run = consumer.finish();
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert!(ready.contains("\"published\":1"), "{ready}");
+    assert!(
+        metrics.contains("fedora_messaging_published_total 1\n"),
+        "{metrics}"
+    );
+    broker.delete_queue(&source);
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    );
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
