@@ -212,6 +212,23 @@ impl TestBroker {
         taken
     }
 
+    /// Waits (up to 30 s, then fails the test) until `queue` holds at
+    /// least `count` ready messages; how many it holds then.
+    pub fn wait_depth_at_least(&self, queue: &str, count: u32) -> u32 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let depth = self.depth(queue);
+            if depth >= count {
+                return depth;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{queue} holds {depth} messages, not {count}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Binds `queue` to `exchange` with `routing_key`.
     pub fn bind(&self, queue: &str, exchange: &str, routing_key: &str) {
         block_on(async {

@@ -359,6 +359,17 @@ pub fn scripted() -> String {
     format!("{}:Scripted", plugin("test_consumers").display())
 }
 
+/// `consume` with the configuration `conf` and the test consumer Scripted.
+pub fn scripted_consume(conf: &Path) -> Command {
+    let mut command = fedora_messaging();
+    command
+        .arg("--conf")
+        .arg(conf)
+        .args(["consume", "--callback"])
+        .arg(scripted());
+    command
+}
+
 /// The outcome lines `reconsume` prints (`ID OUTCOME`), in order.
 pub fn outcome_lines(run: &Run) -> Vec<String> {
     run.stdout

@@ -46,16 +46,6 @@ fn limited_queue(
     (broker, queue, dead, config)
 }
 
-fn consume_command(conf: &std::path::Path) -> std::process::Command {
-    let mut command = fedora_messaging();
-    command
-        .arg("--conf")
-        .arg(conf)
-        .args(["consume", "--callback"])
-        .arg(scripted());
-    command
-}
-
 /// Waits until `queue` holds `count` messages.
 fn wait_depth(broker: &TestBroker, queue: &str, count: u32) {
     let deadline = Instant::now() + WAIT;
@@ -122,7 +112,7 @@ fn nack_loop(prefix: &str, arguments: FieldTable, config_arguments: &str) {
     let dir = scratch();
     let conf = config_file(dir.path(), &config);
     // (Made before the clock starts: the first one builds the binary.)
-    let mut command = consume_command(&conf);
+    let mut command = scripted_consume(&conf);
     let started = Instant::now();
     let mut consumer = Running::start(&mut command);
     wait_depth(&broker, &dead, 1);
@@ -191,7 +181,7 @@ fn a_message_that_crashes_the_host_is_dead_lettered_after_the_limit() {
     );
     let dir = scratch();
     let conf = config_file(dir.path(), &config);
-    let mut command = consume_command(&conf);
+    let mut command = scripted_consume(&conf);
     let started = Instant::now();
     let mut crashes = 0;
     let mut output = String::new();
@@ -245,7 +235,7 @@ fn a_dead_letter_exchange_that_does_not_exist_is_exit_10() {
         "[delivery_limit]\nmax = 2\ndead_letter_exchange = \"fm-e2e-no-such-exchange\"\n",
     );
     let conf = config_file(dir.path(), &config);
-    let run = run(&mut consume_command(&conf));
+    let run = run(&mut scripted_consume(&conf));
     assert_eq!(run.code(), 10, "{run:#?}");
     assert!(
         run.stderr.contains(
@@ -266,7 +256,7 @@ fn without_a_dead_letter_exchange_it_is_rejected_to_the_queues_own() {
     broker.publish(&json!({"id": "g1", "topic": format!("{queue}.test"), "body": {"do": "ack"}}));
     let dir = scratch();
     let conf = config_file(dir.path(), &config);
-    let mut consumer = Running::start(&mut consume_command(&conf));
+    let mut consumer = Running::start(&mut scripted_consume(&conf));
     wait_depth(&broker, &dead, 1);
     consumer.wait_for("(g1): ack", WAIT);
     consumer.signal("TERM");
@@ -300,7 +290,7 @@ fn a_user_who_may_not_publish_the_copies_is_exit_15() {
         .unwrap()
         .replace("guest:guest", "fm-e2e-nowrite:secret");
     let conf = config_file(dir.path(), &config);
-    let run = run(&mut consume_command(&conf));
+    let run = run(&mut scripted_consume(&conf));
     assert_eq!(run.code(), 15, "{run:#?}");
     assert!(
         run.stderr.contains(

@@ -37,17 +37,6 @@ fn queue_with_messages(prefix: &str, messages: &[(&str, Value)]) -> (TestBroker,
     (broker, queue)
 }
 
-/// `consume` with Scripted and `conf`.
-fn scripted_command(conf: &std::path::Path) -> std::process::Command {
-    let mut command = fedora_messaging();
-    command
-        .arg("--conf")
-        .arg(conf)
-        .args(["consume", "--callback"])
-        .arg(scripted());
-    command
-}
-
 /// The messages ready and unacknowledged in `queue`, by rabbitmqctl.
 fn ready_and_unacked(queue: &str) -> (u32, u32) {
     let listing = rabbitmqctl(&[
@@ -135,7 +124,7 @@ fn a_peer_that_never_speaks_amqp_times_out_backs_off_and_a_stop_is_prompt() {
             "",
         ),
     );
-    let mut consumer = Running::start(&mut scripted_command(&conf));
+    let mut consumer = Running::start(&mut scripted_consume(&conf));
     consumer.wait_for("Connecting to amqp://guest@127.0.0.1", WAIT);
     let first = accepted.recv_timeout(WAIT).expect("no connection attempt");
     let timed_out = consumer.wait_for("(attempt 1): no open AMQP connection within 1.0 s", WAIT);
@@ -166,7 +155,7 @@ fn a_peer_that_never_speaks_amqp_times_out_backs_off_and_a_stop_is_prompt() {
         dir.path(),
         &queue_config_at(&format!("amqp://127.0.0.1:{port}/"), "silent", ""),
     );
-    let mut consumer = Running::start(&mut scripted_command(&conf));
+    let mut consumer = Running::start(&mut scripted_consume(&conf));
     consumer.wait_for("(attempt 1)", WAIT);
     let _held = accepted.recv_timeout(WAIT).expect("no connection attempt");
     let asked = Instant::now();
@@ -195,7 +184,7 @@ fn the_watchdog_goes_quiet_when_the_engine_stalls() {
         .set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     let conf = config_file(dir.path(), &queue_config(&queue, ""));
-    let mut command = scripted_command(&conf);
+    let mut command = scripted_consume(&conf);
     command
         .env("NOTIFY_SOCKET", &socket_path)
         .env("WATCHDOG_USEC", "400000")
@@ -237,7 +226,7 @@ fn answer_during_an_outage(body: Value, code: i32) {
     let proxy = Proxy::start("127.0.0.1:5672");
     let dir = scratch();
     let conf = config_file(dir.path(), &queue_config_at(&proxy.url(), &queue, ""));
-    let mut consumer = Running::start(&mut scripted_command(&conf));
+    let mut consumer = Running::start(&mut scripted_consume(&conf));
     consumer.wait_for("message #1 (m1)", WAIT);
     let cut = Instant::now();
     proxy.cut();
@@ -278,7 +267,7 @@ fn settle_hangs_on(body: Value, code: i32) {
     let (broker, queue) = queue_with_messages("hung-settle", &messages);
     let dir = scratch();
     let conf = config_file(dir.path(), &queue_config(&queue, ""));
-    let mut command = scripted_command(&conf);
+    let mut command = scripted_consume(&conf);
     command.env("FM_TEST_HANG_SETTLE_OF", "m2");
     let run = run(&mut command);
     assert_eq!(run.code(), code, "{run:#?}");
@@ -320,7 +309,7 @@ fn a_channel_closed_while_jobs_wait_runs_no_message_twice_because_of_it() {
     let (broker, queue) = queue_with_messages("channel-closed", &messages);
     let dir = scratch();
     let conf = config_file(dir.path(), &queue_config(&queue, ""));
-    let mut command = scripted_command(&conf);
+    let mut command = scripted_consume(&conf);
     command.env("FM_TEST_BREAK_CHANNEL_ON", "breaker");
     let run = run(&mut command);
     assert_eq!(run.code(), 0, "{run:#?}");
@@ -372,7 +361,7 @@ fn a_prefetch_of_no_limit_is_bounded() {
         dir.path(),
         &queue_config(&queue, "[qos]\nprefetch_count = 0"),
     );
-    let mut consumer = Running::start(&mut scripted_command(&conf));
+    let mut consumer = Running::start(&mut scripted_consume(&conf));
     consumer.wait_for("qos.prefetch_count = 0 (no limit)", WAIT);
     consumer.wait_for("Consuming messages from queue", WAIT);
     let channels = rabbitmqctl(&[
@@ -407,7 +396,7 @@ fn a_panic_in_a_consumers_drop_keeps_the_halt_code() {
     );
     let dir = scratch();
     let conf = config_file(dir.path(), &queue_config(&queue, ""));
-    let run = run(&mut scripted_command(&conf));
+    let run = run(&mut scripted_consume(&conf));
     assert_eq!(run.code(), 4, "{run:#?}");
     assert!(run.output().contains("panicked"), "{run:#?}");
     assert_eq!(broker.depth(&queue), 0);

@@ -23,32 +23,6 @@ fn record(queue: &str, id: &str, body: Value) -> Value {
     json!({"id": id, "topic": format!("{queue}.test"), "body": body})
 }
 
-fn scripted_command(conf: &std::path::Path) -> std::process::Command {
-    let mut command = fedora_messaging();
-    command
-        .arg("--conf")
-        .arg(conf)
-        .args(["consume", "--callback"])
-        .arg(scripted());
-    command
-}
-
-/// Waits until `queue` holds at least `count` messages; how many it holds.
-fn wait_depth_at_least(broker: &TestBroker, queue: &str, count: u32) -> u32 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let depth = broker.depth(queue);
-        if depth >= count {
-            return depth;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{queue} holds {depth}, not {count}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn what_a_consumer_publishes_from_new_consume_a_thread_and_stop_python_fedora_messaging_reads() {
     let broker = TestBroker::connect();
@@ -86,7 +60,7 @@ fn what_a_consumer_publishes_from_new_consume_a_thread_and_stop_python_fedora_me
             ),
         ),
     );
-    let run = run(&mut scripted_command(&conf));
+    let run = run(&mut scripted_consume(&conf));
     assert_eq!(run.code(), 0, "{run:#?}");
     assert_eq!(run.stdout.matches("published ").count(), 4, "{run:#?}");
     assert_eq!(broker.depth(&derived), 4);
@@ -162,7 +136,7 @@ fn a_publish_during_an_outage_waits_for_the_connection_and_nothing_is_lost() {
     let proxy = Proxy::start("127.0.0.1:5672");
     let dir = scratch();
     let conf = config_file(dir.path(), &queue_config_at(&proxy.url(), &source, ""));
-    let mut consumer = Running::start(&mut scripted_command(&conf));
+    let mut consumer = Running::start(&mut scripted_consume(&conf));
     consumer.wait_for("message #1 (m1)", WAIT);
     proxy.cut();
     consumer.wait_for("Lost the connection", WAIT);
@@ -170,7 +144,7 @@ fn a_publish_during_an_outage_waits_for_the_connection_and_nothing_is_lost() {
     // a moment later.
     std::thread::sleep(Duration::from_millis(2500));
     proxy.restore();
-    let derived_count = wait_depth_at_least(&broker, &derived, 1);
+    let derived_count = broker.wait_depth_at_least(&derived, 1);
     broker.publish(&record(&source, "end", json!({"do": "halt"})));
     let run = consumer.finish();
     assert_eq!(run.code(), 0, "{run:#?}");
@@ -208,7 +182,7 @@ fn a_publish_the_broker_forbids_is_forbidden() {
         dir.path(),
         &queue_config(&source, "").replace("guest:guest", "fm-e2e-nopublish:secret"),
     );
-    let run = run(&mut scripted_command(&conf));
+    let run = run(&mut scripted_consume(&conf));
     assert_eq!(run.code(), 13, "{run:#?}");
     assert!(
         run.stdout
@@ -238,7 +212,7 @@ fn a_publish_to_a_missing_exchange_is_returned() {
     let dir = scratch();
     // m1 fails; the next publishes go through a channel of their own.
     let conf = config_file(dir.path(), &queue_config(&source, ""));
-    let run = run(&mut scripted_command(&conf));
+    let run = run(&mut scripted_consume(&conf));
     assert_eq!(run.code(), 13, "{run:#?}");
     assert!(
         run.stdout.contains(
@@ -282,7 +256,7 @@ fn publishing_through_a_broker_restart_loses_nothing() {
     drop(broker);
     let dir = scratch();
     let conf = config_file(dir.path(), &queue_config_at(FAULT_URL, &source, ""));
-    let mut consumer = Running::start(&mut scripted_command(&conf));
+    let mut consumer = Running::start(&mut scripted_consume(&conf));
     consumer.wait_for_count("published ", COUNT / 4, WAIT);
     rabbitmq_node(&["stop", FAULT_NODE]);
     rabbitmq_node(&["start", FAULT_NODE, "5701", "consumer_timeout = 5000"]);
@@ -357,7 +331,7 @@ fn a_publish_a_blocked_broker_never_confirms_times_out() {
     let dir = scratch();
     let conf = config_file(dir.path(), &queue_config_at(FAULT_URL, &source, ""));
     let started = Instant::now();
-    let run = run(&mut scripted_command(&conf));
+    let run = run(&mut scripted_consume(&conf));
     let took = started.elapsed();
     eprintln!(
         "publish to a blocked broker: exit {:?} after {took:?}",
@@ -436,7 +410,7 @@ fn the_published_count_is_in_ready_and_metrics() {
             &format!("[monitoring]\naddress = \"127.0.0.1\"\nport = {port}"),
         ),
     );
-    let mut consumer = Running::start(&mut scripted_command(&conf));
+    let mut consumer = Running::start(&mut scripted_consume(&conf));
     consumer.wait_for("published ", WAIT);
     let deadline = Instant::now() + WAIT;
     let ready = loop {
