@@ -72,6 +72,8 @@ pub struct Service {
     state: Mutex<State>,
     /// Signalled when the engine's connection comes or goes.
     changed: Condvar,
+    /// Held while a publishing channel is being opened.
+    opening: Mutex<()>,
 }
 
 struct State {
@@ -100,6 +102,7 @@ pub fn service() -> &'static Service {
             channel: None,
         }),
         changed: Condvar::new(),
+        opening: Mutex::new(()),
     })
 }
 
@@ -248,33 +251,53 @@ impl Service {
     }
 
     /// The publishing channel, opened on the engine's connection when
-    /// needed; waits for a connection up to `deadline`.
+    /// needed; waits for a connection up to `deadline`. The state's lock
+    /// is never held while the broker is asked for anything, so the engine
+    /// (which takes it to say its connection came or went) never waits on
+    /// a publisher.
     fn channel(
         &self,
         deadline: Instant,
         timeout: Duration,
         had_connection: &mut bool,
     ) -> Result<Channel, Failure> {
-        let mut state = self.lock();
         loop {
-            if let Some(channel) = &state.channel
-                && channel.status().connected()
-            {
-                return Ok(channel.clone());
+            if let Some(channel) = self.current_channel() {
+                return Ok(channel);
             }
-            if let Some(connection) = state.connection.clone()
-                && connection.status().connected()
-            {
+            let connection = self
+                .lock()
+                .connection
+                .clone()
+                .filter(|connection| connection.status().connected());
+            if let Some(connection) = connection {
                 *had_connection = true;
-                // One at a time: the others wait on the lock for it.
+                // One opening at a time; another may have finished first.
+                let _opening = self
+                    .opening
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if let Some(channel) = self.current_channel() {
+                    return Ok(channel);
+                }
                 match open_channel(&connection, deadline) {
                     Ok(channel) => {
-                        state.channel = Some(channel.clone());
+                        let mut state = self.lock();
+                        // Unless the engine moved on to another connection
+                        // meanwhile.
+                        if state
+                            .connection
+                            .as_ref()
+                            .is_some_and(|current| Arc::ptr_eq(current, &connection))
+                        {
+                            state.channel = Some(channel.clone());
+                        }
                         return Ok(channel);
                     }
                     Err(reason) => log::debug!("cannot open a publishing channel: {reason}"),
                 }
             }
+            let state = self.lock();
             let now = Instant::now();
             if now >= deadline {
                 return Err(if *had_connection {
@@ -293,12 +316,20 @@ impl Service {
             // tenth of a second, so that a channel that failed to open is
             // tried again without spinning.
             let wait = (deadline - now).min(Duration::from_millis(100));
-            state = self
-                .changed
-                .wait_timeout(state, wait)
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
+            drop(
+                self.changed
+                    .wait_timeout(state, wait)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            );
         }
+    }
+
+    /// The publishing channel, if one is open.
+    fn current_channel(&self) -> Option<Channel> {
+        self.lock()
+            .channel
+            .clone()
+            .filter(|channel| channel.status().connected())
     }
 
     fn forget(&self, channel: &Channel) {
