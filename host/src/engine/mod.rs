@@ -11,7 +11,8 @@
 //!   connection, reads the delivery streams, says why one ended.
 //! - [`workers`]: the consumer threads, which start a job only while the
 //!   engine still wants it.
-//! - [`redelivery`]: the delivery limit's judgement of each delivery.
+//! - [`redelivery`]: the delivery limit: its judgement of each delivery,
+//!   and the copies and dead letters it sends instead of the consumer.
 //! - [`pulse`]: the systemd watchdog and `STATUS=`, fed by the engine's
 //!   own loop.
 //! - [`seams`]: faults only the tests switch on.
@@ -47,7 +48,7 @@ use crate::publisher;
 use crate::stop::StopRequest;
 use crate::topology::Topology;
 use crate::wire;
-use ledger::{Forwarded, Ledger};
+use ledger::Ledger;
 use lifecycle::Lifecycle;
 use pulse::Pulse;
 use redelivery::Verdict;
@@ -624,9 +625,15 @@ impl Core {
                     );
                     if verdict != Verdict::Consume {
                         let limit = limit.clone();
-                        match self
-                            .limit_delivery(ledger, source, delivery, verdict, &limit)
-                            .await?
+                        match redelivery::carry_out(
+                            ledger,
+                            source,
+                            delivery,
+                            verdict,
+                            &limit,
+                            &self.stats,
+                        )
+                        .await?
                         {
                             Some(returned) => delivery = returned,
                             None => return Ok(()),
@@ -653,94 +660,6 @@ impl Core {
                 );
                 taken(ledger.reject(delivery).await)
             }
-        }
-    }
-
-    /// A delivery the limit stops before the consumer: a classic queue's
-    /// redelivery goes back to the end of its queue carrying its count; one
-    /// over the limit goes to the dead-letter exchange, or is rejected.
-    /// `Some`: the count could not be carried (its queue took no copy), so
-    /// the consumer gets the delivery as it is rather than see it loop.
-    async fn limit_delivery(
-        &mut self,
-        ledger: &Ledger,
-        source: usize,
-        delivery: lapin::message::Delivery,
-        verdict: Verdict,
-        limit: &DeliveryLimit,
-    ) -> Result<Option<lapin::message::Delivery>, ChannelsEnd> {
-        let id = wire::message_id(&delivery.properties).to_owned();
-        let topic = delivery.routing_key.as_str().to_owned();
-        let queue = ledger.queues()[source].queue.clone();
-        let headers = delivery.properties.headers().clone();
-        let (forwarded, over) = match verdict {
-            Verdict::Consume => return Ok(Some(delivery)),
-            Verdict::CarryCount(number) => {
-                log::info!(
-                    "Message {id} came back (delivery {number} of at most {}); requeued at the end of queue {queue:?} with its count",
-                    limit.max
-                );
-                let headers = redelivery::carried_back(headers.as_ref(), number, &queue);
-                (ledger.forward(delivery, "", &topic, headers).await, false)
-            }
-            Verdict::OverLimit(number) => {
-                let delivered = number - 1;
-                let Some(exchange) = limit
-                    .dead_letter_exchange
-                    .as_deref()
-                    .filter(|name| !name.is_empty())
-                else {
-                    log::warn!(
-                        "Message {id} (topic {topic}) was delivered {}, [delivery_limit] max, and no dead_letter_exchange is set: rejected without requeue",
-                        redelivery::times(delivered)
-                    );
-                    taken(ledger.reject(delivery).await)?;
-                    self.stats.over_limit();
-                    return Ok(None);
-                };
-                log::warn!(
-                    "Message {id} (topic {topic}) was delivered {}, [delivery_limit] max: sent to dead-letter exchange {exchange:?} instead of the consumer",
-                    redelivery::times(delivered)
-                );
-                let routing_key = limit.dead_letter_routing_key.as_deref().unwrap_or(&topic);
-                let headers = redelivery::dead_lettered(headers.as_ref(), number, limit.max);
-                (
-                    ledger
-                        .forward(delivery, exchange, routing_key, headers)
-                        .await,
-                    true,
-                )
-            }
-        };
-        match forwarded {
-            Forwarded::Done => {
-                if over {
-                    self.stats.over_limit();
-                }
-                Ok(None)
-            }
-            Forwarded::Unroutable(delivery) if over => {
-                log::error!(
-                    "The dead-letter exchange routed message {id} nowhere: bind a queue to it; rejected without requeue"
-                );
-                taken(ledger.reject(*delivery).await)?;
-                self.stats.over_limit();
-                Ok(None)
-            }
-            Forwarded::Unroutable(delivery) => {
-                log::warn!(
-                    "Queue {queue:?} took no copy of message {id}, so its delivery count cannot be carried; handing it to the consumer as it is"
-                );
-                Ok(Some(*delivery))
-            }
-            Forwarded::Failed(reason) => Err(ChannelsEnd::Reopen(reason)),
-            Forwarded::Forbidden(reason) => Err(ChannelsEnd::Fatal(Fatal::new(
-                Exit::Permission,
-                format!(
-                    "{reason} ([delivery_limit] sends messages there: grant the user write permission on it, or remove [delivery_limit])"
-                ),
-            ))),
-            Forwarded::Hung => Err(ChannelsEnd::ConnectionLost(UNSETTLED.to_owned())),
         }
     }
 
