@@ -38,6 +38,7 @@ pub struct Queued {
 #[derive(Debug, Clone)]
 pub struct Taken {
     pub id: String,
+    pub redelivered: bool,
     pub headers: FieldTable,
     pub body: Vec<u8>,
 }
@@ -163,28 +164,13 @@ impl TestBroker {
 
     /// Takes every message out of `queue` (acknowledging them), in order.
     pub fn drain(&self, queue: &str) -> Vec<Queued> {
-        let mut taken = Vec::new();
-        block_on(async {
-            while let Some(message) = self
-                .channel
-                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-                .await
-                .expect("basic.get")
-            {
-                let id = message
-                    .delivery
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map(|id| id.as_str().to_owned())
-                    .unwrap_or_default();
-                taken.push(Queued {
-                    id,
-                    redelivered: message.delivery.redelivered,
-                });
-            }
-        });
-        taken
+        self.take_all(queue)
+            .into_iter()
+            .map(|taken| Queued {
+                id: taken.id,
+                redelivered: taken.redelivered,
+            })
+            .collect()
     }
 
     /// Takes every message out of `queue` whole, in order.
@@ -204,6 +190,7 @@ impl TestBroker {
                         .as_ref()
                         .map(|id| id.as_str().to_owned())
                         .unwrap_or_default(),
+                    redelivered: message.delivery.redelivered,
                     headers: properties.headers().clone().unwrap_or_default(),
                     body: message.delivery.data.clone(),
                 });
