@@ -319,19 +319,6 @@ pub fn load_consumer(spec: &str, config: &serde_json::Value) -> Result<LoadedCon
     plugin.build(&consumer, config)
 }
 
-/// Loads `spec`'s library once and builds `count` instances of its
-/// consumer, each with its own `new`.
-pub fn load_consumers(
-    spec: &str,
-    config: &serde_json::Value,
-    count: usize,
-) -> Result<Vec<LoadedConsumer>, LoadError> {
-    let (plugin, consumer) = load_library(spec)?;
-    (0..count)
-        .map(|_| plugin.build(&consumer, config))
-        .collect()
-}
-
 /// `spec`'s library, and the name of the consumer it asks for.
 pub fn load_library(spec: &str) -> Result<(Plugin, String), LoadError> {
     let spec = CallbackSpec::parse(spec)?;
