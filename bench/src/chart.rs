@@ -1,5 +1,6 @@
-//! The PNG chart of a throughput run: median messages per second and peak
-//! memory, a group of bars per prefetch value, a bar per contender.
+//! The PNG chart of a throughput run: median messages per second, CPU per
+//! message and peak memory, a group of bars per prefetch value, a bar per
+//! contender.
 
 use std::path::Path;
 
@@ -14,6 +15,7 @@ pub struct Bar {
     pub prefetch: u16,
     pub contender: &'static str,
     pub messages_per_second: f64,
+    pub cpu_seconds_per_thousand: f64,
     pub peak_rss_mib: f64,
 }
 
@@ -23,15 +25,30 @@ pub fn draw(path: &Path, bars: &[Bar]) -> Result<(), String> {
     // plotters keeps the font for the life of the process.
     plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(font.into()))
         .map_err(|_| format!("{FONT} is not a font plotters can read"))?;
-    let root = BitMapBackend::new(path, (1200, 520)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1800, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(|error| error.to_string())?;
-    let (left, right) = root.split_horizontally(600);
-    panel(&left, "median messages/s (higher is better)", bars, |bar| {
-        bar.messages_per_second
-    })?;
-    panel(&right, "peak RSS, MiB (lower is better)", bars, |bar| {
-        bar.peak_rss_mib
-    })?;
+    let panels = root.split_evenly((1, 3));
+    panel(
+        &panels[0],
+        "median messages/s (higher is better)",
+        bars,
+        0,
+        |bar| bar.messages_per_second,
+    )?;
+    panel(
+        &panels[1],
+        "CPU s per 1,000 messages (lower is better)",
+        bars,
+        3,
+        |bar| bar.cpu_seconds_per_thousand,
+    )?;
+    panel(
+        &panels[2],
+        "peak RSS, MiB (lower is better)",
+        bars,
+        0,
+        |bar| bar.peak_rss_mib,
+    )?;
     root.present().map_err(|error| error.to_string())
 }
 
@@ -39,6 +56,7 @@ fn panel(
     area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
     title: &str,
     bars: &[Bar],
+    decimals: usize,
     value: impl Fn(&Bar) -> f64,
 ) -> Result<(), String> {
     let mut groups: Vec<u16> = bars.iter().map(|bar| bar.prefetch).collect();
@@ -50,7 +68,8 @@ fn panel(
         }
     }
     // Head room for the legend.
-    let top = bars.iter().map(&value).fold(0.0, f64::max).max(1.0) * 1.4;
+    let highest = bars.iter().map(&value).fold(0.0, f64::max);
+    let top = if highest > 0.0 { highest * 1.4 } else { 1.0 };
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 20))
         .margin(15)
@@ -97,7 +116,11 @@ fn panel(
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled()));
         chart
             .draw_series(mine.iter().map(|(x, y)| {
-                Text::new(format!("{y:.0}"), (*x, *y + top * 0.01), ("sans-serif", 13))
+                Text::new(
+                    format!("{y:.decimals$}"),
+                    (*x, *y + top * 0.01),
+                    ("sans-serif", 13),
+                )
             }))
             .map_err(|error| error.to_string())?;
     }

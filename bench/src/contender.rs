@@ -23,8 +23,14 @@ pub struct Programs {
 pub enum Contender {
     /// This host with the no-op plugin.
     Ours,
-    /// The bare lapin consumer.
-    Lapin,
+    /// A lapin consumer acking each message (the naive one).
+    LapinEach,
+    /// A lapin consumer acking with `multiple` every prefetch/2 messages
+    /// (the hand-tuned one: the bar).
+    LapinMultiple,
+    /// A lapin consumer with automatic acks: no at-least-once, the
+    /// broker's delivery ceiling.
+    LapinAuto,
     /// Python fedora-messaging with an equivalent callback.
     Python,
 }
@@ -33,7 +39,9 @@ impl Contender {
     pub fn name(self) -> &'static str {
         match self {
             Contender::Ours => "ours",
-            Contender::Lapin => "lapin",
+            Contender::LapinEach => "lapin-each",
+            Contender::LapinMultiple => "lapin-multiple",
+            Contender::LapinAuto => "lapin-autoack",
             Contender::Python => "python",
         }
     }
@@ -63,13 +71,19 @@ impl Programs {
                 command.arg("--conf").arg(conf).arg("consume");
                 Ok(command)
             }
-            Contender::Lapin => {
+            Contender::LapinEach | Contender::LapinMultiple | Contender::LapinAuto => {
+                let acks = match contender {
+                    Contender::LapinEach => "each",
+                    Contender::LapinMultiple => "multiple",
+                    _ => "auto",
+                };
                 let mut command = Command::new(self.bin_dir.join("bare-lapin"));
                 command.args([
                     AMQP_URL,
                     QUEUE,
                     &settings.prefetch.to_string(),
                     &settings.messages.to_string(),
+                    acks,
                 ]);
                 Ok(command)
             }

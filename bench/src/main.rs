@@ -1,17 +1,20 @@
 //! fm-bench: how fast and lean the host is, measured side by side with
-//! the limit of its stack (a bare lapin consumer) and with the Python
+//! lapin consumers (naive, hand-tuned, auto-ack) and with the Python
 //! fedora-messaging, on the local RabbitMQ. `scripts/bench` builds what it
 //! needs and runs it; see the README's "Benchmarks".
 //!
 //! - `throughput`: for each prefetch, fill a durable queue with N messages
 //!   in fedora-messaging's wire format and drain it with each contender in
-//!   turn (A B C A B C …); report median messages/s, peak RSS and the
-//!   ratios; write a CSV, a Markdown table and a PNG chart.
+//!   turn (A B C A B C …); report median messages/s (from each one's
+//!   first delivery to its last settlement), CPU per message, peak RSS and
+//!   the ratios; write a CSV, a Markdown table and a PNG chart.
 //! - `workers`: a consumer that sleeps per message, one worker against
 //!   many.
 //! - `memory`: RSS while draining a long queue, early against late.
 //! - `startup`: from the broker accepting the connection to the first
 //!   message reaching the consumer.
+//! - `fill`: only fill the queue and write the host's configuration, to
+//!   run it by hand under a profiler (see the README's "Benchmarks").
 
 mod broker;
 mod chart;
@@ -52,7 +55,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Mode {
-    /// Messages per second and peak memory: ours, bare lapin, Python
+    /// Messages per second, CPU and peak memory: ours, lapin, Python
     Throughput {
         #[arg(long, default_value_t = 20_000)]
         messages: u64,
@@ -83,6 +86,14 @@ enum Mode {
     Startup {
         #[arg(long, default_value_t = 10)]
         runs: usize,
+    },
+    /// Only empty the queue and fill it with --messages, and write the
+    /// host's configuration, for a run by hand (under a profiler)
+    Fill {
+        #[arg(long, default_value_t = 20_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 1000)]
+        prefetch: u16,
     },
 }
 
@@ -118,6 +129,18 @@ fn run(cli: &Cli) -> Result<(), String> {
         } => compare_workers(&programs, &broker, *messages, *workers, *sleep_ms, *rounds),
         Mode::Memory { messages, prefetch } => memory(&programs, &broker, *messages, *prefetch),
         Mode::Startup { runs } => startup(&programs, &broker, *runs),
+        Mode::Fill { messages, prefetch } => {
+            broker.fill(*messages)?;
+            let settings = Settings {
+                prefetch: *prefetch,
+                messages: *messages,
+                workers: 1,
+                sleep_ms: 0,
+            };
+            let command = programs.command(Contender::Ours, &settings)?;
+            println!("{messages} messages queued; the host's command: {command:?}");
+            Ok(())
+        }
     }
 }
 
@@ -149,8 +172,9 @@ fn one_run(
         ));
     }
     println!(
-        "{label:<24} {:>9.0} msgs/s {:>7.1} MiB",
-        settings.messages as f64 / measured.seconds,
+        "{label:<28} {:>9.0} msgs/s {:>7.3} CPU s/1000 {:>7.1} MiB",
+        settings.messages as f64 / measured.active_seconds,
+        cpu_per_thousand(&measured, settings.messages),
         measured.peak_rss_kib as f64 / 1024.0
     );
     Ok(measured)
@@ -163,19 +187,24 @@ fn throughput(
     rounds: usize,
     prefetches: &[u16],
 ) -> Result<(), String> {
-    let mut contenders = vec![Contender::Ours, Contender::Lapin];
+    let mut contenders = vec![
+        Contender::Ours,
+        Contender::LapinMultiple,
+        Contender::LapinEach,
+        Contender::LapinAuto,
+    ];
     if programs.python.is_some() {
         contenders.push(Contender::Python);
     } else {
         println!("(no --python: Python fedora-messaging does not take part)");
     }
-    let mut csv =
-        String::from("prefetch,round,contender,messages,seconds,msgs_per_s,peak_rss_kib\n");
+    let mut csv = String::from(
+        "prefetch,round,contender,messages,wall_seconds,active_seconds,msgs_per_s,cpu_s_per_1000,peak_rss_kib\n",
+    );
     let mut bars = Vec::new();
     let mut table = String::from(
-        "| prefetch | contender | median msgs/s | median peak RSS (MiB) |\n|---|---|---|---|\n",
+        "| prefetch | contender | median msgs/s | ours / it | median CPU s per 1,000 msgs | median peak RSS (MiB) |\n|---|---|---|---|---|---|\n",
     );
-    let mut ratios = String::new();
     for &prefetch in prefetches {
         let settings = Settings {
             prefetch,
@@ -191,65 +220,56 @@ fn throughput(
                 let run = one_run(programs, broker, *contender, &settings, &label)?;
                 let _ = writeln!(
                     csv,
-                    "{prefetch},{round},{},{messages},{:.4},{:.1},{}",
+                    "{prefetch},{round},{},{messages},{:.4},{:.4},{:.1},{:.4},{}",
                     contender.name(),
                     run.seconds,
-                    messages as f64 / run.seconds,
+                    run.active_seconds,
+                    messages as f64 / run.active_seconds,
+                    cpu_per_thousand(&run, messages),
                     run.peak_rss_kib
                 );
                 measured.push(run);
             }
         }
-        let mut medians = Vec::new();
-        for (contender, measured) in &results {
-            let rate = median(
-                &measured
-                    .iter()
-                    .map(|m| messages as f64 / m.seconds)
-                    .collect::<Vec<_>>(),
-            );
-            let rss = median(
-                &measured
-                    .iter()
-                    .map(|m| m.peak_rss_kib as f64 / 1024.0)
-                    .collect::<Vec<_>>(),
-            );
+        let medians: Vec<(Contender, [f64; 3])> = results
+            .iter()
+            .map(|(contender, measured)| {
+                let of = |value: &dyn Fn(&Measured) -> f64| {
+                    median(&measured.iter().map(value).collect::<Vec<_>>())
+                };
+                let rate = of(&|m| messages as f64 / m.active_seconds);
+                let cpu = of(&|m| cpu_per_thousand(m, messages));
+                let rss = of(&|m| m.peak_rss_kib as f64 / 1024.0);
+                (*contender, [rate, cpu, rss])
+            })
+            .collect();
+        let ours = medians
+            .iter()
+            .find(|(contender, _)| *contender == Contender::Ours)
+            .map(|(_, [rate, ..])| *rate);
+        for (contender, [rate, cpu, rss]) in &medians {
+            let ratio = match ours {
+                Some(ours) if *contender != Contender::Ours => format!("{:.2}", ours / rate),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 table,
-                "| {prefetch} | {} | {rate:.0} | {rss:.1} |",
+                "| {prefetch} | {} | {rate:.0} | {ratio} | {cpu:.3} | {rss:.1} |",
                 contender.name()
             );
             bars.push(chart::Bar {
                 prefetch,
                 contender: contender.name(),
-                messages_per_second: rate,
-                peak_rss_mib: rss,
+                messages_per_second: *rate,
+                cpu_seconds_per_thousand: *cpu,
+                peak_rss_mib: *rss,
             });
-            medians.push((*contender, rate));
-        }
-        let rate_of = |wanted: Contender| {
-            medians
-                .iter()
-                .find(|(contender, _)| *contender == wanted)
-                .map(|(_, rate)| *rate)
-        };
-        if let (Some(ours), Some(lapin)) = (rate_of(Contender::Ours), rate_of(Contender::Lapin)) {
-            let _ = writeln!(
-                ratios,
-                "prefetch {prefetch}: ours/lapin = {:.2}",
-                ours / lapin
-            );
-        }
-        if let (Some(ours), Some(python)) = (rate_of(Contender::Ours), rate_of(Contender::Python)) {
-            let _ = writeln!(
-                ratios,
-                "prefetch {prefetch}: ours/python = {:.1}",
-                ours / python
-            );
         }
     }
     let summary = format!(
-        "{messages} messages, {rounds} round(s), contenders alternating\n\n{table}\n{ratios}"
+        "{messages} messages, {rounds} round(s), contenders alternating; \
+         msgs/s from each one's first delivery to its last settlement, \
+         CPU (user + system) of the whole process\n\n{table}"
     );
     println!("\n{summary}");
     write(&programs.work_dir.join("throughput.csv"), &csv)?;
@@ -260,6 +280,11 @@ fn throughput(
         Err(error) => println!("no chart: {error}"),
     }
     Ok(())
+}
+
+/// CPU seconds the whole process spent per 1,000 messages.
+fn cpu_per_thousand(measured: &Measured, messages: u64) -> f64 {
+    measured.cpu_seconds * 1000.0 / messages as f64
 }
 
 fn compare_workers(
@@ -283,7 +308,7 @@ fn compare_workers(
             };
             let label = format!("workers-{count}-r{round}");
             let run = one_run(programs, broker, Contender::Ours, &settings, &label)?;
-            let rate = messages as f64 / run.seconds;
+            let rate = messages as f64 / run.active_seconds;
             let _ = writeln!(
                 csv,
                 "{round},{count},{messages},{:.4},{rate:.1},{}",

@@ -1,5 +1,7 @@
-//! Running one contender: its wall time from start to exit and its peak
-//! resident memory, from the kernel's accounting of the child (`wait4`).
+//! Running one contender: its wall time from start to exit, its CPU time
+//! and its peak resident memory, from the kernel's accounting of the child
+//! (`wait4`), and the time it says it took from its first delivery to its
+//! last settlement.
 
 use std::fs::File;
 use std::path::Path;
@@ -11,9 +13,19 @@ use std::time::{Duration, Instant};
 /// How one run went.
 #[derive(Debug, Clone, Copy)]
 pub struct Measured {
+    /// From exec to exit.
     pub seconds: f64,
+    /// From the first delivery to the last settlement, as the contender
+    /// logged it: connection set-up and shutdown left out.
+    pub active_seconds: f64,
+    /// User and system CPU time of the whole process.
+    pub cpu_seconds: f64,
     pub peak_rss_kib: u64,
 }
+
+/// What every contender prints when it is done (the host as part of a log
+/// line), followed by the seconds.
+const ACTIVE_MARK: &str = "first delivery to last settle: ";
 
 /// Runs `command` to its end, its output going to `log`, and kills it
 /// after `deadline`. A non-zero exit or a kill is an error naming the log.
@@ -67,11 +79,29 @@ pub fn measure(command: &mut Command, log: &Path, deadline: Duration) -> Result<
             log.display()
         ));
     }
+    let active_seconds = active_seconds(log)?;
+    let cpu = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
     Ok(Measured {
         seconds,
+        active_seconds,
+        cpu_seconds: cpu(usage.ru_utime) + cpu(usage.ru_stime),
         // Linux reports ru_maxrss in KiB.
         peak_rss_kib: usage.ru_maxrss as u64,
     })
+}
+
+/// The seconds after [`ACTIVE_MARK`] on the last line of `log` that has
+/// it.
+fn active_seconds(log: &Path) -> Result<f64, String> {
+    let text =
+        std::fs::read_to_string(log).map_err(|error| format!("{}: {error}", log.display()))?;
+    text.lines()
+        .rev()
+        .find_map(|line| {
+            let (_, after) = line.split_once(ACTIVE_MARK)?;
+            after.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .ok_or_else(|| format!("no {ACTIVE_MARK:?} line in {}", log.display()))
 }
 
 fn wait4(pid: libc::pid_t) -> Result<(i32, libc::rusage), String> {

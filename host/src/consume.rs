@@ -130,6 +130,9 @@ pub fn run_with(
         log::info!("Message counts: {summary}");
         notifier.counts(summary);
     }
+    if let Some(span) = stats.span() {
+        log::info!("{span}");
+    }
     notifier.stopping();
     engine.finish(&result);
     result

@@ -14,9 +14,9 @@
 use std::cell::Cell;
 use std::net::{TcpListener, TcpStream};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use async_executor::LocalExecutor;
 use async_io::Async;
@@ -53,6 +53,11 @@ pub struct Stats {
     /// Messages consumers published, confirmed by the broker.
     published: AtomicU64,
     durations: [Histogram; 5],
+    /// When the first message was received, and how many nanoseconds
+    /// after it the latest settlement was taken: the span in which the
+    /// host consumed, which `fm-bench` measures throughput over.
+    first_received: OnceLock<Instant>,
+    last_settled_nanos: AtomicU64,
 }
 
 #[derive(Default)]
@@ -69,7 +74,29 @@ impl Stats {
 
     /// A checked message is about to be handed to the consumer.
     pub fn received(&self) {
+        self.first_received.get_or_init(Instant::now);
         self.received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The broker has taken a batch of settlements.
+    pub fn settled(&self) {
+        if let Some(first) = self.first_received.get() {
+            let nanos = u64::try_from(first.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.last_settled_nanos.fetch_max(nanos, Ordering::Relaxed);
+        }
+    }
+
+    /// `Consumed N message(s); first delivery to last settle: S s`, once
+    /// a message was settled.
+    pub fn span(&self) -> Option<String> {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let settled =
+            get(&self.processed) + get(&self.dropped) + get(&self.rejected) + get(&self.failed);
+        self.first_received.get().filter(|_| settled > 0)?;
+        let seconds = Duration::from_nanos(get(&self.last_settled_nanos)).as_secs_f64();
+        Some(format!(
+            "Consumed {settled} message(s); first delivery to last settle: {seconds:.3} s"
+        ))
     }
 
     /// `N received, N processed, N dropped, N rejected, N failed`, once a
