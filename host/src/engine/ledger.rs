@@ -10,15 +10,30 @@
 //! engine never tries to settle it. The broker delivers those messages
 //! again.
 //!
-//! Settling keeps the coalescing that makes acks cheap: when the lowest
-//! unsettled tags of a channel are all acked by one batch, one `basic.ack`
-//! with `multiple` covers them, never a tag still pending, in flight or
-//! unstarted. lapin's `Ok(false)` (an acker poisoned by a closed channel)
-//! is a settlement that did not happen, and is said so.
+//! Acks are what make a consumer fast or slow: each frame is a wake-up of
+//! lapin's I/O thread, and each awaited one a wake-up of the engine. So an
+//! ack answer is not sent at once: it is marked, and once
+//! [`Ledger::ack_every`] answers are marked (half the prefetch, as a
+//! hand-tuned consumer does), or [`FLUSH_AFTER`] after the first one, one
+//! `basic.ack` with `multiple` covers the lowest run of marked tags, never
+//! a tag still pending, in flight or unstarted; a marked tag behind one
+//! still in flight is acked on its own, so a slow message never holds the
+//! acks of quicker ones back. Everything marked is sent before anything
+//! that would settle it otherwise (a requeue of all, a cancel, a close).
+//! Sent acks are not awaited where they are sent: the engine takes them
+//! with its other events ([`Ledger::taken`]), and one not taken within
+//! [`bounded`]'s limit means the connection is dead. Nacks and rejects are
+//! rare and settled one by one, awaited; lapin's `Ok(false)` (an acker
+//! poisoned by a closed channel) is a settlement that did not happen, and
+//! is said so.
 
-use std::collections::BTreeSet;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use lapin::Channel;
 use lapin::message::Delivery;
@@ -26,8 +41,8 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, Basi
 use lapin::types::{FieldTable, ShortString};
 
 use super::workers::Job;
-use super::{bounded, seams};
-use crate::outcome::Settle;
+use super::{BROKER_STEP, bounded, seams};
+use crate::outcome::{Outcome, Settle};
 use crate::topology::{broker_code, broker_reply};
 use crate::wire;
 
@@ -54,13 +69,59 @@ pub struct QueueChannel {
     pub consumer_tag: ShortString,
 }
 
+/// A consumer's answer and how long it took to give it: what the
+/// statistics count once its settlement is taken.
+pub type Answer = (Outcome, Duration);
+
+/// The longest an ack answer waits to be sent with others.
+pub const FLUSH_AFTER: Duration = Duration::from_millis(5);
+
 /// What a batch's settlement came to.
 pub struct Settlement {
-    /// The caller's indexes of the jobs that were settled.
-    pub settled: Vec<usize>,
+    /// The answers settled now (acks are settled later, when
+    /// [`Ledger::taken`] says so).
+    pub settled: Vec<Answer>,
     /// A request was not taken within [`bounded`]'s limit: the connection
     /// is presumed dead, and the ledger is retired.
     pub hung: bool,
+}
+
+/// What became of acks marked or sent earlier.
+pub enum Taken {
+    /// lapin took them (those it could not take, their channel gone, are
+    /// logged: the broker delivers those messages again); the answers
+    /// they settled.
+    Acks(Vec<Answer>),
+    /// Marked acks have waited [`FLUSH_AFTER`]: send them
+    /// ([`Ledger::send_marked`]).
+    FlushDue,
+    /// One was not taken within [`bounded`]'s limit: the connection is
+    /// presumed dead, and the ledger is retired.
+    Hung,
+}
+
+/// A delivery admitted and not settled yet.
+struct Admitted {
+    tag: u64,
+    state: State,
+}
+
+enum State {
+    /// With a worker, or waiting for one.
+    Handed,
+    /// Answered with an ack not sent yet.
+    Acked(Answer),
+    /// Settled on its own, and the request is out: an ack with `multiple`
+    /// sent later may pass over it.
+    Settled,
+}
+
+/// An ack (with `multiple` or not) handed to lapin and not yet taken.
+struct SentAck {
+    taken: Pin<Box<dyn Future<Output = lapin::Result<()>> + Send>>,
+    answers: Vec<Answer>,
+    source: usize,
+    since: Instant,
 }
 
 /// What forwarding a delivery (a copy published elsewhere, the original
@@ -86,8 +147,19 @@ pub struct Ledger {
     queues: Vec<QueueChannel>,
     /// A channel in confirm mode, for the delivery limit's copies.
     publisher: Option<Channel>,
-    /// Per queue, the delivery tags admitted and not settled.
-    unsettled: Vec<BTreeSet<u64>>,
+    /// Per queue, the deliveries admitted and not settled, in delivery
+    /// order (the broker's tags rise on a channel).
+    unsettled: Vec<VecDeque<Admitted>>,
+    /// Ack answers marked and not sent, over all queues.
+    marked: usize,
+    /// How many marked answers are sent together.
+    ack_every: usize,
+    /// When the marked answers are sent whatever their number.
+    flush: async_io::Timer,
+    flush_armed: bool,
+    /// Acks sent, oldest first, and when the oldest is overdue.
+    sent: VecDeque<SentAck>,
+    overdue: async_io::Timer,
 }
 
 impl Drop for Ledger {
@@ -97,13 +169,25 @@ impl Drop for Ledger {
 }
 
 impl Ledger {
-    pub fn new(queues: Vec<QueueChannel>, publisher: Option<Channel>) -> Ledger {
-        let unsettled = vec![BTreeSet::new(); queues.len()];
+    /// `prefetch_count` sets how many acks go together: half of it, as a
+    /// hand-tuned consumer does, so the broker always has room to send.
+    pub fn new(
+        queues: Vec<QueueChannel>,
+        publisher: Option<Channel>,
+        prefetch_count: u16,
+    ) -> Ledger {
+        let unsettled = queues.iter().map(|_| VecDeque::new()).collect();
         Ledger {
             life: Arc::new(AtomicBool::new(true)),
             queues,
             publisher,
             unsettled,
+            marked: 0,
+            ack_every: usize::from(prefetch_count / 2).max(1),
+            flush: async_io::Timer::never(),
+            flush_armed: false,
+            sent: VecDeque::new(),
+            overdue: async_io::Timer::never(),
         }
     }
 
@@ -127,76 +211,58 @@ impl Ledger {
 
     /// Admits a checked delivery of queue `source`.
     pub fn admit(&mut self, source: usize, delivery_tag: u64) -> Ticket {
-        self.unsettled[source].insert(delivery_tag);
+        let unsettled = &mut self.unsettled[source];
+        debug_assert!(unsettled.back().is_none_or(|last| last.tag < delivery_tag));
+        unsettled.push_back(Admitted {
+            tag: delivery_tag,
+            state: State::Handed,
+        });
         Ticket {
             life: self.life.clone(),
             source,
         }
     }
 
-    /// Settles answered jobs this ledger owns, each as its action says;
-    /// `batch` holds the caller's index for each.
-    pub async fn settle(&mut self, batch: Vec<(usize, Job, Settle)>) -> Settlement {
-        let mut settled = Vec::with_capacity(batch.len());
-        let mut acks: Vec<Vec<(usize, Job)>> = (0..self.queues.len()).map(|_| Vec::new()).collect();
+    /// Settles answered jobs this ledger owns, each as its action says:
+    /// acks are marked (and sent once enough are), the others settled now.
+    pub async fn settle(&mut self, batch: Vec<(Job, Settle, Answer)>) -> Settlement {
         let mut others = Vec::new();
-        for (index, job, action) in batch {
+        for (job, action, answer) in batch {
             debug_assert!(self.owns(&job.ticket));
             // (The hang seam needs the message settled on its own.)
             if action == Settle::Ack && !seams::get().hangs_settle_of(job.message_id()) {
-                acks[job.ticket.source].push((index, job));
+                let tag = job.delivery.delivery_tag;
+                if let Some(admitted) = self.find(job.ticket.source, tag) {
+                    admitted.state = State::Acked(answer);
+                    self.marked += 1;
+                }
             } else {
-                others.push((index, job, action));
+                others.push((job, action, answer));
             }
         }
-        for (source, mut jobs) in acks.into_iter().enumerate() {
-            if jobs.is_empty() {
-                continue;
-            }
-            jobs.sort_by_key(|(_, job)| job.delivery.delivery_tag);
-            // Both ascending, and every acked tag is unsettled: the run is
-            // where they agree from the start.
-            let run = self.unsettled[source]
-                .iter()
-                .zip(&jobs)
-                .take_while(|(tag, (_, job))| **tag == job.delivery.delivery_tag)
-                .count();
-            let mut covered = 0;
-            if run > 1 {
-                let last = jobs[run - 1].1.delivery.delivery_tag;
-                let queue = &self.queues[source];
-                let ack = queue
-                    .channel
-                    .basic_ack(last, BasicAckOptions { multiple: true });
-                match bounded("settling messages", ack).await {
-                    Some(Ok(())) => settled.extend(jobs[..run].iter().map(|(index, _)| *index)),
-                    Some(Err(error)) => log::warn!(
-                        "Could not acknowledge {run} messages of queue {:?}: {error}; the broker will deliver them again",
-                        queue.queue
-                    ),
-                    None => return self.hung(settled),
-                }
-                for (_, job) in &jobs[..run] {
-                    self.unsettled[source].remove(&job.delivery.delivery_tag);
-                }
-                covered = run;
-            }
-            for (index, job) in jobs.into_iter().skip(covered) {
-                self.unsettled[source].remove(&job.delivery.delivery_tag);
-                match settle_one(job.delivery, Settle::Ack).await {
-                    Some(true) => settled.push(index),
-                    Some(false) => {}
-                    None => return self.hung(settled),
-                }
-            }
+        let mut settled = Vec::with_capacity(others.len());
+        if !others.is_empty() {
+            // Acks answered before go out first: settling one of these may
+            // hang, and what was answered must not be lost with it.
+            self.send_marked().await;
         }
-        for (index, job, action) in others {
-            self.unsettled[job.ticket.source].remove(&job.delivery.delivery_tag);
-            match settle_one(job.delivery, action).await {
-                Some(true) => settled.push(index),
+        for (job, action, answer) in others {
+            let (source, tag) = (job.ticket.source, job.delivery.delivery_tag);
+            let outcome = settle_one(job.delivery, action).await;
+            if let Some(admitted) = self.find(source, tag) {
+                admitted.state = State::Settled;
+            }
+            match outcome {
+                Some(true) => settled.push(answer),
                 Some(false) => {}
                 None => return self.hung(settled),
             }
+        }
+        if self.marked >= self.ack_every {
+            self.send_marked().await;
+        } else if self.marked > 0 && !self.flush_armed {
+            self.flush.set_after(FLUSH_AFTER);
+            self.flush_armed = true;
         }
         Settlement {
             settled,
@@ -204,7 +270,159 @@ impl Ledger {
         }
     }
 
-    fn hung(&self, settled: Vec<usize>) -> Settlement {
+    fn find(&mut self, source: usize, tag: u64) -> Option<&mut Admitted> {
+        let unsettled = &mut self.unsettled[source];
+        let index = unsettled
+            .binary_search_by_key(&tag, |admitted| admitted.tag)
+            .ok()?;
+        unsettled.get_mut(index)
+    }
+
+    /// Whether marked acks wait to be sent.
+    pub fn has_marked(&self) -> bool {
+        self.marked > 0
+    }
+
+    /// Sends every marked ack: per queue, one with `multiple` for the
+    /// lowest run of settled tags, and one of its own for each marked tag
+    /// behind a tag still handed out. The requests are out, in order,
+    /// before this returns; [`Ledger::taken`] says when lapin took them.
+    pub async fn send_marked(&mut self) {
+        if self.flush_armed {
+            // Dropping the timer takes it out of the reactor, which would
+            // otherwise wake the engine for nothing.
+            self.flush = async_io::Timer::never();
+            self.flush_armed = false;
+        }
+        if self.marked == 0 {
+            return;
+        }
+        self.marked = 0;
+        for source in 0..self.queues.len() {
+            let unsettled = &mut self.unsettled[source];
+            let mut answers = Vec::new();
+            let mut last = None;
+            while let Some(front) = unsettled.front() {
+                if matches!(front.state, State::Handed) {
+                    break;
+                }
+                if let Some(Admitted {
+                    tag,
+                    state: State::Acked(answer),
+                }) = unsettled.pop_front()
+                {
+                    answers.push(answer);
+                    last = Some(tag);
+                }
+            }
+            let mut acks = Vec::new();
+            if let Some(last) = last {
+                acks.push((last, true, answers));
+            }
+            for admitted in unsettled.iter_mut() {
+                if matches!(admitted.state, State::Acked(_))
+                    && let State::Acked(answer) =
+                        std::mem::replace(&mut admitted.state, State::Settled)
+                {
+                    acks.push((admitted.tag, false, vec![answer]));
+                }
+            }
+            for (tag, multiple, answers) in acks {
+                let channel = self.queues[source].channel.clone();
+                let mut taken: Pin<Box<dyn Future<Output = lapin::Result<()>> + Send>> = Box::pin(
+                    async move { channel.basic_ack(tag, BasicAckOptions { multiple }).await },
+                );
+                // The first poll hands the frame to lapin, in order.
+                if let Some(result) = futures_lite::future::poll_once(&mut taken).await {
+                    taken = Box::pin(std::future::ready(result));
+                }
+                if self.sent.is_empty() {
+                    self.overdue.set_after(BROKER_STEP);
+                }
+                self.sent.push_back(SentAck {
+                    taken,
+                    answers,
+                    source,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+
+    /// Resolves when marked acks are due to be sent, or when sent acks
+    /// were taken or one is overdue; pending forever while there is none
+    /// of these.
+    pub async fn taken(&mut self) -> Taken {
+        futures_lite::future::poll_fn(|cx| {
+            if self.flush_armed && Pin::new(&mut self.flush).poll(cx).is_ready() {
+                return Poll::Ready(Taken::FlushDue);
+            }
+            let mut answers = Vec::new();
+            while let Some(front) = self.sent.front_mut() {
+                match front.taken.as_mut().poll(cx) {
+                    Poll::Ready(result) => {
+                        let Some(sent) = self.sent.pop_front() else {
+                            break;
+                        };
+                        match result {
+                            Ok(()) => answers.extend(sent.answers),
+                            Err(error) => log::warn!(
+                                "Could not acknowledge {} message(s) of queue {:?}: {error}; the broker will deliver them again",
+                                sent.answers.len(),
+                                self.queues[sent.source].queue
+                            ),
+                        }
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            if let Some(front) = self.sent.front() {
+                if !answers.is_empty() {
+                    self.overdue.set_at(front.since + BROKER_STEP);
+                } else if Pin::new(&mut self.overdue).poll(cx).is_ready() {
+                    if front.since.elapsed() >= BROKER_STEP {
+                        log::warn!("settling messages: no answer from the broker within {BROKER_STEP:?}");
+                        self.retire();
+                        return Poll::Ready(Taken::Hung);
+                    }
+                    self.overdue.set_at(front.since + BROKER_STEP);
+                    // Polled again so the timer's waker is this task's.
+                    let _ = Pin::new(&mut self.overdue).poll(cx);
+                }
+            }
+            if answers.is_empty() {
+                Poll::Pending
+            } else {
+                Poll::Ready(Taken::Acks(answers))
+            }
+        })
+        .await
+    }
+
+    /// Sends what is marked and waits, for at most [`bounded`]'s limit,
+    /// until lapin took every ack sent: before the channels close, so that
+    /// nothing consumed is delivered again. The answers they settled;
+    /// `None` if they were not taken in time.
+    pub async fn settle_sent(&mut self) -> Option<Vec<Answer>> {
+        self.send_marked().await;
+        let mut answers = Vec::new();
+        let all = async {
+            for sent in self.sent.drain(..) {
+                match sent.taken.await {
+                    Ok(()) => answers.extend(sent.answers),
+                    Err(error) => log::warn!(
+                        "Could not acknowledge {} message(s) of queue {:?}: {error}; the broker will deliver them again",
+                        sent.answers.len(),
+                        self.queues[sent.source].queue
+                    ),
+                }
+            }
+        };
+        bounded("settling messages", all).await?;
+        Some(answers)
+    }
+
+    fn hung(&self, settled: Vec<Answer>) -> Settlement {
         self.retire();
         Settlement {
             settled,
@@ -281,7 +499,9 @@ impl Ledger {
     /// of tag 0 with `multiple`. `false` when a channel did not take it in
     /// time.
     #[must_use]
-    pub async fn requeue_all(&self) -> bool {
+    pub async fn requeue_all(&mut self) -> bool {
+        // What was answered with an ack must not go back with the rest.
+        self.send_marked().await;
         for queue in &self.queues {
             let requeue = queue.channel.basic_nack(
                 0,

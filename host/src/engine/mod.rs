@@ -11,6 +11,8 @@
 //!   connection, reads the delivery streams, says why one ended.
 //! - [`workers`]: the consumer threads, which start a job only while the
 //!   engine still wants it.
+//! - [`gather`]: when waiting jobs go to idle workers: at once, or after a
+//!   few more have gathered, so one wake-up covers several.
 //! - [`redelivery`]: the delivery limit: its judgement of each delivery,
 //!   and the copies and dead letters it sends instead of the consumer.
 //! - [`pulse`]: the systemd watchdog and `STATUS=`, fed by the engine's
@@ -24,6 +26,7 @@
 //! Every wait in it is raced with the worker results, the stop request and
 //! the pulse's tick, or bounded by a few seconds.
 
+pub mod gather;
 pub mod ledger;
 pub mod lifecycle;
 pub mod pulse;
@@ -43,12 +46,13 @@ use crate::broker::{Backoff, Broker, ConnectError};
 use crate::config::DeliveryLimit;
 use crate::exit::{Exit, Fatal};
 use crate::monitor::Stats;
-use crate::outcome::{Next, Outcome};
+use crate::outcome::Next;
 use crate::publisher;
 use crate::stop::StopRequest;
 use crate::topology::Topology;
 use crate::wire;
-use ledger::Ledger;
+use gather::Gather;
+use ledger::{Answer, Ledger, Taken};
 use lifecycle::Lifecycle;
 use pulse::Pulse;
 use redelivery::Verdict;
@@ -62,7 +66,7 @@ pub(crate) const UNSETTLED: &str =
 /// How long one request to the broker may take to be taken or answered
 /// (a settlement, a cancel, a close); one that does not answer must not
 /// stop consumption silently or keep the process from ending.
-const BROKER_STEP: Duration = Duration::from_secs(5);
+pub(crate) const BROKER_STEP: Duration = Duration::from_secs(5);
 
 /// How long declaring and starting the consumers may take on a fresh
 /// connection before it is given up as dead.
@@ -100,6 +104,7 @@ struct Core {
     workers: Workers,
     /// Checked deliveries waiting for room with the workers.
     pending: VecDeque<Job>,
+    gather: Gather,
     stop: StopRequest,
     pulse: Pulse,
     stats: Arc<Stats>,
@@ -134,6 +139,8 @@ enum ChannelsEnd {
 enum Event {
     Delivered(Delivered),
     Finished(Finished),
+    Taken(Taken),
+    Gathered,
     StopRequested,
     Tick,
 }
@@ -158,6 +165,7 @@ impl Engine {
                 lifecycle: Lifecycle::new(),
                 workers,
                 pending: VecDeque::new(),
+                gather: Gather::default(),
                 stop,
                 pulse,
                 stats,
@@ -410,19 +418,20 @@ impl Core {
                 StopRequested,
                 Tick,
             }
+            let (workers, stop, pulse) = (&self.workers, &self.stop, &mut self.pulse);
             let woke = async { Woke::Done(step.as_mut().await) }
                 .or(async {
-                    match self.workers.next_result().await {
+                    match workers.next_result().await {
                         Some(finished) => Woke::Finished(finished),
                         None => futures_lite::future::pending().await,
                     }
                 })
                 .or(async {
-                    self.stop.requested().await;
+                    stop.requested().await;
                     Woke::StopRequested
                 })
                 .or(async {
-                    self.pulse.tick().await;
+                    pulse.tick().await;
                     Woke::Tick
                 })
                 .await;
@@ -458,9 +467,10 @@ impl Core {
                 "Stopping: waiting for {} message(s) given to the consumer",
                 self.lifecycle.in_flight()
             ));
-            let finished = async { self.workers.next_result().await.map(Some) }
+            let (workers, pulse) = (&self.workers, &mut self.pulse);
+            let finished = async { workers.next_result().await.map(Some) }
                 .or(async {
-                    self.pulse.tick().await;
+                    pulse.tick().await;
                     Some(None)
                 })
                 .await;
@@ -491,8 +501,34 @@ impl Core {
         deliveries: &mut Deliveries,
     ) -> ChannelsEnd {
         let end = self.consume_until_end(connection, ledger, deliveries).await;
+        let end = match end {
+            ChannelsEnd::ConnectionLost(_) => end,
+            // Acks answered and not yet taken go out before the channels
+            // close, or the broker would deliver those messages again.
+            _ => match ledger.settle_sent().await {
+                Some(answers) => {
+                    self.count(answers);
+                    end
+                }
+                None => match end {
+                    ChannelsEnd::Reopen(_) => ChannelsEnd::ConnectionLost(UNSETTLED.to_owned()),
+                    end => end,
+                },
+            },
+        };
         ledger.retire();
         end
+    }
+
+    /// Counts settled answers as fedora-messaging counts them.
+    fn count(&self, answers: Vec<Answer>) {
+        if answers.is_empty() {
+            return;
+        }
+        self.stats.settled();
+        for (outcome, took) in answers {
+            self.stats.answered(&outcome, took);
+        }
     }
 
     async fn consume_until_end(
@@ -505,6 +541,9 @@ impl Core {
             self.pulse.turned();
             while self.lifecycle.is_running()
                 && self.lifecycle.in_flight() < self.workers.capacity()
+                && !self
+                    .gather
+                    .should_wait(self.pending.len(), self.lifecycle.in_flight())
             {
                 let Some(job) = self.pending.pop_front() else {
                     break;
@@ -519,27 +558,39 @@ impl Core {
                 return ChannelsEnd::Draining;
             }
             let running = self.lifecycle.is_running();
+            let (workers, stop, pulse, gather) =
+                (&self.workers, &self.stop, &mut self.pulse, &mut self.gather);
             let event = async {
-                match self.workers.next_result().await {
+                match workers.next_result().await {
                     Some(finished) => Event::Finished(finished),
                     None => futures_lite::future::pending().await,
                 }
             }
             .or(async { Event::Delivered(deliveries.next().await) })
+            .or(async { Event::Taken(ledger.taken().await) })
+            .or(async {
+                gather.ran_out().await;
+                Event::Gathered
+            })
             .or(async {
                 if !running {
                     futures_lite::future::pending::<()>().await;
                 }
-                self.stop.requested().await;
+                stop.requested().await;
                 Event::StopRequested
             })
             .or(async {
-                self.pulse.tick().await;
+                pulse.tick().await;
                 Event::Tick
             })
             .await;
             match event {
-                Event::Tick => {}
+                Event::Tick | Event::Gathered => {}
+                Event::Taken(Taken::Acks(answers)) => self.count(answers),
+                Event::Taken(Taken::FlushDue) => ledger.send_marked().await,
+                Event::Taken(Taken::Hung) => {
+                    return ChannelsEnd::ConnectionLost(UNSETTLED.to_owned());
+                }
                 Event::StopRequested => {
                     if self.lifecycle.stop_requested() {
                         self.start_draining(Some(ledger)).await;
@@ -672,7 +723,7 @@ impl Core {
     async fn answer(&mut self, ledger: Option<&mut Ledger>, batch: Vec<Finished>) -> bool {
         let mut started_draining = false;
         let mut to_settle = Vec::with_capacity(batch.len());
-        let mut answers: Vec<(Outcome, Duration)> = Vec::with_capacity(batch.len());
+        self.gather.answered();
         for finished in batch {
             let (job, outcome, took) = match finished {
                 Finished::BuildFailed(fatal) => {
@@ -709,8 +760,7 @@ impl Core {
             started_draining |= self.lifecycle.answered(next);
             match ledger.as_deref() {
                 Some(ledger) if ledger.owns(&job.ticket) => {
-                    to_settle.push((answers.len(), job, action));
-                    answers.push((outcome, took));
+                    to_settle.push((job, action, (outcome, took)));
                 }
                 _ => log::info!(
                     "Message {} was answered ({outcome}) after the channel it came on closed; the broker delivers it again",
@@ -724,10 +774,7 @@ impl Core {
         let mut hung = false;
         if let Some(ledger) = ledger {
             let settlement = ledger.settle(to_settle).await;
-            for index in settlement.settled {
-                let (outcome, took) = &answers[index];
-                self.stats.answered(outcome, *took);
-            }
+            self.count(settlement.settled);
             hung = settlement.hung;
             if started_draining && !hung {
                 ledger.cancel_all().await;

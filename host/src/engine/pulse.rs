@@ -23,17 +23,29 @@ pub struct Pulse {
     ping_every: Option<Duration>,
     last_ping: Instant,
     last_counts: Instant,
+    /// One timer for every tick, re-armed by the reactor each period: a
+    /// new timer per wait would wake the reactor on every turn of the
+    /// loop.
+    timer: async_io::Timer,
 }
 
 impl Pulse {
     pub fn new(notifier: Arc<Notifier>, stats: Arc<Stats>) -> Pulse {
         let now = Instant::now();
+        let ping_every = notifier.watchdog_interval();
+        let period = match ping_every {
+            Some(every) => every.min(STATUS_REFRESH),
+            None if notifier.enabled() => STATUS_REFRESH,
+            // Nobody listens: turning would only cost wake-ups.
+            None => Duration::from_secs(3600),
+        };
         Pulse {
-            ping_every: notifier.watchdog_interval(),
+            ping_every,
             notifier,
             stats,
             last_ping: now,
             last_counts: now,
+            timer: async_io::Timer::interval(period),
         }
     }
 
@@ -56,14 +68,8 @@ impl Pulse {
     }
 
     /// Resolves when the loop should turn even if nothing else happened.
-    pub async fn tick(&self) {
-        let period = match self.ping_every {
-            Some(every) => every.min(STATUS_REFRESH),
-            None if self.notifier.enabled() => STATUS_REFRESH,
-            // Nobody listens: turning would only cost wake-ups.
-            None => Duration::from_secs(3600),
-        };
-        async_io::Timer::after(period).await;
+    pub async fn tick(&mut self) {
+        futures_lite::StreamExt::next(&mut self.timer).await;
     }
 
     pub fn ready(&self, doing: &str) {

@@ -51,7 +51,7 @@ pub async fn open(
     }
     Ok(Opened {
         names,
-        ledger: Ledger::new(queues, publisher),
+        ledger: Ledger::new(queues, publisher, prefetch_count),
         deliveries: Deliveries { streams, next: 0 },
     })
 }

@@ -64,7 +64,7 @@ impl Job {
 }
 
 /// Jobs that may wait for each worker, besides the one it handles.
-pub const QUEUED_PER_WORKER: usize = 4;
+pub const QUEUED_PER_WORKER: usize = 15;
 
 /// Where a worker's consumer comes from.
 pub enum Source {
