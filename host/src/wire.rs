@@ -108,14 +108,23 @@ pub struct Checked {
 /// its types. `Err` carries the reason such a message is rejected.
 pub fn check_delivery(properties: &BasicProperties, body: &[u8]) -> Result<Checked, String> {
     if let Some(encoding) = properties.content_encoding() {
-        let name = encoding.as_str().to_ascii_lowercase().replace('_', "-");
-        if !matches!(name.as_str(), "utf-8" | "utf8" | "ascii" | "us-ascii") {
+        let name = encoding.as_str();
+        // Python's codec names: any case, `_` for `-`; compared without
+        // building a normalised copy, on every message.
+        let is = |wanted: &str| {
+            name.len() == wanted.len()
+                && name.bytes().zip(wanted.bytes()).all(|(got, want)| {
+                    let got = if got == b'_' { b'-' } else { got };
+                    got.eq_ignore_ascii_case(&want)
+                })
+        };
+        let ascii = is("ascii") || is("us-ascii");
+        if !(ascii || is("utf-8") || is("utf8")) {
             return Err(format!(
-                "unsupported content_encoding {:?} (fedora-messaging publishes utf-8)",
-                encoding.as_str()
+                "unsupported content_encoding {name:?} (fedora-messaging publishes utf-8)"
             ));
         }
-        if name.contains("ascii") && !body.is_ascii() {
+        if ascii && !body.is_ascii() {
             return Err("the body is not ASCII, as its content_encoding says".to_owned());
         }
     }
@@ -719,6 +728,22 @@ mod tests {
             check_delivery(&latin1, b"{}")
                 .unwrap_err()
                 .contains("unsupported content_encoding")
+        );
+        for name in [
+            "utf-8", "UTF-8", "utf_8", "utf8", "Ascii", "US_ASCII", "us-ascii",
+        ] {
+            let encoded = properties(None).with_content_encoding(name.into());
+            assert!(check_delivery(&encoded, b"{}").is_ok(), "{name}");
+        }
+        for name in ["utf-16", "utf", "ascii8", ""] {
+            let encoded = properties(None).with_content_encoding(name.into());
+            assert!(check_delivery(&encoded, b"{}").is_err(), "{name}");
+        }
+        let ascii = properties(None).with_content_encoding("US_ASCII".into());
+        assert!(
+            check_delivery(&ascii, "{\"a\": \"é\"}".as_bytes())
+                .unwrap_err()
+                .contains("not ASCII")
         );
     }
 
