@@ -10,7 +10,9 @@
 //! all; while a worker is busy, jobs go to it at once (it takes them
 //! without being woken). A message that comes alone, after a quiet spell,
 //! is handed over at once: the wait only ever applies when more messages
-//! are known to be close behind.
+//! are known to be close behind. Nor does it apply when the prefetch leaves
+//! the broker too little room to send the rest of a batch: the broker would
+//! wait for acks, and the acks for the batch.
 
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -50,10 +52,13 @@ impl Gather {
     }
 
     /// Whether `waiting` jobs should wait for more before being handed to
-    /// workers that hold `in_flight` jobs; arms the wait's timer if so.
-    pub fn should_wait(&mut self, waiting: usize, in_flight: usize) -> bool {
+    /// workers that hold `in_flight` jobs, when the broker may send `room`
+    /// more deliveries before it waits for acks; arms the wait's timer if
+    /// so.
+    pub fn should_wait(&mut self, waiting: usize, in_flight: usize, room: usize) -> bool {
         let wait = waiting > 0
             && waiting < BATCH
+            && room >= BATCH - waiting
             && in_flight == 0
             && !self.due
             && self
@@ -98,26 +103,31 @@ mod tests {
 
     #[test]
     fn jobs_wait_only_for_idle_workers_while_messages_stream() {
+        const ROOM: usize = 1000;
         let mut gather = Gather::default();
         // Nothing answered yet, or long ago: a lone message goes at once.
-        assert!(!gather.should_wait(1, 0));
+        assert!(!gather.should_wait(1, 0, ROOM));
         gather.last_answer = Some(Instant::now() - HOT * 2);
-        assert!(!gather.should_wait(1, 0));
+        assert!(!gather.should_wait(1, 0, ROOM));
         // Streaming: a few wait for more while the workers are idle…
         gather.answered();
-        assert!(gather.should_wait(1, 0));
+        assert!(gather.should_wait(1, 0, ROOM));
         assert!(gather.armed);
-        assert!(gather.should_wait(BATCH - 1, 0));
+        assert!(gather.should_wait(BATCH - 1, 0, ROOM));
         // …but not once a batch has gathered, nor while a worker is busy.
-        assert!(!gather.should_wait(BATCH, 0));
+        assert!(!gather.should_wait(BATCH, 0, ROOM));
         assert!(!gather.armed);
-        assert!(!gather.should_wait(1, 1));
+        assert!(!gather.should_wait(1, 1, ROOM));
         // Once the wait runs out, what has gathered goes.
         gather.answered();
-        assert!(gather.should_wait(2, 0));
+        assert!(gather.should_wait(2, 0, ROOM));
         gather.armed = false;
         gather.due = true;
-        assert!(!gather.should_wait(2, 0));
+        assert!(!gather.should_wait(2, 0, ROOM));
         assert!(!gather.due);
+        // Nor while the prefetch keeps the rest of a batch from coming.
+        gather.answered();
+        assert!(gather.should_wait(2, 0, BATCH - 2));
+        assert!(!gather.should_wait(2, 0, BATCH - 3));
     }
 }

@@ -154,6 +154,9 @@ pub struct Ledger {
     marked: usize,
     /// How many marked answers are sent together.
     ack_every: usize,
+    /// Each queue's QoS: deliveries the broker sends before it waits for
+    /// acks.
+    prefetch_count: usize,
     /// When the marked answers are sent whatever their number.
     flush: async_io::Timer,
     flush_armed: bool,
@@ -184,6 +187,7 @@ impl Ledger {
             unsettled,
             marked: 0,
             ack_every: usize::from(prefetch_count / 2).max(1),
+            prefetch_count: usize::from(prefetch_count),
             flush: async_io::Timer::never(),
             flush_armed: false,
             sent: VecDeque::new(),
@@ -276,6 +280,15 @@ impl Ledger {
             .binary_search_by_key(&tag, |admitted| admitted.tag)
             .ok()?;
         unsettled.get_mut(index)
+    }
+
+    /// How many more deliveries the broker may send before it waits for
+    /// acks (over all queues; a marked ack still counts against it).
+    pub fn room(&self) -> usize {
+        self.unsettled
+            .iter()
+            .map(|unsettled| self.prefetch_count.saturating_sub(unsettled.len()))
+            .sum()
     }
 
     /// Whether marked acks wait to be sent.

@@ -541,9 +541,11 @@ impl Core {
             self.pulse.turned();
             while self.lifecycle.is_running()
                 && self.lifecycle.in_flight() < self.workers.capacity()
-                && !self
-                    .gather
-                    .should_wait(self.pending.len(), self.lifecycle.in_flight())
+                && !self.gather.should_wait(
+                    self.pending.len(),
+                    self.lifecycle.in_flight(),
+                    ledger.room(),
+                )
             {
                 let Some(job) = self.pending.pop_front() else {
                     break;
