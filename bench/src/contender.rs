@@ -31,6 +31,9 @@ pub enum Contender {
     /// A lapin consumer with automatic acks: no at-least-once, the
     /// broker's delivery ceiling.
     LapinAuto,
+    /// The hand-tuned consumer with each message handed to a thread and
+    /// back: what keeping a consumer off the connection's task costs.
+    LapinThread,
     /// Python fedora-messaging with an equivalent callback.
     Python,
 }
@@ -42,6 +45,7 @@ impl Contender {
             Contender::LapinEach => "lapin-each",
             Contender::LapinMultiple => "lapin-multiple",
             Contender::LapinAuto => "lapin-autoack",
+            Contender::LapinThread => "lapin-thread",
             Contender::Python => "python",
         }
     }
@@ -71,10 +75,14 @@ impl Programs {
                 command.arg("--conf").arg(conf).arg("consume");
                 Ok(command)
             }
-            Contender::LapinEach | Contender::LapinMultiple | Contender::LapinAuto => {
+            Contender::LapinEach
+            | Contender::LapinMultiple
+            | Contender::LapinAuto
+            | Contender::LapinThread => {
                 let acks = match contender {
                     Contender::LapinEach => "each",
                     Contender::LapinMultiple => "multiple",
+                    Contender::LapinThread => "thread",
                     _ => "auto",
                 };
                 let mut command = Command::new(self.bin_dir.join("bare-lapin"));

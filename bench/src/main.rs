@@ -190,6 +190,7 @@ fn throughput(
     let mut contenders = vec![
         Contender::Ours,
         Contender::LapinMultiple,
+        Contender::LapinThread,
         Contender::LapinEach,
         Contender::LapinAuto,
     ];
