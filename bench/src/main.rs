@@ -31,7 +31,7 @@ use clap::{Parser, Subcommand};
 
 use crate::broker::Broker;
 use crate::contender::{Contender, Programs, Settings};
-use crate::measure::{Measured, measure, median};
+use crate::measure::{Measured, measure, median, status_kib};
 
 #[derive(Parser)]
 #[command(about = "Benchmarks the host against bare lapin and Python fedora-messaging")]
@@ -360,7 +360,7 @@ fn memory(
             let _ = child.kill();
             return Err(format!("the host did not finish within {deadline:?}"));
         }
-        if let (Some(rss), Ok(depth)) = (vm_rss_kib(&status_path), broker.depth()) {
+        if let (Some(rss), Ok(depth)) = (status_kib(&status_path, "VmRSS:"), broker.depth()) {
             let consumed = messages.saturating_sub(u64::from(depth));
             samples.push((started.elapsed().as_secs_f64(), consumed, rss));
         }
@@ -393,12 +393,6 @@ fn memory(
     }
     write(&programs.work_dir.join("memory.csv"), &csv)?;
     write(&programs.work_dir.join("memory.md"), &summary)
-}
-
-fn vm_rss_kib(status_path: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(status_path).ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn startup(programs: &Programs, broker: &Broker, runs: usize) -> Result<(), String> {

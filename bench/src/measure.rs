@@ -1,13 +1,18 @@
-//! Running one contender: its wall time from start to exit, its CPU time
-//! and its peak resident memory, from the kernel's accounting of the child
-//! (`wait4`), and the time it says it took from its first delivery to its
-//! last settlement.
+//! Running one contender: its wall time from start to exit and its CPU
+//! time, from the kernel's accounting of the child (`wait4`), its peak
+//! resident memory (`VmHWM`, read while it runs), and the time it says it
+//! took from its first delivery to its last settlement.
+//!
+//! `wait4`'s `ru_maxrss` is no measure of a child's memory: a child
+//! started with `vfork` (as `Command` starts them) records at `exec` the
+//! peak of the memory it shared with the harness, so every contender
+//! would report at least the harness's own peak.
 
 use std::fs::File;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How one run went.
@@ -43,15 +48,21 @@ pub fn measure(command: &mut Command, log: &Path, deadline: Duration) -> Result<
         .map_err(|error| format!("cannot start {command:?}: {error}"))?;
     let pid = child.id() as libc::pid_t;
     let finished = Arc::new(AtomicBool::new(false));
+    let peak_rss_kib = Arc::new(AtomicU64::new(0));
     let watchdog = {
         let finished = finished.clone();
+        let peak_rss_kib = peak_rss_kib.clone();
+        let status = format!("/proc/{pid}/status");
         std::thread::spawn(move || {
             let until = Instant::now() + deadline;
             while Instant::now() < until {
                 if finished.load(Ordering::SeqCst) {
                     return;
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                if let Some(peak) = status_kib(&status, "VmHWM:") {
+                    peak_rss_kib.fetch_max(peak, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
             if !finished.load(Ordering::SeqCst) {
                 // SAFETY: kill(2) takes any pid. This one is our child's,
@@ -85,9 +96,16 @@ pub fn measure(command: &mut Command, log: &Path, deadline: Duration) -> Result<
         seconds,
         active_seconds,
         cpu_seconds: cpu(usage.ru_utime) + cpu(usage.ru_stime),
-        // Linux reports ru_maxrss in KiB.
-        peak_rss_kib: usage.ru_maxrss as u64,
+        peak_rss_kib: peak_rss_kib.load(Ordering::SeqCst),
     })
+}
+
+/// A `/proc/PID/status` field in KiB (`VmHWM:`, `VmRSS:`), if the process
+/// is still there.
+pub fn status_kib(status_path: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(status_path).ok()?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The seconds after [`ACTIVE_MARK`] on the last line of `log` that has
