@@ -117,17 +117,7 @@ async fn consume(
             Acks::Auto | Acks::Thread => {}
         }
     }
-    if let Some(last) = unacked {
-        channel
-            .basic_ack(last, BasicAckOptions { multiple: true })
-            .await?;
-    }
-    if let Some(first_delivery) = first_delivery {
-        println!(
-            "first delivery to last settle: {:.6} s",
-            first_delivery.elapsed().as_secs_f64()
-        );
-    }
+    finish(&channel, unacked, first_delivery).await?;
     connection.close(200, "done".into()).await
 }
 
@@ -188,6 +178,19 @@ async fn through_a_thread(
             }
         }
     }
+    finish(&channel, unacked, first_delivery).await?;
+    drop(jobs);
+    let _ = consumer.join();
+    connection.close(200, "done".into()).await
+}
+
+/// Acks what is left with `multiple`, then prints the line the harness
+/// reads.
+async fn finish(
+    channel: &lapin::Channel,
+    unacked: Option<u64>,
+    first_delivery: Option<Instant>,
+) -> lapin::Result<()> {
     if let Some(last) = unacked {
         channel
             .basic_ack(last, BasicAckOptions { multiple: true })
@@ -199,7 +202,5 @@ async fn through_a_thread(
             first_delivery.elapsed().as_secs_f64()
         );
     }
-    drop(jobs);
-    let _ = consumer.join();
-    connection.close(200, "done".into()).await
+    Ok(())
 }
