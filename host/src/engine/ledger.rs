@@ -12,14 +12,15 @@
 //!
 //! Acks are what make a consumer fast or slow: each frame is a wake-up of
 //! lapin's I/O thread, and each awaited one a wake-up of the engine. So an
-//! ack answer is not sent at once: it is marked, and once
-//! [`Ledger::ack_every`] answers are marked (half the prefetch, as a
-//! hand-tuned consumer does), or [`FLUSH_AFTER`] after the first one, one
-//! `basic.ack` with `multiple` covers the lowest run of marked tags, never
-//! a tag still pending, in flight or unstarted; a marked tag behind one
-//! still in flight is acked on its own, so a slow message never holds the
-//! acks of quicker ones back. Everything marked is sent before anything
-//! that would settle it otherwise (a requeue of all, a cancel, a close).
+//! ack answer is not sent at once: it is marked, and once half the
+//! prefetch of answers are marked (as a hand-tuned consumer does), or
+//! [`FLUSH_AFTER`] after the first one, one `basic.ack` with `multiple`
+//! covers the lowest run of marked tags, never a tag still pending, in
+//! flight or unstarted; a marked tag behind one still in flight is acked
+//! on its own, so a slow message never holds the acks of quicker ones
+//! back. Everything marked is sent before anything that could settle it
+//! otherwise or be lost with it: a nack or reject, a requeue of all, the
+//! channels' end.
 //! Sent acks are not awaited where they are sent: the engine takes them
 //! with its other events ([`Ledger::taken`]), and one not taken within
 //! [`bounded`]'s limit means the connection is dead. Nacks and rejects are
@@ -236,9 +237,15 @@ impl Ledger {
             // (The hang seam needs the message settled on its own.)
             if action == Settle::Ack && !seams::get().hangs_settle_of(job.message_id()) {
                 let tag = job.delivery.delivery_tag;
-                if let Some(admitted) = self.find(job.ticket.source, tag) {
-                    admitted.state = State::Acked(answer);
-                    self.marked += 1;
+                match self.find(job.ticket.source, tag) {
+                    Some(admitted) => {
+                        admitted.state = State::Acked(answer);
+                        self.marked += 1;
+                    }
+                    None => log::error!(
+                        "Message {} was answered but is not in the ledger (please report this bug); the broker will deliver it again",
+                        job.message_id()
+                    ),
                 }
             } else {
                 others.push((job, action, answer));

@@ -63,7 +63,9 @@ impl Job {
     }
 }
 
-/// Jobs that may wait for each worker, besides the one it handles.
+/// Jobs that may wait for each worker, besides the one it handles: room
+/// for a gathered batch ([`super::gather::BATCH`]) and the jobs that
+/// follow it while the worker is busy.
 pub const QUEUED_PER_WORKER: usize = 15;
 
 /// Where a worker's consumer comes from.
