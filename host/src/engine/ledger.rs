@@ -384,31 +384,31 @@ impl Ledger {
                         let Some(sent) = self.sent.pop_front() else {
                             break;
                         };
-                        match result {
-                            Ok(()) => answers.extend(sent.answers),
-                            Err(error) => log::warn!(
-                                "Could not acknowledge {} message(s) of queue {:?}: {error}; the broker will deliver them again",
-                                sent.answers.len(),
-                                self.queues[sent.source].queue
-                            ),
-                        }
+                        answers.extend(taken_answers(
+                            &self.queues,
+                            sent.source,
+                            sent.answers,
+                            result,
+                        ));
                     }
                     Poll::Pending => break,
                 }
             }
-            if let Some(front) = self.sent.front() {
-                if !answers.is_empty() {
-                    self.overdue.set_at(front.since + BROKER_STEP);
-                } else if Pin::new(&mut self.overdue).poll(cx).is_ready() {
-                    if front.since.elapsed() >= BROKER_STEP {
-                        log::warn!("settling messages: no answer from the broker within {BROKER_STEP:?}");
-                        self.retire();
-                        return Poll::Ready(Taken::Hung);
-                    }
-                    self.overdue.set_at(front.since + BROKER_STEP);
-                    // Polled again so the timer's waker is this task's.
-                    let _ = Pin::new(&mut self.overdue).poll(cx);
+            // The timer is set for the oldest ack when it is sent, and
+            // moved on to the one then oldest only when it fires.
+            if let Some(front) = self.sent.front()
+                && Pin::new(&mut self.overdue).poll(cx).is_ready()
+            {
+                if front.since.elapsed() >= BROKER_STEP {
+                    log::warn!(
+                        "settling messages: no answer from the broker within {BROKER_STEP:?}"
+                    );
+                    self.retire();
+                    return Poll::Ready(Taken::Hung);
                 }
+                self.overdue.set_at(front.since + BROKER_STEP);
+                // Polled again so the timer's waker is this task's.
+                let _ = Pin::new(&mut self.overdue).poll(cx);
             }
             if answers.is_empty() {
                 Poll::Pending
@@ -428,14 +428,13 @@ impl Ledger {
         let mut answers = Vec::new();
         let all = async {
             for sent in self.sent.drain(..) {
-                match sent.taken.await {
-                    Ok(()) => answers.extend(sent.answers),
-                    Err(error) => log::warn!(
-                        "Could not acknowledge {} message(s) of queue {:?}: {error}; the broker will deliver them again",
-                        sent.answers.len(),
-                        self.queues[sent.source].queue
-                    ),
-                }
+                let result = sent.taken.await;
+                answers.extend(taken_answers(
+                    &self.queues,
+                    sent.source,
+                    sent.answers,
+                    result,
+                ));
             }
         };
         bounded("settling messages", all).await?;
@@ -573,6 +572,27 @@ impl Ledger {
         let channel = &self.queues[source].channel;
         let bogus = channel.basic_ack(u64::MAX / 2, BasicAckOptions::default());
         let _ = bounded("breaking a channel (test seam)", bogus).await;
+    }
+}
+
+/// The answers an ack of `source`'s channel settled once lapin took it;
+/// none when it could not (said so: the broker delivers them again).
+fn taken_answers(
+    queues: &[QueueChannel],
+    source: usize,
+    answers: Vec<Answer>,
+    result: lapin::Result<()>,
+) -> Vec<Answer> {
+    match result {
+        Ok(()) => answers,
+        Err(error) => {
+            log::warn!(
+                "Could not acknowledge {} message(s) of queue {:?}: {error}; the broker will deliver them again",
+                answers.len(),
+                queues[source].queue
+            );
+            Vec::new()
+        }
     }
 }
 
