@@ -2,25 +2,31 @@
 //! tags, the delivery tags not settled yet, and whether those channels
 //! still live.
 //!
-//! A delivery is admitted as a [`Ticket`]; the job carries it to a worker
-//! and back. Only the ledger that issued a ticket can settle its job, and
+//! Its book (the unsettled tags, the marked acks, the acks sent) is shared
+//! by the engine and the consumer threads: a consumer thread admits each
+//! delivery it takes from a queue's stream and marks the ack of each it
+//! answers, and the engine settles everything else (nacks, rejects, a
+//! requeue of all, the channels' end). The book is only ever held for a
+//! few non-blocking steps, never across a wait.
+//!
+//! A delivery is admitted as a [`Ticket`] when it is taken from its
+//! stream. Only the ledger that issued a ticket can settle its job, and
 //! only while it lives: once it is retired (its channel or connection
 //! ended, the set-up was given up, or the ledger was dropped) every ticket
-//! it issued is dead at once, so a worker never starts such a job and the
-//! engine never tries to settle it. The broker delivers those messages
-//! again.
+//! it issued is dead at once, so no consumer starts such a job and nothing
+//! tries to settle it. The broker delivers those messages again.
 //!
 //! Acks are what make a consumer fast or slow: each frame is a wake-up of
-//! lapin's I/O thread, and each awaited one a wake-up of the engine. So an
-//! ack answer is not sent at once: it is marked, and once half the
-//! prefetch of answers are marked (as a hand-tuned consumer does), or
-//! [`FLUSH_AFTER`] after the first one, one `basic.ack` with `multiple`
-//! covers the lowest run of marked tags, never a tag still pending, in
-//! flight or unstarted; a marked tag behind one still in flight is acked
-//! on its own, so a slow message never holds the acks of quicker ones
-//! back. Everything marked is sent before anything that could settle it
-//! otherwise or be lost with it: a nack or reject, a requeue of all, the
-//! channels' end.
+//! lapin's I/O thread. So an ack answer is not sent at once: it is marked,
+//! and once half the prefetch of answers are marked (as a hand-tuned
+//! consumer does), or [`FLUSH_AFTER`] after the first one, one `basic.ack`
+//! with `multiple` covers the lowest run of marked tags, never a tag still
+//! pending, in flight or unstarted; a marked tag behind one still in
+//! flight is acked on its own, so a slow message never holds the acks of
+//! quicker ones back. Everything marked is sent before anything that could
+//! settle it otherwise or be lost with it: a nack or reject, a requeue of
+//! all, the channels' end. Acks are sent while the book is held, so they
+//! leave in the order of their tags whichever thread sends them.
 //! Sent acks are not awaited where they are sent: the engine takes them
 //! with its other events ([`Ledger::taken`]), and one not taken within
 //! [`bounded`]'s limit means the connection is dead. Nacks and rejects are
@@ -31,9 +37,9 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::Poll;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use lapin::Channel;
@@ -59,6 +65,11 @@ impl Ticket {
     /// Whether the ledger that issued it still lives.
     pub fn is_live(&self) -> bool {
         self.life.load(Ordering::SeqCst)
+    }
+
+    /// Which of the ledger's queues delivered it.
+    pub fn source(&self) -> usize {
+        self.source
     }
 }
 
@@ -108,7 +119,7 @@ struct Admitted {
 }
 
 enum State {
-    /// With a worker, or waiting for one.
+    /// With a consumer thread, or with the engine.
     Handed,
     /// Answered with an ack not sent yet.
     Acked(Answer),
@@ -143,11 +154,15 @@ pub enum Forwarded {
     Hung,
 }
 
-pub struct Ledger {
+/// What the engine and the consumer threads share of a ledger.
+pub struct Shared {
     life: Arc<AtomicBool>,
     queues: Vec<QueueChannel>,
-    /// A channel in confirm mode, for the delivery limit's copies.
-    publisher: Option<Channel>,
+    book: Mutex<Book>,
+}
+
+/// The unsettled tags and the acks on their way.
+struct Book {
     /// Per queue, the deliveries admitted and not settled, in delivery
     /// order (the broker's tags rise on a channel).
     unsettled: Vec<VecDeque<Admitted>>,
@@ -155,47 +170,17 @@ pub struct Ledger {
     marked: usize,
     /// How many marked answers are sent together.
     ack_every: usize,
-    /// Each queue's QoS: deliveries the broker sends before it waits for
-    /// acks.
-    prefetch_count: usize,
-    /// When the marked answers are sent whatever their number.
+    /// When the marked answers are sent whatever their number; it wakes
+    /// the engine, whichever thread armed it.
     flush: async_io::Timer,
     flush_armed: bool,
-    /// Acks sent, oldest first, and when the oldest is overdue.
+    /// The engine's task, as of its last look at the book.
+    engine: Option<Waker>,
+    /// Acks sent, oldest first.
     sent: VecDeque<SentAck>,
-    overdue: async_io::Timer,
 }
 
-impl Drop for Ledger {
-    fn drop(&mut self) {
-        self.retire();
-    }
-}
-
-impl Ledger {
-    /// `prefetch_count` sets how many acks go together: half of it, as a
-    /// hand-tuned consumer does, so the broker always has room to send.
-    pub fn new(
-        queues: Vec<QueueChannel>,
-        publisher: Option<Channel>,
-        prefetch_count: u16,
-    ) -> Ledger {
-        let unsettled = queues.iter().map(|_| VecDeque::new()).collect();
-        Ledger {
-            life: Arc::new(AtomicBool::new(true)),
-            queues,
-            publisher,
-            unsettled,
-            marked: 0,
-            ack_every: usize::from(prefetch_count / 2).max(1),
-            prefetch_count: usize::from(prefetch_count),
-            flush: async_io::Timer::never(),
-            flush_armed: false,
-            sent: VecDeque::new(),
-            overdue: async_io::Timer::never(),
-        }
-    }
-
+impl Shared {
     pub fn queues(&self) -> &[QueueChannel] {
         &self.queues
     }
@@ -204,83 +189,83 @@ impl Ledger {
         self.life.load(Ordering::SeqCst)
     }
 
-    /// The channels are gone or given up: every ticket dies now.
-    pub fn retire(&self) {
-        self.life.store(false, Ordering::SeqCst);
-    }
-
-    /// Whether this ledger issued `ticket` and can still settle its job.
-    pub fn owns(&self, ticket: &Ticket) -> bool {
-        self.is_live() && Arc::ptr_eq(&self.life, &ticket.life)
-    }
-
-    /// Admits a checked delivery of queue `source`.
-    pub fn admit(&mut self, source: usize, delivery_tag: u64) -> Ticket {
-        let unsettled = &mut self.unsettled[source];
-        debug_assert!(unsettled.back().is_none_or(|last| last.tag < delivery_tag));
-        unsettled.push_back(Admitted {
-            tag: delivery_tag,
-            state: State::Handed,
-        });
+    /// A ticket of this ledger for queue `source`.
+    pub fn ticket(&self, source: usize) -> Ticket {
         Ticket {
             life: self.life.clone(),
             source,
         }
     }
 
-    /// Settles answered jobs this ledger owns, each as its action says:
-    /// acks are marked (and sent once enough are), the others settled now.
-    pub async fn settle(&mut self, batch: Vec<(Job, Settle, Answer)>) -> Settlement {
-        let mut others = Vec::new();
-        for (job, action, answer) in batch {
-            debug_assert!(self.owns(&job.ticket));
-            // (The hang seam needs the message settled on its own.)
-            if action == Settle::Ack && !seams::get().hangs_settle_of(job.message_id()) {
-                let tag = job.delivery.delivery_tag;
-                match self.find(job.ticket.source, tag) {
-                    Some(admitted) => {
-                        admitted.state = State::Acked(answer);
-                        self.marked += 1;
-                    }
-                    None => log::error!(
-                        "Message {} was answered but is not in the ledger (please report this bug); the broker will deliver it again",
-                        job.message_id()
-                    ),
-                }
-            } else {
-                others.push((job, action, answer));
+    fn book(&self) -> MutexGuard<'_, Book> {
+        // A thread that panicked holding the book left it whole: every
+        // step under it is a few field updates.
+        self.book
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes the next delivery of a queue from `poll_stream` and admits
+    /// it, in one step under the book, so that tags are admitted in the
+    /// order the broker gave them even when several threads read the
+    /// stream: an ack with `multiple` never passes over a delivery taken
+    /// and not yet admitted.
+    pub fn take(
+        &self,
+        source: usize,
+        poll_stream: impl FnOnce() -> Poll<Option<lapin::Result<Delivery>>>,
+    ) -> Poll<Option<lapin::Result<(Delivery, Ticket)>>> {
+        let mut book = self.book();
+        match poll_stream() {
+            Poll::Ready(Some(Ok(delivery))) => {
+                let unsettled = &mut book.unsettled[source];
+                debug_assert!(
+                    unsettled
+                        .back()
+                        .is_none_or(|last| last.tag < delivery.delivery_tag)
+                );
+                unsettled.push_back(Admitted {
+                    tag: delivery.delivery_tag,
+                    state: State::Handed,
+                });
+                Poll::Ready(Some(Ok((delivery, self.ticket(source)))))
             }
-        }
-        let mut settled = Vec::with_capacity(others.len());
-        if !others.is_empty() {
-            // Acks answered before go out first: settling one of these may
-            // hang, and what was answered must not be lost with it.
-            self.send_marked().await;
-        }
-        for (job, action, answer) in others {
-            let (source, tag) = (job.ticket.source, job.delivery.delivery_tag);
-            let outcome = settle_one(job.delivery, action).await;
-            if let Some(admitted) = self.find(source, tag) {
-                admitted.state = State::Settled;
-            }
-            match outcome {
-                Some(true) => settled.push(answer),
-                Some(false) => {}
-                None => return self.hung(settled),
-            }
-        }
-        if self.marked >= self.ack_every {
-            self.send_marked().await;
-        } else if self.marked > 0 && !self.flush_armed {
-            self.flush.set_after(FLUSH_AFTER);
-            self.flush_armed = true;
-        }
-        Settlement {
-            settled,
-            hung: false,
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         }
     }
 
+    /// Marks an ack answer of a job this ledger admitted, and sends the
+    /// marked acks once there are enough. `Err` when the ledger is retired
+    /// or does not know the job: it is not settled.
+    pub fn mark_ack(&self, job: &Job, answer: Answer) -> Result<(), Answer> {
+        let mut book = self.book();
+        if !self.is_live() || !Arc::ptr_eq(&self.life, &job.ticket.life) {
+            return Err(answer);
+        }
+        book.mark(job, answer)?;
+        book.after_marking(&self.queues);
+        Ok(())
+    }
+
+    /// The `FM_TEST_BREAK_CHANNEL_ON` seam: acknowledges a tag the broker
+    /// never gave on `source`'s channel, which the broker answers by
+    /// closing the channel.
+    pub fn break_channel(&self, source: usize) {
+        let channel = self.queues[source].channel.clone();
+        let mut bogus = Box::pin(async move {
+            channel
+                .basic_ack(u64::MAX / 2, BasicAckOptions::default())
+                .await
+        });
+        // The first poll hands the frame to lapin; its answer does not
+        // matter.
+        let _ = bogus.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+    }
+}
+
+impl Book {
     fn find(&mut self, source: usize, tag: u64) -> Option<&mut Admitted> {
         let unsettled = &mut self.unsettled[source];
         let index = unsettled
@@ -289,36 +274,51 @@ impl Ledger {
         unsettled.get_mut(index)
     }
 
-    /// How many more deliveries the broker may send before it waits for
-    /// acks (over all queues; a marked ack still counts against it).
-    pub fn room(&self) -> usize {
-        self.unsettled
-            .iter()
-            .map(|unsettled| self.prefetch_count.saturating_sub(unsettled.len()))
-            .sum()
+    /// Marks `job`'s ack; `Err` (said so) if the book does not know it.
+    fn mark(&mut self, job: &Job, answer: Answer) -> Result<(), Answer> {
+        match self.find(job.ticket.source, job.delivery.delivery_tag) {
+            Some(admitted) => {
+                admitted.state = State::Acked(answer);
+                self.marked += 1;
+                Ok(())
+            }
+            None => {
+                log::error!(
+                    "Message {} was answered but is not in the ledger (please report this bug); the broker will deliver it again",
+                    job.message_id()
+                );
+                Err(answer)
+            }
+        }
     }
 
-    /// Whether marked acks wait to be sent.
-    pub fn has_marked(&self) -> bool {
-        self.marked > 0
+    /// Sends the marked acks if there are enough, or makes sure they are
+    /// sent within [`FLUSH_AFTER`].
+    fn after_marking(&mut self, queues: &[QueueChannel]) {
+        if self.marked >= self.ack_every {
+            self.send_marked(queues);
+        } else if self.marked > 0 && !self.flush_armed {
+            self.flush.set_after(FLUSH_AFTER);
+            self.flush_armed = true;
+            // Registered with the engine's task whichever thread armed it;
+            // until the engine has looked at the book once, it registers
+            // the timer itself ([`Ledger::taken`] polls an armed timer).
+            if let Some(engine) = &self.engine {
+                let _ = Pin::new(&mut self.flush).poll(&mut Context::from_waker(engine));
+            }
+        }
     }
 
     /// Sends every marked ack: per queue, one with `multiple` for the
     /// lowest run of settled tags, and one of its own for each marked tag
     /// behind a tag still handed out. The requests are out, in order,
     /// before this returns; [`Ledger::taken`] says when lapin took them.
-    pub async fn send_marked(&mut self) {
-        if self.flush_armed {
-            // Dropping the timer takes it out of the reactor, which would
-            // otherwise wake the engine for nothing.
-            self.flush = async_io::Timer::never();
-            self.flush_armed = false;
-        }
+    fn send_marked(&mut self, queues: &[QueueChannel]) {
         if self.marked == 0 {
             return;
         }
         self.marked = 0;
-        for source in 0..self.queues.len() {
+        for (source, queue) in queues.iter().enumerate() {
             let unsettled = &mut self.unsettled[source];
             let mut answers = Vec::new();
             let mut last = None;
@@ -348,16 +348,16 @@ impl Ledger {
                 }
             }
             for (tag, multiple, answers) in acks {
-                let channel = self.queues[source].channel.clone();
+                let channel = queue.channel.clone();
                 let mut taken: Pin<Box<dyn Future<Output = lapin::Result<()>> + Send>> = Box::pin(
                     async move { channel.basic_ack(tag, BasicAckOptions { multiple }).await },
                 );
-                // The first poll hands the frame to lapin, in order.
-                if let Some(result) = futures_lite::future::poll_once(&mut taken).await {
+                // The first poll hands the frame to lapin, in order; the
+                // engine polls it again with its own task.
+                if let Poll::Ready(result) =
+                    taken.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+                {
                     taken = Box::pin(std::future::ready(result));
-                }
-                if self.sent.is_empty() {
-                    self.overdue.set_after(BROKER_STEP);
                 }
                 self.sent.push_back(SentAck {
                     taken,
@@ -369,23 +369,161 @@ impl Ledger {
         }
     }
 
+    fn settled(&mut self, source: usize, tag: u64) {
+        if let Some(admitted) = self.find(source, tag) {
+            admitted.state = State::Settled;
+        }
+    }
+}
+
+/// The engine's side of a ledger.
+pub struct Ledger {
+    shared: Arc<Shared>,
+    /// A channel in confirm mode, for the delivery limit's copies.
+    publisher: Option<Channel>,
+    /// When the oldest sent ack is overdue.
+    overdue: async_io::Timer,
+    overdue_armed: bool,
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        self.retire();
+    }
+}
+
+impl Ledger {
+    /// `prefetch_count` sets how many acks go together: half of it, as a
+    /// hand-tuned consumer does, so the broker always has room to send.
+    pub fn new(
+        queues: Vec<QueueChannel>,
+        publisher: Option<Channel>,
+        prefetch_count: u16,
+    ) -> Ledger {
+        let unsettled = queues.iter().map(|_| VecDeque::new()).collect();
+        let book = Book {
+            unsettled,
+            marked: 0,
+            ack_every: usize::from(prefetch_count / 2).max(1),
+            flush: async_io::Timer::never(),
+            flush_armed: false,
+            engine: None,
+            sent: VecDeque::new(),
+        };
+        Ledger {
+            shared: Arc::new(Shared {
+                life: Arc::new(AtomicBool::new(true)),
+                queues,
+                book: Mutex::new(book),
+            }),
+            publisher,
+            overdue: async_io::Timer::never(),
+            overdue_armed: false,
+        }
+    }
+
+    /// What the consumer threads share.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    pub fn queues(&self) -> &[QueueChannel] {
+        &self.shared.queues
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.shared.is_live()
+    }
+
+    /// The channels are gone or given up: every ticket dies now.
+    pub fn retire(&self) {
+        self.shared.life.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether this ledger issued `ticket` and can still settle its job.
+    pub fn owns(&self, ticket: &Ticket) -> bool {
+        self.is_live() && Arc::ptr_eq(&self.shared.life, &ticket.life)
+    }
+
+    /// Settles answered jobs this ledger owns, each as its action says:
+    /// acks are marked (and sent once enough are), the others settled now.
+    pub async fn settle(&mut self, batch: Vec<(Job, Settle, Answer)>) -> Settlement {
+        let mut others = Vec::new();
+        {
+            let mut book = self.shared.book();
+            for (job, action, answer) in batch {
+                debug_assert!(self.owns(&job.ticket));
+                // (The hang seam needs the message settled on its own.)
+                if action == Settle::Ack && !seams::get().hangs_settle_of(job.message_id()) {
+                    let _ = book.mark(&job, answer);
+                } else {
+                    others.push((job, action, answer));
+                }
+            }
+            if !others.is_empty() {
+                // Acks answered before go out first: settling one of these
+                // may hang, and what was answered must not be lost with it.
+                book.send_marked(&self.shared.queues);
+            }
+        }
+        let mut settled = Vec::with_capacity(others.len());
+        for (job, action, answer) in others {
+            let (source, tag) = (job.ticket.source, job.delivery.delivery_tag);
+            let outcome = settle_one(job.delivery, action).await;
+            self.shared.book().settled(source, tag);
+            match outcome {
+                Some(true) => settled.push(answer),
+                Some(false) => {}
+                None => return self.hung(settled),
+            }
+        }
+        self.shared.book().after_marking(&self.shared.queues);
+        Settlement {
+            settled,
+            hung: false,
+        }
+    }
+
+    /// Sends every marked ack now.
+    pub fn send_marked(&self) {
+        self.shared.book().send_marked(&self.shared.queues);
+    }
+
+    /// A delivery admitted to this ledger was settled without the book
+    /// (rejected or forwarded by the engine): acks with `multiple` may
+    /// pass over it.
+    pub fn settled_elsewhere(&self, ticket: &Ticket, delivery_tag: u64) {
+        if self.owns(ticket) {
+            self.shared.book().settled(ticket.source, delivery_tag);
+        }
+    }
+
     /// Resolves when marked acks are due to be sent, or when sent acks
     /// were taken or one is overdue; pending forever while there is none
     /// of these.
     pub async fn taken(&mut self) -> Taken {
         futures_lite::future::poll_fn(|cx| {
-            if self.flush_armed && Pin::new(&mut self.flush).poll(cx).is_ready() {
+            let mut book = self.shared.book();
+            if !book
+                .engine
+                .as_ref()
+                .is_some_and(|engine| engine.will_wake(cx.waker()))
+            {
+                book.engine = Some(cx.waker().clone());
+            }
+            if book.flush_armed && Pin::new(&mut book.flush).poll(cx).is_ready() {
+                book.flush_armed = false;
                 return Poll::Ready(Taken::FlushDue);
             }
             let mut answers = Vec::new();
-            while let Some(front) = self.sent.front_mut() {
+            while let Some(front) = book.sent.front_mut() {
                 match front.taken.as_mut().poll(cx) {
                     Poll::Ready(result) => {
-                        let Some(sent) = self.sent.pop_front() else {
+                        let Some(sent) = book.sent.pop_front() else {
                             break;
                         };
                         answers.extend(taken_answers(
-                            &self.queues,
+                            &self.shared.queues,
                             sent.source,
                             sent.answers,
                             result,
@@ -394,21 +532,36 @@ impl Ledger {
                     Poll::Pending => break,
                 }
             }
-            // The timer is set for the oldest ack when it is sent, and
-            // moved on to the one then oldest only when it fires.
-            if let Some(front) = self.sent.front()
-                && Pin::new(&mut self.overdue).poll(cx).is_ready()
-            {
-                if front.since.elapsed() >= BROKER_STEP {
-                    log::warn!(
-                        "settling messages: no answer from the broker within {BROKER_STEP:?}"
-                    );
-                    self.retire();
-                    return Poll::Ready(Taken::Hung);
+            // The timer is set for the oldest ack when the engine first
+            // sees it, and moved on to the one then oldest only when it
+            // fires.
+            match book.sent.front() {
+                Some(front) if !self.overdue_armed => {
+                    self.overdue.set_at(front.since + BROKER_STEP);
+                    self.overdue_armed = true;
+                    let _ = Pin::new(&mut self.overdue).poll(cx);
                 }
-                self.overdue.set_at(front.since + BROKER_STEP);
-                // Polled again so the timer's waker is this task's.
-                let _ = Pin::new(&mut self.overdue).poll(cx);
+                Some(front) if Pin::new(&mut self.overdue).poll(cx).is_ready() => {
+                    if front.since.elapsed() >= BROKER_STEP {
+                        drop(book);
+                        log::warn!(
+                            "settling messages: no answer from the broker within {BROKER_STEP:?}"
+                        );
+                        self.retire();
+                        return Poll::Ready(Taken::Hung);
+                    }
+                    self.overdue.set_at(front.since + BROKER_STEP);
+                    // Polled again so the timer's waker is this task's.
+                    let _ = Pin::new(&mut self.overdue).poll(cx);
+                }
+                Some(_) => {}
+                None if self.overdue_armed => {
+                    // Dropping the timer takes it out of the reactor, which
+                    // would otherwise wake the engine for nothing.
+                    self.overdue = async_io::Timer::never();
+                    self.overdue_armed = false;
+                }
+                None => {}
             }
             if answers.is_empty() {
                 Poll::Pending
@@ -424,13 +577,17 @@ impl Ledger {
     /// nothing consumed is delivered again. The answers they settled;
     /// `None` if they were not taken in time.
     pub async fn settle_sent(&mut self) -> Option<Vec<Answer>> {
-        self.send_marked().await;
+        let sent: Vec<SentAck> = {
+            let mut book = self.shared.book();
+            book.send_marked(&self.shared.queues);
+            book.sent.drain(..).collect()
+        };
         let mut answers = Vec::new();
         let all = async {
-            for sent in self.sent.drain(..) {
+            for sent in sent {
                 let result = sent.taken.await;
                 answers.extend(taken_answers(
-                    &self.queues,
+                    &self.shared.queues,
                     sent.source,
                     sent.answers,
                     result,
@@ -520,8 +677,8 @@ impl Ledger {
     #[must_use]
     pub async fn requeue_all(&mut self) -> bool {
         // What was answered with an ack must not go back with the rest.
-        self.send_marked().await;
-        for queue in &self.queues {
+        self.send_marked();
+        for queue in self.queues() {
             let requeue = queue.channel.basic_nack(
                 0,
                 BasicNackOptions {
@@ -545,7 +702,7 @@ impl Ledger {
     /// already delivered and we did not settle goes back when the channels
     /// close.
     pub async fn cancel_all(&self) {
-        for queue in &self.queues {
+        for queue in self.queues() {
             let cancel = queue
                 .channel
                 .basic_cancel(queue.consumer_tag.clone(), BasicCancelOptions::default());
@@ -559,19 +716,10 @@ impl Ledger {
     /// what they hold unsettled).
     pub async fn close(&self, reason: &str) {
         self.retire();
-        let channels = self.queues.iter().map(|queue| &queue.channel);
+        let channels = self.queues().iter().map(|queue| &queue.channel);
         for channel in channels.chain(&self.publisher) {
             bounded("closing a channel", channel.close(200, reason.into())).await;
         }
-    }
-
-    /// The `FM_TEST_BREAK_CHANNEL_ON` seam: acknowledges a tag the broker
-    /// never gave on `source`'s channel, which the broker answers by
-    /// closing the channel.
-    pub async fn break_channel(&self, source: usize) {
-        let channel = &self.queues[source].channel;
-        let bogus = channel.basic_ack(u64::MAX / 2, BasicAckOptions::default());
-        let _ = bounded("breaking a channel (test seam)", bogus).await;
     }
 }
 

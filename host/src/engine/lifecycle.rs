@@ -38,13 +38,18 @@ pub enum Phase {
     Stopped(Exit),
 }
 
-/// The lifecycle, and the count it needs to know when draining ends.
+/// The lifecycle, and the counts it needs to know when draining ends.
 #[derive(Debug)]
 pub struct Lifecycle {
     phase: Phase,
-    /// Jobs handed to workers and not yet back (answered or unstarted),
-    /// whatever connection they came from.
+    /// Jobs the engine handed to workers and not yet back (answered or
+    /// unstarted), whatever connection they came from.
     in_flight: usize,
+    /// Consumer threads busy with a message they took themselves, as last
+    /// counted; unknown from the moment draining starts until they are
+    /// counted again with the workers held (a count taken earlier may have
+    /// missed a thread that was starting a message).
+    lane_busy: Option<usize>,
 }
 
 impl Default for Lifecycle {
@@ -58,6 +63,7 @@ impl Lifecycle {
         Lifecycle {
             phase: Phase::Running,
             in_flight: 0,
+            lane_busy: Some(0),
         }
     }
 
@@ -69,8 +75,10 @@ impl Lifecycle {
         self.phase == Phase::Running
     }
 
+    /// Messages with the consumers: the jobs handed out and the threads
+    /// busy (as last counted).
     pub fn in_flight(&self) -> usize {
-        self.in_flight
+        self.in_flight + self.lane_busy.unwrap_or(0)
     }
 
     /// The exit code, once the process may exit.
@@ -103,6 +111,13 @@ impl Lifecycle {
         self.settle_phase();
     }
 
+    /// The consumer threads busy with a message they took themselves:
+    /// counted after the workers were held if the process is draining.
+    pub fn lane_busy(&mut self, busy: usize) {
+        self.lane_busy = Some(busy);
+        self.settle_phase();
+    }
+
     /// SIGINT or SIGTERM. True if this started the draining.
     pub fn stop_requested(&mut self) -> bool {
         self.drain(Exit::Success, false)
@@ -127,6 +142,7 @@ impl Lifecycle {
         let started = match &mut self.phase {
             Phase::Running => {
                 self.phase = Phase::Draining { exit, requeue_all };
+                self.lane_busy = None;
                 true
             }
             Phase::Draining {
@@ -149,6 +165,7 @@ impl Lifecycle {
     fn settle_phase(&mut self) {
         if let Phase::Draining { exit, .. } = self.phase
             && self.in_flight == 0
+            && self.lane_busy == Some(0)
         {
             self.phase = Phase::Stopped(exit);
         }
@@ -189,6 +206,7 @@ mod tests {
                 requeue_all: false
             }
         );
+        life.lane_busy(0);
         assert_eq!(life.exit(), None, "one job is still with a worker");
         life.returned();
         assert_eq!(life.exit(), Some(Exit::Success));
@@ -198,6 +216,22 @@ mod tests {
     fn with_nothing_in_flight_a_stop_is_immediate() {
         let mut life = Lifecycle::new();
         assert!(life.stop_requested());
+        life.lane_busy(0);
+        assert_eq!(life.exit(), Some(Exit::Success));
+    }
+
+    #[test]
+    fn busy_threads_are_waited_for_once_counted_with_the_workers_held() {
+        let mut life = Lifecycle::new();
+        life.lane_busy(0);
+        assert!(life.stop_requested());
+        // Counted before the workers were held: a thread may have been
+        // starting a message.
+        assert_eq!(life.exit(), None);
+        life.lane_busy(2);
+        assert_eq!(life.in_flight(), 2);
+        assert_eq!(life.exit(), None);
+        life.lane_busy(0);
         assert_eq!(life.exit(), Some(Exit::Success));
     }
 
@@ -208,6 +242,7 @@ mod tests {
         life.dispatched();
         life.dispatched();
         life.stop_requested();
+        life.lane_busy(0);
         life.answered(Next::Stop(Exit::Halt(7)));
         life.returned();
         // A later halt does not replace the first.
@@ -233,6 +268,7 @@ mod tests {
         let mut life = Lifecycle::new();
         life.dispatched();
         assert!(life.answered(failure()));
+        life.lane_busy(0);
         assert!(!life.answered(Next::Stop(Exit::Halt(3))));
         assert!(!life.queue_gone());
         life.returned();
@@ -243,6 +279,7 @@ mod tests {
     fn a_cancelled_queue_exits_twelve_unless_a_consumer_failed() {
         let mut life = Lifecycle::new();
         assert!(life.queue_gone());
+        life.lane_busy(0);
         assert_eq!(life.exit(), Some(Exit::Canceled));
     }
 
@@ -250,6 +287,7 @@ mod tests {
     fn after_stopping_nothing_changes_the_exit() {
         let mut life = Lifecycle::new();
         life.answered(Next::Stop(Exit::Halt(4)));
+        life.lane_busy(0);
         assert_eq!(life.exit(), Some(Exit::Halt(4)));
         life.answered(failure());
         life.returned();

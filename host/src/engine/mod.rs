@@ -8,11 +8,12 @@
 //!   tickets; settles batches (coalesced acks), requeues everything,
 //!   retires at once when the channels go.
 //! - [`session`]: declares, opens the channels and consumers of one
-//!   connection, reads the delivery streams, says why one ended.
-//! - [`workers`]: the consumer threads, which start a job only while the
-//!   engine still wants it.
-//! - [`gather`]: when waiting jobs go to idle workers: at once, or after a
-//!   few more have gathered, so one wake-up covers several.
+//!   connection, says why a delivery stream ended.
+//! - [`lane`]: how a consumer thread takes messages straight from the
+//!   delivery streams, checks them and marks their acks, handing the
+//!   engine only what it cannot finish alone.
+//! - [`workers`]: the consumer threads, which start a message only while
+//!   the engine still wants it.
 //! - [`redelivery`]: the delivery limit: its judgement of each delivery,
 //!   and the copies and dead letters it sends instead of the consumer.
 //! - [`pulse`]: the systemd watchdog and `STATUS=`, fed by the engine's
@@ -26,7 +27,7 @@
 //! Every wait in it is raced with the worker results, the stop request and
 //! the pulse's tick, or bounded by a few seconds.
 
-pub mod gather;
+pub mod lane;
 pub mod ledger;
 pub mod lifecycle;
 pub mod pulse;
@@ -39,7 +40,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_lite::FutureExt;
+use futures_lite::{FutureExt, StreamExt};
 use lapin::Connection;
 
 use crate::broker::{Backoff, Broker, ConnectError};
@@ -51,12 +52,11 @@ use crate::publisher;
 use crate::stop::StopRequest;
 use crate::topology::Topology;
 use crate::wire;
-use gather::Gather;
-use ledger::{Answer, Ledger, Taken};
+use lane::{Diverted, Lane};
+use ledger::{Answer, Ledger, Taken, Ticket};
 use lifecycle::Lifecycle;
 use pulse::Pulse;
-use redelivery::Verdict;
-use session::{Delivered, Deliveries, StreamEnd};
+use session::StreamEnd;
 use workers::{Finished, Job, Workers};
 
 /// Why a session ends when a settlement hangs.
@@ -102,9 +102,9 @@ pub struct Engine {
 struct Core {
     lifecycle: Lifecycle,
     workers: Workers,
-    /// Checked deliveries waiting for room with the workers.
+    /// Jobs the engine holds for the workers (a delivery the delivery
+    /// limit could not carry on), waiting for room with them.
     pending: VecDeque<Job>,
-    gather: Gather,
     stop: StopRequest,
     pulse: Pulse,
     stats: Arc<Stats>,
@@ -137,10 +137,10 @@ enum ChannelsEnd {
 /// stored.
 #[allow(clippy::large_enum_variant)]
 enum Event {
-    Delivered(Delivered),
     Finished(Finished),
     Taken(Taken),
-    Gathered,
+    /// lapin's word on the connection; `None` once it says no more.
+    Connection(Option<lapin::Event>),
     StopRequested,
     Tick,
 }
@@ -165,7 +165,6 @@ impl Engine {
                 lifecycle: Lifecycle::new(),
                 workers,
                 pending: VecDeque::new(),
-                gather: Gather::default(),
                 stop,
                 pulse,
                 stats,
@@ -349,10 +348,16 @@ impl Engine {
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
-            let end = self
-                .core
-                .consume(connection, &mut opened.ledger, &mut opened.deliveries)
-                .await;
+            let lane = Arc::new(Lane::new(
+                opened.ledger.shared(),
+                std::mem::take(&mut opened.streams),
+                self.core.limit.as_ref().map(|limit| limit.max),
+                self.core.stats.clone(),
+            ));
+            self.core.workers.open_lane(&lane);
+            let end = self.core.consume(connection, &mut opened.ledger).await;
+            self.core.workers.close_lane();
+            drop(lane);
             names = Some(std::mem::take(&mut opened.names));
             let reason = match end {
                 ChannelsEnd::Draining => return Ok(SessionEnd::Draining),
@@ -406,6 +411,7 @@ impl Core {
         let mut step = std::pin::pin!(step);
         loop {
             self.pulse.turned();
+            self.lifecycle.lane_busy(self.workers.busy());
             if !self.lifecycle.is_running() {
                 return None;
             }
@@ -438,7 +444,8 @@ impl Core {
             match woke {
                 Woke::Done(value) => return Some(value),
                 Woke::Finished(finished) => {
-                    // No ledger: nothing to settle, so nothing can hang.
+                    // No ledger: nothing to settle, so nothing can hang,
+                    // and what comes from a lane is for channels gone.
                     self.answer(None, vec![finished]).await;
                 }
                 Woke::StopRequested => {
@@ -460,6 +467,7 @@ impl Core {
         self.pending.clear();
         loop {
             self.pulse.turned();
+            self.lifecycle.lane_busy(self.workers.busy());
             if let Some(exit) = self.lifecycle.exit() {
                 return exit;
             }
@@ -476,7 +484,8 @@ impl Core {
                 .await;
             match finished {
                 Some(Some(finished)) => {
-                    // No ledger: nothing to settle, so nothing can hang.
+                    // No ledger: nothing to settle, so nothing can hang,
+                    // and what comes from a lane is for channels gone.
                     self.answer(None, vec![finished]).await;
                 }
                 Some(None) => {}
@@ -494,13 +503,8 @@ impl Core {
 
     /// Dispatches deliveries and settles outcomes until the lifecycle
     /// stops or the channels end. The ledger is retired when this returns.
-    async fn consume(
-        &mut self,
-        connection: &Connection,
-        ledger: &mut Ledger,
-        deliveries: &mut Deliveries,
-    ) -> ChannelsEnd {
-        let end = self.consume_until_end(connection, ledger, deliveries).await;
+    async fn consume(&mut self, connection: &Connection, ledger: &mut Ledger) -> ChannelsEnd {
+        let end = self.consume_until_end(connection, ledger).await;
         let end = match end {
             ChannelsEnd::ConnectionLost(_) => end,
             // Acks answered and not yet taken go out before the channels
@@ -535,17 +539,13 @@ impl Core {
         &mut self,
         connection: &Connection,
         ledger: &mut Ledger,
-        deliveries: &mut Deliveries,
     ) -> ChannelsEnd {
+        let mut events = Some(connection.events_listener().boxed());
         loop {
             self.pulse.turned();
+            self.lifecycle.lane_busy(self.workers.busy());
             while self.lifecycle.is_running()
                 && self.lifecycle.in_flight() < self.workers.capacity()
-                && !self.gather.should_wait(
-                    self.pending.len(),
-                    self.lifecycle.in_flight(),
-                    ledger.room(),
-                )
             {
                 let Some(job) = self.pending.pop_front() else {
                     break;
@@ -560,19 +560,19 @@ impl Core {
                 return ChannelsEnd::Draining;
             }
             let running = self.lifecycle.is_running();
-            let (workers, stop, pulse, gather) =
-                (&self.workers, &self.stop, &mut self.pulse, &mut self.gather);
+            let (workers, stop, pulse) = (&self.workers, &self.stop, &mut self.pulse);
             let event = async {
                 match workers.next_result().await {
                     Some(finished) => Event::Finished(finished),
                     None => futures_lite::future::pending().await,
                 }
             }
-            .or(async { Event::Delivered(deliveries.next().await) })
             .or(async { Event::Taken(ledger.taken().await) })
             .or(async {
-                gather.ran_out().await;
-                Event::Gathered
+                match events.as_mut() {
+                    Some(events) => Event::Connection(events.next().await),
+                    None => futures_lite::future::pending().await,
+                }
             })
             .or(async {
                 if !running {
@@ -587,12 +587,36 @@ impl Core {
             })
             .await;
             match event {
-                Event::Tick | Event::Gathered => {}
+                Event::Tick => {}
                 Event::Taken(Taken::Acks(answers)) => self.count(answers),
-                Event::Taken(Taken::FlushDue) => ledger.send_marked().await,
+                Event::Taken(Taken::FlushDue) => ledger.send_marked(),
                 Event::Taken(Taken::Hung) => {
                     return ChannelsEnd::ConnectionLost(UNSETTLED.to_owned());
                 }
+                Event::Connection(Some(lapin::Event::Error(error))) => {
+                    // Learnt here even while every consumer thread is busy
+                    // and reads no stream.
+                    if !connection.status().connected() {
+                        return ChannelsEnd::ConnectionLost(format!(
+                            "the connection failed: {error}"
+                        ));
+                    }
+                    // A channel's error: ours, or one this set-up does not
+                    // use (a publisher's, or one it closed already).
+                    if let Some(closed) = ledger
+                        .queues()
+                        .iter()
+                        .find(|queue| !queue.channel.status().connected())
+                    {
+                        return ChannelsEnd::Reopen(format!(
+                            "consuming from {:?} failed: {error}",
+                            closed.queue
+                        ));
+                    }
+                    log::debug!("a channel this set-up does not consume on failed: {error}");
+                }
+                Event::Connection(Some(_)) => {}
+                Event::Connection(None) => events = None,
                 Event::StopRequested => {
                     if self.lifecycle.stop_requested() {
                         self.start_draining(Some(ledger)).await;
@@ -608,48 +632,16 @@ impl Core {
                             None => break,
                         }
                     }
-                    if self.answer(Some(ledger), batch).await {
+                    let (hung, rest) = self.answer(Some(ledger), batch).await;
+                    if hung {
                         return ChannelsEnd::ConnectionLost(UNSETTLED.to_owned());
                     }
                     if self.build_failure.is_some() {
                         return ChannelsEnd::Draining;
                     }
-                }
-                Event::Delivered(Delivered::Delivery(source, Ok(delivery))) => {
-                    if !self.lifecycle.is_running() {
-                        // Not settled: requeued when the channel closes.
-                        continue;
-                    }
-                    if let Err(end) = self.admit(ledger, source, delivery).await {
-                        return end;
-                    }
-                }
-                Event::Delivered(Delivered::Delivery(source, Err(error))) => {
-                    let reason = format!(
-                        "consuming from {:?} failed: {error}",
-                        ledger.queues()[source].queue
-                    );
-                    return if connection.status().connected() {
-                        ChannelsEnd::Reopen(reason)
-                    } else {
-                        ChannelsEnd::ConnectionLost(reason)
-                    };
-                }
-                Event::Delivered(Delivered::Ended(source)) => {
-                    if !self.lifecycle.is_running() {
-                        // Our own cancel ends the streams; what is in
-                        // flight is still settled on the channels.
-                        continue;
-                    }
-                    match session::why_ended(connection, &ledger.queues()[source]).await {
-                        StreamEnd::ConnectionLost(reason) => {
-                            return ChannelsEnd::ConnectionLost(reason);
-                        }
-                        StreamEnd::Reopen(reason) => return ChannelsEnd::Reopen(reason),
-                        StreamEnd::QueueGone => {
-                            if self.lifecycle.queue_gone() {
-                                self.start_draining(Some(ledger)).await;
-                            }
+                    for finished in rest {
+                        if let Err(end) = self.lane_report(connection, ledger, finished).await {
+                            return end;
                         }
                     }
                 }
@@ -657,61 +649,116 @@ impl Core {
         }
     }
 
-    /// Checks a delivery: one fedora-messaging would refuse is rejected
-    /// without requeue; one the delivery limit stops is carried on or
-    /// dead-lettered; the others wait for a worker. `Err` when the
-    /// channels must end.
-    async fn admit(
+    /// What a consumer thread handed over from the lane besides answers:
+    /// a delivery for the engine to settle, or the end of a stream. `Err`
+    /// when the channels must end.
+    async fn lane_report(
         &mut self,
+        connection: &Connection,
         ledger: &mut Ledger,
-        source: usize,
-        delivery: lapin::message::Delivery,
+        finished: Finished,
     ) -> Result<(), ChannelsEnd> {
-        match wire::check_delivery(&delivery.properties, &delivery.data) {
-            Ok(checked) => {
-                let mut delivery = delivery;
-                if let Some(limit) = &self.limit {
-                    let verdict = redelivery::judge(
-                        limit.max,
-                        delivery.redelivered,
-                        delivery.properties.headers().as_ref(),
-                    );
-                    if verdict != Verdict::Consume {
-                        let limit = limit.clone();
-                        match redelivery::carry_out(
-                            ledger,
-                            source,
-                            delivery,
-                            verdict,
-                            &limit,
-                            &self.stats,
-                        )
-                        .await?
-                        {
-                            Some(returned) => delivery = returned,
-                            None => return Ok(()),
+        match finished {
+            Finished::Diverted(diverted) => self.settle_diverted(ledger, *diverted).await,
+            Finished::Ended(ticket, _) if !ledger.owns(&ticket) => Ok(()),
+            Finished::Ended(ticket, Some(error)) => {
+                let reason = format!(
+                    "consuming from {:?} failed: {error}",
+                    ledger.queues()[ticket.source()].queue
+                );
+                Err(if connection.status().connected() {
+                    ChannelsEnd::Reopen(reason)
+                } else {
+                    ChannelsEnd::ConnectionLost(reason)
+                })
+            }
+            Finished::Ended(ticket, None) => {
+                if !self.lifecycle.is_running() {
+                    // Our own cancel ends the streams; what is in flight
+                    // is still settled on the channels.
+                    return Ok(());
+                }
+                match session::why_ended(connection, &ledger.queues()[ticket.source()]).await {
+                    StreamEnd::ConnectionLost(reason) => Err(ChannelsEnd::ConnectionLost(reason)),
+                    StreamEnd::Reopen(reason) => Err(ChannelsEnd::Reopen(reason)),
+                    StreamEnd::QueueGone => {
+                        if self.lifecycle.queue_gone() {
+                            self.start_draining(Some(ledger)).await;
                         }
+                        Ok(())
                     }
                 }
-                self.stats.received();
-                let ticket = ledger.admit(source, delivery.delivery_tag);
-                if seams::get().breaks_channel_on(wire::message_id(&delivery.properties)) {
-                    ledger.break_channel(source).await;
-                }
-                self.pending.push_back(Job {
-                    delivery,
-                    queue: ledger.queues()[source].queue.clone(),
-                    checked,
-                    ticket,
-                });
-                Ok(())
             }
-            Err(reason) => {
+            // answer() took the others.
+            Finished::Done(..)
+            | Finished::Unstarted(_)
+            | Finished::BuildFailed(_)
+            | Finished::Idle => Ok(()),
+        }
+    }
+
+    /// A delivery a consumer thread did not hand to its consumer: one
+    /// fedora-messaging would refuse is rejected without requeue; one the
+    /// delivery limit stops is carried on or dead-lettered, and given to a
+    /// worker only if that cannot be done (and the process is not
+    /// draining). Left unsettled (the broker delivers it again) once its
+    /// channels are gone.
+    async fn settle_diverted(
+        &mut self,
+        ledger: &mut Ledger,
+        diverted: Diverted,
+    ) -> Result<(), ChannelsEnd> {
+        let ticket: &Ticket = match &diverted {
+            Diverted::Refused { ticket, .. } | Diverted::Limited { ticket, .. } => ticket,
+        };
+        if !ledger.owns(ticket) {
+            return Ok(());
+        }
+        match diverted {
+            Diverted::Refused {
+                delivery,
+                ticket,
+                reason,
+            } => {
                 log::warn!(
                     "Message id {} did not pass validation; ignoring message: {reason}",
                     wire::message_id(&delivery.properties)
                 );
-                taken(ledger.reject(delivery).await)
+                let tag = delivery.delivery_tag;
+                let settled = ledger.reject(delivery).await;
+                ledger.settled_elsewhere(&ticket, tag);
+                taken(settled)
+            }
+            Diverted::Limited {
+                delivery,
+                ticket,
+                checked,
+                verdict,
+            } => {
+                let Some(limit) = self.limit.clone() else {
+                    return Ok(());
+                };
+                let tag = delivery.delivery_tag;
+                let source = ticket.source();
+                let carried =
+                    redelivery::carry_out(ledger, source, delivery, verdict, &limit, &self.stats)
+                        .await?;
+                match carried {
+                    // Unsettled: the broker delivers it again.
+                    Some(_) if !self.lifecycle.is_running() => {}
+                    Some(delivery) => {
+                        self.stats.received();
+                        self.pending.push_back(Job {
+                            delivery,
+                            queue: ledger.queues()[source].queue.clone(),
+                            checked,
+                            ticket,
+                            from_engine: true,
+                        });
+                    }
+                    None => ledger.settled_elsewhere(&ticket, tag),
+                }
+                Ok(())
             }
         }
     }
@@ -722,10 +769,14 @@ impl Core {
     /// gone) are left to the broker, which delivers them again. Only
     /// settled answers are counted, so a message delivered again counts
     /// once. True when a settlement hung (the ledger is then retired).
-    async fn answer(&mut self, ledger: Option<&mut Ledger>, batch: Vec<Finished>) -> bool {
+    async fn answer(
+        &mut self,
+        ledger: Option<&mut Ledger>,
+        batch: Vec<Finished>,
+    ) -> (bool, Vec<Finished>) {
         let mut started_draining = false;
         let mut to_settle = Vec::with_capacity(batch.len());
-        self.gather.answered();
+        let mut rest = Vec::new();
         for finished in batch {
             let (job, outcome, took) = match finished {
                 Finished::BuildFailed(fatal) => {
@@ -742,8 +793,16 @@ impl Core {
                     continue;
                 }
                 Finished::Done(job, outcome, took) => {
-                    self.lifecycle.returned();
+                    if job.from_engine {
+                        self.lifecycle.returned();
+                    }
                     (job, outcome, took)
+                }
+                // The next look at the busy threads takes it.
+                Finished::Idle => continue,
+                Finished::Diverted(_) | Finished::Ended(..) => {
+                    rest.push(finished);
+                    continue;
                 }
             };
             seams::get().maybe_stall_engine(job.message_id());
@@ -782,13 +841,16 @@ impl Core {
                 ledger.cancel_all().await;
             }
         }
-        hung
+        (hung, rest)
     }
 
     /// The lifecycle just started draining: no job starts any more, and
     /// the broker is asked to stop delivering.
     async fn start_draining(&mut self, ledger: Option<&Ledger>) {
         self.workers.hold();
+        // Only now, with the workers held, is the count of busy threads
+        // one that can only fall.
+        self.lifecycle.lane_busy(self.workers.busy());
         self.pending.clear();
         self.stats.set_consuming(false);
         self.pulse.stopping();

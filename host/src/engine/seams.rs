@@ -7,10 +7,10 @@
 //!   a test can see the systemd watchdog go quiet.
 //! - `FM_TEST_HANG_SETTLE_OF`: settling that message never completes (as
 //!   on a connection that is dead but not yet known to be).
-//! - `FM_TEST_BREAK_CHANNEL_ON`: when that message is first delivered, the
-//!   engine acknowledges a delivery tag the broker never gave, and the
+//! - `FM_TEST_BREAK_CHANNEL_ON`: when a consumer thread first takes that
+//!   message, it acknowledges a delivery tag the broker never gave, and the
 //!   broker closes the channel (406), as it closes one for any channel
-//!   error, while other jobs of that channel still wait for a worker.
+//!   error, while the message runs and others wait in lapin's buffer.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +46,12 @@ impl Seams {
                 std::thread::park();
             }
         }
+    }
+
+    /// Whether the engine must settle that message's answer, whatever it
+    /// is, for a seam to act on it.
+    pub fn needs_engine(&self, message_id: &str) -> bool {
+        self.stall_engine_on.as_deref() == Some(message_id) || self.hangs_settle_of(message_id)
     }
 
     pub fn hangs_settle_of(&self, message_id: &str) -> bool {

@@ -1,10 +1,7 @@
 //! One connection's channels: declaring the queues and bindings, opening
-//! a channel per queue with its QoS and consumer, the queues' delivery
-//! streams, and what the end of a stream means.
+//! a channel per queue with its QoS and consumer, and what the end of a
+//! queue's delivery stream means.
 
-use std::task::Poll;
-
-use lapin::message::Delivery;
 use lapin::options::{
     BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
 };
@@ -18,11 +15,11 @@ use crate::topology::{Topology, broker_code, broker_reply, queue_exists};
 
 /// What one set-up opened: the queues' names (the broker's, for
 /// server-named queues, so that a re-declaration asks for the same ones),
-/// their ledger and their delivery streams.
+/// their ledger and their delivery streams (in the ledger's order).
 pub struct Opened {
     pub names: Vec<String>,
     pub ledger: Ledger,
-    pub deliveries: Deliveries,
+    pub streams: Vec<lapin::Consumer>,
 }
 
 /// Declares the queues and bindings (with `known_names` after the first
@@ -47,12 +44,12 @@ pub async fn open(
     for name in &names {
         let (queue, stream) = start_consumer(connection, name, prefetch_count).await?;
         queues.push(queue);
-        streams.push(Some(Box::pin(stream)));
+        streams.push(stream);
     }
     Ok(Opened {
         names,
         ledger: Ledger::new(queues, publisher, prefetch_count),
-        deliveries: Deliveries { streams, next: 0 },
+        streams,
     })
 }
 
@@ -155,53 +152,6 @@ async fn start_consumer(
         },
         stream,
     ))
-}
-
-/// The queues' delivery streams. The engine polls them itself: a task
-/// forwarding them would add a thread hop to every message.
-pub struct Deliveries {
-    streams: Vec<Option<std::pin::Pin<Box<lapin::Consumer>>>>,
-    /// Where the next poll starts, so that a busy queue does not starve
-    /// the others.
-    next: usize,
-}
-
-/// What a queue's stream gave. Built and matched at once, never stored:
-/// boxing would cost an allocation a message.
-#[allow(clippy::large_enum_variant)]
-pub enum Delivered {
-    Delivery(usize, lapin::Result<Delivery>),
-    /// The stream ended (reported once).
-    Ended(usize),
-}
-
-impl Deliveries {
-    /// The next delivery from any queue, or the end of a queue's stream;
-    /// pending forever once every stream has ended.
-    pub async fn next(&mut self) -> Delivered {
-        futures_lite::future::poll_fn(|cx| {
-            let count = self.streams.len();
-            for offset in 0..count {
-                let index = (self.next + offset) % count;
-                let Some(stream) = &mut self.streams[index] else {
-                    continue;
-                };
-                match futures_lite::Stream::poll_next(stream.as_mut(), cx) {
-                    Poll::Ready(Some(delivery)) => {
-                        self.next = (index + 1) % count;
-                        return Poll::Ready(Delivered::Delivery(index, delivery));
-                    }
-                    Poll::Ready(None) => {
-                        self.streams[index] = None;
-                        return Poll::Ready(Delivered::Ended(index));
-                    }
-                    Poll::Pending => {}
-                }
-            }
-            Poll::Pending
-        })
-        .await
-    }
 }
 
 /// What the end of a queue's stream, while consuming, means.

@@ -1,0 +1,192 @@
+//! The lane: how a consumer thread takes messages straight from the
+//! queues' delivery streams, with no hop through the engine.
+//!
+//! A message's usual path is one thread: the consumer thread takes the
+//! delivery from lapin (admitting it to the ledger in the same step),
+//! checks it as fedora-messaging does, hands it to the consumer, and marks
+//! the ack in the ledger's book, which sends it with others. lapin's I/O
+//! thread still reads and writes the socket, so heartbeats flow while a
+//! consumer blocks. What the lane cannot finish alone goes to the engine:
+//! a delivery that fails the checks or meets the delivery limit
+//! ([`Diverted`]), every answer other than a plain ack, and the end of a
+//! stream.
+//!
+//! The engine opens a lane for each channel set-up and closes it when the
+//! channels end; each consumer thread reads it through a [`Reader`] of its
+//! own (lapin wakes every reader of a stream, and each must register its
+//! own waker).
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use lapin::message::Delivery;
+
+use super::ledger::{Answer, Shared, Ticket};
+use super::redelivery::{self, Verdict};
+use super::seams;
+use super::workers::Job;
+use crate::monitor::Stats;
+use crate::wire::{self, Checked};
+
+/// One channel set-up's streams, open to the consumer threads.
+pub struct Lane {
+    shared: Arc<Shared>,
+    consumers: Vec<lapin::Consumer>,
+    /// `[delivery_limit]`'s `max`, if set.
+    limit: Option<u32>,
+    stats: Arc<Stats>,
+}
+
+/// A delivery the engine settles, not the consumer: it is admitted, and
+/// its ticket says where.
+pub enum Diverted {
+    /// It fails fedora-messaging's checks: rejected without requeue.
+    Refused {
+        delivery: Delivery,
+        ticket: Ticket,
+        reason: String,
+    },
+    /// The delivery limit carries its count or dead-letters it.
+    Limited {
+        delivery: Delivery,
+        ticket: Ticket,
+        checked: Checked,
+        verdict: Verdict,
+    },
+}
+
+/// What reading the lane gave. Built and matched at once, never stored:
+/// boxing would cost an allocation a message.
+#[allow(clippy::large_enum_variant)]
+pub enum Read {
+    /// A delivery, admitted.
+    Arrived(Delivery, Ticket),
+    /// A queue's stream ended (with the error lapin gave, if any); the
+    /// ticket names the queue.
+    Ended(Ticket, Option<lapin::Error>),
+}
+
+impl Lane {
+    pub fn new(
+        shared: Arc<Shared>,
+        consumers: Vec<lapin::Consumer>,
+        limit: Option<u32>,
+        stats: Arc<Stats>,
+    ) -> Lane {
+        Lane {
+            shared,
+            consumers,
+            limit,
+            stats,
+        }
+    }
+
+    /// Checks an arrived delivery: a job for the consumer, or (rarely, so
+    /// boxed) one for the engine.
+    pub fn check(&self, delivery: Delivery, ticket: Ticket) -> Result<Job, Box<Diverted>> {
+        let checked = match wire::check_delivery(&delivery.properties, &delivery.data) {
+            Ok(checked) => checked,
+            Err(reason) => {
+                return Err(Box::new(Diverted::Refused {
+                    delivery,
+                    ticket,
+                    reason,
+                }));
+            }
+        };
+        if let Some(max) = self.limit {
+            let verdict = redelivery::judge(
+                max,
+                delivery.redelivered,
+                delivery.properties.headers().as_ref(),
+            );
+            if verdict != Verdict::Consume {
+                return Err(Box::new(Diverted::Limited {
+                    delivery,
+                    ticket,
+                    checked,
+                    verdict,
+                }));
+            }
+        }
+        self.stats.received();
+        let source = ticket.source();
+        if seams::get().breaks_channel_on(wire::message_id(&delivery.properties)) {
+            self.shared.break_channel(source);
+        }
+        Ok(Job {
+            delivery,
+            queue: self.shared.queues()[source].queue.clone(),
+            checked,
+            ticket,
+            from_engine: false,
+        })
+    }
+
+    /// Marks a job's ack answer; `Err` when it cannot be settled here (its
+    /// channels are gone).
+    pub fn ack(&self, job: &Job, answer: Answer) -> Result<(), Answer> {
+        self.shared.mark_ack(job, answer)
+    }
+}
+
+/// One consumer thread's view of a lane.
+pub struct Reader {
+    lane: Arc<Lane>,
+    /// Each queue's stream, until it ends.
+    streams: Vec<Option<lapin::Consumer>>,
+    /// Where the next poll starts, so that a busy queue does not starve
+    /// the others.
+    next: usize,
+}
+
+impl Reader {
+    pub fn new(lane: Arc<Lane>) -> Reader {
+        let streams = lane.consumers.iter().cloned().map(Some).collect();
+        Reader {
+            lane,
+            streams,
+            next: 0,
+        }
+    }
+
+    pub fn lane(&self) -> &Lane {
+        &self.lane
+    }
+
+    /// The next delivery from any queue, or the end of a queue's stream;
+    /// pending once every stream has ended, or once the lane's ledger is
+    /// retired (what lapin still holds is delivered again by the broker).
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Read> {
+        let shared = &self.lane.shared;
+        let count = self.streams.len();
+        for offset in 0..count {
+            if !shared.is_live() {
+                return Poll::Pending;
+            }
+            let index = (self.next + offset) % count;
+            let Some(stream) = &mut self.streams[index] else {
+                continue;
+            };
+            let polled = shared.take(index, || {
+                futures_lite::Stream::poll_next(std::pin::Pin::new(stream), cx)
+            });
+            match polled {
+                Poll::Ready(Some(Ok((delivery, ticket)))) => {
+                    self.next = (index + 1) % count;
+                    return Poll::Ready(Read::Arrived(delivery, ticket));
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    self.streams[index] = None;
+                    return Poll::Ready(Read::Ended(shared.ticket(index), Some(error)));
+                }
+                Poll::Ready(None) => {
+                    self.streams[index] = None;
+                    return Poll::Ready(Read::Ended(shared.ticket(index), None));
+                }
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    }
+}
