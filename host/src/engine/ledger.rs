@@ -85,8 +85,13 @@ pub struct QueueChannel {
 /// statistics count once its settlement is taken.
 pub type Answer = (Outcome, Duration);
 
-/// The longest an ack answer waits to be sent with others.
-pub const FLUSH_AFTER: Duration = Duration::from_millis(5);
+/// The longest an ack answer waits to be sent with others. It only acts
+/// when messages come slower than half the prefetch per this time: faster,
+/// the count sends them first. Shorter is dearer than it looks: each early
+/// ack lets the broker send the next deliveries in smaller bursts, and at
+/// 5 ms the host spent about a quarter more CPU per message at prefetch
+/// 1000 (more reads and wake-ups of lapin's I/O thread).
+pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
 
 /// What a batch's settlement came to.
 pub struct Settlement {

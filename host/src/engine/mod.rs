@@ -505,7 +505,11 @@ impl Core {
     /// stops or the channels end. The ledger is retired when this returns.
     async fn consume(&mut self, connection: &Connection, ledger: &mut Ledger) -> ChannelsEnd {
         let end = self.consume_until_end(connection, ledger).await;
-        let end = match end {
+        // Retired first, so that no consumer thread marks an ack after the
+        // last ones are sent: its answer goes to the engine instead, which
+        // says that the message comes again.
+        ledger.retire();
+        match end {
             ChannelsEnd::ConnectionLost(_) => end,
             // Acks answered and not yet taken go out before the channels
             // close, or the broker would deliver those messages again.
@@ -519,9 +523,7 @@ impl Core {
                     end => end,
                 },
             },
-        };
-        ledger.retire();
-        end
+        }
     }
 
     /// Counts settled answers as fedora-messaging counts them.
