@@ -11,9 +11,10 @@
 //! - `auto`: lets the broker consider each message acked as it sends it
 //!   (no at-least-once; the broker's delivery ceiling);
 //! - `thread`: as `multiple`, but each message goes to a thread of its own
-//!   and back before it is acked, as any host must do that keeps a
-//!   consumer which may block off the thread that drives the connection:
-//!   what that hand-off costs, at its leanest.
+//!   and back before it is acked, as a host does whose one task reads the
+//!   deliveries and hands them to consumer threads: what that hand-off
+//!   costs, at its leanest (lapin's I/O thread drives the socket either
+//!   way, so a consumer thread may read the stream itself instead).
 //!
 //! It prints how long it took from the first delivery to the last
 //! settlement, the line the harness reads.
