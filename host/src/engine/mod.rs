@@ -543,6 +543,9 @@ impl Core {
         connection: &Connection,
         ledger: &mut Ledger,
     ) -> ChannelsEnd {
+        // lapin's connection events are one channel, not a broadcast:
+        // nothing else in the host may listen to them, or the two would
+        // take each other's events.
         let mut events = Some(connection.events_listener().boxed());
         loop {
             self.pulse.turned();
