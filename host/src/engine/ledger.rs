@@ -611,7 +611,7 @@ impl Ledger {
         }
     }
 
-    /// Publishes a copy of a delivery that was never admitted to
+    /// Publishes a copy of a delivery that never reached a consumer to
     /// `exchange` with `routing_key` and `headers` (its other properties
     /// and its body as they were), waits for the broker's confirm, then
     /// acks the original: at-least-once, never lost in between.
@@ -667,7 +667,8 @@ impl Ledger {
         }
     }
 
-    /// Rejects a delivery that was never admitted (it failed the checks);
+    /// Rejects a delivery that never reached a consumer (it failed the
+    /// checks; the caller tells the book, [`Ledger::settled_elsewhere`]);
     /// `false` when the request was not taken in time.
     #[must_use]
     pub async fn reject(&self, delivery: Delivery) -> bool {
