@@ -12,7 +12,7 @@
 //! - [`lane`]: how a consumer thread takes messages straight from the
 //!   delivery streams, checks them and marks their acks, handing the
 //!   engine only what it cannot finish alone.
-//! - [`lane_reports`]: what the engine does with what a consumer thread
+//! - `lane_reports`: what the engine does with what a consumer thread
 //!   hands over besides answers: deliveries to settle, streams that ended.
 //! - [`workers`]: the consumer threads, which start a message only while
 //!   the engine still wants it.
