@@ -174,7 +174,10 @@ impl Worker {
                     continue;
                 }
                 Next::Job(job) if !self.gate.admits(&job) => Finished::Unstarted(job),
-                Next::Job(job) => self.consume(job),
+                Next::Job(job) => {
+                    let (job, outcome, took) = self.consume(job);
+                    Finished::Done(job, outcome, took)
+                }
                 Next::Read(Read::Ended(ticket, error)) => Finished::Ended(ticket, error),
                 Next::Read(Read::Arrived(delivery, ticket)) => {
                     // Busy before looking at the gate: see the module's doc.
@@ -249,9 +252,7 @@ impl Worker {
         if !job.settleable() {
             return None;
         }
-        let Finished::Done(job, outcome, took) = self.consume(job) else {
-            return None;
-        };
+        let (job, outcome, took) = self.consume(job);
         if matches!(outcome, Outcome::Ack) && !seams::get().needs_engine(job.message_id()) {
             let lane = self.reader.as_ref()?.lane();
             return match lane.ack(&job, (outcome, took)) {
@@ -262,8 +263,8 @@ impl Worker {
         Some(Finished::Done(job, outcome, took))
     }
 
-    /// Hands a job to the consumer.
-    fn consume(&mut self, job: Job) -> Finished {
+    /// Hands a job to the consumer: its answer, and how long it took.
+    fn consume(&mut self, job: Job) -> (Job, Outcome, Duration) {
         let started = Instant::now();
         let outcome = self.consumer.consume(&job.view());
         let took = started.elapsed();
@@ -273,7 +274,7 @@ impl Worker {
             // failure nothing more is consumed.
             self.gate.held.store(true, Ordering::SeqCst);
         }
-        Finished::Done(job, outcome, took)
+        (job, outcome, took)
     }
 }
 
