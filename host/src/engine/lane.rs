@@ -159,11 +159,11 @@ impl Reader {
     /// retired (what lapin still holds is delivered again by the broker).
     pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Read> {
         let shared = &self.lane.shared;
+        if !shared.is_live() {
+            return Poll::Pending;
+        }
         let count = self.streams.len();
         for offset in 0..count {
-            if !shared.is_live() {
-                return Poll::Pending;
-            }
             let index = (self.next + offset) % count;
             let Some(stream) = &mut self.streams[index] else {
                 continue;

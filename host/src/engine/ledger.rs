@@ -194,6 +194,11 @@ impl Shared {
         self.life.load(Ordering::SeqCst)
     }
 
+    /// Whether this ledger issued `ticket` and can still settle its job.
+    pub fn owns(&self, ticket: &Ticket) -> bool {
+        self.is_live() && Arc::ptr_eq(&self.life, &ticket.life)
+    }
+
     /// A ticket of this ledger for queue `source`.
     pub fn ticket(&self, source: usize) -> Ticket {
         Ticket {
@@ -246,7 +251,7 @@ impl Shared {
     /// or does not know the job: it is not settled.
     pub fn mark_ack(&self, job: &Job, answer: Answer) -> Result<(), Answer> {
         let mut book = self.book();
-        if !self.is_live() || !Arc::ptr_eq(&self.life, &job.ticket.life) {
+        if !self.owns(&job.ticket) {
             return Err(answer);
         }
         book.mark(job, answer)?;
@@ -447,7 +452,7 @@ impl Ledger {
 
     /// Whether this ledger issued `ticket` and can still settle its job.
     pub fn owns(&self, ticket: &Ticket) -> bool {
-        self.is_live() && Arc::ptr_eq(&self.shared.life, &ticket.life)
+        self.shared.owns(ticket)
     }
 
     /// Settles answered jobs this ledger owns, each as its action says:
