@@ -585,6 +585,39 @@ mod tests {
         assert_eq!(parsed(" \t\r\n{}\n "), serde_json::json!({}));
     }
 
+    /// Strings are skipped 16, 8 and 1 bytes at a time: a quote, an
+    /// escape or a control character is found wherever it falls.
+    #[test]
+    fn finds_what_ends_plain_text_at_every_position() {
+        for len in 0..200 {
+            let plain = "é".repeat(len / 2) + &"a".repeat(len % 2);
+            let key = r#"{"k": ""#;
+            assert_eq!(
+                parsed(&format!("{key}{plain}\"}}")),
+                serde_json::json!({ "k": plain })
+            );
+            for at in 0..=plain.len() {
+                if !plain.is_char_boundary(at) {
+                    continue;
+                }
+                let (head, tail) = plain.split_at(at);
+                let escaped = format!("{key}{head}\\n{tail}\"}}");
+                let expected = format!("{head}\n{tail}");
+                assert_eq!(parsed(&escaped), serde_json::json!({ "k": expected }));
+                let quoted = format!("{key}{head}\", \"q\": \"{tail}\"}}");
+                assert_eq!(parsed(&quoted), serde_json::json!({ "k": head, "q": tail }));
+                let control = format!("{key}{head}\u{1}{tail}\"}}");
+                assert_eq!(
+                    check_object(control.as_bytes()),
+                    Err(JsonError {
+                        offset: key.len() + at,
+                        reason: "a control character in a string"
+                    })
+                );
+            }
+        }
+    }
+
     #[test]
     fn nesting_up_to_the_limit() {
         let nested = |depth: usize| format!("{}1{}", "[".repeat(depth - 1), "]".repeat(depth - 1));
