@@ -24,7 +24,7 @@ pub const DEFAULT_PATH: &str = "/etc/fedora-messaging/config.toml";
 
 /// The top-level keys: fedora-messaging's 15 in its order, then this
 /// host's own.
-pub const KEYS: [&str; 17] = [
+pub const KEYS: [&str; 18] = [
     "amqp_url",
     "client_properties",
     "publish_exchange",
@@ -42,6 +42,7 @@ pub const KEYS: [&str; 17] = [
     "monitoring",
     "workers",
     "delivery_limit",
+    "amqp_urls",
 ];
 
 /// The most consumer instances `workers` may ask for.
@@ -92,6 +93,10 @@ pub struct Config {
     /// number of times, as in fedora-messaging.
     #[serde(default)]
     pub delivery_limit: Option<DeliveryLimit>,
+    /// The nodes of one cluster, instead of `amqp_url`: the host connects
+    /// to them in turn (see [`Config::broker_urls`]).
+    #[serde(default)]
+    pub amqp_urls: Option<Vec<String>>,
 }
 
 /// `[delivery_limit]`: a message delivered `max` times is not handed to
@@ -109,6 +114,15 @@ pub struct DeliveryLimit {
 }
 
 impl Config {
+    /// The broker URLs to connect to, in the order they are tried:
+    /// `amqp_urls`, or `amqp_url` alone.
+    pub fn broker_urls(&self) -> Vec<&str> {
+        match &self.amqp_urls {
+            Some(urls) => urls.iter().map(String::as_str).collect(),
+            None => vec![self.amqp_url.as_str()],
+        }
+    }
+
     /// Keys that fedora-messaging ignores and so does this host, one
     /// sentence each, for the log.
     pub fn ignored_keys(&self) -> Vec<String> {
@@ -334,6 +348,7 @@ impl Config {
     /// Parses and validates configuration text; an error carries the line.
     pub fn parse(text: &str) -> Result<Config, (Option<usize>, String)> {
         let table: toml::Table = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+        let sets_amqp_url = table.keys().any(|key| key.eq_ignore_ascii_case("amqp_url"));
         let all_lowercase = table.keys().all(|k| *k == k.to_lowercase());
         let config: Config = if all_lowercase {
             // Straight from the text, so errors carry their position.
@@ -347,10 +362,10 @@ impl Config {
             Config::deserialize(toml::Value::Table(lowered))
                 .map_err(|e| (None, e.message().to_owned()))?
         };
-        config.validate(text)
+        config.validate(text, sets_amqp_url)
     }
 
-    fn validate(self, text: &str) -> Result<Config, (Option<usize>, String)> {
+    fn validate(self, text: &str, sets_amqp_url: bool) -> Result<Config, (Option<usize>, String)> {
         for (key, value) in reserved_client_properties() {
             if let Some(given) = self.client_properties.get(key)
                 && given.as_str() != Some(value.as_str())
@@ -367,6 +382,10 @@ impl Config {
             .map_err(|message| (line_of_key(text, "workers"), format!("workers {message}")))?;
         self.check_amqp_names()
             .map_err(|(key, message)| (line_of_key(text, key), message))?;
+        self.check_nodes(sets_amqp_url)
+            .map_err(|message| (line_of_key(text, "amqp_urls"), message))?;
+        self.check_queue_types()
+            .map_err(|message| (line_of_key(text, "queues"), message))?;
         if let Some(limit) = &self.delivery_limit
             && limit.max == 0
         {
@@ -376,6 +395,60 @@ impl Config {
             ));
         }
         Ok(self)
+    }
+
+    /// `amqp_urls` replaces `amqp_url`: both at once would leave it unclear
+    /// which node is meant.
+    fn check_nodes(&self, sets_amqp_url: bool) -> Result<(), String> {
+        match &self.amqp_urls {
+            None => Ok(()),
+            Some(_) if sets_amqp_url => Err(
+                "amqp_urls and amqp_url are both set: list every node in amqp_urls and remove amqp_url"
+                    .to_owned(),
+            ),
+            Some(urls) if urls.is_empty() => {
+                Err("amqp_urls is empty: list the cluster's nodes, or remove it and set amqp_url".to_owned())
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The rules RabbitMQ enforces on replicated queues, checked before
+    /// anything is declared so that a breach names the key to change.
+    fn check_queue_types(&self) -> Result<(), String> {
+        for (name, queue) in &self.queues {
+            let Some(kind) = queue.arguments.get("x-queue-type") else {
+                continue;
+            };
+            let breach = match kind.as_str() {
+                Some("quorum") if !queue.durable => "must be durable: set durable = true",
+                Some("quorum") if queue.exclusive => "cannot be exclusive: set exclusive = false",
+                Some("quorum") if queue.auto_delete => {
+                    "cannot be auto-delete: set auto_delete = false"
+                }
+                Some("quorum") if name.is_empty() => {
+                    "needs a name: RabbitMQ does not name quorum queues"
+                }
+                Some("stream") => {
+                    return Err(format!(
+                        "[queues.{name:?}]: stream queues (x-queue-type = \"stream\") are not supported: they need a consumer offset; use \"quorum\" or \"classic\""
+                    ));
+                }
+                Some("quorum" | "classic") => continue,
+                Some(other) => {
+                    return Err(format!(
+                        "[queues.{name:?}]: x-queue-type {other:?} is not one RabbitMQ knows: use \"classic\" or \"quorum\""
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "[queues.{name:?}]: x-queue-type must be a string, \"classic\" or \"quorum\""
+                    ));
+                }
+            };
+            return Err(format!("[queues.{name:?}]: a quorum queue {breach}"));
+        }
+        Ok(())
     }
 
     /// Names that travel as AMQP short strings must fit one (255 bytes);
@@ -778,5 +851,59 @@ mod tests {
             config.consumer_config_json(),
             serde_json::json!({"path": "/tmp/x", "n": 3, "when": "1979-05-27"})
         );
+    }
+
+    #[test]
+    fn amqp_urls_lists_the_nodes_instead_of_amqp_url() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(
+            config.broker_urls(),
+            ["amqp://?connection_attempts=3&retry_delay=5"]
+        );
+        let config = Config::parse("amqp_urls = ['amqp://a:5672/', 'amqp://b:5672/']\n").unwrap();
+        assert_eq!(config.broker_urls(), ["amqp://a:5672/", "amqp://b:5672/"]);
+        let (line, message) =
+            Config::parse("amqp_url = 'amqp://a/'\namqp_urls = ['amqp://b/']\n").unwrap_err();
+        assert_eq!(line, Some(2));
+        assert!(message.contains("remove amqp_url"), "{message}");
+        let (line, message) = Config::parse("\nAMQP_URLS = []\n").unwrap_err();
+        assert!(message.contains("amqp_urls is empty"), "{message}");
+        assert_eq!(line, None, "found only in lower case");
+    }
+
+    #[test]
+    fn quorum_queues_must_follow_rabbitmqs_rules_and_streams_are_refused() {
+        let queue = |name: &str, durable: bool, auto_delete: bool, exclusive: bool, kind: &str| {
+            Config::parse(&format!(
+                "[queues.{name:?}]\ndurable = {durable}\nauto_delete = {auto_delete}\nexclusive = {exclusive}\narguments = {{ \"x-queue-type\" = {kind} }}\n"
+            ))
+        };
+        assert!(queue("q", true, false, false, "'quorum'").is_ok());
+        assert!(queue("q", false, true, true, "'classic'").is_ok());
+        for (result, expected) in [
+            (
+                queue("q", false, false, false, "'quorum'"),
+                "must be durable",
+            ),
+            (
+                queue("q", true, false, true, "'quorum'"),
+                "cannot be exclusive",
+            ),
+            (
+                queue("q", true, true, false, "'quorum'"),
+                "cannot be auto-delete",
+            ),
+            (queue("", true, false, false, "'quorum'"), "needs a name"),
+            (queue("q", true, false, false, "'stream'"), "stream queues"),
+            (
+                queue("q", true, false, false, "'lazy'"),
+                "not one RabbitMQ knows",
+            ),
+            (queue("q", true, false, false, "1"), "must be a string"),
+        ] {
+            let (line, message) = result.unwrap_err();
+            assert_eq!(line, Some(1), "{message}");
+            assert!(message.contains(expected), "{message} lacks {expected}");
+        }
     }
 }
