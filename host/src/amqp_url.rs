@@ -187,21 +187,28 @@ impl BrokerUrl {
         })
     }
 
+    /// `host:port`, an IPv6 address in brackets.
+    pub fn address(&self) -> String {
+        let authority = &self.uri.authority;
+        if authority.host.contains(':') {
+            format!("[{}]:{}", authority.host, authority.port)
+        } else {
+            format!("{}:{}", authority.host, authority.port)
+        }
+    }
+
     /// `scheme://user@host:port vhost`, for log lines (never the password).
     pub fn describe(&self) -> String {
         let authority = &self.uri.authority;
-        let host = if authority.host.contains(':') {
-            format!("[{}]", authority.host)
-        } else {
-            authority.host.clone()
-        };
         let user = match self.uri.query.auth_mechanism {
             Some(lapin::uri::SASLMechanism::External) => "client-certificate".to_owned(),
             _ => authority.userinfo.username.clone(),
         };
         format!(
-            "{}://{user}@{host}:{} vhost {:?}",
-            self.uri.scheme, authority.port, self.uri.vhost
+            "{}://{user}@{} vhost {:?}",
+            self.uri.scheme,
+            self.address(),
+            self.uri.vhost
         )
     }
 }

@@ -2,6 +2,7 @@
 //! is not there yet (retry) from one that refuses us (exit 14).
 
 use std::net::ToSocketAddrs;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,8 +16,17 @@ use crate::config::{self, Config};
 use crate::exit::{Exit, Fatal};
 use crate::tls;
 
-/// How to reach the broker, and who we say we are.
+/// How to reach the broker, and who we say we are: one node, or the
+/// nodes of one cluster (`amqp_urls`), of which one is current.
 pub struct Broker {
+    nodes: Vec<Node>,
+    /// The node [`Broker::connect`] tries; moved on by
+    /// [`Broker::next_node`].
+    current: AtomicUsize,
+}
+
+/// One node's URL and what connecting to it takes.
+struct Node {
     url: BrokerUrl,
     properties: ConnectionProperties,
     /// For `amqps://` URLs.
@@ -39,66 +49,91 @@ pub enum ConnectError {
 impl Broker {
     /// `app_name` is `--app-name`, which wins over the configuration's.
     pub fn new(config: &Config, app_name: Option<&str>) -> Result<Broker, Fatal> {
-        let mut url = BrokerUrl::parse(&config.amqp_url)
-            .map_err(|error| Fatal::new(Exit::Usage, error.to_string()))?;
-        // As fedora-messaging: TLS only for amqps.
-        let tls = if url.uri.scheme == AMQPScheme::AMQPS {
-            let setup = tls::load(&config.tls)?;
-            if setup.client_certificate {
-                url.uri.query.auth_mechanism = Some(SASLMechanism::External);
-            }
-            Some(setup.config)
+        let mut urls = Vec::new();
+        for text in config.broker_urls() {
+            let url = BrokerUrl::parse(text).map_err(|error| {
+                let message = match &config.amqp_urls {
+                    Some(_) => format!("amqp_urls: {error}"),
+                    None => error.to_string(),
+                };
+                Fatal::new(Exit::Usage, message)
+            })?;
+            urls.push(url);
+        }
+        // As fedora-messaging: TLS only for amqps; [tls] serves every node.
+        let tls = if urls.iter().any(|url| url.uri.scheme == AMQPScheme::AMQPS) {
+            Some(tls::load(&config.tls)?)
         } else {
             None
         };
-        for parameter in &url.ignored {
-            log::debug!("amqp_url parameter {parameter:?} has no effect here");
-        }
-        let mut properties = ConnectionProperties::default();
-        if let Some(locale) = &url.locale {
-            properties = properties.with_locale(locale.as_str().into());
-        }
-        let mut client: Vec<(String, String)> = config
-            .client_properties
-            .iter()
-            .map(|(key, value)| {
-                let text = match value {
-                    toml::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                (key.clone(), text)
-            })
-            .collect();
-        let app = app_name
-            .map(str::to_owned)
-            .or_else(|| {
-                config
-                    .client_properties
-                    .get("app")
-                    .and_then(toml::Value::as_str)
-                    .map(str::to_owned)
-            })
-            .unwrap_or_else(|| "Unknown".to_owned());
-        client.push(("app".to_owned(), app));
-        client.extend(
-            config::reserved_client_properties()
-                .into_iter()
-                .map(|(key, value)| (key.to_owned(), value)),
-        );
-        check_handshake_fits(&url, &client, app_name.is_some())?;
-        for (key, value) in client {
-            properties = properties.with_client_property(key.as_str().into(), value.into());
+        let client = client_properties(config, app_name);
+        let mut nodes = Vec::with_capacity(urls.len());
+        for mut url in urls {
+            let node_tls = match &tls {
+                Some(setup) if url.uri.scheme == AMQPScheme::AMQPS => {
+                    if setup.client_certificate {
+                        url.uri.query.auth_mechanism = Some(SASLMechanism::External);
+                    }
+                    Some(setup.config.clone())
+                }
+                _ => None,
+            };
+            for parameter in &url.ignored {
+                log::debug!("amqp_url parameter {parameter:?} has no effect here");
+            }
+            check_handshake_fits(&url, &client, app_name.is_some())?;
+            let mut properties = ConnectionProperties::default();
+            if let Some(locale) = &url.locale {
+                properties = properties.with_locale(locale.as_str().into());
+            }
+            for (key, value) in &client {
+                properties =
+                    properties.with_client_property(key.as_str().into(), value.clone().into());
+            }
+            nodes.push(Node {
+                url,
+                properties,
+                tls: node_tls,
+            });
         }
         Ok(Broker {
-            url,
-            properties,
-            tls,
+            nodes,
+            current: AtomicUsize::new(0),
         })
     }
 
-    /// For log lines: the broker, user and vhost (never the password).
+    fn node(&self) -> &Node {
+        &self.nodes[self.current.load(Ordering::Relaxed) % self.nodes.len()]
+    }
+
+    /// How many nodes there are to try.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Moves on to the next node in the listed order (after the last, the
+    /// first): the current one failed or was lost.
+    pub fn next_node(&self) {
+        let next = (self.current.load(Ordering::Relaxed) + 1) % self.nodes.len();
+        self.current.store(next, Ordering::Relaxed);
+    }
+
+    /// For log lines: the current node, user and vhost (never the
+    /// password), with its place in `amqp_urls` when there are several.
     pub fn describe(&self) -> String {
-        self.url.describe()
+        match self.nodes.len() {
+            1 => self.node().url.describe(),
+            count => format!(
+                "{} (node {} of {count})",
+                self.node().url.describe(),
+                self.current.load(Ordering::Relaxed) % count + 1
+            ),
+        }
+    }
+
+    /// The current node as `host:port`, for `/ready` and `/metrics`.
+    pub fn address(&self) -> String {
+        self.node().url.address()
     }
 
     /// The one-line message for a failed attempt, shared by `consume` and
@@ -119,24 +154,25 @@ impl Broker {
         }
     }
 
-    /// One attempt, bounded by the URL's `socket_timeout` (the TCP
+    /// One attempt on the current node, bounded by the URL's `socket_timeout` (the TCP
     /// connect) and `stack_timeout` (everything up to an open connection).
     ///
     /// Dropping the future (the caller gave up, or a stop came) shuts the
     /// socket down, so lapin's I/O thread ends instead of waiting for ever
     /// on a peer that never speaks.
     pub async fn connect(&self) -> Result<Connection, ConnectError> {
+        let node = self.node();
         let runtime = lapin::runtime::default_runtime()
             .map_err(|error| ConnectError::Unreachable(error.to_string()))?;
         let socket = AttemptSocket::default();
         let _give_up = GiveUpOnDrop(socket.clone());
         let connecting = Connection::connector(
-            self.url.uri.clone(),
+            node.url.uri.clone(),
             runtime,
-            open_transport(socket.clone(), self.url.socket_timeout, self.tls.clone()),
-            self.properties.clone(),
+            open_transport(socket.clone(), node.url.socket_timeout, node.tls.clone()),
+            node.properties.clone(),
         );
-        let stack_timeout = self.url.stack_timeout;
+        let stack_timeout = node.url.stack_timeout;
         let outcome = async { Some(connecting.await) }
             .or(async {
                 async_io::Timer::after(stack_timeout).await;
@@ -155,6 +191,39 @@ impl Broker {
             ))),
         }
     }
+}
+
+/// The client properties every connection sends: `[client_properties]`,
+/// the app name (`--app-name` first) and the reserved three.
+fn client_properties(config: &Config, app_name: Option<&str>) -> Vec<(String, String)> {
+    let mut client: Vec<(String, String)> = config
+        .client_properties
+        .iter()
+        .map(|(key, value)| {
+            let text = match value {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (key.clone(), text)
+        })
+        .collect();
+    let app = app_name
+        .map(str::to_owned)
+        .or_else(|| {
+            config
+                .client_properties
+                .get("app")
+                .and_then(toml::Value::as_str)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "Unknown".to_owned());
+    client.push(("app".to_owned(), app));
+    client.extend(
+        config::reserved_client_properties()
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value)),
+    );
+    client
 }
 
 /// The socket of one connection attempt, shut down when the attempt is

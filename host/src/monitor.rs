@@ -2,10 +2,12 @@
 //! metrics.
 //!
 //! - `GET /live` → `{"status": "OK"}`
-//! - `GET /ready` → `{"consuming": bool, "published": N, "consumed":
-//!   {"received", "processed", "dropped", "rejected", "failed"}}`
-//! - `GET /metrics` → the same counters, the reconnect count and, per
-//!   outcome, a histogram of how long the consumer took.
+//! - `GET /ready` → `{"consuming": bool, "node": "host:port" or null,
+//!   "published": N, "consumed": {"received", "processed", "dropped",
+//!   "rejected", "failed"}}`
+//! - `GET /metrics` → the same counters, the broker node connected to, the
+//!   reconnect count and, per outcome, a histogram of how long the
+//!   consumer took.
 //!
 //! The server ([`serve`]) runs on a thread of its own and holds against
 //! abuse: slow, idle or endless requests cannot delay another client's
@@ -15,7 +17,7 @@ use std::cell::Cell;
 use std::net::{TcpListener, TcpStream};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_executor::LocalExecutor;
@@ -42,6 +44,8 @@ const OUTCOMES: [&str; 5] = ["ack", "nack", "drop", "halt", "failed"];
 #[derive(Default)]
 pub struct Stats {
     consuming: AtomicBool,
+    /// The broker node connected to (`host:port`), if any.
+    node: Mutex<Option<String>>,
     received: AtomicU64,
     processed: AtomicU64,
     dropped: AtomicU64,
@@ -70,6 +74,18 @@ struct Histogram {
 impl Stats {
     pub fn set_consuming(&self, consuming: bool) {
         self.consuming.store(consuming, Ordering::Relaxed);
+    }
+
+    /// The node the host is connected to, or `None` between connections.
+    pub fn set_node(&self, node: Option<String>) {
+        *self.node() = node;
+    }
+
+    fn node(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        // Only ever replaced whole: a panic elsewhere cannot leave it torn.
+        self.node
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A checked message is about to be handed to the consumer.
@@ -163,6 +179,7 @@ impl Stats {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         serde_json::json!({
             "consuming": self.consuming.load(Ordering::Relaxed),
+            "node": *self.node(),
             "published": get(&self.published),
             "consumed": {
                 "received": get(&self.received),
@@ -184,6 +201,14 @@ impl Stats {
             "fedora_messaging_consuming {}\n",
             u8::from(self.consuming.load(Ordering::Relaxed))
         ));
+        out.push_str("# HELP fedora_messaging_broker_node The broker node the host is connected to (none between connections).\n");
+        out.push_str("# TYPE fedora_messaging_broker_node gauge\n");
+        if let Some(node) = &*self.node() {
+            out.push_str(&format!(
+                "fedora_messaging_broker_node{{node=\"{}\"}} 1\n",
+                node.replace('\\', "\\\\").replace('"', "\\\"")
+            ));
+        }
         out.push_str("# HELP fedora_messaging_received_total Messages handed to the consumer.\n");
         out.push_str("# TYPE fedora_messaging_received_total counter\n");
         out.push_str(&format!(

@@ -164,6 +164,8 @@ async fn connect_within(broker: &Broker, deadline: Instant) -> Result<lapin::Con
                         ),
                     ));
                 }
+                // The next of several nodes, in amqp_urls' order.
+                broker.next_node();
                 async_io::Timer::after(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }

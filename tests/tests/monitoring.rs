@@ -11,22 +11,6 @@ use fm_e2e::*;
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
 
-/// `GET path` on `address`; returns the status line and the body.
-fn get(address: &str, path: &str) -> (String, String) {
-    let mut stream = TcpStream::connect(address).expect("connect to the monitoring port");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    (
-        head.lines().next().unwrap_or("").to_owned(),
-        body.to_owned(),
-    )
-}
-
 /// `consume` of `queue` with Scripted and monitoring on a free port of
 /// 127.0.0.1, and the address it serves on.
 fn monitored_consumer(dir: &std::path::Path, queue: &str) -> (Running, String) {
@@ -50,7 +34,7 @@ fn monitored_consumer(dir: &std::path::Path, queue: &str) -> (Running, String) {
 fn ready_when(address: &str, timeout: Duration, until: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + timeout;
     loop {
-        let (status, body) = get(address, "/ready");
+        let (status, body) = http_get(address, "/ready");
         assert_eq!(status, "HTTP/1.1 200 OK");
         let ready: Value = serde_json::from_str(&body).unwrap();
         if until(&ready) {
@@ -85,7 +69,7 @@ fn health_and_metrics_while_consuming() {
         ready["consumed"]["dropped"] == 1 && ready["consumed"]["processed"] == 1
     });
 
-    let (status, body) = get(&address, "/live");
+    let (status, body) = http_get(&address, "/live");
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert_eq!(body, "{\"status\": \"OK\"}\n");
 
@@ -93,15 +77,17 @@ fn health_and_metrics_while_consuming() {
         ready,
         json!({
             "consuming": true,
+            "node": "127.0.0.1:5672",
             "published": 0,
             "consumed": {"received": 3, "processed": 1, "dropped": 1, "rejected": 0, "failed": 0}
         })
     );
 
-    let (status, metrics) = get(&address, "/metrics");
+    let (status, metrics) = http_get(&address, "/metrics");
     assert_eq!(status, "HTTP/1.1 200 OK");
     for expected in [
         "fedora_messaging_consuming 1\n",
+        "fedora_messaging_broker_node{node=\"127.0.0.1:5672\"} 1\n",
         "fedora_messaging_received_total 3\n",
         "fedora_messaging_consumed_total{result=\"dropped\"} 1\n",
         "fedora_messaging_consume_duration_seconds_count{outcome=\"ack\"} 1\n",
@@ -113,7 +99,7 @@ fn health_and_metrics_while_consuming() {
             "{expected:?} missing from:\n{metrics}"
         );
     }
-    assert_eq!(get(&address, "/nowhere").0, "HTTP/1.1 404 Not Found");
+    assert_eq!(http_get(&address, "/nowhere").0, "HTTP/1.1 404 Not Found");
 
     consumer.signal("TERM");
     let run = consumer.finish();
@@ -228,7 +214,7 @@ fn monitoring_holds_against_slow_idle_and_endless_clients() {
     let mut latencies = Vec::new();
     for _ in 0..20 {
         let asked = Instant::now();
-        let (status, body) = get(&address, "/live");
+        let (status, body) = http_get(&address, "/live");
         latencies.push(asked.elapsed());
         assert_eq!(
             (status.as_str(), body.as_str()),

@@ -217,6 +217,7 @@ impl Engine {
             }
             publisher::service().disconnected();
             self.core.stats.set_consuming(false);
+            self.core.stats.set_node(None);
             // Deliveries of a closed connection cannot be settled; the
             // broker delivers them again.
             self.core.pending.clear();
@@ -241,7 +242,10 @@ impl Engine {
                 SessionEnd::Draining => continue,
                 SessionEnd::Lost(reason) => {
                     let broker = self.broker.describe();
-                    let what = format!("Lost the connection to {broker}: {reason}; reconnecting");
+                    let what = format!(
+                        "Lost the connection to {broker}: {reason}; reconnecting{}",
+                        self.to_next_node()
+                    );
                     (what, ", and consuming will resume")
                 }
                 SessionEnd::Retry(reason) => (format!("{reason}; retrying"), ""),
@@ -277,9 +281,9 @@ impl Engine {
     /// until it answers. A refusal ends the retries at once: trying again
     /// cannot change it. `Ok(None)`: the lifecycle stopped running first.
     async fn connect(&mut self) -> Result<Option<Connection>, Fatal> {
-        let describe = self.broker.describe();
         let mut attempt = 1u64;
         loop {
+            let describe = self.broker.describe();
             log::info!("Connecting to {describe} (attempt {attempt})");
             self.core
                 .pulse
@@ -290,15 +294,17 @@ impl Engine {
             match result {
                 Ok(connection) => {
                     log::info!("Connected to {describe}");
+                    self.core.stats.set_node(Some(self.broker.address()));
                     return Ok(Some(connection));
                 }
                 Err(refusal @ (ConnectError::Refused(_) | ConnectError::Untrusted(_))) => {
                     return Err(Fatal::new(Exit::Connection, self.broker.refusal(&refusal)));
                 }
                 Err(ConnectError::Unreachable(reason)) => {
+                    let next = self.to_next_node();
                     let waited = self
                         .back_off(
-                            |delay| format!("Cannot connect to {describe} (attempt {attempt}): {reason}; retrying in {delay:.1} s"),
+                            |delay| format!("Cannot connect to {describe} (attempt {attempt}): {reason}; retrying{next} in {delay:.1} s"),
                             |delay| format!("Cannot reach the broker (attempt {attempt}); retrying in {delay:.0} s"),
                         )
                         .await;
@@ -309,6 +315,16 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Moves on to the next of several nodes, and says which, for a log
+    /// line's "retrying" or "reconnecting"; nothing with one node.
+    fn to_next_node(&self) -> String {
+        if self.broker.node_count() == 1 {
+            return String::new();
+        }
+        self.broker.next_node();
+        format!(" to {}", self.broker.describe())
     }
 
     /// Declares and consumes on one connection until it ends, setting the
