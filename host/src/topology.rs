@@ -216,8 +216,9 @@ impl Topology {
     }
 }
 
-/// Whether `queue` still exists (a passive declare on a channel of its
-/// own, since a refusal closes the channel).
+/// Whether `queue` still exists, even if it cannot be used right now (a
+/// passive declare on a channel of its own, since a refusal closes the
+/// channel).
 pub async fn queue_exists(connection: &Connection, queue: &str) -> Result<bool, lapin::Error> {
     let channel = connection.create_channel().await?;
     let options = QueueDeclareOptions {
@@ -232,8 +233,21 @@ pub async fn queue_exists(connection: &Connection, queue: &str) -> Result<bool, 
             let _ = channel.close(200, "checked".into()).await;
             Ok(true)
         }
-        Err(error) if broker_code(&error) == Some(404) => Ok(false),
+        // RabbitMQ answers 404 too for a queue that exists on a node that
+        // is down (a classic queue's home node), or whose process stopped:
+        // only "no queue" means it is gone.
+        Err(error) if broker_code(&error) == Some(404) => Ok(!says_no_such_queue(&error)),
         Err(error) => Err(error),
+    }
+}
+
+/// Whether a 404 is RabbitMQ's "NOT_FOUND - no queue 'NAME' in vhost
+/// 'VHOST'", rather than "home node 'NODE' of durable queue … is down or
+/// inaccessible" and the like, which are about a queue that exists.
+fn says_no_such_queue(error: &lapin::Error) -> bool {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => amqp.get_message().as_str().contains("no queue"),
+        _ => false,
     }
 }
 
