@@ -125,6 +125,35 @@ impl TestBroker {
         self.publish_raw(&outgoing.routing_key, outgoing.properties, &outgoing.body);
     }
 
+    /// Publishes records as [`TestBroker::publish`] does, all before
+    /// waiting for the confirms: thousands in a second or two, where one
+    /// confirm at a time takes a millisecond or more each.
+    pub fn publish_all(&self, records: &[serde_json::Value]) {
+        block_on(async {
+            let mut confirms = Vec::with_capacity(records.len());
+            for record in records {
+                let record = RecordMessage::from_json(record.clone()).expect("a valid test record");
+                let outgoing = record.outgoing("").expect("a publishable test record");
+                let confirm = self
+                    .channel
+                    .basic_publish(
+                        "amq.topic".into(),
+                        outgoing.routing_key.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &outgoing.body,
+                        outgoing.properties,
+                    )
+                    .await
+                    .expect("publish");
+                confirms.push(confirm);
+            }
+            for confirm in confirms {
+                let confirmation = confirm.await.expect("the broker's confirm");
+                assert!(confirmation.is_ack(), "the broker refused a message");
+            }
+        });
+    }
+
     /// Publishes exactly these properties and body, and waits for the
     /// broker's confirm.
     pub fn publish_raw(&self, routing_key: &str, properties: BasicProperties, body: &[u8]) {

@@ -10,7 +10,8 @@ pub mod process;
 pub mod proxy;
 pub mod python;
 
-use std::io::Read;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -411,4 +412,23 @@ pub fn serve_once(
         request_line.trim_end().to_owned()
     });
     (url, server)
+}
+
+/// `GET path` on `address` (a monitoring port); returns the status line
+/// and the body.
+pub fn http_get(address: &str, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(address).expect("connect to the monitoring port");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("a read timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").expect("send the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
 }

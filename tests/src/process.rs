@@ -124,6 +124,16 @@ impl Running {
         }
     }
 
+    /// The lines with `needle` written so far, without waiting.
+    pub fn lines_so_far(&mut self, needle: &str) -> Vec<String> {
+        self.seen.extend(self.lines.try_iter());
+        self.seen
+            .iter()
+            .filter(|line| line.contains(needle))
+            .cloned()
+            .collect()
+    }
+
     /// Whether the process has ended (it is not reaped until
     /// [`Running::finish`]).
     pub fn has_ended(&mut self) -> bool {
