@@ -517,6 +517,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn nodes_are_tried_in_the_listed_order_round_and_round() {
+        let config = Config::parse(
+            "amqp_urls = ['amqp://u:p@a:5701/%2F', 'amqp://u:p@b:5702/%2F', 'amqp://u:p@c:5703/%2F']\n",
+        )
+        .unwrap();
+        let broker = Broker::new(&config, None).unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push((broker.address(), broker.describe()));
+            broker.next_node();
+        }
+        assert_eq!(
+            seen,
+            [
+                ("a:5701", "amqp://u@a:5701 vhost \"/\" (node 1 of 3)"),
+                ("b:5702", "amqp://u@b:5702 vhost \"/\" (node 2 of 3)"),
+                ("c:5703", "amqp://u@c:5703 vhost \"/\" (node 3 of 3)"),
+                ("a:5701", "amqp://u@a:5701 vhost \"/\" (node 1 of 3)"),
+            ]
+            .map(|(address, describe)| (address.to_owned(), describe.to_owned()))
+        );
+        let single = Broker::new(
+            &Config::parse("amqp_url = 'amqp://u:p@a/'\n").unwrap(),
+            None,
+        )
+        .unwrap();
+        single.next_node();
+        assert_eq!(single.describe(), "amqp://u@a:5672 vhost \"/\"");
+        let bad = Config::parse("amqp_urls = ['amqp://a/', 'http://b/']\n").unwrap();
+        let error = Broker::new(&bad, None)
+            .err()
+            .expect("an http:// node is refused");
+        assert_eq!(error.exit, Exit::Usage);
+        assert!(
+            error.message.starts_with("amqp_urls: "),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
     fn backoff_starts_near_a_second_doubles_caps_and_starts_over_after_stable_consuming() {
         let mut backoff = Backoff::new();
         let delays: Vec<f64> = (0..8).map(|_| backoff.next_delay().as_secs_f64()).collect();
