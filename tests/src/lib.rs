@@ -432,3 +432,19 @@ pub fn http_get(address: &str, path: &str) -> (String, String) {
         body.to_owned(),
     )
 }
+
+/// The ids in a file the saver plugin wrote (one record line a message),
+/// in order, duplicates included; nothing if there is no file yet.
+pub fn saved_ids(saved: &Path) -> Vec<String> {
+    std::fs::read_to_string(saved)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|line| line["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// How many of `ids` repeat an earlier one.
+pub fn duplicates(ids: &[String]) -> usize {
+    ids.len() - ids.iter().collect::<std::collections::HashSet<_>>().len()
+}

@@ -152,16 +152,6 @@ level = "INFO"
     }
 }
 
-/// The ids a host saved, in order, duplicates included.
-fn saved_ids(saved: &Path) -> Vec<String> {
-    std::fs::read_to_string(saved)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter_map(|line| line["id"].as_str().map(str::to_owned))
-        .collect()
-}
-
 fn all_saved(hosts: &[Host]) -> Vec<String> {
     hosts
         .iter()
@@ -220,10 +210,6 @@ fn consuming_again(host: &mut Host, consumers: usize, since: Instant) -> Duratio
     host.running.wait_for_count(CONSUMING, consumers + 1, WAIT);
     let before = saved_ids(&host.saved).len();
     wait_saves_more(host, before, since)
-}
-
-fn duplicates(ids: &[String]) -> usize {
-    ids.len() - ids.iter().collect::<HashSet<_>>().len()
 }
 
 #[test]

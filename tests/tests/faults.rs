@@ -95,16 +95,6 @@ fn saver(dir: &Path, queue: &str) -> (Running, PathBuf) {
     (running, saved)
 }
 
-/// The ids in the saved file, in order (duplicates included).
-fn saved_ids(saved: &Path) -> Vec<String> {
-    std::fs::read_to_string(saved)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter_map(|line| line["id"].as_str().map(str::to_owned))
-        .collect()
-}
-
 /// Waits until the saved file holds at least `lines` lines (or `distinct`
 /// distinct ids, when given); returns the ids.
 fn wait_saved(saved: &Path, lines: usize, distinct: Option<usize>) -> Vec<String> {
@@ -131,10 +121,6 @@ fn wait_saved(saved: &Path, lines: usize, distinct: Option<usize>) -> Vec<String
 fn lost<'a>(published: &'a [String], saved: &[String]) -> Vec<&'a String> {
     let saved: HashSet<&String> = saved.iter().collect();
     published.iter().filter(|id| !saved.contains(id)).collect()
-}
-
-fn duplicates(ids: &[String]) -> usize {
-    ids.len() - ids.iter().collect::<HashSet<_>>().len()
 }
 
 #[test]
