@@ -1,5 +1,7 @@
-//! Connecting to the broker: client properties, and telling a broker that
-//! is not there yet (retry) from one that refuses us (exit 14).
+//! Connecting to the broker: which node of `amqp_urls` to try (the
+//! listed order, round and round), client properties, and telling a
+//! broker that is not there yet (retry) from one that refuses us
+//! (exit 14).
 
 use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -59,6 +61,14 @@ impl Broker {
                 Fatal::new(Exit::Usage, message)
             })?;
             urls.push(url);
+        }
+        if urls.is_empty() {
+            // The configuration refuses an empty amqp_urls; this keeps
+            // node() from dividing by zero whatever built the Config.
+            return Err(Fatal::new(
+                Exit::Usage,
+                "amqp_urls is empty: list the cluster's nodes".to_owned(),
+            ));
         }
         // As fedora-messaging: TLS only for amqps; [tls] serves every node.
         let tls = if urls.iter().any(|url| url.uri.scheme == AMQPScheme::AMQPS) {
