@@ -206,9 +206,19 @@ fn amqp_str(value: &AMQPValue) -> Option<&str> {
 }
 
 fn amqp_number(value: &AMQPValue) -> Option<f64> {
-    match amqp_json(value) {
-        Value::Number(n) => n.as_f64(),
-        _ => None,
+    // The integers, which is what publishers send, directly: through JSON
+    // they were written out as text and parsed back, on every message.
+    match value {
+        AMQPValue::ShortShortInt(n) => Some(f64::from(*n)),
+        AMQPValue::ShortShortUInt(n) => Some(f64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(f64::from(*n)),
+        AMQPValue::ShortUInt(n) => Some(f64::from(*n)),
+        AMQPValue::LongInt(n) => Some(f64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(f64::from(*n)),
+        other => match amqp_json(other) {
+            Value::Number(n) => n.as_f64(),
+            _ => None,
+        },
     }
 }
 
@@ -687,6 +697,31 @@ mod tests {
         match headers {
             Some(headers) => properties.with_headers(headers),
             None => properties,
+        }
+    }
+
+    /// Every AMQP type a severity may come in reads as its JSON form
+    /// would: integers of any width and floats by value, nothing else.
+    #[test]
+    fn a_severity_reads_alike_whatever_its_amqp_type() {
+        for (value, expected) in [
+            (AMQPValue::ShortShortInt(10), Some(10.0)),
+            (AMQPValue::ShortShortUInt(20), Some(20.0)),
+            (AMQPValue::ShortInt(-30), Some(-30.0)),
+            (AMQPValue::ShortUInt(40), Some(40.0)),
+            (AMQPValue::LongInt(i32::MIN), Some(f64::from(i32::MIN))),
+            (AMQPValue::LongUInt(u32::MAX), Some(f64::from(u32::MAX))),
+            (AMQPValue::LongLongInt(20), Some(20.0)),
+            (AMQPValue::Double(30.0), Some(30.0)),
+            (AMQPValue::Boolean(true), None),
+            (AMQPValue::LongString("20".into()), None),
+        ] {
+            let through_json = match amqp_json(&value) {
+                Value::Number(n) => n.as_f64(),
+                _ => None,
+            };
+            assert_eq!(amqp_number(&value), expected, "{value:?}");
+            assert_eq!(amqp_number(&value), through_json, "{value:?}");
         }
     }
 
