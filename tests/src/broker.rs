@@ -120,8 +120,7 @@ impl TestBroker {
 
     /// Publishes a record as `fedora-messaging publish` would, to amq.topic.
     pub fn publish(&self, record: &serde_json::Value) {
-        let record = RecordMessage::from_json(record.clone()).expect("a valid test record");
-        let outgoing = record.outgoing("").expect("a publishable test record");
+        let outgoing = outgoing(record);
         self.publish_raw(&outgoing.routing_key, outgoing.properties, &outgoing.body);
     }
 
@@ -132,20 +131,11 @@ impl TestBroker {
         block_on(async {
             let mut confirms = Vec::with_capacity(records.len());
             for record in records {
-                let record = RecordMessage::from_json(record.clone()).expect("a valid test record");
-                let outgoing = record.outgoing("").expect("a publishable test record");
-                let confirm = self
-                    .channel
-                    .basic_publish(
-                        "amq.topic".into(),
-                        outgoing.routing_key.as_str().into(),
-                        BasicPublishOptions::default(),
-                        &outgoing.body,
-                        outgoing.properties,
-                    )
-                    .await
-                    .expect("publish");
-                confirms.push(confirm);
+                let outgoing = outgoing(record);
+                confirms.push(
+                    self.send(&outgoing.routing_key, outgoing.properties, &outgoing.body)
+                        .await,
+                );
             }
             for confirm in confirms {
                 let confirmation = confirm.await.expect("the broker's confirm");
@@ -158,19 +148,28 @@ impl TestBroker {
     /// broker's confirm.
     pub fn publish_raw(&self, routing_key: &str, properties: BasicProperties, body: &[u8]) {
         block_on(async {
-            let confirm = self
-                .channel
-                .basic_publish(
-                    "amq.topic".into(),
-                    routing_key.into(),
-                    BasicPublishOptions::default(),
-                    body,
-                    properties,
-                )
-                .await
-                .expect("publish");
+            let confirm = self.send(routing_key, properties, body).await;
             confirm.await.expect("the broker's confirm");
         });
+    }
+
+    /// Sends one message to amq.topic; the broker's confirm is to await.
+    async fn send(
+        &self,
+        routing_key: &str,
+        properties: BasicProperties,
+        body: &[u8],
+    ) -> lapin::PublisherConfirm {
+        self.channel
+            .basic_publish(
+                "amq.topic".into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .expect("publish")
     }
 
     /// How many messages wait in `queue`.
@@ -381,4 +380,12 @@ pub fn queue_with(
     let dir = crate::scratch();
     let conf = crate::config_file(dir.path(), &queue_config(&queue, extra));
     (broker, queue, dir, conf)
+}
+
+/// A test record as `fedora-messaging publish` would send it.
+fn outgoing(record: &serde_json::Value) -> fm_host::wire::Outgoing {
+    RecordMessage::from_json(record.clone())
+        .expect("a valid test record")
+        .outgoing("")
+        .expect("a publishable test record")
 }
