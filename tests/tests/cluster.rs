@@ -409,7 +409,7 @@ fn a_cancel_for_a_queue_that_still_exists_is_followed_by_consuming_again(dir: &P
             .collect()
     };
     publisher.publish_all(&batch(0));
-    wait_saved(&host, 10);
+    wait_distinct(std::slice::from_ref(&host), 10);
 
     let stop_at = Instant::now();
     node_ctl(home, &["stop_app"]);
@@ -418,7 +418,7 @@ fn a_cancel_for_a_queue_that_still_exists_is_followed_by_consuming_again(dir: &P
     host.running.wait_for_count(CONSUMING, 2, WAIT);
     let again = stop_at.elapsed();
     publisher.publish_all(&batch(10));
-    wait_saved(&host, 20);
+    wait_distinct(std::slice::from_ref(&host), 20);
     let cancel = host
         .running
         .lines_so_far("canceled the consumer")
@@ -431,18 +431,6 @@ fn a_cancel_for_a_queue_that_still_exists_is_followed_by_consuming_again(dir: &P
     eprintln!(
         "classic queue on a stopped node: {cancel}; consuming again {again:?} after the stop"
     );
-}
-
-/// Waits until `host` saved `count` distinct ids.
-fn wait_saved(host: &Host, count: usize) {
-    let deadline = Instant::now() + WAIT;
-    while saved_ids(&host.saved).iter().collect::<HashSet<_>>().len() < count {
-        assert!(
-            Instant::now() < deadline,
-            "fewer than {count} saved within {WAIT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// A quorum queue's rules are checked at load (exit 2, naming the rule),
@@ -468,11 +456,7 @@ fn a_quorum_queue_that_breaks_rabbitmqs_rules_is_a_configuration_error() {
             dir.path(),
             &format!("amqp_url = \"{AMQP_URL}\"\n[queues.\"q\"]\n{settings}\n"),
         );
-        let run = run(fedora_messaging().arg("--conf").arg(&conf).args([
-            "consume",
-            "--callback",
-            &scripted(),
-        ]));
+        let run = run(&mut scripted_consume(&conf));
         assert_eq!(run.code(), 2, "{run:#?}");
         assert!(run.output().contains(expected), "{run:#?}");
     }
@@ -494,11 +478,7 @@ fn a_declaration_that_disagrees_with_the_queue_exits_ten_with_the_brokers_reason
             "arguments = {\"x-queue-type\" = \"quorum\"}",
         ),
     );
-    let run = run(fedora_messaging().arg("--conf").arg(&conf).args([
-        "consume",
-        "--callback",
-        &scripted(),
-    ]));
+    let run = run(&mut scripted_consume(&conf));
     assert_eq!(run.code(), 10, "{run:#?}");
     assert!(
         run.output().contains("PRECONDITION_FAILED") && run.output().contains("x-queue-type"),
