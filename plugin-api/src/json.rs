@@ -91,25 +91,23 @@ pub(crate) fn number_text(text: &str) -> Number {
 }
 
 fn parse_top<S: Sink>(body: &[u8]) -> Result<S::Value, JsonError> {
-    let text = std::str::from_utf8(body).map_err(|error| JsonError {
-        offset: error.valid_up_to(),
-        reason: "not UTF-8",
-    })?;
     let mut parser = Parser {
-        text,
-        bytes: text.as_bytes(),
+        bytes: body,
         pos: 0,
     };
-    parser.skip_whitespace();
-    if parser.peek() != Some(b'{') {
-        return Err(parser.error("expected an object"));
-    }
-    let value = parser.value::<S>(0)?;
-    parser.skip_whitespace();
-    if parser.pos != parser.bytes.len() {
-        return Err(parser.error("extra data after the object"));
-    }
-    Ok(value)
+    parser.document::<S>().map_err(|error| {
+        // The parser checks UTF-8 only inside strings, where text other
+        // than ASCII may be; outside them such a byte is a syntax error.
+        // Either way a body that is not UTF-8 is refused as that, first,
+        // wherever the parser stopped.
+        match std::str::from_utf8(body) {
+            Err(not_utf8) => JsonError {
+                offset: not_utf8.valid_up_to(),
+                reason: "not UTF-8",
+            },
+            Ok(_) => error,
+        }
+    })
 }
 
 /// What the parser makes of what it reads: nothing ([`Check`]) or a
@@ -185,12 +183,32 @@ impl Sink for Build {
 }
 
 struct Parser<'a> {
-    text: &'a str,
     bytes: &'a [u8],
     pos: usize,
 }
 
+/// Text the parser has seen to be ASCII: a number's, or a string's run in
+/// which no byte had its high bit set.
+fn ascii_text(bytes: &[u8]) -> &str {
+    debug_assert!(bytes.is_ascii());
+    // SAFETY: ASCII is UTF-8; each caller has looked at every byte.
+    unsafe { std::str::from_utf8_unchecked(bytes) }
+}
+
 impl<'a> Parser<'a> {
+    fn document<S: Sink>(&mut self) -> Result<S::Value, JsonError> {
+        self.skip_whitespace();
+        if self.peek() != Some(b'{') {
+            return Err(self.error("expected an object"));
+        }
+        let value = self.value::<S>(0)?;
+        self.skip_whitespace();
+        if self.pos != self.bytes.len() {
+            return Err(self.error("extra data after the object"));
+        }
+        Ok(value)
+    }
+
     fn error(&self, reason: &'static str) -> JsonError {
         JsonError {
             offset: self.pos,
@@ -224,11 +242,12 @@ impl<'a> Parser<'a> {
             Some(b'"') => Ok(S::scalar(Scalar::String(self.string()?))),
             Some(b'-' | b'0'..=b'9') => {
                 let start = self.pos;
-                if self.eat("-Infinity") {
-                    return Ok(S::scalar(Scalar::Number(&self.text[start..self.pos])));
+                if !self.eat("-Infinity") {
+                    self.number()?;
                 }
-                self.number()?;
-                Ok(S::scalar(Scalar::Number(&self.text[start..self.pos])))
+                Ok(S::scalar(Scalar::Number(ascii_text(
+                    &self.bytes[start..self.pos],
+                ))))
             }
             _ => {
                 let start = self.pos;
@@ -239,7 +258,9 @@ impl<'a> Parser<'a> {
                 } else if self.eat("false") {
                     Ok(S::scalar(Scalar::Bool(false)))
                 } else if self.eat("NaN") || self.eat("Infinity") {
-                    Ok(S::scalar(Scalar::Number(&self.text[start..self.pos])))
+                    Ok(S::scalar(Scalar::Number(ascii_text(
+                        &self.bytes[start..self.pos],
+                    ))))
                 } else {
                     Err(self.error("expected a value"))
                 }
@@ -362,10 +383,12 @@ impl<'a> Parser<'a> {
         Ok(())
     }
 
-    /// Moves to the next `"`, `\\` or control character (or the end), eight
-    /// bytes at a time while none is in sight: bodies are mostly text, and
-    /// this is the host's cost for every message.
-    fn skip_plain_text(&mut self) {
+    /// The run of text up to the next `"`, `\\` or control character (or
+    /// the end), checked to be UTF-8. It looks at sixteen or eight bytes at
+    /// a time while none is special, and notes on the way whether any is
+    /// not ASCII, so that only such runs are checked again: bodies are
+    /// mostly ASCII text, and this is the host's cost for every message.
+    fn plain_run(&mut self) -> Result<&'a str, JsonError> {
         const ONES: u64 = 0x0101_0101_0101_0101;
         const HIGHS: u64 = 0x8080_8080_8080_8080;
         // A byte of `word` is zero, or below 0x20: the classic bit tricks,
@@ -382,44 +405,61 @@ impl<'a> Parser<'a> {
             bytes.copy_from_slice(chunk);
             u64::from_le_bytes(bytes)
         };
+        let start = self.pos;
         // Long strings are what bodies are made of: sixteen bytes a turn
         // while none is special (where the processor can), then word by
         // word to the one that is.
         #[cfg(target_arch = "x86_64")]
-        {
-            self.pos += plain_blocks(&self.bytes[self.pos..]);
-        }
+        let mut ascii = {
+            let (plain, ascii) = plain_blocks(&self.bytes[self.pos..]);
+            self.pos += plain;
+            ascii
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let mut ascii = true;
         for chunk in self.bytes[self.pos..].chunks_exact(8) {
-            if special(word(chunk)) != 0 {
+            let word = word(chunk);
+            if special(word) != 0 {
                 break;
             }
+            ascii &= word & HIGHS == 0;
             self.pos += 8;
         }
         while let Some(&byte) = self.bytes.get(self.pos) {
             if matches!(byte, b'"' | b'\\' | 0..=0x1f) {
                 break;
             }
+            ascii &= byte.is_ascii();
             self.pos += 1;
         }
+        let run = &self.bytes[start..self.pos];
+        if ascii {
+            return Ok(ascii_text(run));
+        }
+        // The run is cut at ASCII bytes, which never fall inside a
+        // character, so it is UTF-8 on its own exactly when it is within
+        // the body.
+        std::str::from_utf8(run).map_err(|error| JsonError {
+            offset: start + error.valid_up_to(),
+            reason: "not UTF-8",
+        })
     }
 
     /// A string at `"`; borrowed from the body unless it has escapes.
     fn string(&mut self) -> Result<Cow<'a, str>, JsonError> {
         self.pos += 1; // '"'
-        let start = self.pos;
-        self.skip_plain_text();
+        let first_run = self.plain_run()?;
         match self.peek() {
             None => return Err(self.error("unterminated string")),
             Some(b'"') => {
-                let s = &self.text[start..self.pos];
                 self.pos += 1;
-                return Ok(Cow::Borrowed(s));
+                return Ok(Cow::Borrowed(first_run));
             }
             Some(b'\\') => {}
-            // skip_plain_text stops at nothing else.
+            // plain_run stops at nothing else.
             Some(_) => return Err(self.error("a control character in a string")),
         }
-        let mut owned = String::from(&self.text[start..self.pos]);
+        let mut owned = String::from(first_run);
         loop {
             match self.peek() {
                 None => return Err(self.error("unterminated string")),
@@ -450,14 +490,7 @@ impl<'a> Parser<'a> {
                     owned.push(escaped);
                 }
                 Some(0..=0x1f) => return Err(self.error("a control character in a string")),
-                Some(_) => {
-                    // Copy up to the next quote, backslash or control
-                    // character in one go; those are ASCII, so the cut is
-                    // at a character boundary.
-                    let run_start = self.pos;
-                    self.skip_plain_text();
-                    owned.push_str(&self.text[run_start..self.pos]);
-                }
+                Some(_) => owned.push_str(self.plain_run()?),
             }
         }
     }
@@ -481,9 +514,10 @@ impl<'a> Parser<'a> {
 
     fn hex4(&mut self) -> Result<u32, JsonError> {
         let digits = self
-            .text
+            .bytes
             .get(self.pos..self.pos + 4)
-            .filter(|d| d.bytes().all(|b| b.is_ascii_hexdigit()))
+            .filter(|d| d.iter().all(u8::is_ascii_hexdigit))
+            .map(ascii_text)
             .ok_or_else(|| self.error("an invalid \\u escape"))?;
         let value =
             u32::from_str_radix(digits, 16).map_err(|_| self.error("an invalid \\u escape"))?;
@@ -494,9 +528,10 @@ impl<'a> Parser<'a> {
 
 /// How many of the leading bytes of `bytes`, in whole blocks of sixteen,
 /// hold no quote, backslash or control character: the part of a string
-/// the parser may skip without looking at each byte.
+/// the parser may skip without looking at each byte; and whether those
+/// bytes are all ASCII.
 #[cfg(target_arch = "x86_64")]
-fn plain_blocks(bytes: &[u8]) -> usize {
+fn plain_blocks(bytes: &[u8]) -> (usize, bool) {
     use std::arch::x86_64::{
         __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
         _mm_set1_epi8,
@@ -505,6 +540,9 @@ fn plain_blocks(bytes: &[u8]) -> usize {
     // SAFETY: SSE2 is part of every x86_64 processor, so its intrinsics
     // can run; each load reads sixteen bytes of a sixteen-byte chunk.
     unsafe {
+        // Every plain block ORed together: its high bits are those of the
+        // bytes that are not ASCII.
+        let mut seen = _mm_set1_epi8(0);
         let quote = _mm_set1_epi8(b'"' as i8);
         let backslash = _mm_set1_epi8(b'\\' as i8);
         let control = _mm_set1_epi8(0x1f);
@@ -521,10 +559,11 @@ fn plain_blocks(bytes: &[u8]) -> usize {
             if _mm_movemask_epi8(special) != 0 {
                 break;
             }
+            seen = _mm_or_si128(seen, block);
             plain += 16;
         }
+        (plain, _mm_movemask_epi8(seen) == 0)
     }
-    plain
 }
 
 #[cfg(test)]
@@ -614,6 +653,29 @@ mod tests {
                         reason: "a control character in a string"
                     })
                 );
+                // UTF-8 is checked only in runs that are not ASCII: a bad
+                // byte, or a character cut short by the closing quote, is
+                // found wherever it falls, as is one outside a string.
+                let not_utf8 = JsonError {
+                    offset: key.len() + at,
+                    reason: "not UTF-8",
+                };
+                for bad in [&b"\xff"[..], b"\xc3"] {
+                    for body in [
+                        [
+                            key.as_bytes(),
+                            head.as_bytes(),
+                            bad,
+                            tail.as_bytes(),
+                            b"\"}",
+                        ]
+                        .concat(),
+                        [key.as_bytes(), head.as_bytes(), bad, b"\"}"].concat(),
+                    ] {
+                        assert_eq!(check_object(&body), Err(not_utf8.clone()));
+                        assert_eq!(parse_object(&body), Err(not_utf8.clone()));
+                    }
+                }
             }
         }
     }
@@ -668,9 +730,22 @@ mod tests {
                 refused(text)
             );
         }
-        assert_eq!(
-            check_object(b"{\"a\": \"\xff\"}").unwrap_err().reason,
-            "not UTF-8"
-        );
+        for (body, offset) in [
+            (&b"{\"a\": \"\xff\"}"[..], 7),
+            (b"{\"a\": 1\xff}", 7),
+            (b"{\"a\xe9\": 1}", 3),
+            (b"{\"a\": 1 , \"b\": [\"\xc3\xa9\", \xc3]}", 22),
+            (b"\xef\xbb{}", 0),
+        ] {
+            let error = JsonError {
+                offset,
+                reason: "not UTF-8",
+            };
+            assert_eq!(check_object(body), Err(error.clone()), "{body:?}");
+            assert_eq!(parse_object(body), Err(error), "{body:?}");
+        }
+        // Text that is not ASCII but is UTF-8, where no value may be, is
+        // a syntax error.
+        assert_eq!(refused("{\"a\": [\"é\", é]}"), "expected a value");
     }
 }
