@@ -10,7 +10,7 @@ use crate::logging::LogSettings;
 use crate::plugin::LoadError;
 use crate::record::Recorder;
 use crate::topology::Overrides;
-use crate::{consume, engine, publish, reconsume};
+use crate::{consume, engine, plugin, publish, reconsume};
 
 /// The end of `--help`, and of the man page.
 const AFTER_HELP: &str = "\
@@ -269,9 +269,14 @@ fn execute(cli: &Cli) -> Result<Exit, Fatal> {
             config::DEFAULT_PATH
         );
     }
+    let file_read = match &source {
+        Source::Given(path) => Some(path.as_path()),
+        Source::Default => Some(std::path::Path::new(config::DEFAULT_PATH)).filter(|p| p.exists()),
+    };
     match &cli.command {
         Command::Consume(args) => {
             let callback = args.callback.resolve(&config)?;
+            plugin::describe_configuration(file_read, Some(&callback));
             let workers = args.workers.unwrap_or(config.workers);
             config::check_workers(workers)
                 .map_err(|reason| Fatal::new(Exit::Usage, format!("--workers {reason}")))?;
@@ -300,6 +305,7 @@ fn execute(cli: &Cli) -> Result<Exit, Fatal> {
         Command::Replay(args) => publish::replay(&config, &args.datagrepper_url, &args.message_id),
         Command::Reconsume(args) => {
             let callback = args.callback.resolve(&config)?;
+            plugin::describe_configuration(file_read, Some(&callback));
             let input = match (&args.file, &args.message_id) {
                 (Some(file), _) => reconsume::Input::File(file),
                 (None, Some(message_id)) => reconsume::Input::Datagrepper {

@@ -8,10 +8,12 @@
 //! a partial table (`[qos]` with only `prefetch_count`), the missing entries
 //! take their defaults instead.
 //!
-//! Two keys are this host's own: `workers`, the number of consumer
-//! instances, and `[delivery_limit]`, how often one message may be
-//! delivered (a file using either is not one the Python fedora-messaging
-//! loads).
+//! Four keys are this host's own: `workers`, the number of consumer
+//! instances; `[delivery_limit]`, how often one message may be delivered;
+//! `amqp_urls`, the nodes of a cluster; and `[python]`, how the Python
+//! bridge runs a Python callback (a file using any of them is not one the
+//! Python fedora-messaging loads; the bridge hands Python the file without
+//! them).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -26,7 +28,7 @@ pub const DEFAULT_PATH: &str = "/etc/fedora-messaging/config.toml";
 
 /// The top-level keys: fedora-messaging's 15 in its order, then this
 /// host's own.
-pub const KEYS: [&str; 18] = [
+pub const KEYS: [&str; 19] = [
     "amqp_url",
     "client_properties",
     "publish_exchange",
@@ -45,6 +47,7 @@ pub const KEYS: [&str; 18] = [
     "workers",
     "delivery_limit",
     "amqp_urls",
+    "python",
 ];
 
 /// The most consumer instances `workers` may ask for.
@@ -99,6 +102,19 @@ pub struct Config {
     /// to them in turn (see [`Config::broker_urls`]).
     #[serde(default)]
     pub amqp_urls: Option<Vec<String>>,
+    /// `[python]`: how the Python bridge runs a Python callback.
+    #[serde(default)]
+    pub python: Option<PythonSettings>,
+}
+
+/// `[python]`: read by the Python bridge plugin (`plugins/python`), checked
+/// here so a mistake is an error at load, like any other key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PythonSettings {
+    /// The interpreter, e.g. a virtual environment's `bin/python`; `python3`
+    /// from `PATH` when not given.
+    pub interpreter: Option<String>,
 }
 
 /// `[delivery_limit]`: a message delivered `max` times is not handed to

@@ -60,8 +60,10 @@ pub enum LoadError {
     BadSpec {
         spec: String,
     },
+    /// A Python callback, and no Python bridge in the search path.
     PythonCallback {
         spec: String,
+        searched: Vec<PathBuf>,
     },
     NotFound {
         path: PathBuf,
@@ -133,9 +135,10 @@ impl fmt::Display for LoadError {
                 f,
                 "cannot parse the callback {spec:?}: give a library and a consumer name separated by ':', as in --callback=libsaver.so:SaveMessage"
             ),
-            LoadError::PythonCallback { spec } => write!(
+            LoadError::PythonCallback { spec, searched } => write!(
                 f,
-                "{spec:?} looks like a Python callback; this fedora-messaging runs consumers built as shared objects: build one with the fm-plugin-api crate (see the README) and pass --callback=path/to/libNAME.so:Consumer"
+                "{spec:?} is a Python callback, which runs through the Python bridge plugin, {PYTHON_BRIDGE_LIBRARY}; it is not in {}: install the fedora-messaging-rs package, which ships it, or build it (cargo build --release -p fm-python) and add its directory to {PLUGIN_PATH_VAR}",
+                join_paths(searched)
             ),
             LoadError::NotFound { path } => write!(
                 f,
@@ -271,6 +274,7 @@ impl CallbackSpec {
                     .all(|c| c.is_alphanumeric() || c == '_' || c == '.'));
         let python = || LoadError::PythonCallback {
             spec: format!("{}:{}", self.library, self.consumer),
+            searched: search_dirs(),
         };
         if self.library.ends_with(".py") {
             return Err(python());
@@ -319,11 +323,64 @@ pub fn load_consumer(spec: &str, config: &serde_json::Value) -> Result<LoadedCon
     plugin.build(&consumer, config)
 }
 
-/// `spec`'s library, and the name of the consumer it asks for.
+/// `spec`'s library, and the name of the consumer it asks for. A Python
+/// callback (`package.module:callable`, `file.py:name`) is the Python
+/// bridge's consumer, which reads the callback from the host's
+/// configuration ([`describe_configuration`]).
 pub fn load_library(spec: &str) -> Result<(Plugin, String), LoadError> {
     let spec = CallbackSpec::parse(spec)?;
-    let plugin = Plugin::load(&spec.resolve_library()?)?;
-    Ok((plugin, spec.consumer))
+    match spec.resolve_library() {
+        Ok(library) => Ok((Plugin::load(&library)?, spec.consumer)),
+        Err(LoadError::PythonCallback { spec, searched }) => {
+            let bridge = searched
+                .iter()
+                .map(|dir| dir.join(PYTHON_BRIDGE_LIBRARY))
+                .find(|candidate| candidate.exists())
+                .ok_or(LoadError::PythonCallback { spec, searched })?;
+            Ok((Plugin::load(&bridge)?, PYTHON_BRIDGE_CONSUMER.to_owned()))
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// The Python bridge plugin, looked for in the plugin search path when the
+/// callback is a Python one, and the consumer it exports.
+pub const PYTHON_BRIDGE_LIBRARY: &str = "libfm_python.so";
+pub const PYTHON_BRIDGE_CONSUMER: &str = "Python";
+
+/// What plugins are told of the configuration (revision 3's
+/// `configuration` service), as the JSON text handed over.
+static CONFIGURATION: OnceLock<String> = OnceLock::new();
+
+/// Records the configuration file and callback the host runs with, for
+/// plugins that ask (the Python bridge hands them to Python). Call once,
+/// before loading a plugin; the file's table is read again here, with its
+/// top-level keys lower-cased as fedora-messaging reads them.
+pub fn describe_configuration(file: Option<&Path>, callback: Option<&str>) {
+    let table = file
+        .and_then(|file| std::fs::read_to_string(file).ok())
+        .and_then(|text| toml::from_str::<toml::Table>(&text).ok())
+        .map(|table| {
+            table
+                .into_iter()
+                .map(|(key, value)| (key.to_lowercase(), value))
+                .collect::<toml::Table>()
+        })
+        .and_then(|table| serde_json::to_value(table).ok())
+        .unwrap_or_else(|| serde_json::json!({}));
+    let description = serde_json::json!({
+        "file": file.map(|file| file.display().to_string()),
+        "callback": callback,
+        "table": table,
+    });
+    let _ = CONFIGURATION.set(description.to_string());
+}
+
+extern "C" fn configuration_for_plugin() -> RString {
+    CONFIGURATION.get().map_or_else(
+        || r#"{"file":null,"callback":null,"table":{}}"#.into(),
+        |text| text.as_str().into(),
+    )
 }
 
 /// A loaded plugin library. Libraries are never unloaded.
@@ -489,6 +546,7 @@ fn host_services() -> HostServices_Ref {
             publish: publish_from_plugin,
             layout: host_services_layout,
             publish_confirmed: publish_confirmed_from_plugin,
+            configuration: configuration_for_plugin,
         }
         .leak_into_prefix()
     })

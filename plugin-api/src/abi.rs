@@ -65,7 +65,7 @@ impl RootModule for PluginModule_Ref {
 ///
 /// Revision 1: `max_log_level`, `log`, `publish` (reserved, answered
 /// "not available"). Revision 2: `layout`, `publish_confirmed`; `publish`
-/// publishes. From revision 2 on, the plugin checks `layout` against its
+/// publishes. Revision 3: `configuration`. From revision 2 on, the plugin checks `layout` against its
 /// own before reading any other field, so a host whose fields changed
 /// (rather than grew) is refused instead of misread. The next revision
 /// appends its fields after the last one here, and its plugins treat each
@@ -104,6 +104,13 @@ pub struct HostServices {
         exchange: RStr<'_>,
         timeout_ms: TimeoutMs,
     ) -> RResult<RString, PublishFailure_NE>,
+
+    /// Revision 3: the configuration the host runs with, as a JSON object:
+    /// `file`, the path of the configuration file it read (null when it
+    /// runs on the defaults); `callback`, the callback it was given
+    /// (`--callback-file`, `--callback`, or the file's `callback`, as
+    /// written; null when none); `table`, the file's top-level table.
+    pub configuration: extern "C" fn() -> RString,
 }
 
 /// Milliseconds, in `publish_confirmed`; another type only in a test

@@ -74,7 +74,14 @@ fn check_host_services(services: HostServices_Ref) -> Result<(), String> {
     let Some(host_layout) = services.layout() else {
         return Ok(());
     };
-    check_layout_compatibility(<HostServices_Ref as StableAbi>::LAYOUT, host_layout())
+    let host_layout = host_layout();
+    let plugin_layout = <HostServices_Ref as StableAbi>::LAYOUT;
+    // abi_stable accepts a prefix type's second layout having more fields
+    // than its first, not fewer. Either side may be the newer revision:
+    // the layouts agree when one of the two orders passes, which compares
+    // the fields both have.
+    check_layout_compatibility(host_layout, plugin_layout)
+        .or_else(|_| check_layout_compatibility(plugin_layout, host_layout))
         .map_err(|errors| {
             format!(
                 "this plugin was built against fm-plugin-api {}, whose host services do not match this host's ({} difference(s)): rebuild the plugin against the host's fm-plugin-api",
@@ -121,6 +128,22 @@ pub(crate) fn publish_confirmed(
                 "the host answered with a failure this plugin does not know".to_owned(),
             ),
         }),
+    }
+}
+
+/// The host's configuration (revision 3); see [`crate::HostConfiguration`].
+pub(crate) fn host_configuration() -> Result<String, String> {
+    let Some(services) = HOST.get() else {
+        return Err("not running in a fedora-messaging host".to_owned());
+    };
+    if let Some(mismatch) = HOST_MISMATCH.get() {
+        return Err(mismatch.clone());
+    }
+    match services.configuration() {
+        Some(configuration) => Ok(configuration().into_string()),
+        None => Err(
+            "this fedora-messaging host is older than plugin interface revision 3 and does not tell plugins its configuration: upgrade the host".to_owned(),
+        ),
     }
 }
 

@@ -86,7 +86,10 @@
 //! Interface revisions so far: revision 1 (0.1.0) is the consumer
 //! interface, logging and a reserved `publish`; revision 2 (0.1.1) appends
 //! publishing to the host services, and the host's layout of those
-//! services, which a plugin checks against its own before reading them.
+//! services, which a plugin checks against its own before reading them;
+//! revision 3 (0.1.2) appends the host's configuration
+//! ([`HostConfiguration`]), which a plugin finds unavailable in an older
+//! host.
 //! A revision-1 plugin runs unchanged in a revision-2 host (its `publish`
 //! now publishes); a revision-2 plugin loads in a revision-1 host, where
 //! [`Publisher::publish`] answers [`PublishError::Unavailable`]. A plugin
@@ -161,6 +164,46 @@ impl<'a> Init<'a> {
     /// The name after the `:` of `--callback`.
     pub fn consumer_name(&self) -> &str {
         self.name
+    }
+}
+
+/// The configuration the host runs with, for plugins that bring other
+/// runtimes in (such as the Python bridge, which hands the same file to
+/// Python). Interface revision 3; an older host answers with an error
+/// saying so.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostConfiguration {
+    /// The configuration file the host read; `None` when it runs on the
+    /// defaults because `/etc/fedora-messaging/config.toml` does not exist.
+    pub file: Option<std::path::PathBuf>,
+    /// The callback as the user gave it (`--callback-file`, `--callback`
+    /// or the file's `callback`).
+    pub callback: Option<String>,
+    /// The file's top-level table, as JSON.
+    pub table: serde_json::Map<String, serde_json::Value>,
+}
+
+impl HostConfiguration {
+    /// Asks the host; call it from [`Consumer::new`] or later.
+    pub fn get() -> Result<HostConfiguration, ConsumerError> {
+        #[derive(serde::Deserialize)]
+        struct Wire {
+            file: Option<std::path::PathBuf>,
+            callback: Option<String>,
+            #[serde(default)]
+            table: serde_json::Map<String, serde_json::Value>,
+        }
+        let text = guest::host_configuration().map_err(ConsumerError::failed)?;
+        let wire: Wire = serde_json::from_str(&text).map_err(|error| {
+            ConsumerError::failed(format!(
+                "the host described its configuration in a form this plugin does not read: {error}"
+            ))
+        })?;
+        Ok(HostConfiguration {
+            file: wire.file,
+            callback: wire.callback,
+            table: wire.table,
+        })
     }
 }
 

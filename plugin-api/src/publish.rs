@@ -217,6 +217,19 @@ impl Publisher {
             self.timeout,
         )
     }
+
+    /// Publishes a message given in fedora-messaging's record format (one
+    /// line of what `fedora_messaging.message.dumps` writes), to `exchange`
+    /// (`None`: the configuration's `publish_exchange`); its id, once the
+    /// broker confirmed it. For bridges that receive messages built
+    /// elsewhere; a Rust consumer builds an [`Outgoing`].
+    pub fn publish_record(
+        &self,
+        record: &str,
+        exchange: Option<&str>,
+    ) -> Result<String, PublishError> {
+        guest::publish_confirmed(record, exchange.unwrap_or(""), self.timeout)
+    }
 }
 
 /// Why a publish failed. Each says what the host or the broker said; `?`

@@ -15,29 +15,62 @@ pub const VERSION: &str = "3.9.1";
 fn venv() -> PathBuf {
     static VENV: OnceLock<PathBuf> = OnceLock::new();
     VENV.get_or_init(|| {
-        let dir = target_dir().join(format!("python-fedora-messaging-{VERSION}"));
-        if !dir.join("bin/fedora-messaging").exists() {
-            // A half-made environment from an interrupted run is redone.
-            let _ = std::fs::remove_dir_all(&dir);
-            let status = Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&dir)
-                .status()
-                .expect("run python3 -m venv (scripts/test installs python3-venv)");
-            assert!(status.success(), "python3 -m venv failed: {status}");
-            let status = Command::new(dir.join("bin/pip"))
-                .args(["install", "--quiet", "--disable-pip-version-check"])
-                .arg(format!("fedora-messaging=={VERSION}"))
-                .status()
-                .expect("run pip");
-            assert!(
-                status.success(),
-                "pip install fedora-messaging failed: {status}"
-            );
-        }
-        dir
+        make_venv(
+            &format!("python-fedora-messaging-{VERSION}"),
+            &[&format!("fedora-messaging=={VERSION}")],
+        )
     })
     .clone()
+}
+
+/// The schema package the Python bridge's tests validate messages with.
+pub const SCHEMA_PACKAGE: &str = "koji-fedoramessaging-messages==1.3.0";
+
+/// A second environment, as a deployment of a Python consumer has: the
+/// same fedora-messaging and a schema package. Its `bin/python` is what
+/// the bridge's `[python] interpreter` names.
+pub fn bridge_venv() -> PathBuf {
+    static VENV: OnceLock<PathBuf> = OnceLock::new();
+    VENV.get_or_init(|| {
+        make_venv(
+            &format!("python-bridge-{VERSION}"),
+            &[&format!("fedora-messaging=={VERSION}"), SCHEMA_PACKAGE],
+        )
+    })
+    .clone()
+}
+
+/// A virtual environment under the target directory holding `packages`
+/// from PyPI, made if `bin/python` lacks any of them. A half-made one from
+/// an interrupted run is redone.
+fn make_venv(name: &str, packages: &[&str]) -> PathBuf {
+    let dir = target_dir().join(name);
+    let done = dir.join(".installed");
+    let wanted = packages.join("\n");
+    // scripts/bench makes the plain fedora-messaging one too, without the
+    // marker: its command is the sign there.
+    let made_by_bench = packages.len() == 1 && dir.join("bin/fedora-messaging").exists();
+    if made_by_bench || std::fs::read_to_string(&done).ok().as_deref() == Some(wanted.as_str()) {
+        return dir;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let status = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&dir)
+        .status()
+        .expect("run python3 -m venv (scripts/test installs python3-venv)");
+    assert!(status.success(), "python3 -m venv failed: {status}");
+    let status = Command::new(dir.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(packages)
+        .status()
+        .expect("run pip");
+    assert!(
+        status.success(),
+        "pip install {packages:?} failed: {status}"
+    );
+    std::fs::write(&done, wanted).expect("write the environment's marker");
+    dir
 }
 
 /// Python's `fedora-messaging` command.

@@ -136,7 +136,7 @@ fn a_python_callback() {
         assert_eq!(
             refusal(&run),
             format!(
-                "Error: {callback:?} looks like a Python callback; this fedora-messaging runs consumers built as shared objects: build one with the fm-plugin-api crate (see the README) and pass --callback=path/to/libNAME.so:Consumer"
+                "Error: {callback:?} is a Python callback, which runs through the Python bridge plugin, libfm_python.so; it is not in /usr/lib64/fedora-messaging, /usr/lib/fedora-messaging: install the fedora-messaging-rs package, which ships it, or build it (cargo build --release -p fm-python) and add its directory to FEDORA_MESSAGING_PLUGIN_PATH"
             )
         );
     }

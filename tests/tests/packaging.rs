@@ -64,6 +64,7 @@ fn the_deb_installs_what_the_readme_says() {
         "/etc/fedora-messaging/config.toml",
         "/usr/lib/fedora-messaging/libprinter.so",
         "/usr/lib/fedora-messaging/libsaver.so",
+        "/usr/lib/fedora-messaging/libfm_python.so",
         "/usr/share/bash-completion/completions/fedora-messaging",
         "/usr/share/zsh/vendor-completions/_fedora-messaging",
         "/usr/share/fish/vendor_completions.d/fedora-messaging.fish",
@@ -147,6 +148,34 @@ fn check_installed(root: &Path) {
         .arg(&messages));
     assert_eq!(run.code(), 0, "{run:#?}");
     assert!(run.stdout.contains("\"hello\": \"package\""), "{run:#?}");
+    // A Python callback runs through the packaged bridge, found the same
+    // way, with the Python named by [python].
+    let python_conf = config_file(
+        dir.path(),
+        &format!(
+            "[python]\ninterpreter = \"{}\"\n",
+            fm_e2e::python::bridge_venv().join("bin/python").display()
+        ),
+    );
+    let bridged = fm_e2e::run(
+        Command::new(&host)
+            .env_remove("FEDORA_MESSAGING_CONF")
+            .env(
+                "FEDORA_MESSAGING_PLUGIN_PATH",
+                root.join("usr/lib/fedora-messaging"),
+            )
+            .arg("--conf")
+            .arg(&python_conf)
+            .args([
+                "reconsume",
+                "--callback",
+                "fedora_messaging.example:printer",
+                "--file",
+            ])
+            .arg(&messages),
+    );
+    assert_eq!(bridged.code(), 0, "{bridged:#?}");
+    assert!(bridged.stdout.contains("Id: p1"), "{bridged:#?}");
 
     let man = output(
         Command::new("sh")

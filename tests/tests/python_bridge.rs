@@ -1,0 +1,341 @@
+//! The Python bridge (`plugins/python`): fedora-messaging Python callbacks
+//! run unchanged in this host. The callbacks are the ones fedora-messaging
+//! 3.9 ships (`fedora_messaging.example:printer`) or ones written as its
+//! users write them (tests/fixtures/python/bridge_callbacks.py), run by the
+//! Python of a virtual environment holding fedora-messaging and a real
+//! schema package from PyPI.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use fm_e2e::broker::{AMQP_URL, TestBroker, dead_lettered_queue};
+use fm_e2e::process::Running;
+use fm_e2e::python::{bridge_venv, fedora_messaging_py};
+use fm_e2e::*;
+use lapin::types::FieldTable;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn interpreter() -> PathBuf {
+    bridge_venv().join("bin/python")
+}
+
+/// This host, finding the bridge among the workspace's plugins and the
+/// test callbacks on `PYTHONPATH`.
+fn host(conf: &Path) -> Command {
+    let mut command = fedora_messaging();
+    command
+        .env(
+            "FEDORA_MESSAGING_PLUGIN_PATH",
+            plugin("fm_python").parent().expect("a plugin directory"),
+        )
+        .env("PYTHONPATH", workspace_root().join("tests/fixtures/python"))
+        .arg("--conf")
+        .arg(conf)
+        .arg("consume");
+    command
+}
+
+/// A queue's configuration with a Python `callback`, `[python]` naming the
+/// test environment, and `consumer_config.out` where the callbacks write.
+fn bridge_config(config: &str, callback: &str, out: &Path, label: &str) -> String {
+    format!(
+        "callback = \"{callback}\"\n{config}\n[python]\ninterpreter = \"{}\"\n\n[consumer_config]\nout = \"{}\"\nlabel = \"{label}\"\n",
+        interpreter().display(),
+        out.display()
+    )
+}
+
+/// What the callbacks wrote, a JSON object a line.
+fn written(out: &Path) -> Vec<Value> {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect()
+}
+
+fn ids_of(lines: &[Value]) -> Vec<&str> {
+    lines
+        .iter()
+        .filter_map(|line| line["id"].as_str())
+        .collect()
+}
+
+/// fedora-messaging's configuration for `queue`, bound to `topics`: the
+/// same text serves both implementations.
+fn plain_config(queue: &str, topics: &str) -> String {
+    format!(
+        r#"amqp_url = "{AMQP_URL}"
+callback = "fedora_messaging.example:printer"
+
+[queues."{queue}"]
+durable = true
+auto_delete = false
+exclusive = false
+arguments = {{}}
+
+[[bindings]]
+queue = "{queue}"
+exchange = "amq.topic"
+routing_keys = ["{topics}"]
+"#
+    )
+}
+
+/// What the printer printed: standard output without Python's log lines
+/// (`[logger LEVEL] text`, which its default log_config writes there).
+fn printed(stdout: &str) -> String {
+    stdout
+        .lines()
+        .filter(|line| {
+            let is_log = line.starts_with('[')
+                && line.split_once("] ").is_some_and(|(head, _)| {
+                    ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+                        .iter()
+                        .any(|level| head.ends_with(level))
+                });
+            !is_log
+        })
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
+#[test]
+fn the_printer_prints_what_pythons_cli_prints_from_the_same_config_text() {
+    let broker = TestBroker::connect();
+    let shared = TestBroker::unique_name("bridge-printer");
+    let (theirs, ours) = (format!("{shared}-py"), format!("{shared}-rs"));
+    for queue in [&theirs, &ours] {
+        broker.declare_queue(queue, FieldTable::default());
+        broker.bind(queue, "amq.topic", &format!("{shared}.#"));
+    }
+    let sent_at = "2024-05-01T10:00:00+00:00";
+    broker.publish_all(&[
+        json!({"id": "p1", "topic": format!("{shared}.plain"), "body": {"n": 1, "list": [1, 2.5, null, true]},
+               "headers": {"sent-at": sent_at}}),
+        json!({"id": "p2", "topic": format!("{shared}.unicode"), "body": {"text": "héllo ✓ \"q\"\n", "nested": {"a": {}}},
+               "headers": {"sent-at": sent_at, "fedora_messaging_severity": 30, "fedora_messaging_user_alice": true}}),
+        json!({"id": "last", "topic": format!("{shared}.last"), "body": {},
+               "headers": {"sent-at": sent_at}}),
+    ]);
+    let dir = scratch();
+
+    let python_conf = config_file(dir.path(), &plain_config(&theirs, &format!("{shared}.#")));
+    let mut python = Running::start(
+        fedora_messaging_py()
+            .env("PYTHONUNBUFFERED", "1")
+            .arg("--conf")
+            .arg(&python_conf)
+            .arg("consume"),
+    );
+    python.wait_for("(message id last)", WAIT);
+    python.signal("TERM");
+    let python = python.finish();
+
+    // The very same configuration text, but for the queue's name, and no
+    // [python] table: `python3` is the environment's, as in a shell where
+    // it is activated.
+    let our_conf = dir.path().join("ours.toml");
+    std::fs::write(&our_conf, plain_config(&ours, &format!("{shared}.#"))).unwrap();
+    let path = format!(
+        "{}:{}",
+        bridge_venv().join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut host = Running::start(host(&our_conf).env("PATH", path));
+    host.wait_for("Id: last", WAIT);
+    host.signal("TERM");
+    let host = host.finish();
+
+    assert_eq!(host.code(), 0, "{host:#?}");
+    assert!(printed(&python.stdout).contains("Id: p2"), "{python:#?}");
+    assert_eq!(printed(&host.stdout), printed(&python.stdout));
+}
+
+#[test]
+fn a_class_callback_keeps_its_state_and_its_exceptions_settle_as_in_fedora_messaging() {
+    let (broker, queue, dead, config) = dead_lettered_queue(
+        "bridge-outcomes",
+        "[qos]\nprefetch_size = 0\nprefetch_count = 1\n",
+    );
+    let published_to = format!("{queue}-out");
+    broker.declare_queue(&published_to, FieldTable::default());
+    for (id, body) in [
+        ("m1", json!({"do": "ack"})),
+        ("m2", json!({"do": "nack_once"})),
+        ("m3", json!({"do": "drop"})),
+        (
+            "m4",
+            json!({"do": "publish", "to": format!("{published_to}.new")}),
+        ),
+        ("m5", json!({"do": "halt", "code": 3, "requeue": true})),
+    ] {
+        broker.publish(&json!({"id": id, "topic": format!("{queue}.test"), "body": body}));
+    }
+    let dir = scratch();
+    let out = dir.path().join("out.jsonl");
+    let conf = config_file(
+        dir.path(),
+        &bridge_config(
+            &config,
+            "bridge_callbacks:Scripted",
+            &out,
+            "from consumer_config",
+        ),
+    );
+    let run = run(&mut host(&conf));
+
+    assert_eq!(run.code(), 3, "{run:#?}");
+    let lines = written(&out);
+    assert_eq!(
+        ids_of(&lines),
+        ["m1", "m2", "m2", "m3", "m4", "m5"],
+        "{run:#?}"
+    );
+    for (number, line) in lines.iter().enumerate() {
+        assert_eq!(
+            line["seen"],
+            number + 1,
+            "one instance counts every message"
+        );
+        assert_eq!(line["label"], "from consumer_config");
+        assert_eq!(line["class"], "Message");
+        assert_eq!(line["queue"], queue.as_str());
+    }
+    let left: Vec<String> = broker.drain(&queue).into_iter().map(|m| m.id).collect();
+    assert_eq!(
+        left,
+        ["m5"],
+        "HaltConsumer(requeue=True) puts its message back"
+    );
+    let dropped: Vec<String> = broker.drain(&dead).into_iter().map(|m| m.id).collect();
+    assert_eq!(dropped, ["m3"], "Drop rejects without requeue");
+    let published = broker.take_all(&published_to);
+    assert_eq!(published.len(), 1, "{run:#?}");
+    let body: Value = serde_json::from_slice(&published[0].body).expect("a JSON body");
+    assert_eq!(body, json!({"from": "m4"}));
+    let output = run.output();
+    let logged = output
+        .lines()
+        .find(|line| line.contains("message m1 asks for ack (number 1 here)"));
+    assert!(
+        logged.is_some_and(|line| line.contains("bridge_callbacks.scripted")),
+        "Python logging reaches the host's log under the logger's name: {run:#?}"
+    );
+}
+
+#[test]
+fn an_exception_or_a_crash_in_python_is_a_failure_that_returns_the_message() {
+    for (what, body, expected) in [
+        (
+            "an exception",
+            json!({"do": "raise"}),
+            "RuntimeError: the callback gave up on f1",
+        ),
+        ("a crash", json!({"do": "crash"}), "exit status 7"),
+    ] {
+        let (broker, queue, _dead, config) = dead_lettered_queue("bridge-failure", "");
+        broker.publish(&json!({"id": "f1", "topic": format!("{queue}.test"), "body": body}));
+        let dir = scratch();
+        let out = dir.path().join("out.jsonl");
+        let conf = config_file(
+            dir.path(),
+            &bridge_config(&config, "bridge_callbacks:Scripted", &out, what),
+        );
+        let run = run(&mut host(&conf));
+        assert_eq!(run.code(), 13, "{what}: {run:#?}");
+        assert!(run.output().contains(expected), "{what}: {run:#?}");
+        if what == "an exception" {
+            assert!(run.output().contains("Traceback"), "{run:#?}");
+        }
+        let left: Vec<String> = broker.drain(&queue).into_iter().map(|m| m.id).collect();
+        assert_eq!(left, ["f1"], "{what}: the message goes back to the queue");
+    }
+}
+
+#[test]
+fn a_schema_package_gives_its_class_and_a_message_it_refuses_is_dropped() {
+    let (broker, queue, dead, config) = dead_lettered_queue("bridge-schema", "");
+    let koji = json!({"fedora_messaging_schema": "koji_fedoramessaging.repo.DoneV1"});
+    broker.publish_all(&[
+        json!({"id": "k1", "topic": format!("{queue}.buildsys.repo.done"), "headers": koji,
+               "body": {"repo_id": 4012, "tag": "f41-build", "tag_id": 61, "instance": "primary"}}),
+        json!({"id": "k2", "topic": format!("{queue}.buildsys.repo.done"), "headers": koji,
+               "body": {"repo_id": "not a number", "tag": "f41-build"}}),
+        json!({"id": "k3", "topic": format!("{queue}.end"), "body": {"do": "halt"}}),
+    ]);
+    let dir = scratch();
+    let out = dir.path().join("out.jsonl");
+    let conf = config_file(
+        dir.path(),
+        &bridge_config(&config, "bridge_callbacks:Scripted", &out, "schema"),
+    );
+    let run = run(&mut host(&conf));
+
+    assert_eq!(run.code(), 0, "{run:#?}");
+    let lines = written(&out);
+    assert_eq!(
+        ids_of(&lines),
+        ["k1", "k3"],
+        "k2 never reaches the callback"
+    );
+    assert_eq!(lines[0]["class"], "DoneV1", "the schema package's class");
+    assert_eq!(lines[1]["class"], "Message");
+    let dropped: Vec<String> = broker.drain(&dead).into_iter().map(|m| m.id).collect();
+    assert_eq!(dropped, ["k2"], "{run:#?}");
+    assert!(
+        run.output()
+            .contains("Message id k2 did not pass validation; ignoring message"),
+        "{run:#?}"
+    );
+    assert_eq!(broker.depth(&queue), 0);
+}
+
+#[test]
+fn sigterm_waits_for_the_python_callback_in_hand_then_stops_cleanly() {
+    let (broker, queue, _dead, config) = dead_lettered_queue("bridge-sigterm", "");
+    broker.publish(&json!({"id": "s1", "topic": format!("{queue}.test"),
+                          "body": {"do": "sleep", "seconds": 2}}));
+    let dir = scratch();
+    let out = dir.path().join("out.jsonl");
+    let conf = config_file(
+        dir.path(),
+        &bridge_config(&config, "bridge_callbacks:Scripted", &out, "sigterm"),
+    );
+    // The test configuration's log_config writes the log to stdout.
+    let mut host = Running::start(&mut host(&conf));
+    host.wait_for("message s1 asks for sleep", WAIT);
+    host.signal("TERM");
+    let run = host.finish();
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert_eq!(ids_of(&written(&out)), ["s1"]);
+    assert_eq!(
+        broker.depth(&queue),
+        0,
+        "the message in hand was acknowledged"
+    );
+}
+
+#[test]
+fn a_python_callback_that_cannot_be_imported_stops_the_host_at_once() {
+    let dir = scratch();
+    let out = dir.path().join("out.jsonl");
+    let conf = config_file(
+        dir.path(),
+        &bridge_config(
+            &format!("amqp_url = \"{AMQP_URL}\"\n"),
+            "no_such_module:Consumer",
+            &out,
+            "",
+        ),
+    );
+    let run = run(&mut host(&conf));
+    assert_eq!(run.code(), 1, "{run:#?}");
+    assert!(
+        run.output().contains("the Python callback no_such_module:Consumer cannot start: ModuleNotFoundError: No module named 'no_such_module'"),
+        "{run:#?}"
+    );
+}
