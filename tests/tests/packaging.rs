@@ -65,6 +65,7 @@ fn the_deb_installs_what_the_readme_says() {
         "/usr/lib/fedora-messaging/libprinter.so",
         "/usr/lib/fedora-messaging/libsaver.so",
         "/usr/lib/fedora-messaging/libfm_python.so",
+        "/usr/lib/fedora-messaging/libfm_exec.so",
         "/usr/share/bash-completion/completions/fedora-messaging",
         "/usr/share/zsh/vendor-completions/_fedora-messaging",
         "/usr/share/fish/vendor_completions.d/fedora-messaging.fish",

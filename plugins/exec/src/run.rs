@@ -1,0 +1,233 @@
+//! One run of the command: its input, its output, its end.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use fm_plugin_api::Message;
+
+use crate::Settings;
+
+/// The host's own log target (shown as `fedora_messaging.exec`): this
+/// plugin ships with the host, and its lines are the command's output,
+/// which the default log_config should show, as it shows the host's.
+const LOG_TARGET: &str = "fm_host::exec";
+
+/// How much of the command's output reaches the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longer lines are cut, saying how much was left out.
+    pub max_line_bytes: usize,
+    /// Lines after these many (standard output and error together, per
+    /// message) are counted, not logged.
+    pub max_lines: usize,
+}
+
+/// How the command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    Exited(i32),
+    Signalled(i32),
+    TimedOut(Duration),
+}
+
+/// How long output may keep arriving after the command ended (from a
+/// child it left running with the pipes open) before the run stops
+/// waiting for it.
+const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+
+/// Runs the command for `message` and waits for it, at most the timeout.
+pub fn run(settings: &Settings, message: &Message<'_>) -> io::Result<Ending> {
+    let mut child = Command::new(&settings.argv[0])
+        .args(&settings.argv[1..])
+        .env("FM_TOPIC", message.topic())
+        .env("FM_ID", message.id())
+        .env("FM_QUEUE", message.queue())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so a timeout ends everything it started,
+        // and a terminal's Ctrl-C is the host's alone to handle.
+        .process_group(0)
+        .spawn()?;
+    let started = Instant::now();
+    let group = i32::try_from(child.id()).map_err(io::Error::other)?;
+
+    let input = message.to_record_line();
+    let stdin = child.stdin.take();
+    // A command that never reads its input must not block the run, nor
+    // one that leaves a child holding it: the writer is not waited for;
+    // it ends when the pipe's last reader does.
+    thread::spawn(move || {
+        if let Some(mut stdin) = stdin {
+            let _ = stdin.write_all(input.as_bytes());
+        }
+    });
+
+    let (lines_done, output_ended) = mpsc::channel();
+    let budget = Arc::new(AtomicUsize::new(settings.limits.max_lines));
+    let mut readers = 0;
+    let stdout = child
+        .stdout
+        .take()
+        .map(|s| (Box::new(s) as Output, log::Level::Info, "stdout"));
+    let stderr = child
+        .stderr
+        .take()
+        .map(|s| (Box::new(s) as Output, log::Level::Warn, "stderr"));
+    for (stream, level, name) in [stdout, stderr].into_iter().flatten() {
+        readers += 1;
+        let done = lines_done.clone();
+        let budget = Arc::clone(&budget);
+        let id = message.id().to_owned();
+        let limits = settings.limits;
+        thread::spawn(move || {
+            log_lines(stream, level, name, &id, limits, &budget);
+            let _ = done.send(());
+        });
+    }
+    drop(lines_done);
+
+    let (ended, ending) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = ended.send(child.wait());
+    });
+    let status = match settings.timeout {
+        None => ending.recv().map_err(io::Error::other)??,
+        Some(timeout) => match ending.recv_timeout(timeout) {
+            Ok(status) => status?,
+            Err(_) => {
+                // SAFETY: kill(2) on the process group the command leads.
+                unsafe {
+                    libc::kill(-group, libc::SIGKILL);
+                }
+                let _ = ending.recv();
+                wait_for_output(&output_ended, readers);
+                return Ok(Ending::TimedOut(started.elapsed()));
+            }
+        },
+    };
+    wait_for_output(&output_ended, readers);
+    Ok(match (status.code(), status.signal()) {
+        (Some(code), _) => Ending::Exited(code),
+        (None, Some(signal)) => Ending::Signalled(signal),
+        (None, None) => Ending::Signalled(0),
+    })
+}
+
+/// Lets the output readers finish logging, as long as the output ends
+/// soon after the command.
+fn wait_for_output(output_ended: &mpsc::Receiver<()>, readers: usize) {
+    let deadline = Instant::now() + OUTPUT_GRACE;
+    for _ in 0..readers {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if output_ended.recv_timeout(left).is_err() {
+            return;
+        }
+    }
+}
+
+/// One of the command's output streams.
+type Output = Box<dyn Read + Send>;
+
+fn log_lines(
+    stream: Output,
+    level: log::Level,
+    name: &str,
+    id: &str,
+    limits: Limits,
+    budget: &AtomicUsize,
+) {
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    let mut unlogged = 0usize;
+    loop {
+        line.clear();
+        // Read at most a little more than a line may show, so a command
+        // writing one endless line cannot fill the memory.
+        let read = read_bounded_line(&mut reader, &mut line, limits.max_line_bytes);
+        let Ok(Some(cut)) = read else { break };
+        let allowed = budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok();
+        if !allowed {
+            unlogged += 1;
+            continue;
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches(['\n', '\r']);
+        if cut > 0 {
+            log::log!(target: LOG_TARGET, level, "message {id} {name}: {text}… ({cut} more bytes)");
+        } else {
+            log::log!(target: LOG_TARGET, level, "message {id} {name}: {text}");
+        }
+    }
+    if unlogged > 0 {
+        log::warn!(target: LOG_TARGET, "message {id} {name}: {unlogged} more line(s) not logged (max_lines)");
+    }
+}
+
+/// One line into `line`, keeping its first `max` bytes; the bytes after
+/// them are read and counted (the count is returned). `None` at the end of
+/// the stream.
+fn read_bounded_line(
+    reader: &mut impl BufRead,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<Option<usize>> {
+    let mut total = 0;
+    let mut cut = 0;
+    loop {
+        let buffer = reader.fill_buf()?;
+        if buffer.is_empty() {
+            return Ok((total > 0).then_some(cut));
+        }
+        let end = buffer.iter().position(|&b| b == b'\n').map(|at| at + 1);
+        let chunk = &buffer[..end.unwrap_or(buffer.len())];
+        let room = max.saturating_sub(line.len());
+        let kept = chunk.len().min(room);
+        line.extend_from_slice(&chunk[..kept]);
+        cut += chunk.len() - kept;
+        total += chunk.len();
+        let used = chunk.len();
+        reader.consume(used);
+        if end.is_some() {
+            // The newline itself is not "cut" text.
+            if kept < used {
+                cut -= 1;
+            }
+            return Ok(Some(cut));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lines_are_cut_and_counted() {
+        let text = format!("short\n{}\nlast", "x".repeat(10_000));
+        let mut reader = BufReader::with_capacity(64, text.as_bytes());
+        let mut line = Vec::new();
+        let mut lines = Vec::new();
+        while let Some(cut) = read_bounded_line(&mut reader, &mut line, 100).unwrap() {
+            lines.push((String::from_utf8(line.clone()).unwrap(), cut));
+            line.clear();
+        }
+        assert_eq!(
+            lines,
+            [
+                ("short\n".to_owned(), 0),
+                ("x".repeat(100), 9_900),
+                ("last".to_owned(), 0)
+            ]
+        );
+    }
+}

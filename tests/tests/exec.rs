@@ -1,0 +1,239 @@
+//! The exec plugin (`plugins/exec`): a command per message, its exit
+//! status mapped to an outcome, its output logged, a timeout that ends
+//! everything it started, and N commands at once with `workers = N`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fm_e2e::broker::{TestBroker, queue_config};
+use fm_e2e::process::Running;
+use fm_e2e::*;
+use lapin::types::FieldTable;
+use serde_json::{Value, json};
+
+fn plugin_dir() -> PathBuf {
+    plugin("fm_exec")
+        .parent()
+        .expect("a plugin directory")
+        .to_path_buf()
+}
+
+/// `fedora-messaging` finding the exec plugin by its bare name.
+fn host(conf: &Path) -> Command {
+    let mut command = fedora_messaging();
+    command
+        .env("FEDORA_MESSAGING_PLUGIN_PATH", plugin_dir())
+        .arg("--conf")
+        .arg(conf);
+    command
+}
+
+/// `reconsume` of `records` through Exec configured with `consumer_config`
+/// (TOML lines).
+fn reconsume(dir: &Path, consumer_config: &str, records: &[Value]) -> Run {
+    let conf = config_file(
+        dir,
+        &format!("callback = \"libfm_exec.so:Exec\"\n\n[consumer_config]\n{consumer_config}\n"),
+    );
+    let file = record_file(dir, records);
+    run(host(&conf)
+        .env("OUT", dir)
+        .args(["reconsume", "--file"])
+        .arg(&file))
+}
+
+fn message(id: &str) -> Value {
+    json!({"id": id, "topic": "exec.test", "body": {"n": 1}})
+}
+
+/// Exits with the number after the `m` of the message's id.
+const EXIT_WITH_ID: &str = r#"command = ["/bin/sh", "-c", "cat > /dev/null; exit \"${FM_ID#m}\""]"#;
+
+#[test]
+fn every_exit_status_maps_through_the_table() {
+    let dir = scratch();
+    let table = format!(
+        "{EXIT_WITH_ID}\nexit_codes = {{ 75 = \"nack\", 65 = \"drop\", 3 = \"halt:4\", 4 = \"halt\" }}"
+    );
+    let mapped = reconsume(
+        dir.path(),
+        &table,
+        &[message("m0"), message("m75"), message("m65"), message("m3")],
+    );
+    assert_eq!(
+        outcome_lines(&mapped),
+        ["m0 ack", "m75 nack", "m65 drop", "m3 halt 4"],
+        "{mapped:#?}"
+    );
+    assert_eq!(mapped.code(), 4, "{mapped:#?}");
+
+    let halted = reconsume(dir.path(), &table, &[message("m4"), message("m0")]);
+    assert_eq!(outcome_lines(&halted), ["m4 halt 0"], "{halted:#?}");
+    assert_eq!(halted.code(), 0);
+
+    // By default anything but 0 is a failure.
+    let failed = reconsume(dir.path(), EXIT_WITH_ID, &[message("m0"), message("m9")]);
+    assert_eq!(
+        outcome_lines(&failed),
+        [
+            "m0 ack",
+            "m9 failed: the command \"/bin/sh\" ended with exit status 9"
+        ],
+        "{failed:#?}"
+    );
+    assert_eq!(failed.code(), 13);
+}
+
+#[test]
+fn the_message_arrives_whole_on_stdin_with_its_environment() {
+    let dir = scratch();
+    let body = json!({
+        "nul": "a\u{0}b",
+        "lines": "one\ntwo\r\nthree",
+        "quotes": "\"\\'",
+        "unicode": "héllo ✓ 😀",
+        "big": "x".repeat(300_000),
+        "nested": {"list": [1, 2.5, null, true, -7]},
+    });
+    let record = json!({"id": "b1", "topic": "exec.binary", "queue": "the-queue", "body": body,
+                        "headers": {"fedora_messaging_severity": 30}});
+    let run = reconsume(
+        dir.path(),
+        r#"command = ["/bin/sh", "-c", "cat > \"$OUT/$FM_ID.json\"; printf '%s|%s|%s' \"$FM_TOPIC\" \"$FM_ID\" \"$FM_QUEUE\" > \"$OUT/$FM_ID.env\""]"#,
+        std::slice::from_ref(&record),
+    );
+    assert_eq!(outcome_lines(&run), ["b1 ack"], "{run:#?}");
+    let received = std::fs::read_to_string(dir.path().join("b1.json")).unwrap();
+    assert_eq!(received.lines().count(), 1, "one line of record format");
+    let received: Value = serde_json::from_str(&received).unwrap();
+    assert_eq!(received["body"], body);
+    assert_eq!(received["id"], "b1");
+    assert_eq!(received["topic"], "exec.binary");
+    assert_eq!(received["headers"]["fedora_messaging_severity"], 30);
+    let environment = std::fs::read_to_string(dir.path().join("b1.env")).unwrap();
+    assert_eq!(environment, "exec.binary|b1|the-queue");
+}
+
+/// Whether process `pid` is gone (or a zombie waiting for its reaper).
+fn is_gone(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
+#[test]
+fn a_timeout_kills_everything_the_command_started() {
+    let dir = scratch();
+    let spawner = r#"command = ["/bin/sh", "-c", "sleep 300 & echo $! > \"$OUT/child.pid\"; sleep 300"]
+timeout = 1"#;
+    let started = Instant::now();
+    let run = reconsume(dir.path(), spawner, &[message("t1")]);
+    assert_eq!(run.code(), 13, "{run:#?}");
+    assert!(
+        outcome_lines(&run)[0]
+            .starts_with("t1 failed: the command \"/bin/sh\" ended with still running after 1."),
+        "{run:#?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60), "{run:#?}");
+    let child = std::fs::read_to_string(dir.path().join("child.pid")).unwrap();
+    let child = child.trim();
+    // The kill is sent before the run returns; the orphan is reaped by
+    // whoever inherits it, which takes a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !is_gone(child) {
+        assert!(
+            Instant::now() < deadline,
+            "the command's child {child} outlived the timeout"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let nacked = reconsume(
+        dir.path(),
+        &format!("{spawner}\non_timeout = \"nack\""),
+        &[message("t2")],
+    );
+    assert_eq!(outcome_lines(&nacked), ["t2 nack"], "{nacked:#?}");
+}
+
+#[test]
+fn output_lines_reach_the_log_cut_to_size() {
+    let dir = scratch();
+    let run = reconsume(
+        dir.path(),
+        r#"command = ["/bin/sh", "-c", "echo 'hello out'; echo 'hello err' >&2; head -c 10000 /dev/zero | tr '\\0' x; echo; echo a; echo b; echo c"]
+max_line_bytes = 100
+max_lines = 4"#,
+        &[message("o1")],
+    );
+    assert_eq!(outcome_lines(&run), ["o1 ack"], "{run:#?}");
+    let log = run.output();
+    assert!(log.contains("message o1 stdout: hello out"), "{log}");
+    assert!(log.contains("message o1 stderr: hello err"), "{log}");
+    assert!(
+        log.contains(&format!(
+            "message o1 stdout: {}… (9900 more bytes)",
+            "x".repeat(100)
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains("message o1 stdout: 2 more line(s) not logged (max_lines)"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_program_that_is_not_there_stops_the_host_before_it_consumes() {
+    let dir = scratch();
+    let run = reconsume(
+        dir.path(),
+        r#"command = ["no-such-program-for-fm-exec", "--flag"]"#,
+        &[message("n1")],
+    );
+    assert_eq!(run.code(), 1, "{run:#?}");
+    assert!(
+        run.stderr.contains("consumer_config: the command's program \"no-such-program-for-fm-exec\" is not in PATH: install it or give its full path"),
+        "{run:#?}"
+    );
+    assert!(outcome_lines(&run).is_empty());
+}
+
+#[test]
+fn a_thousand_messages_through_four_workers_none_lost_none_doubled() {
+    let broker = TestBroker::connect();
+    let queue = TestBroker::unique_name("exec-workers");
+    broker.declare_queue(&queue, FieldTable::default());
+    let records: Vec<Value> = (0..1000)
+        .map(|n| json!({"id": format!("w{n}"), "topic": format!("{queue}.test"), "body": {"n": n}}))
+        .collect();
+    broker.publish_all(&records);
+    let dir = scratch();
+    let conf = config_file(
+        dir.path(),
+        &queue_config(
+            &queue,
+            "callback = \"libfm_exec.so:Exec\"\nworkers = 4\n[consumer_config]\ncommand = [\"/bin/sh\", \"-c\", \"cat > /dev/null; echo \\\"done $FM_ID\\\"\"]\n",
+        ),
+    );
+    // The test configuration's log_config writes the log to stdout.
+    let mut host = Running::start(host(&conf).arg("consume"));
+    host.wait_for_count("stdout: done w", 1000, Duration::from_secs(240));
+    host.signal("TERM");
+    let run = host.finish();
+    assert_eq!(run.code(), 0, "{run:#?}");
+    let mut ids: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter_map(|line| line.split_once("stdout: done ").map(|(_, id)| id))
+        .collect();
+    assert_eq!(ids.len(), 1000, "no message ran twice");
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 1000, "every message ran");
+    assert_eq!(broker.depth(&queue), 0);
+}
