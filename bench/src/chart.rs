@@ -40,7 +40,7 @@ pub fn draw(path: &Path, bars: &[Bar]) -> Result<(), String> {
     // their bars would not show. Its figure is in the table.
     let compiled: Vec<&Bar> = bars
         .iter()
-        .filter(|bar| bar.contender != "python")
+        .filter(|bar| !bar.contender.starts_with("python"))
         .collect();
     panel(
         &panels[1],

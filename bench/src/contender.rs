@@ -36,6 +36,9 @@ pub enum Contender {
     LapinThread,
     /// Python fedora-messaging with an equivalent callback.
     Python,
+    /// This host running that same Python callback through the Python
+    /// bridge, with the same interpreter and virtual environment.
+    PythonBridge,
 }
 
 impl Contender {
@@ -47,6 +50,7 @@ impl Contender {
             Contender::LapinAuto => "lapin-autoack",
             Contender::LapinThread => "lapin-thread",
             Contender::Python => "python",
+            Contender::PythonBridge => "python-bridge",
         }
     }
 }
@@ -104,6 +108,32 @@ impl Programs {
                 let mut command = Command::new(python);
                 command
                     .env_remove("FEDORA_MESSAGING_CONF")
+                    .arg("--conf")
+                    .arg(conf)
+                    .arg("consume")
+                    .arg(format!(
+                        "--callback-file={}:Counter",
+                        self.python_consumer.display()
+                    ));
+                Ok(command)
+            }
+            Contender::PythonBridge => {
+                let python = self
+                    .python
+                    .as_ref()
+                    .ok_or("the Python fedora-messaging is not installed (--python)")?;
+                let conf = self.write_config("python-bridge", settings, false)?;
+                // The interpreter next to Python's own command: the same
+                // environment, packages and callback.
+                let interpreter = python.with_file_name("python");
+                let mut toml = std::fs::read_to_string(&conf)
+                    .map_err(|error| format!("{}: {error}", conf.display()))?;
+                toml += &format!("\n[python]\ninterpreter = \"{}\"\n", interpreter.display());
+                std::fs::write(&conf, toml)
+                    .map_err(|error| format!("{}: {error}", conf.display()))?;
+                let mut command = Command::new(self.host());
+                command
+                    .env("FEDORA_MESSAGING_PLUGIN_PATH", &self.bin_dir)
                     .arg("--conf")
                     .arg(conf)
                     .arg("consume")

@@ -196,6 +196,7 @@ fn throughput(
     ];
     if programs.python.is_some() {
         contenders.push(Contender::Python);
+        contenders.push(Contender::PythonBridge);
     } else {
         println!("(no --python: Python fedora-messaging does not take part)");
     }
@@ -203,6 +204,7 @@ fn throughput(
         "prefetch,round,contender,messages,wall_seconds,active_seconds,msgs_per_s,cpu_s_per_1000,peak_rss_kib\n",
     );
     let mut bars = Vec::new();
+    let mut python_ratios = String::new();
     let mut table = String::from(
         "| prefetch | contender | median msgs/s | ours / it | median CPU s per 1,000 msgs | median peak RSS (MiB) |\n|---|---|---|---|---|---|\n",
     );
@@ -248,6 +250,21 @@ fn throughput(
             .iter()
             .find(|(contender, _)| *contender == Contender::Ours)
             .map(|(_, [rate, ..])| *rate);
+        let rate_of = |wanted: Contender| {
+            medians
+                .iter()
+                .find(|(contender, _)| *contender == wanted)
+                .map(|(_, [rate, ..])| *rate)
+        };
+        if let (Some(bridge), Some(python)) =
+            (rate_of(Contender::PythonBridge), rate_of(Contender::Python))
+        {
+            let _ = writeln!(
+                python_ratios,
+                "- prefetch {prefetch}: the Python callback through this host's bridge runs at {:.2}× Python fedora-messaging's throughput",
+                bridge / python
+            );
+        }
         for (contender, [rate, cpu, rss]) in &medians {
             let ratio = match ours {
                 Some(ours) if *contender != Contender::Ours => format!("{:.2}", ours / rate),
@@ -270,7 +287,8 @@ fn throughput(
     let summary = format!(
         "{messages} messages, {rounds} round(s), contenders alternating; \
          msgs/s from each one's first delivery to its last settlement, \
-         CPU (user + system) of the whole process\n\n{table}"
+         CPU (user + system) of the whole process (with its children: the \
+         bridge's Python process); peak RSS of the main process only\n\n{table}\n{python_ratios}"
     );
     println!("\n{summary}");
     write(&programs.work_dir.join("throughput.csv"), &csv)?;

@@ -141,58 +141,75 @@ pub fn out_of_tree_plugin(which: OutOfTree) -> PathBuf {
     })
 }
 
-/// A commit of this repository whose plugin interface is revision 1, the
-/// first one plugins were built against. Its plugins must load in every
-/// later host.
-pub const REVISION_1_COMMIT: &str = "6c036cb64debdc1547e2a26ccc55e0283fe0b07a";
-
-/// That commit's subject, to find it by should the history have been
-/// rewritten on its way to another clone.
-const REVISION_1_SUBJECT: &str =
-    "One path for waiting after a lost connection and after a refused re-declaration";
-
-/// [`REVISION_1_COMMIT`], or the commit with its subject.
-fn revision_1_commit(root: &Path) -> String {
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .arg("-C")
-            .arg(root)
-            .args(args)
-            .output()
-            .ok()
-            .filter(|output| output.status.success())
-            .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
-    };
-    if git(&["cat-file", "-e", &format!("{REVISION_1_COMMIT}^{{commit}}")]).is_some() {
-        return REVISION_1_COMMIT.to_owned();
-    }
-    git(&["log", "--all", "--format=%H", "-F", "--grep", REVISION_1_SUBJECT, "-1"])
-        .filter(|commit| !commit.is_empty())
-        .unwrap_or_else(|| {
-            panic!(
-                "commit {REVISION_1_COMMIT} (plugin interface revision 1) is not in this clone: fetch the whole history"
-            )
-        })
+/// A past revision of the plugin interface: a commit of this repository
+/// whose plugins and host are built from its tree (taken from the history
+/// into `target/revision-N/`, never kept in the tree) to hold later hosts
+/// and plugins to it.
+pub struct Revision {
+    pub number: u32,
+    commit: &'static str,
+    /// The commit's subject, to find it by should the history have been
+    /// rewritten on its way to another clone.
+    subject: &'static str,
 }
 
-/// [`REVISION_1_COMMIT`]'s tree, taken from this repository's history into
-/// `target/revision-1/source` (never kept in the tree), once; and the
-/// target directory its builds use.
-fn revision_1_tree() -> &'static (PathBuf, PathBuf) {
-    static TREE: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    TREE.get_or_init(|| {
+/// Revision 1, the first one plugins were built against. Its plugins must
+/// load in every later host.
+pub const REVISION_1: Revision = Revision {
+    number: 1,
+    commit: "6c036cb64debdc1547e2a26ccc55e0283fe0b07a",
+    subject: "One path for waiting after a lost connection and after a refused re-declaration",
+};
+
+/// Revision 2 (fm-plugin-api 0.1.1, publishing), its last commit.
+pub const REVISION_2: Revision = Revision {
+    number: 2,
+    commit: "2a50ec37888ea97915857fcc5d2e5b27de7b2424",
+    subject: "json: UTF-8 is checked only in string runs that are not ASCII",
+};
+
+impl Revision {
+    /// The commit, or the commit with its subject.
+    fn find_commit(&self, root: &Path) -> String {
+        let git = |args: &[&str]| {
+            Command::new("git")
+                .arg("-C")
+                .arg(root)
+                .args(args)
+                .output()
+                .ok()
+                .filter(|output| output.status.success())
+                .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        };
+        if git(&["cat-file", "-e", &format!("{}^{{commit}}", self.commit)]).is_some() {
+            return self.commit.to_owned();
+        }
+        git(&["log", "--all", "--format=%H", "-F", "--grep", self.subject, "-1"])
+            .filter(|commit| !commit.is_empty())
+            .unwrap_or_else(|| {
+                panic!(
+                    "commit {} (plugin interface revision {}) is not in this clone: fetch the whole history",
+                    self.commit, self.number
+                )
+            })
+    }
+
+    /// The commit's tree in `target/revision-N/source`, and the target
+    /// directory its builds use (its own: its plugin-api must not replace
+    /// the workspace's in the main one).
+    fn tree(&self) -> (PathBuf, PathBuf) {
         let root = workspace_root();
-        let commit = revision_1_commit(&root);
-        let source = target_dir().join("revision-1").join("source");
-        let target = target_dir().join("revision-1").join("target");
+        let commit = self.find_commit(&root);
+        let dir = target_dir().join(format!("revision-{}", self.number));
+        let (source, target) = (dir.join("source"), dir.join("target"));
         // Kept between runs (with its build) while it is the same commit:
         // fresh files would make cargo rebuild its crates.
-        let marker = target_dir().join("revision-1").join("commit");
+        let marker = dir.join("commit");
         if std::fs::read_to_string(&marker).ok().as_deref() == Some(commit.as_str()) {
             return (source, target);
         }
         let _ = std::fs::remove_dir_all(&source);
-        std::fs::create_dir_all(&source).expect("create the revision-1 source directory");
+        std::fs::create_dir_all(&source).expect("create the revision's source directory");
         let archive = Command::new("sh")
             .arg("-c")
             .arg(format!(
@@ -203,47 +220,51 @@ fn revision_1_tree() -> &'static (PathBuf, PathBuf) {
             .status()
             .expect("run git archive");
         assert!(archive.success(), "git archive of {commit} failed");
-        std::fs::write(&marker, &commit).expect("write the revision-1 marker");
-        // (Its own target directory: its plugin-api must not replace the
-        // workspace's in the main one.)
+        std::fs::write(&marker, &commit).expect("write the revision's marker");
         (source, target)
-    })
-}
-
-/// Builds `packages` of revision 1's tree; its build directory.
-fn build_revision_1(packages: &[&str]) -> PathBuf {
-    let (source, target) = revision_1_tree();
-    let manifest = source.join("Cargo.toml");
-    let mut args = vec![
-        "build",
-        "--manifest-path",
-        manifest.to_str().expect("a UTF-8 path"),
-        "--target-dir",
-        target.to_str().expect("a UTF-8 path"),
-    ];
-    for package in packages {
-        args.extend(["-p", package]);
     }
-    run_cargo(&args);
-    target.join("debug")
-}
 
-/// A plugin of [`REVISION_1_COMMIT`] (`printer`, `saver`, `test_consumers`),
-/// built from that commit's tree, once.
-pub fn revision_1_plugin(lib_name: &str) -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| build_revision_1(&["printer", "saver", "test-consumers"]))
-        .join(format!("lib{lib_name}.so"))
-}
+    /// Builds `packages` of the revision's tree; its build directory.
+    fn build(&self, packages: &[&str]) -> PathBuf {
+        let (source, target) = self.tree();
+        let manifest = source.join("Cargo.toml");
+        let mut args = vec![
+            "build",
+            "--manifest-path",
+            manifest.to_str().expect("a UTF-8 path"),
+            "--target-dir",
+            target.to_str().expect("a UTF-8 path"),
+        ];
+        for package in packages {
+            args.extend(["-p", package]);
+        }
+        run_cargo(&args);
+        target.join("debug")
+    }
 
-/// The `fedora-messaging` host of [`REVISION_1_COMMIT`], built from that
-/// commit's tree, once.
-pub fn revision_1_host() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| build_revision_1(&["fm-host"]))
-        .join("fedora-messaging")
+    /// Built once per test process and revision.
+    fn built(&self, what: usize, packages: &[&str]) -> PathBuf {
+        static BUILT: [[OnceLock<PathBuf>; 2]; 2] = [
+            [OnceLock::new(), OnceLock::new()],
+            [OnceLock::new(), OnceLock::new()],
+        ];
+        let index = usize::try_from(self.number - 1).expect("a small revision number");
+        BUILT[index][what]
+            .get_or_init(|| self.build(packages))
+            .clone()
+    }
+
+    /// One of the revision's plugins (`printer`, `saver`, `test_consumers`).
+    pub fn plugin(&self, lib_name: &str) -> PathBuf {
+        self.built(0, &["printer", "saver", "test-consumers"])
+            .join(format!("lib{lib_name}.so"))
+    }
+
+    /// The revision's `fedora-messaging` host, as [`fedora_messaging`]
+    /// runs the current one.
+    pub fn fedora_messaging(&self) -> Command {
+        command_for(&self.built(1, &["fm-host"]).join("fedora-messaging"))
+    }
 }
 
 /// What one run of the binary did.
@@ -272,11 +293,6 @@ impl Run {
 /// test says which config it uses.
 pub fn fedora_messaging() -> Command {
     command_for(&host_binary())
-}
-
-/// [`fedora_messaging`] for the host of [`REVISION_1_COMMIT`].
-pub fn revision_1_fedora_messaging() -> Command {
-    command_for(&revision_1_host())
 }
 
 fn command_for(binary: &Path) -> Command {

@@ -1,9 +1,9 @@
 //! Plugins built against an earlier revision of the plugin interface load
 //! and run unchanged in this host, with no rebuild; and this revision's
-//! plugins load in a host of revision 1, where publishing is unavailable.
-//! Revision 1's plugins and host are built from this repository's history
-//! ([`REVISION_1_COMMIT`]) into `target/revision-1/`; their source is never
-//! kept in the tree.
+//! plugins load in older hosts, where the services those lack answer that
+//! they are unavailable. The older plugins and hosts are built from this
+//! repository's history ([`REVISION_1`], [`REVISION_2`]) into
+//! `target/revision-N/`; their source is never kept in the tree.
 
 use fm_e2e::broker::queue_with;
 use fm_e2e::*;
@@ -25,7 +25,7 @@ fn a_revision_1_printer_prints_what_this_revisions_printer_prints() {
         json!({"id": "m2", "topic": "org.fedoraproject.prod.x", "body": {"é": "ünïcode"}}),
     ];
     let old = reconsume_with(
-        &format!("{}:Printer", revision_1_plugin("printer").display()),
+        &format!("{}:Printer", REVISION_1.plugin("printer").display()),
         &records,
     );
     let new = reconsume_with(
@@ -52,7 +52,7 @@ fn a_revision_1_consumer_answers_every_outcome_through_the_broker() {
             ("m4", json!({"do": "panic", "reason": "caught"})),
         ],
     );
-    let scripted = format!("{}:Scripted", revision_1_plugin("test_consumers").display());
+    let scripted = format!("{}:Scripted", REVISION_1.plugin("test_consumers").display());
     let run =
         run(fedora_messaging()
             .arg("--conf")
@@ -77,7 +77,7 @@ fn a_revision_1_consumer_answers_every_outcome_through_the_broker() {
 }
 
 #[test]
-fn a_revision_2_plugin_in_a_revision_1_host_loads_and_finds_publishing_unavailable() {
+fn this_revisions_plugin_in_a_revision_1_host_loads_and_finds_publishing_unavailable() {
     let dir = scratch();
     let file = record_file(
         dir.path(),
@@ -86,7 +86,8 @@ fn a_revision_2_plugin_in_a_revision_1_host_loads_and_finds_publishing_unavailab
             json!({"id": "m2", "topic": "t", "body": {"do": "publish", "publish": {"topic": "x", "body": {}}}}),
         ],
     );
-    let run = run(revision_1_fedora_messaging()
+    let run = run(REVISION_1
+        .fedora_messaging()
         .args(["reconsume", "--callback", &scripted(), "--file"])
         .arg(&file));
     assert_eq!(run.code(), 13, "{run:#?}");
@@ -96,5 +97,67 @@ fn a_revision_2_plugin_in_a_revision_1_host_loads_and_finds_publishing_unavailab
             "publish failed: Unavailable(\"this fedora-messaging host is older than plugin interface revision 2 and cannot publish: upgrade the host\")"
         ),
         "{run:#?}"
+    );
+}
+
+#[test]
+fn a_revision_2_plugin_publishes_in_this_host() {
+    let dir = scratch();
+    let file = record_file(
+        dir.path(),
+        &[
+            json!({"id": "m1", "topic": "t", "body": {"do": "publish", "publish": {"topic": "from.revision.2", "body": {"n": 2}}}}),
+        ],
+    );
+    let published = dir.path().join("published.jsonl");
+    let scripted = format!("{}:Scripted", REVISION_2.plugin("test_consumers").display());
+    let run = run(fedora_messaging()
+        .args(["reconsume", "--callback", &scripted, "--publish-to"])
+        .arg(&published)
+        .arg("--file")
+        .arg(&file));
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert!(run.stdout.contains("m1 ack"), "{run:#?}");
+    let written = std::fs::read_to_string(&published).unwrap_or_default();
+    assert!(
+        written.contains("\"topic\": \"from.revision.2\""),
+        "{written}"
+    );
+}
+
+#[test]
+fn revision_3_plugins_load_in_a_revision_2_host_where_the_configuration_is_unavailable() {
+    let dir = scratch();
+    let file = record_file(
+        dir.path(),
+        &[json!({"id": "m1", "topic": "t", "body": {"hello": "revision 2"}})],
+    );
+    // A plugin of this revision that does not ask for the configuration
+    // runs as in this host: the layouts of the host services agree on the
+    // fields both have.
+    let printed = run(REVISION_2
+        .fedora_messaging()
+        .args(["reconsume", "--callback"])
+        .arg(format!("{}:Printer", plugin("printer").display()))
+        .arg("--file")
+        .arg(&file));
+    assert_eq!(printed.code(), 0, "{printed:#?}");
+    assert!(
+        printed.stdout.contains("\"hello\": \"revision 2\""),
+        "{printed:#?}"
+    );
+    // The Python bridge asks for it, and is told to upgrade the host.
+    let bridged = run(REVISION_2
+        .fedora_messaging()
+        .args(["reconsume", "--callback"])
+        .arg(format!("{}:Python", plugin("fm_python").display()))
+        .arg("--file")
+        .arg(&file));
+    assert_eq!(bridged.code(), 1, "{bridged:#?}");
+    assert!(
+        bridged.stderr.contains(
+            "this fedora-messaging host is older than plugin interface revision 3 and does not tell plugins its configuration: upgrade the host"
+        ),
+        "{bridged:#?}"
     );
 }

@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import traceback
+import types
 
 # The host owns signals: SIGTERM or SIGINT (a terminal's Ctrl-C reaches the
 # whole process group) make it finish the message in hand and then close
@@ -161,6 +162,40 @@ def publish_through_host(message, exchange=None, timeout=30):
 PUBLISH_LOCK = threading.Lock()
 
 
+class SchemasCheckedOnce(types.ModuleType):
+    """`jsonschema` as `fedora_messaging.message` sees it, with `validate`
+    checking each schema against its meta-schema once, not per message.
+
+    `jsonschema.validate` checks the schema itself on every call, which is
+    most of what fedora-messaging spends per message. Messages are
+    validated exactly as before: same validator class, same schema, same
+    best-match error. A schema is a class attribute that never changes; one
+    changed in place after its first use would not be checked again.
+    """
+
+    def __init__(self, real):
+        super().__init__(real.__name__)
+        self._real = real
+        self._validators = {}
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def validate(self, instance, schema, cls=None, *args, **kwargs):
+        if cls is not None or args or kwargs:
+            return self._real.validate(instance, schema, cls, *args, **kwargs)
+        # Keyed by identity, and holding the schema so the id stays its.
+        known = self._validators.get(id(schema))
+        if known is None or known[0] is not schema:
+            validator_class = self._real.validators.validator_for(schema)
+            validator_class.check_schema(schema)
+            known = (schema, validator_class(schema))
+            self._validators[id(schema)] = known
+        error = self._real.exceptions.best_match(known[1].iter_errors(instance))
+        if error is not None:
+            raise error
+
+
 def build_message(request):
     """The message as `get_message` builds it from a delivery."""
     import pika
@@ -221,9 +256,10 @@ def main():
     try:
         load_configuration()
         callback = load_callback()
-        from fedora_messaging import api
+        from fedora_messaging import api, message
 
         api.publish = publish_through_host
+        message.jsonschema = SchemasCheckedOnce(message.jsonschema)
         import fedora_messaging
 
         version = getattr(fedora_messaging, "__version__", None)

@@ -17,6 +17,13 @@ use crate::{CallbackKind, python_callback};
 /// The Python side, compiled into this library so the two always match.
 const DRIVER: &str = include_str!("driver.py");
 
+/// What `python -c` runs: the driver, handed over in the environment so
+/// that `ps` shows a short command line, and named in tracebacks. It is
+/// taken out of the environment before the callback or anything it starts
+/// can see it.
+const BOOTSTRAP: &str =
+    "import os; exec(compile(os.environ.pop('FM_PYTHON_DRIVER'), 'fm_python_driver.py', 'exec'))";
+
 /// The interpreter used when `[python] interpreter` is not set.
 pub const DEFAULT_INTERPRETER: &str = "python3";
 
@@ -104,8 +111,9 @@ impl Worker {
         let mut command = Command::new(&settings.interpreter);
         command
             .arg("-c")
-            .arg(DRIVER)
+            .arg(BOOTSTRAP)
             .arg(driver_settings.to_string())
+            .env("FM_PYTHON_DRIVER", DRIVER)
             .stdin(Stdio::null())
             // Its own process group: a terminal's Ctrl-C is the host's to
             // handle; the host then ends Python by closing its input.
