@@ -339,3 +339,21 @@ fn a_python_callback_that_cannot_be_imported_stops_the_host_at_once() {
         "{run:#?}"
     );
 }
+
+#[test]
+fn the_bridge_named_explicitly_runs_the_files_python_callback() {
+    let (broker, queue, _dead, config) = dead_lettered_queue("bridge-explicit", "");
+    broker.publish(&json!({"id": "e1", "topic": format!("{queue}.test"), "body": {"do": "halt"}}));
+    let dir = scratch();
+    let out = dir.path().join("out.jsonl");
+    let conf = config_file(
+        dir.path(),
+        &bridge_config(&config, "bridge_callbacks:Scripted", &out, "explicit"),
+    );
+    let run = run(host(&conf)
+        .arg("--callback")
+        .arg(format!("{}:Python", plugin("fm_python").display())));
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert_eq!(ids_of(&written(&out)), ["e1"]);
+    assert_eq!(written(&out)[0]["label"], "explicit");
+}

@@ -391,6 +391,9 @@ fn outcome(done: &Value) -> Result<(), ConsumerError> {
                     .get("requeue")
                     .and_then(Value::as_bool)
                     .unwrap_or(false);
+                if let Some(reason) = halt.get("reason").and_then(Value::as_str) {
+                    log::info!("the Python callback halts the consumer: {reason}");
+                }
                 return Err(ConsumerError::Halt { exit_code, requeue });
             }
             let reason = answer
