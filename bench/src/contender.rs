@@ -74,7 +74,7 @@ impl Programs {
     pub fn command(&self, contender: Contender, settings: &Settings) -> Result<Command, String> {
         match contender {
             Contender::Ours => {
-                let conf = self.write_config("ours", settings, true)?;
+                let conf = self.write_config("ours", settings, true, "")?;
                 let mut command = Command::new(self.host());
                 command.arg("--conf").arg(conf).arg("consume");
                 Ok(command)
@@ -100,55 +100,57 @@ impl Programs {
                 Ok(command)
             }
             Contender::Python => {
-                let python = self
-                    .python
-                    .as_ref()
-                    .ok_or("the Python fedora-messaging is not installed (--python)")?;
-                let conf = self.write_config("python", settings, false)?;
-                let mut command = Command::new(python);
+                let conf = self.write_config("python", settings, false, "")?;
+                let mut command = Command::new(self.python()?);
                 command
                     .env_remove("FEDORA_MESSAGING_CONF")
                     .arg("--conf")
                     .arg(conf)
                     .arg("consume")
-                    .arg(format!(
-                        "--callback-file={}:Counter",
-                        self.python_consumer.display()
-                    ));
+                    .arg(self.python_callback_file());
                 Ok(command)
             }
             Contender::PythonBridge => {
-                let python = self
-                    .python
-                    .as_ref()
-                    .ok_or("the Python fedora-messaging is not installed (--python)")?;
-                let conf = self.write_config("python-bridge", settings, false)?;
                 // The interpreter next to Python's own command: the same
                 // environment, packages and callback.
-                let interpreter = python.with_file_name("python");
-                let mut toml = std::fs::read_to_string(&conf)
-                    .map_err(|error| format!("{}: {error}", conf.display()))?;
-                toml += &format!("\n[python]\ninterpreter = \"{}\"\n", interpreter.display());
-                std::fs::write(&conf, toml)
-                    .map_err(|error| format!("{}: {error}", conf.display()))?;
+                let interpreter = self.python()?.with_file_name("python");
+                let python_table =
+                    format!("\n[python]\ninterpreter = \"{}\"\n", interpreter.display());
+                let conf = self.write_config("python-bridge", settings, false, &python_table)?;
                 let mut command = Command::new(self.host());
                 command
                     .env("FEDORA_MESSAGING_PLUGIN_PATH", &self.bin_dir)
                     .arg("--conf")
                     .arg(conf)
                     .arg("consume")
-                    .arg(format!(
-                        "--callback-file={}:Counter",
-                        self.python_consumer.display()
-                    ));
+                    .arg(self.python_callback_file());
                 Ok(command)
             }
         }
     }
 
+    /// Python fedora-messaging's command.
+    fn python(&self) -> Result<&Path, String> {
+        self.python
+            .as_deref()
+            .ok_or_else(|| "the Python fedora-messaging is not installed (--python)".to_owned())
+    }
+
+    /// The Python callback, as both Python contenders are given it.
+    fn python_callback_file(&self) -> String {
+        format!("--callback-file={}:Counter", self.python_consumer.display())
+    }
+
     /// A configuration consuming the benchmark queue as it is declared,
-    /// with the consumer told when to halt; `ours` adds the plugin.
-    fn write_config(&self, name: &str, settings: &Settings, ours: bool) -> Result<PathBuf, String> {
+    /// with the consumer told when to halt; `ours` adds the plugin, and
+    /// `extra_tables` (TOML tables) go at the end.
+    fn write_config(
+        &self,
+        name: &str,
+        settings: &Settings,
+        ours: bool,
+        extra_tables: &str,
+    ) -> Result<PathBuf, String> {
         let mut toml = format!(
             r#"amqp_url = "{AMQP_URL}"
 "#
@@ -185,6 +187,7 @@ halt_after = {}
         if ours && settings.sleep_ms > 0 {
             toml += &format!("sleep_ms = {}\n", settings.sleep_ms);
         }
+        toml += extra_tables;
         let path = self.work_dir.join(format!("{name}.toml"));
         std::fs::write(&path, toml).map_err(|error| format!("{}: {error}", path.display()))?;
         Ok(path)

@@ -281,7 +281,20 @@ pub fn queue_config_at(url: &str, queue: &str, extra: &str) -> String {
     format!(
         r#"amqp_url = "{url}"
 {extra}
-[queues."{queue}"]
+{}
+[log_config.root]
+level = "INFO"
+"#,
+        queue_tables(queue, &format!("{queue}.#"))
+    )
+}
+
+/// The `[queues]` and `[[bindings]]` tables of a durable `queue` bound to
+/// amq.topic with `routing_key`, as both fedora-messaging and this host
+/// read them.
+pub fn queue_tables(queue: &str, routing_key: &str) -> String {
+    format!(
+        r#"[queues."{queue}"]
 durable = true
 auto_delete = false
 exclusive = false
@@ -290,10 +303,7 @@ arguments = {{}}
 [[bindings]]
 queue = "{queue}"
 exchange = "amq.topic"
-routing_keys = ["{queue}.#"]
-
-[log_config.root]
-level = "INFO"
+routing_keys = ["{routing_key}"]
 "#
     )
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use fm_e2e::broker::{AMQP_URL, TestBroker, dead_lettered_queue};
+use fm_e2e::broker::{AMQP_URL, TestBroker, dead_lettered_queue, queue_tables};
 use fm_e2e::process::Running;
 use fm_e2e::python::{bridge_venv, fedora_messaging_py};
 use fm_e2e::*;
@@ -68,20 +68,8 @@ fn ids_of(lines: &[Value]) -> Vec<&str> {
 /// same text serves both implementations.
 fn plain_config(queue: &str, topics: &str) -> String {
     format!(
-        r#"amqp_url = "{AMQP_URL}"
-callback = "fedora_messaging.example:printer"
-
-[queues."{queue}"]
-durable = true
-auto_delete = false
-exclusive = false
-arguments = {{}}
-
-[[bindings]]
-queue = "{queue}"
-exchange = "amq.topic"
-routing_keys = ["{topics}"]
-"#
+        "amqp_url = \"{AMQP_URL}\"\ncallback = \"fedora_messaging.example:printer\"\n\n{}",
+        queue_tables(queue, topics)
     )
 }
 
