@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod cluster;
+pub mod locate;
 
 /// The file read when neither `--conf` nor `FEDORA_MESSAGING_CONF` is set.
 pub const DEFAULT_PATH: &str = "/etc/fedora-messaging/config.toml";

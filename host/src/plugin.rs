@@ -352,6 +352,28 @@ pub const PYTHON_BRIDGE_CONSUMER: &str = "Python";
 /// `configuration` service), as the JSON text handed over.
 static CONFIGURATION: OnceLock<String> = OnceLock::new();
 
+/// The configuration file the host read, to name in plugins' errors.
+static CONFIG_FILE: OnceLock<PathBuf> = OnceLock::new();
+
+/// A plugin's reason for not starting, with `FILE:LINE: ` before it when it
+/// begins with a `consumer_config` key path (as `Init::config`'s errors do)
+/// that the configuration file holds.
+fn located(reason: String) -> String {
+    let Some(file) = CONFIG_FILE.get() else {
+        return reason;
+    };
+    let key_path = match reason.split_once(": ") {
+        Some((path, _)) if path == "consumer_config" || path.starts_with("consumer_config.") => {
+            path
+        }
+        _ => return reason,
+    };
+    match crate::config::locate::key_path_in_file(file, key_path) {
+        Some(place) => format!("{place}: {reason}"),
+        None => reason,
+    }
+}
+
 /// Records the configuration file and callback the host runs with, for
 /// plugins that ask (the Python bridge hands them to Python). Call once,
 /// before loading a plugin; the file's table is read again here, with its
@@ -374,6 +396,9 @@ pub fn describe_configuration(file: Option<&Path>, callback: Option<&str>) {
         "table": table,
     });
     let _ = CONFIGURATION.set(description.to_string());
+    if let Some(file) = file {
+        let _ = CONFIG_FILE.set(file.to_owned());
+    }
 }
 
 extern "C" fn configuration_for_plugin() -> RString {
@@ -463,7 +488,7 @@ impl Plugin {
             }),
             RErr(reason) => Err(LoadError::NewFailed {
                 name: name.to_owned(),
-                reason: reason.into_string(),
+                reason: located(reason.into_string()),
             }),
         }
     }

@@ -150,10 +150,26 @@ impl<'a> Init<'a> {
     }
 
     /// The `[consumer_config]` table of the configuration file, deserialized
-    /// into `T`. The error names what did not match.
+    /// into `T`. The error starts with the key path of what did not match,
+    /// `consumer_config.packages: invalid type: …`, by which the host finds
+    /// the line of the file to name.
     pub fn config<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConsumerError> {
-        serde_json::from_str(self.config_json)
-            .map_err(|error| ConsumerError::failed(format!("invalid consumer_config: {error}")))
+        let mut json = serde_json::Deserializer::from_str(self.config_json);
+        serde_path_to_error::deserialize(&mut json).map_err(|error| {
+            let path = error.path().to_string();
+            let inner = error.into_inner();
+            // The position is in the JSON the host made of the table, which
+            // the user never sees.
+            let position = format!(" at line {} column {}", inner.line(), inner.column());
+            let text = inner.to_string();
+            let reason = text.strip_suffix(&position).unwrap_or(&text);
+            let key = if path == "." {
+                "consumer_config".to_owned()
+            } else {
+                format!("consumer_config.{path}")
+            };
+            ConsumerError::failed(format!("{key}: {reason}"))
+        })
     }
 
     /// The `[consumer_config]` table as a JSON object.
@@ -267,11 +283,47 @@ pub mod __private {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn export_macro_uses_the_symbol_abi_stable_loads() {
         assert_eq!(
             abi_stable::library::ROOT_MODULE_LOADER_NAME,
             "_1as_0lib_1header_0root_bmodule_bloader"
         );
+    }
+
+    #[test]
+    fn a_consumer_config_that_does_not_fit_is_named_by_its_key_path() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Conf {
+            packages: Vec<String>,
+            build: Option<Build>,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Build {
+            tags: Vec<u32>,
+        }
+        for (json, expected) in [
+            (
+                r#"{"packages": "kernel"}"#,
+                "consumer_config.packages: invalid type: string \"kernel\", expected a sequence",
+            ),
+            (
+                r#"{"packages": [], "build": {"tags": [1, "x"]}}"#,
+                "consumer_config.build.tags[1]: invalid type: string \"x\", expected u32",
+            ),
+            (
+                r#"{"packages": [], "pakages": 1}"#,
+                "consumer_config.pakages: unknown field `pakages`, expected `packages` or `build`",
+            ),
+            (r#"{}"#, "consumer_config: missing field `packages`"),
+        ] {
+            let error = Init::for_tests("C", json).config::<Conf>().unwrap_err();
+            assert_eq!(error, ConsumerError::failed(expected), "{json}");
+        }
     }
 }

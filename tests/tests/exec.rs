@@ -237,3 +237,22 @@ fn a_thousand_messages_through_four_workers_none_lost_none_doubled() {
     assert_eq!(ids.len(), 1000, "every message ran");
     assert_eq!(broker.depth(&queue), 0);
 }
+
+#[test]
+fn a_consumer_config_mistake_names_the_file_the_line_and_the_key() {
+    let dir = scratch();
+    let conf = config_file(
+        dir.path(),
+        "callback = \"libfm_exec.so:Exec\"\n\n[consumer_config]\ncommand = [\"/bin/true\"]\nexit_codes = { 3 = \"halt\", 4 = [\"nack\"] }\n",
+    );
+    let file = record_file(dir.path(), &[message("c1")]);
+    let run = run(host(&conf).args(["reconsume", "--file"]).arg(&file));
+    assert_eq!(run.code(), 1, "{run:#?}");
+    assert_eq!(
+        run.stderr.trim_end(),
+        format!(
+            "Error: consumer Exec could not start: {}:5: consumer_config.exit_codes.4: invalid type: sequence, expected a string",
+            conf.display()
+        )
+    );
+}
