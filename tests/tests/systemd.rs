@@ -14,16 +14,26 @@ fn the_unit_file_passes_systemd_analyze_verify() {
     let unit = std::fs::read_to_string(workspace_root().join("fm-consumer@.service")).unwrap();
     for line in [
         "Type=notify",
-        "ExecStart=/usr/bin/fedora-messaging --conf /etc/fedora-messaging/%i.toml consume",
+        "ExecStart=/usr/bin/fedora-messaging --conf %d/config.toml consume",
+        "LoadCredential=config.toml:/etc/fedora-messaging/%i.toml",
+        "DynamicUser=yes",
         "Restart=on-failure",
         "RestartSec=60",
         "WatchdogSec=60",
     ] {
         assert!(unit.lines().any(|l| l == line), "missing {line:?}");
     }
-    // verify checks that ExecStart's binary exists: point it at ours.
     let dir = scratch();
-    let instance = dir.path().join("fm-consumer@e2e.service");
+    let (verified, said) = analyze(&["verify", "--man=no"], &unit_in(dir.path()));
+    assert!(verified, "{said}");
+    assert!(said.trim().is_empty(), "warnings: {said}");
+}
+
+/// The unit, for `systemd-analyze`, with ExecStart pointing at our binary
+/// (verify checks that it exists), as `fm-consumer@e2e.service` in `dir`.
+fn unit_in(dir: &std::path::Path) -> std::path::PathBuf {
+    let unit = std::fs::read_to_string(workspace_root().join("fm-consumer@.service")).unwrap();
+    let instance = dir.join("fm-consumer@e2e.service");
     std::fs::write(
         &instance,
         unit.replace(
@@ -32,18 +42,71 @@ fn the_unit_file_passes_systemd_analyze_verify() {
         ),
     )
     .unwrap();
+    instance
+}
+
+/// `systemd-analyze ARGS UNIT`: whether it succeeded, and what it said.
+fn analyze(args: &[&str], unit: &std::path::Path) -> (bool, String) {
     let output = std::process::Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(&instance)
+        .args(args)
+        .arg(unit)
         .output()
         .expect("run systemd-analyze");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "{said}");
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+#[test]
+fn the_unit_runs_least_privileged_and_rates_ok() {
+    let dir = scratch();
+    let (ran, said) = analyze(&["security", "--offline=true"], &unit_in(dir.path()));
+    assert!(ran, "{said}");
+    let overall = said
+        .lines()
+        .find(|line| line.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no overall exposure level: {said}"));
+    println!("{overall}");
+    let score: f64 = overall
+        .split_whitespace()
+        .find_map(|word| word.parse().ok())
+        .unwrap_or_else(|| panic!("no score in {overall:?}"));
+    assert!(score <= 2.5, "exposure {score} above 2.5 (\"OK\"):\n{said}");
+    assert!(overall.contains(" OK"), "{overall}");
+}
+
+#[test]
+fn the_drop_in_the_unit_documents_passes_systemd_analyze_verify() {
+    let unit = std::fs::read_to_string(workspace_root().join("fm-consumer@.service")).unwrap();
+    // The commented block after "with the lines it needs of these:".
+    let drop_in: String = unit
+        .lines()
+        .skip_while(|line| !line.starts_with("#   [Service]"))
+        .take_while(|line| line.starts_with("#   "))
+        .map(|line| format!("{}\n", &line[4..]))
+        .collect();
+    assert!(drop_in.contains("ReadWritePaths="), "{drop_in}");
+    let dir = scratch();
+    let instance = unit_in(dir.path());
+    let drop_ins = dir.path().join("fm-consumer@e2e.service.d");
+    std::fs::create_dir(&drop_ins).unwrap();
+    std::fs::write(drop_ins.join("override.conf"), &drop_in).unwrap();
+    let (verified, said) = analyze(&["verify", "--man=no"], &instance);
+    assert!(verified, "{said}");
     assert!(said.trim().is_empty(), "warnings: {said}");
+    // The drop-in is read: a key systemd does not know is reported.
+    std::fs::write(
+        drop_ins.join("override.conf"),
+        format!("{drop_in}NoSuchKey=1\n"),
+    )
+    .unwrap();
+    let (_, said) = analyze(&["verify", "--man=no"], &instance);
+    assert!(said.contains("NoSuchKey"), "{said}");
 }
 
 #[test]
