@@ -298,7 +298,10 @@ fn execute(cli: &Cli) -> Result<Exit, Fatal> {
             },
             || {
                 let recorder = Recorder::create(&args.file, args.limit)?;
-                Ok(vec![engine::workers::Source::Built(Box::new(recorder))])
+                Ok((
+                    "Recorder".to_owned(),
+                    vec![engine::workers::Source::Built(Box::new(recorder))],
+                ))
             },
         ),
         Command::Publish(args) => publish::run(&config, args.exchange.as_deref(), &args.file),

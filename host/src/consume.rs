@@ -51,7 +51,7 @@ pub fn run(
         plugin.ensure_consumer(&name)?;
         let plugin = Arc::new(plugin);
         let consumer_config = Arc::new(config.consumer_config_json());
-        Ok((0..workers)
+        let sources = (0..workers)
             .map(|_| {
                 let plugin = plugin.clone();
                 let name = name.clone();
@@ -61,16 +61,18 @@ pub fn run(
                     Ok(Box::new(consumer) as Box<dyn Handler>)
                 }))
             })
-            .collect())
+            .collect();
+        Ok((name, sources))
     })
 }
 
 /// Runs `consume` with the handlers `build` makes (one worker thread
-/// each), once the command line and configuration have been checked.
+/// each, and the consumer's name for the log), once the command line and
+/// configuration have been checked.
 pub fn run_with(
     config: &Config,
     args: &ConsumeArgs<'_>,
-    build: impl FnOnce() -> Result<Vec<Source>, Fatal>,
+    build: impl FnOnce() -> Result<(String, Vec<Source>), Fatal>,
 ) -> Result<Exit, Fatal> {
     args.overrides
         .check()
@@ -80,7 +82,7 @@ pub fn run_with(
     if config.qos.prefetch_size != 0 {
         log::warn!("qos.prefetch_size is not supported by RabbitMQ; using 0");
     }
-    let consumers = build()?;
+    let (consumer, consumers) = build()?;
     let prefetch_count = prefetch_for(config.qos.prefetch_count, consumers.len());
     let stop = StopRequest::on_signals().map_err(|error| {
         Fatal::new(
@@ -115,6 +117,7 @@ pub fn run_with(
     let settings = Settings {
         prefetch_count,
         delivery_limit: config.delivery_limit.clone(),
+        consumer,
     };
     let mut engine = Engine::new(
         broker,

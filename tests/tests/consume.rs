@@ -196,8 +196,9 @@ fn a_failure_returns_it_and_every_prefetched_message_and_exits_13() {
     let run = consume(&conf, &scripted());
     assert_eq!(run.code(), 13, "{run:#?}");
     assert!(
-        run.stdout
-            .contains("Unexpected error occurred in consumer on message m2: failed: database gone"),
+        run.stdout.contains(
+            "Unexpected error occurred in consumer Scripted on message m2: failed: database gone"
+        ),
         "{run:#?}"
     );
     assert!(

@@ -82,6 +82,8 @@ pub struct Settings {
     /// Each queue consumer's QoS.
     pub prefetch_count: u16,
     pub delivery_limit: Option<DeliveryLimit>,
+    /// The consumer's name, for the log lines that report its failures.
+    pub consumer: String,
 }
 
 /// The engine and what it drives.
@@ -113,6 +115,8 @@ struct Core {
     limit: Option<DeliveryLimit>,
     /// A consumer that could not be built: the process ends with it.
     build_failure: Option<Fatal>,
+    /// [`Settings::consumer`].
+    consumer: String,
 }
 
 /// How a connection's session ended.
@@ -171,6 +175,7 @@ impl Engine {
                 stats,
                 limit: settings.delivery_limit,
                 build_failure: None,
+                consumer: settings.consumer,
             },
         }
     }
@@ -722,7 +727,8 @@ impl Core {
                 }
                 Next::Stop(_) => {}
                 Next::Abort(_) => log::error!(
-                    "Unexpected error occurred in consumer on message {}: {outcome}",
+                    "Unexpected error occurred in consumer {} on message {}: {outcome}",
+                    self.consumer,
                     job.message_id()
                 ),
             }
