@@ -67,6 +67,13 @@ extern "C" fn init(services: HostServices_Ref) {
     }
 }
 
+/// Hands this library the services of a host of the crate's own: the test
+/// harness's ([`crate::testing`]).
+#[cfg(feature = "testing")]
+pub(crate) fn init_services(services: HostServices_Ref) {
+    init(services);
+}
+
 /// Compares the host's layout of its services with this plugin's, with
 /// abi_stable's checker. A host of revision 1 hands over no layout: its
 /// fields are revision 1's, which every later revision keeps.

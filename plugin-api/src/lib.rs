@@ -112,6 +112,8 @@ mod guest;
 pub mod json;
 mod message;
 mod publish;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::ConsumerError;
 pub use message::{Message, Severity};

@@ -36,4 +36,14 @@ mod tests {
         let message = Message::new("t", &serde_json::json!({"hello": "world"}));
         assert_eq!(printer.consume(&message), Ok(()));
     }
+
+    #[test]
+    fn acks_through_the_hosts_entry_point() {
+        use fm_plugin_api::testing::{Harness, Outcome, message_from_record};
+        let mut printer = Harness::start::<Printer>("Printer", "").unwrap();
+        let message =
+            message_from_record(r#"{"id": "p1", "topic": "t", "body": {"hello": "world"}}"#)
+                .unwrap();
+        assert_eq!(printer.consume(&message), Outcome::Ack);
+    }
 }

@@ -58,39 +58,46 @@ export_consumers!(SaveMessage);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fm_plugin_api::testing::{Harness, Outcome, message_from_record};
 
     #[test]
-    fn appends_one_record_line_per_message() {
+    fn appends_each_record_line_as_it_came() {
         let dir = std::env::temp_dir().join(format!("saver-test-{}", std::process::id()));
         let path = dir.join("sub/messages.jsonl");
-        let config = serde_json::json!({ "path": path }).to_string();
-        let mut saver = SaveMessage::new(&Init::for_tests("SaveMessage", &config)).unwrap();
-        for id in ["a", "b"] {
-            let message = Message::new("t", &serde_json::json!({"k": id})).with_id(id);
-            saver.consume(&message).unwrap();
+        let mut saver = Harness::start::<SaveMessage>(
+            "SaveMessage",
+            &format!("path = {:?}", path.display().to_string()),
+        )
+        .unwrap();
+        let lines = [
+            r#"{"body": {"k": "a"}, "headers": {"fedora_messaging_severity": 20}, "id": "a", "priority": 0, "queue": null, "topic": "t"}"#,
+            r#"{"body": {"k": "b é"}, "headers": {}, "id": "b", "priority": 0, "queue": null, "topic": "t.b"}"#,
+        ];
+        for line in lines {
+            let message = message_from_record(line).unwrap();
+            assert_eq!(saver.consume(&message), Outcome::Ack);
         }
         let text = std::fs::read_to_string(&path).unwrap();
-        let ids: Vec<String> = text
-            .lines()
-            .map(|line| {
-                serde_json::from_str::<serde_json::Value>(line).unwrap()["id"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect();
-        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(text.lines().collect::<Vec<_>>(), lines);
+        assert_eq!(
+            saver.logs()[0].text,
+            format!("saving messages to {}", path.display())
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_missing_path_is_a_clear_error() {
-        let error = SaveMessage::new(&Init::for_tests("SaveMessage", "{}"))
+        let error = Harness::start::<SaveMessage>("SaveMessage", "")
             .err()
             .unwrap();
-        assert!(
-            error.to_string().contains("missing field `path`"),
-            "{error}"
+        assert_eq!(error, "consumer_config: missing field `path`");
+        let error = Harness::start::<SaveMessage>("SaveMessage", "path = 3")
+            .err()
+            .unwrap();
+        assert_eq!(
+            error,
+            "consumer_config.path: invalid type: integer `3`, expected path string"
         );
     }
 }
