@@ -16,6 +16,7 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use fm_plugin_api::Message;
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
 use crate::engine::workers::Handler;
@@ -49,7 +50,7 @@ impl Recorder {
         // so that it never mixes with a recording on standard output.
         let progress = limit
             .filter(|_| std::io::stderr().is_terminal())
-            .map(ProgressBar::new);
+            .map(progress_bar);
         Ok(Recorder {
             out,
             limit,
@@ -75,8 +76,8 @@ impl Handler for Recorder {
             };
         }
         self.written += 1;
-        if let Some(progress) = &mut self.progress {
-            progress.show(self.written);
+        if let Some(progress) = &self.progress {
+            progress.set_position(self.written);
         }
         match self.limit {
             Some(limit) if self.written >= limit => Outcome::Halt {
@@ -89,7 +90,7 @@ impl Handler for Recorder {
 
     fn stop(&mut self) {
         let _ = self.out.flush();
-        if let Some(progress) = &mut self.progress {
+        if let Some(progress) = &self.progress {
             progress.finish();
         }
     }
@@ -111,41 +112,14 @@ pub fn record_line(message: &MessageView<'_>) -> Result<String, String> {
     Ok(line)
 }
 
-/// `[#####-----]  12/100` on standard error, redrawn in place.
-struct ProgressBar {
-    total: u64,
-    drawn: bool,
-}
-
-impl ProgressBar {
-    const WIDTH: u64 = 36;
-
-    fn new(total: u64) -> ProgressBar {
-        ProgressBar {
-            total,
-            drawn: false,
-        }
+/// `[#####-----]  12/100  12%` on standard error, redrawn in place (at
+/// most a few times a second).
+fn progress_bar(total: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    if let Ok(style) = ProgressStyle::with_template("  [{bar:36}]  {pos}/{len}  {percent:>3}%") {
+        bar.set_style(style.progress_chars("#-"));
     }
-
-    fn show(&mut self, done: u64) {
-        let filled = (done.min(self.total) * Self::WIDTH / self.total.max(1)) as usize;
-        let empty = Self::WIDTH as usize - filled;
-        let percent = done.min(self.total) * 100 / self.total.max(1);
-        let _ = write!(
-            std::io::stderr(),
-            "\r  [{}{}]  {done}/{}  {percent:>3}%",
-            "#".repeat(filled),
-            "-".repeat(empty),
-            self.total
-        );
-        self.drawn = true;
-    }
-
-    fn finish(&mut self) {
-        if std::mem::take(&mut self.drawn) {
-            let _ = writeln!(std::io::stderr());
-        }
-    }
+    bar
 }
 
 #[cfg(test)]
