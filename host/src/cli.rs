@@ -10,7 +10,7 @@ use crate::logging::LogSettings;
 use crate::plugin::LoadError;
 use crate::record::Recorder;
 use crate::topology::Overrides;
-use crate::{consume, engine, plugin, publish, reconsume};
+use crate::{consume, engine, new_plugin, plugin, publish, reconsume};
 
 /// The end of `--help`, and of the man page.
 const AFTER_HELP: &str = "\
@@ -82,6 +82,26 @@ enum Command {
     /// Run a consumer on recorded messages, without a broker: each message
     /// of --file, or one message fetched from datagrepper by its id
     Reconsume(ReconsumeArgs),
+
+    /// Start a plugin crate: Cargo.toml, a consumer, a test through the
+    /// testing kit, a sample record file and a configuration
+    NewPlugin(NewPluginArgs),
+}
+
+#[derive(Debug, Args)]
+struct NewPluginArgs {
+    /// The crate's name, e.g. koji-watch (its consumer is KojiWatch)
+    #[arg(value_name = "NAME")]
+    name: String,
+
+    /// The directory to create the crate in
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    dir: PathBuf,
+
+    /// Build against the fm-plugin-api source in DIR instead of the
+    /// release this host loads
+    #[arg(long, value_name = "DIR")]
+    api: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -306,6 +326,13 @@ fn execute(cli: &Cli) -> Result<Exit, Fatal> {
         ),
         Command::Publish(args) => publish::run(&config, args.exchange.as_deref(), &args.file),
         Command::Replay(args) => publish::replay(&config, &args.datagrepper_url, &args.message_id),
+        Command::NewPlugin(args) => {
+            let api = match &args.api {
+                Some(path) => new_plugin::Api::Path(path),
+                None => new_plugin::Api::Release,
+            };
+            new_plugin::run(&args.name, &args.dir, &api)
+        }
         Command::Reconsume(args) => {
             let callback = args.callback.resolve(&config)?;
             plugin::describe_configuration(file_read, Some(&callback));

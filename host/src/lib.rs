@@ -24,6 +24,7 @@ pub mod engine;
 pub mod exit;
 pub mod logging;
 pub mod monitor;
+pub mod new_plugin;
 pub mod notify;
 pub mod outcome;
 pub mod plugin;

@@ -54,6 +54,7 @@ fn the_deb_installs_what_the_readme_says() {
         "",
         "-consume",
         "-publish",
+        "-new-plugin",
         "-reconsume",
         "-record",
         "-replay",
