@@ -99,22 +99,11 @@ fn type_name(name: &str) -> String {
         .collect()
 }
 
-/// The `0.MINOR` (or `MAJOR`) plugins are built against.
-fn api_requirement() -> String {
-    let version = env!("CARGO_PKG_VERSION");
-    let mut parts = version.split('.');
-    match (parts.next(), parts.next()) {
-        (Some("0"), Some(minor)) => format!("0.{minor}"),
-        (Some(major), _) => major.to_owned(),
-        _ => version.to_owned(),
-    }
-}
-
 fn files(name: &str, api: &Api<'_>) -> Vec<(PathBuf, String)> {
     let consumer = type_name(name);
     let library = name.replace('-', "_");
     let dependency = match api {
-        Api::Release => format!("version = \"{}\"", api_requirement()),
+        Api::Release => format!("version = \"{}\"", crate::plugin::api_revision()),
         Api::Path(path) => format!("path = {:?}", path.display().to_string()),
     };
     let cargo_toml = format!(

@@ -43,7 +43,7 @@ pub const SYSTEM_PLUGIN_DIRS: [&str; 2] =
 pub const PLUGIN_PATH_VAR: &str = "FEDORA_MESSAGING_PLUGIN_PATH";
 
 /// The interface revision plugins must be built against, e.g. "0.1".
-fn api_revision() -> String {
+pub fn api_revision() -> String {
     let version = env!("CARGO_PKG_VERSION");
     let mut parts = version.split('.');
     match (parts.next(), parts.next()) {
