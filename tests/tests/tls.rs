@@ -153,10 +153,13 @@ fn a_client_certificate_from_another_ca_is_exit_14() {
     );
     assert!(run.stderr.contains("UnknownCA"), "{run:#?}");
     // Under TLS 1.3 the broker's alert can lose the race against its reset
-    // of the connection, which then looks like an outage and is retried
-    // once; the alert on the next attempt ends it. Never a loop.
+    // of the connection (the reset discards the alert the client has not
+    // read yet), which then looks like an outage and is retried; the alert
+    // on a later attempt ends it. Each attempt runs the race anew: one
+    // retry is common, two in a row were seen once (2026-11-30, a full
+    // run). Four in a row would be a loop, not the race.
     let retries = run.stdout.matches("retrying in").count();
-    assert!(retries <= 1, "{retries} retries: {run:#?}");
+    assert!(retries <= 3, "{retries} retries: {run:#?}");
 }
 
 #[test]
