@@ -42,11 +42,19 @@ fn cargo() -> Command {
 }
 
 fn run_cargo(args: &[&str]) {
-    let status = cargo()
-        .args(args)
+    run_cargo_in(&workspace_root(), args);
+}
+
+/// Runs cargo in `dir`, where that directory's `.cargo/config.toml` applies.
+fn run_cargo_in(dir: &Path, args: &[&str]) {
+    succeed(cargo().current_dir(dir).args(args));
+}
+
+fn succeed(command: &mut Command) {
+    let status = command
         .status()
-        .unwrap_or_else(|error| panic!("cannot run cargo {args:?}: {error}"));
-    assert!(status.success(), "cargo {args:?} failed: {status}");
+        .unwrap_or_else(|error| panic!("cannot run {command:?}: {error}"));
+    assert!(status.success(), "{command:?} failed: {status}");
 }
 
 /// Builds the host and the workspace's plugins (debug), once.
@@ -89,13 +97,10 @@ pub fn out_of_tree_plugin(which: OutOfTree) -> PathBuf {
     let dir = BUILT.get_or_init(|| {
         let target = target_dir().join("out-of-tree");
         let target = target.to_str().expect("a UTF-8 target path");
-        run_cargo(&[
-            "build",
-            "--manifest-path",
-            "examples/third-party-consumer/Cargo.toml",
-            "--target-dir",
-            target,
-        ]);
+        run_cargo_in(
+            &workspace_root().join("examples/third-party-consumer"),
+            &["build", "--target-dir", target],
+        );
         run_cargo(&[
             "build",
             "--manifest-path",
@@ -238,7 +243,9 @@ impl Revision {
         for package in packages {
             args.extend(["-p", package]);
         }
-        run_cargo(&args);
+        // Only loaded, never debugged: debug info would triple the disk
+        // these two old trees take.
+        succeed(cargo().env("CARGO_PROFILE_DEV_DEBUG", "false").args(&args));
         target.join("debug")
     }
 
