@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use fm_e2e::*;
 use serde_json::json;
@@ -26,25 +27,44 @@ fn output(command: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Builds the .deb and returns its path.
-fn build_deb() -> PathBuf {
-    let status = Command::new(workspace_root().join("scripts/package"))
-        .arg("deb")
-        .env("PROFILE", PROFILE)
-        .status()
-        .expect("run scripts/package");
-    assert!(status.success(), "scripts/package deb failed: {status}");
-    let dir = workspace_root().join("target/packages");
-    let version = env!("CARGO_PKG_VERSION");
-    let deb = dir.join(format!("fedora-messaging-rs_{version}-1_amd64.deb"));
-    assert!(deb.exists(), "no {}", deb.display());
-    deb
+/// The two .debs `scripts/package deb` builds.
+struct Debs {
+    host: PathBuf,
+    devel: PathBuf,
+}
+
+/// Builds the .debs, once for all the tests here.
+fn built_debs() -> &'static Debs {
+    static BUILT: OnceLock<Debs> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new(workspace_root().join("scripts/package"))
+            .arg("deb")
+            .env("PROFILE", PROFILE)
+            .status()
+            .expect("run scripts/package");
+        assert!(status.success(), "scripts/package deb failed: {status}");
+        let dir = workspace_root().join("target/packages");
+        let version = env!("CARGO_PKG_VERSION");
+        let debs = Debs {
+            host: dir.join(format!("fedora-messaging-rs_{version}-1_amd64.deb")),
+            devel: dir.join(format!("librust-fm-plugin-api-dev_{version}-1_amd64.deb")),
+        };
+        for deb in [&debs.host, &debs.devel] {
+            assert!(deb.exists(), "no {}", deb.display());
+        }
+        debs
+    })
+}
+
+/// Unpacks `deb` under `root`, as installing it would.
+fn extract(deb: &Path, root: &Path) {
+    output(Command::new("dpkg-deb").arg("--extract").arg(deb).arg(root));
 }
 
 #[test]
 fn the_deb_installs_what_the_readme_says() {
-    let deb = build_deb();
-    let listing = output(Command::new("dpkg-deb").arg("--contents").arg(&deb));
+    let deb = &built_debs().host;
+    let listing = output(Command::new("dpkg-deb").arg("--contents").arg(deb));
     let files: BTreeSet<&str> = listing
         .lines()
         .filter(|line| !line.starts_with('d'))
@@ -92,7 +112,7 @@ fn the_deb_installs_what_the_readme_says() {
         "{listing}"
     );
 
-    let control = output(Command::new("dpkg-deb").arg("--field").arg(&deb));
+    let control = output(Command::new("dpkg-deb").arg("--field").arg(deb));
     assert!(
         control.lines().any(|l| l == "Package: fedora-messaging-rs"),
         "{control}"
@@ -106,7 +126,7 @@ fn the_deb_installs_what_the_readme_says() {
     output(
         Command::new("dpkg-deb")
             .arg("--control")
-            .arg(&deb)
+            .arg(deb)
             .arg(&control_dir),
     );
     assert_eq!(
@@ -116,12 +136,7 @@ fn the_deb_installs_what_the_readme_says() {
 
     // What is inside works.
     let root = dir.path().join("root");
-    output(
-        Command::new("dpkg-deb")
-            .arg("--extract")
-            .arg(&deb)
-            .arg(&root),
-    );
+    extract(deb, &root);
     check_installed(&root);
 }
 
@@ -201,4 +216,131 @@ fn check_installed(root: &Path) {
             .display()
     )));
     assert_eq!(offered.trim(), "record replay reconsume", "{offered}");
+}
+
+/// The development package holds fm-plugin-api as a distribution installs
+/// a crate: a plugin crate that asks for it by version builds offline from
+/// the system registry directory alone, its tests (the testing kit) pass
+/// there, and the packaged host runs what it built.
+#[test]
+fn a_plugin_builds_offline_against_the_devel_package_and_runs_in_the_packaged_host() {
+    let debs = built_debs();
+    let dir = scratch();
+    let root = dir.path().join("root");
+    extract(&debs.devel, &root);
+    extract(&debs.host, &root);
+    let registry = root.join("usr/share/cargo/registry");
+    let installed = registry.join(format!("fm-plugin-api-{}", env!("CARGO_PKG_VERSION")));
+    for file in [
+        "Cargo.toml",
+        ".cargo-checksum.json",
+        "src/lib.rs",
+        "src/testing.rs",
+    ] {
+        assert!(
+            installed.join(file).is_file(),
+            "no {file} in {}",
+            installed.display()
+        );
+    }
+
+    // fm-plugin-api's own dependencies, installed beside it the way the
+    // distribution's packages of those crates would be: vendored from the
+    // example's lock, where fm-plugin-api itself is the source tree's (so
+    // it cannot come from here).
+    let vendor = dir.path().join("vendor");
+    let example = workspace_root().join("examples/third-party-consumer");
+    output(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(&example)
+            .args(["vendor", "--quiet", "--versioned-dirs"])
+            .arg(&vendor),
+    );
+    for entry in std::fs::read_dir(&vendor).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        assert!(!name.starts_with("fm-plugin-api"), "vendored {name}");
+        std::fs::rename(entry.path(), registry.join(name)).unwrap();
+    }
+
+    // The example as its author ships it: no lock, no .cargo/config.toml
+    // patching in the source tree; cargo configured as a distribution's
+    // offline build configures it.
+    let crate_dir = dir.path().join("topic-counter");
+    copy_tree(&example.join("src"), &crate_dir.join("src"));
+    copy_tree(&example.join("tests"), &crate_dir.join("tests"));
+    std::fs::copy(example.join("Cargo.toml"), crate_dir.join("Cargo.toml")).unwrap();
+    std::fs::create_dir(crate_dir.join(".cargo")).unwrap();
+    std::fs::write(
+        crate_dir.join(".cargo/config.toml"),
+        format!(
+            "[source.crates-io]\nreplace-with = \"system\"\n\n[source.system]\ndirectory = {:?}\n\n[net]\noffline = true\n",
+            registry.display().to_string()
+        ),
+    )
+    .unwrap();
+    let target = target_dir().join("devel-check");
+    let cargo = |args: &[&str]| {
+        let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        command
+            .current_dir(&crate_dir)
+            .args(args)
+            .env("CARGO_TARGET_DIR", &target)
+            // Nothing here needs debug info; it only costs disk.
+            .env("CARGO_PROFILE_DEV_DEBUG", "false");
+        output(&mut command)
+    };
+    let metadata: serde_json::Value =
+        serde_json::from_str(&cargo(&["metadata", "--format-version", "1"])).unwrap();
+    let api = metadata["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|package| package["name"] == "fm-plugin-api")
+        .expect("fm-plugin-api among the packages");
+    assert_eq!(
+        api["manifest_path"],
+        installed.join("Cargo.toml").display().to_string(),
+        "{api}"
+    );
+    cargo(&["test", "--quiet"]);
+    cargo(&["build", "--quiet"]);
+
+    let conf = config_file(
+        dir.path(),
+        "[consumer_config]\nreport_every = 2\n[log_config.loggers.topic_counter]\nlevel = 'INFO'\n",
+    );
+    let run = run(Command::new(root.join("usr/bin/fedora-messaging"))
+        .env_remove("FEDORA_MESSAGING_CONF")
+        .arg("--conf")
+        .arg(&conf)
+        .args(["reconsume", "--callback"])
+        .arg(format!(
+            "{}:TopicCounter",
+            target.join("debug/libtopic_counter.so").display()
+        ))
+        .arg("--file")
+        .arg(example.join("tests/messages.jsonl")));
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert_eq!(
+        outcome_lines(&run),
+        ["c1 ack", "c2 ack", "c3 ack", "c4 ack"]
+    );
+    assert!(
+        run.stdout.contains("[topic_counter INFO] after 4 messages"),
+        "{run:#?}"
+    );
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let destination = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &destination);
+        } else {
+            std::fs::copy(entry.path(), &destination).unwrap();
+        }
+    }
 }
