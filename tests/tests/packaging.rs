@@ -1,7 +1,9 @@
-//! The .deb that `scripts/package` builds: exactly the files the README
-//! lists, the configuration as a conffile, the conflict with the Python
-//! command line package, man pages and completions that work, and a host
-//! that runs the packaged plugins.
+//! The packages `scripts/package` builds. The .deb: exactly the files the
+//! README lists, the configuration as a conffile, the conflict with the
+//! Python command line package, man pages and completions that work, and
+//! a host that runs the packaged plugins. The .rpm: the same files at
+//! Fedora's paths. The development packages: fm-plugin-api in the system
+//! cargo registry, from which a plugin builds offline.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -27,33 +29,58 @@ fn output(command: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// The two .debs `scripts/package deb` builds.
-struct Debs {
-    host: PathBuf,
-    devel: PathBuf,
+/// What `scripts/package` builds: the host's package and the development
+/// package, as .deb and .rpm.
+struct Packages {
+    host_deb: PathBuf,
+    devel_deb: PathBuf,
+    host_rpm: PathBuf,
+    devel_rpm: PathBuf,
 }
 
-/// Builds the .debs, once for all the tests here.
-fn built_debs() -> &'static Debs {
-    static BUILT: OnceLock<Debs> = OnceLock::new();
+/// Builds the packages, once for all the tests here (the script rebuilds
+/// the trees it packs, so two runs at once would trip over each other).
+fn built_packages() -> &'static Packages {
+    static BUILT: OnceLock<Packages> = OnceLock::new();
     BUILT.get_or_init(|| {
         let status = Command::new(workspace_root().join("scripts/package"))
-            .arg("deb")
             .env("PROFILE", PROFILE)
             .status()
             .expect("run scripts/package");
-        assert!(status.success(), "scripts/package deb failed: {status}");
+        assert!(status.success(), "scripts/package failed: {status}");
         let dir = workspace_root().join("target/packages");
         let version = env!("CARGO_PKG_VERSION");
-        let debs = Debs {
-            host: dir.join(format!("fedora-messaging-rs_{version}-1_amd64.deb")),
-            devel: dir.join(format!("librust-fm-plugin-api-dev_{version}-1_amd64.deb")),
+        let packages = Packages {
+            host_deb: dir.join(format!("fedora-messaging-rs_{version}-1_amd64.deb")),
+            devel_deb: dir.join(format!("librust-fm-plugin-api-dev_{version}-1_amd64.deb")),
+            host_rpm: dir.join(format!("fedora-messaging-rs-{version}-1.x86_64.rpm")),
+            devel_rpm: dir.join(format!("rust-fm-plugin-api-devel-{version}-1.noarch.rpm")),
         };
-        for deb in [&debs.host, &debs.devel] {
-            assert!(deb.exists(), "no {}", deb.display());
+        for package in [
+            &packages.host_deb,
+            &packages.devel_deb,
+            &packages.host_rpm,
+            &packages.devel_rpm,
+        ] {
+            assert!(package.exists(), "no {}", package.display());
         }
-        debs
+        packages
     })
+}
+
+/// The files (not directories) a .deb installs.
+fn deb_files(deb: &Path) -> BTreeSet<String> {
+    output(Command::new("dpkg-deb").arg("--contents").arg(deb))
+        .lines()
+        .filter(|line| !line.starts_with('d'))
+        .map(|line| {
+            line.rsplit(' ')
+                .next()
+                .unwrap()
+                .trim_start_matches('.')
+                .to_owned()
+        })
+        .collect()
 }
 
 /// Unpacks `deb` under `root`, as installing it would.
@@ -63,13 +90,9 @@ fn extract(deb: &Path, root: &Path) {
 
 #[test]
 fn the_deb_installs_what_the_readme_says() {
-    let deb = &built_debs().host;
+    let deb = &built_packages().host_deb;
     let listing = output(Command::new("dpkg-deb").arg("--contents").arg(deb));
-    let files: BTreeSet<&str> = listing
-        .lines()
-        .filter(|line| !line.starts_with('d'))
-        .map(|line| line.rsplit(' ').next().unwrap().trim_start_matches('.'))
-        .collect();
+    let files = deb_files(deb);
     let commands = [
         "",
         "-consume",
@@ -102,7 +125,6 @@ fn the_deb_installs_what_the_readme_says() {
             .iter()
             .map(|command| format!("/usr/share/man/man1/fedora-messaging{command}.1.gz")),
     );
-    let expected: BTreeSet<&str> = expected.iter().map(String::as_str).collect();
     assert_eq!(files, expected, "{listing}");
     assert!(
         listing
@@ -224,11 +246,11 @@ fn check_installed(root: &Path) {
 /// there, and the packaged host runs what it built.
 #[test]
 fn a_plugin_builds_offline_against_the_devel_package_and_runs_in_the_packaged_host() {
-    let debs = built_debs();
+    let debs = built_packages();
     let dir = scratch();
     let root = dir.path().join("root");
-    extract(&debs.devel, &root);
-    extract(&debs.host, &root);
+    extract(&debs.devel_deb, &root);
+    extract(&debs.host_deb, &root);
     let registry = root.join("usr/share/cargo/registry");
     let installed = registry.join(format!("fm-plugin-api-{}", env!("CARGO_PKG_VERSION")));
     for file in [
@@ -330,6 +352,52 @@ fn a_plugin_builds_offline_against_the_devel_package_and_runs_in_the_packaged_ho
         run.stdout.contains("[topic_counter INFO] after 4 messages"),
         "{run:#?}"
     );
+}
+
+/// The .rpms install what the .debs install, at Fedora's paths, with the
+/// configuration marked `%config(noreplace)`.
+#[test]
+fn the_rpms_install_what_the_debs_install() {
+    let packages = built_packages();
+    let rpm_files = |rpm: &Path, query: &str| -> BTreeSet<String> {
+        output(Command::new("rpm").args(["-qp", query]).arg(rpm))
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    let from_deb: BTreeSet<String> = deb_files(&packages.host_deb)
+        .into_iter()
+        // Debian's copyright file has no counterpart in an .rpm.
+        .filter(|path| path != "/usr/share/doc/fedora-messaging-rs/copyright")
+        .map(|path| {
+            path.replace("/usr/lib/fedora-messaging/", "/usr/lib64/fedora-messaging/")
+                .replace("/zsh/vendor-completions/", "/zsh/site-functions/")
+        })
+        .collect();
+    assert_eq!(rpm_files(&packages.host_rpm, "--list"), from_deb);
+    assert_eq!(
+        rpm_files(&packages.host_rpm, "--configfiles"),
+        BTreeSet::from(["/etc/fedora-messaging/config.toml".to_owned()])
+    );
+
+    let devel_from_deb: BTreeSet<String> = deb_files(&packages.devel_deb)
+        .into_iter()
+        .filter(|path| path.starts_with("/usr/share/cargo/registry/"))
+        .collect();
+    assert!(
+        devel_from_deb.contains(&format!(
+            "/usr/share/cargo/registry/fm-plugin-api-{}/.cargo-checksum.json",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{devel_from_deb:?}"
+    );
+    assert_eq!(rpm_files(&packages.devel_rpm, "--list"), devel_from_deb);
+    let arch = output(
+        Command::new("rpm")
+            .args(["-qp", "--queryformat", "%{ARCH}"])
+            .arg(&packages.devel_rpm),
+    );
+    assert_eq!(arch, "noarch");
 }
 
 fn copy_tree(from: &Path, to: &Path) {
