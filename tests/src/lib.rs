@@ -35,7 +35,10 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-fn cargo() -> Command {
+/// The cargo running these tests, started in the workspace's root (set
+/// `current_dir` to run it in another crate, where that crate's
+/// `.cargo/config.toml` applies).
+pub fn cargo() -> Command {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     command.current_dir(workspace_root());
     command

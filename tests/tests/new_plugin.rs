@@ -2,8 +2,6 @@
 //! clippy, is formatted, and its library runs in this host on its sample
 //! with its configuration.
 
-use std::process::Command;
-
 use fm_e2e::*;
 
 #[test]
@@ -27,22 +25,22 @@ fn a_new_plugin_crate_tests_builds_and_runs_in_the_host() {
     }
     // Where the out-of-tree plugins build, so their dependencies are reused.
     let target = target_dir().join("out-of-tree");
-    let cargo = |args: &[&str]| {
-        let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    let cargo_in_crate = |args: &[&str]| {
+        let mut command = cargo();
         command
             .current_dir(&root)
             .args(args)
             .env("CARGO_TARGET_DIR", &target);
         run(&mut command)
     };
-    let formatted = cargo(&["fmt", "--check"]);
+    let formatted = cargo_in_crate(&["fmt", "--check"]);
     assert_eq!(formatted.code(), 0, "{formatted:#?}");
-    let tested = cargo(&["test"]);
+    let tested = cargo_in_crate(&["test"]);
     assert_eq!(tested.code(), 0, "{tested:#?}");
     assert!(tested.stdout.contains("2 passed"), "{tested:#?}");
-    let linted = cargo(&["clippy", "--all-targets", "--", "-D", "warnings"]);
+    let linted = cargo_in_crate(&["clippy", "--all-targets", "--", "-D", "warnings"]);
     assert_eq!(linted.code(), 0, "{linted:#?}");
-    let built = cargo(&["build"]);
+    let built = cargo_in_crate(&["build"]);
     assert_eq!(built.code(), 0, "{built:#?}");
 
     let library = target.join("debug/libkoji_watch.so");

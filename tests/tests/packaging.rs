@@ -273,7 +273,7 @@ fn a_plugin_builds_offline_against_the_devel_package_and_runs_in_the_packaged_ho
     let vendor = dir.path().join("vendor");
     let example = workspace_root().join("examples/third-party-consumer");
     output(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        cargo()
             .current_dir(&example)
             .args(["vendor", "--quiet", "--versioned-dirs"])
             .arg(&vendor),
@@ -302,8 +302,8 @@ fn a_plugin_builds_offline_against_the_devel_package_and_runs_in_the_packaged_ho
     )
     .unwrap();
     let target = target_dir().join("devel-check");
-    let cargo = |args: &[&str]| {
-        let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    let cargo_in_crate = |args: &[&str]| {
+        let mut command = cargo();
         command
             .current_dir(&crate_dir)
             .args(args)
@@ -313,7 +313,7 @@ fn a_plugin_builds_offline_against_the_devel_package_and_runs_in_the_packaged_ho
         output(&mut command)
     };
     let metadata: serde_json::Value =
-        serde_json::from_str(&cargo(&["metadata", "--format-version", "1"])).unwrap();
+        serde_json::from_str(&cargo_in_crate(&["metadata", "--format-version", "1"])).unwrap();
     let api = metadata["packages"]
         .as_array()
         .unwrap()
@@ -325,8 +325,8 @@ fn a_plugin_builds_offline_against_the_devel_package_and_runs_in_the_packaged_ho
         installed.join("Cargo.toml").display().to_string(),
         "{api}"
     );
-    cargo(&["test", "--quiet"]);
-    cargo(&["build", "--quiet"]);
+    cargo_in_crate(&["test", "--quiet"]);
+    cargo_in_crate(&["build", "--quiet"]);
 
     let conf = config_file(
         dir.path(),
