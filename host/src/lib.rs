@@ -3,7 +3,7 @@
 //!
 //! One message's path through the modules: [`config`] and [`cli`] decide
 //! what to run; [`plugin`] loads the consumer (from a file
-//! [`plugin_file`] checked); [`broker`] connects
+//! [`plugin_file`] checked; [`plugin_error`] says why it could not); [`broker`] connects
 //! ([`amqp_url`] reads the URL as pika does) and [`topology`] declares the
 //! queues and bindings; [`consume`] builds the [`engine`], which receives
 //! deliveries, has [`wire`] check them and make each a
@@ -28,6 +28,7 @@ pub mod new_plugin;
 pub mod notify;
 pub mod outcome;
 pub mod plugin;
+pub mod plugin_error;
 pub mod plugin_file;
 pub mod publish;
 pub mod publisher;

@@ -17,7 +17,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::plugin::LoadError;
+use crate::plugin_error::LoadError;
 
 /// An open plugin file that passed every check.
 pub struct PluginFile {
