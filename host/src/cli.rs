@@ -320,7 +320,7 @@ fn execute(cli: &Cli) -> Result<Exit, Fatal> {
                 let recorder = Recorder::create(&args.file, args.limit)?;
                 Ok((
                     "Recorder".to_owned(),
-                    vec![engine::workers::Source::Built(Box::new(recorder))],
+                    vec![engine::message::Source::Built(Box::new(recorder))],
                 ))
             },
         ),

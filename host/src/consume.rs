@@ -17,8 +17,10 @@ use std::sync::Arc;
 
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::engine::handler::Handler;
+use crate::engine::message::Source;
 use crate::engine::pulse::Pulse;
-use crate::engine::workers::{Handler, Source, Workers};
+use crate::engine::workers::Workers;
 use crate::engine::{Engine, Settings};
 use crate::exit::{Exit, Fatal};
 use crate::monitor::{self, Stats};
@@ -142,7 +144,6 @@ pub fn run_with(
         log::info!("{span}");
     }
     notifier.stopping();
-    engine.finish(&result);
     result
 }
 

@@ -19,7 +19,7 @@ use fm_plugin_api::Message;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
-use crate::engine::workers::Handler;
+use crate::engine::handler::Handler;
 use crate::exit::{Exit, Fatal};
 use crate::outcome::Outcome;
 use crate::wire::MessageView;

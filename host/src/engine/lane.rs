@@ -21,12 +21,13 @@ use std::task::{Context, Poll};
 
 use lapin::message::Delivery;
 
-use super::ledger::{Answer, Shared, Ticket};
-use super::redelivery::{self, Verdict};
+use super::inflight::InFlight;
+use super::limit::{self, Verdict};
+use super::message::{Answer, ChannelRef, Diverted, Job, Ticket, Why};
 use super::seams;
-use super::workers::Job;
+use super::settler::Shared;
 use crate::monitor::Stats;
-use crate::wire::{self, Checked};
+use crate::wire;
 
 /// One channel set-up's streams, open to the consumer threads.
 pub struct Lane {
@@ -37,33 +38,14 @@ pub struct Lane {
     stats: Arc<Stats>,
 }
 
-/// A delivery the engine settles, not the consumer: it is admitted, and
-/// its ticket says where.
-pub enum Diverted {
-    /// It fails fedora-messaging's checks: rejected without requeue.
-    Refused {
-        delivery: Delivery,
-        ticket: Ticket,
-        reason: String,
-    },
-    /// The delivery limit carries its count or dead-letters it.
-    Limited {
-        delivery: Delivery,
-        ticket: Ticket,
-        checked: Checked,
-        verdict: Verdict,
-    },
-}
-
 /// What reading the lane gave. Built and matched at once, never stored:
 /// boxing would cost an allocation a message.
 #[allow(clippy::large_enum_variant)]
 pub enum Read {
     /// A delivery, admitted.
     Arrived(Delivery, Ticket),
-    /// A queue's stream ended (with the error lapin gave, if any); the
-    /// ticket names the queue.
-    Ended(Ticket, Option<lapin::Error>),
+    /// A queue's stream ended (with the error lapin gave, if any).
+    Ended(ChannelRef, Option<lapin::Error>),
 }
 
 impl Lane {
@@ -81,32 +63,35 @@ impl Lane {
         }
     }
 
-    /// Checks an arrived delivery: a job for the consumer, or (rarely, so
-    /// boxed) one for the engine.
-    pub fn check(&self, delivery: Delivery, ticket: Ticket) -> Result<Job, Box<Diverted>> {
+    /// Checks an arrived delivery, in flight as `in_flight`: a job for the
+    /// consumer, or (rarely, so boxed) one for the engine.
+    pub fn check(
+        &self,
+        delivery: Delivery,
+        ticket: Ticket,
+        in_flight: InFlight,
+    ) -> Result<Job, Box<Diverted>> {
+        let divert = |delivery, ticket, in_flight, why| {
+            Box::new(Diverted {
+                delivery,
+                ticket,
+                in_flight,
+                why,
+            })
+        };
         let checked = match wire::check_delivery(&delivery.properties, &delivery.data) {
             Ok(checked) => checked,
-            Err(reason) => {
-                return Err(Box::new(Diverted::Refused {
-                    delivery,
-                    ticket,
-                    reason,
-                }));
-            }
+            Err(reason) => return Err(divert(delivery, ticket, in_flight, Why::Refused(reason))),
         };
         if let Some(max) = self.limit {
-            let verdict = redelivery::judge(
+            let verdict = limit::judge(
                 max,
                 delivery.redelivered,
                 delivery.properties.headers().as_ref(),
             );
             if verdict != Verdict::Consume {
-                return Err(Box::new(Diverted::Limited {
-                    delivery,
-                    ticket,
-                    checked,
-                    verdict,
-                }));
+                let why = Why::Limited { checked, verdict };
+                return Err(divert(delivery, ticket, in_flight, why));
             }
         }
         self.stats.received();
@@ -119,12 +104,12 @@ impl Lane {
             queue: self.shared.queues()[source].queue.clone(),
             checked,
             ticket,
-            from_engine: false,
+            in_flight,
         })
     }
 
     /// Marks a job's ack answer; `Err` when it cannot be settled here (its
-    /// channels are gone).
+    /// channel is gone).
     pub fn ack(&self, job: &Job, answer: Answer) -> Result<(), Answer> {
         self.shared.mark_ack(job, answer)
     }
@@ -154,20 +139,21 @@ impl Reader {
         &self.lane
     }
 
-    /// The next delivery from any queue, or the end of a queue's stream;
-    /// pending once every stream has ended, or once the lane's ledger is
-    /// retired (what lapin still holds is delivered again by the broker).
+    /// The next delivery from any queue whose channel lives, or the end
+    /// of a queue's stream; pending once every stream has ended or lost
+    /// its channel (what lapin still holds of a dead channel is delivered
+    /// again by the broker).
     pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Read> {
         let shared = &self.lane.shared;
-        if !shared.is_live() {
-            return Poll::Pending;
-        }
         let count = self.streams.len();
         for offset in 0..count {
             let index = (self.next + offset) % count;
             let Some(stream) = &mut self.streams[index] else {
                 continue;
             };
+            if !shared.is_live(index) {
+                continue;
+            }
             let polled = shared.take(index, || {
                 futures_lite::Stream::poll_next(std::pin::Pin::new(stream), cx)
             });
@@ -178,11 +164,11 @@ impl Reader {
                 }
                 Poll::Ready(Some(Err(error))) => {
                     self.streams[index] = None;
-                    return Poll::Ready(Read::Ended(shared.ticket(index), Some(error)));
+                    return Poll::Ready(Read::Ended(shared.channel(index), Some(error)));
                 }
                 Poll::Ready(None) => {
                     self.streams[index] = None;
-                    return Poll::Ready(Read::Ended(shared.ticket(index), None));
+                    return Poll::Ready(Read::Ended(shared.channel(index), None));
                 }
                 Poll::Pending => {}
             }

@@ -6,11 +6,11 @@
 
 use lapin::Connection;
 
-use super::lane::Diverted;
-use super::ledger::{Ledger, Ticket};
+use super::message::{Diverted, Finished, Job, Why};
+use super::redelivery;
 use super::session::{self, StreamEnd};
-use super::workers::{Finished, Job};
-use super::{ChannelsEnd, Core, redelivery, taken};
+use super::settler::Ledger;
+use super::{ChannelsEnd, Core, taken};
 use crate::wire;
 
 impl Core {
@@ -25,11 +25,11 @@ impl Core {
     ) -> Result<(), ChannelsEnd> {
         match finished {
             Finished::Diverted(diverted) => self.settle_diverted(ledger, *diverted).await,
-            Finished::Ended(ticket, _) if !ledger.owns(&ticket) => Ok(()),
-            Finished::Ended(ticket, Some(error)) => {
+            Finished::Ended(channel, _) if !ledger.owns_channel(&channel) => Ok(()),
+            Finished::Ended(channel, Some(error)) => {
                 let reason = format!(
                     "consuming from {:?} failed: {error}",
-                    ledger.queues()[ticket.source()].queue
+                    ledger.queues()[channel.source()].queue
                 );
                 Err(if connection.status().connected() {
                     ChannelsEnd::Reopen(reason)
@@ -37,13 +37,13 @@ impl Core {
                     ChannelsEnd::ConnectionLost(reason)
                 })
             }
-            Finished::Ended(ticket, None) => {
+            Finished::Ended(channel, None) => {
                 if !self.lifecycle.is_running() {
                     // Our own cancel ends the streams; what is in flight
                     // is still settled on the channels.
                     return Ok(());
                 }
-                match session::why_ended(connection, &ledger.queues()[ticket.source()]).await {
+                match session::why_ended(connection, &ledger.queues()[channel.source()]).await {
                     StreamEnd::ConnectionLost(reason) => Err(ChannelsEnd::ConnectionLost(reason)),
                     StreamEnd::Reopen(reason) => Err(ChannelsEnd::Reopen(reason)),
                     StreamEnd::QueueGone => {
@@ -55,10 +55,7 @@ impl Core {
                 }
             }
             // answer() took the others.
-            Finished::Done(..)
-            | Finished::Unstarted(_)
-            | Finished::BuildFailed(_)
-            | Finished::Idle => Ok(()),
+            Finished::Done(..) | Finished::BuildFailed(_) => Ok(()),
         }
     }
 
@@ -67,47 +64,48 @@ impl Core {
     /// delivery limit stops is carried on or dead-lettered, and given to a
     /// worker only if that cannot be done (and the process is not
     /// draining). Left unsettled (the broker delivers it again) once its
-    /// channels are gone.
+    /// channel is gone. Its in-flight token goes when this returns, or
+    /// with the job it becomes.
     async fn settle_diverted(
         &mut self,
         ledger: &mut Ledger,
         diverted: Diverted,
     ) -> Result<(), ChannelsEnd> {
-        let ticket: &Ticket = match &diverted {
-            Diverted::Refused { ticket, .. } | Diverted::Limited { ticket, .. } => ticket,
-        };
-        if !ledger.owns(ticket) {
+        if !ledger.owns(&diverted.ticket) {
             return Ok(());
         }
-        match diverted {
-            Diverted::Refused {
-                delivery,
-                ticket,
-                reason,
-            } => {
+        let Diverted {
+            delivery,
+            ticket,
+            in_flight,
+            why,
+        } = diverted;
+        match why {
+            Why::Refused(reason) => {
                 log::warn!(
                     "Message id {} did not pass validation; ignoring message: {reason}",
                     wire::message_id(&delivery.properties)
                 );
-                let tag = delivery.delivery_tag;
-                let settled = ledger.reject(delivery).await;
-                ledger.settled_elsewhere(&ticket, tag);
+                let settled = self.pulse.beating(ledger.reject(delivery)).await;
+                ledger.settled_elsewhere(&ticket);
                 taken(settled)
             }
-            Diverted::Limited {
-                delivery,
-                ticket,
-                checked,
-                verdict,
-            } => {
+            Why::Limited { checked, verdict } => {
                 let Some(limit) = self.limit.clone() else {
                     return Ok(());
                 };
-                let tag = delivery.delivery_tag;
                 let source = ticket.source();
-                let carried =
-                    redelivery::carry_out(ledger, source, delivery, verdict, &limit, &self.stats)
-                        .await?;
+                let carried = self
+                    .pulse
+                    .beating(redelivery::carry_out(
+                        ledger,
+                        source,
+                        delivery,
+                        verdict,
+                        &limit,
+                        &self.stats,
+                    ))
+                    .await?;
                 match carried {
                     // Unsettled: the broker delivers it again.
                     Some(_) if !self.lifecycle.is_running() => {}
@@ -118,10 +116,10 @@ impl Core {
                             queue: ledger.queues()[source].queue.clone(),
                             checked,
                             ticket,
-                            from_engine: true,
+                            in_flight,
                         });
                     }
-                    None => ledger.settled_elsewhere(&ticket, tag),
+                    None => ledger.settled_elsewhere(&ticket),
                 }
                 Ok(())
             }

@@ -17,9 +17,13 @@
 //!                                                    Stopped(exit)
 //! ```
 //!
+//! What is in flight is not counted here: the engine counts it once, with
+//! a token per message ([`super::inflight`]), and says when none is left
+//! once no message can start any more.
+//!
 //! Exit codes rank: a signal's 0 is raised by a halt's code or a cancelled
-//! queue's 12 (the first of those wins), and a consumer failure's 13 wins
-//! over everything.
+//! queue's 12 (the first of those wins), both by a consumer that could not
+//! be built (1), and a consumer failure's 13 wins over everything.
 
 use crate::exit::Exit;
 use crate::outcome::Next;
@@ -38,18 +42,10 @@ pub enum Phase {
     Stopped(Exit),
 }
 
-/// The lifecycle, and the counts it needs to know when draining ends.
+/// The lifecycle.
 #[derive(Debug)]
 pub struct Lifecycle {
     phase: Phase,
-    /// Jobs the engine handed to workers and not yet back (answered or
-    /// unstarted), whatever connection they came from.
-    in_flight: usize,
-    /// Consumer threads busy with a message they took themselves, as last
-    /// counted; unknown from the moment draining starts until they are
-    /// counted again with the workers held (a count taken earlier may have
-    /// missed a thread that was starting a message).
-    lane_busy: Option<usize>,
 }
 
 impl Default for Lifecycle {
@@ -62,8 +58,6 @@ impl Lifecycle {
     pub fn new() -> Lifecycle {
         Lifecycle {
             phase: Phase::Running,
-            in_flight: 0,
-            lane_busy: Some(0),
         }
     }
 
@@ -73,12 +67,6 @@ impl Lifecycle {
 
     pub fn is_running(&self) -> bool {
         self.phase == Phase::Running
-    }
-
-    /// Messages with the consumers: the jobs handed out and the threads
-    /// busy (as last counted).
-    pub fn in_flight(&self) -> usize {
-        self.in_flight + self.lane_busy.unwrap_or(0)
     }
 
     /// The exit code, once the process may exit.
@@ -100,22 +88,12 @@ impl Lifecycle {
         ) || self.phase == Phase::Stopped(Exit::ConsumerFailed)
     }
 
-    /// A job was handed to a worker.
-    pub fn dispatched(&mut self) {
-        self.in_flight += 1;
-    }
-
-    /// A job came back from a worker, answered or not.
-    pub fn returned(&mut self) {
-        self.in_flight = self.in_flight.saturating_sub(1);
-        self.settle_phase();
-    }
-
-    /// The consumer threads busy with a message they took themselves:
-    /// counted after the workers were held if the process is draining.
-    pub fn lane_busy(&mut self, busy: usize) {
-        self.lane_busy = Some(busy);
-        self.settle_phase();
+    /// No message is in flight, and none can start: a draining process
+    /// may exit. Call only once the workers are held.
+    pub fn nothing_in_flight(&mut self) {
+        if let Phase::Draining { exit, .. } = self.phase {
+            self.phase = Phase::Stopped(exit);
+        }
     }
 
     /// SIGINT or SIGTERM. True if this started the draining.
@@ -138,11 +116,16 @@ impl Lifecycle {
         self.drain(Exit::Canceled, false)
     }
 
+    /// A consumer instance could not be built (exit 1); the others finish
+    /// what they hold. True if this started the draining.
+    pub fn build_failed(&mut self) -> bool {
+        self.drain(Exit::Error, false)
+    }
+
     fn drain(&mut self, exit: Exit, requeue_all: bool) -> bool {
-        let started = match &mut self.phase {
+        match &mut self.phase {
             Phase::Running => {
                 self.phase = Phase::Draining { exit, requeue_all };
-                self.lane_busy = None;
                 true
             }
             Phase::Draining {
@@ -157,17 +140,6 @@ impl Lifecycle {
             }
             // Exiting already: what came too late changes nothing.
             Phase::Stopped(_) => false,
-        };
-        self.settle_phase();
-        started
-    }
-
-    fn settle_phase(&mut self) {
-        if let Phase::Draining { exit, .. } = self.phase
-            && self.in_flight == 0
-            && self.lane_busy == Some(0)
-        {
-            self.phase = Phase::Stopped(exit);
         }
     }
 }
@@ -175,7 +147,8 @@ impl Lifecycle {
 /// Which exit wins when several reasons to stop come together.
 fn rank(exit: Exit) -> u8 {
     match exit {
-        Exit::ConsumerFailed => 2,
+        Exit::ConsumerFailed => 3,
+        Exit::Error => 2,
         Exit::Success => 0,
         _ => 1,
     }
@@ -192,11 +165,9 @@ mod tests {
     #[test]
     fn runs_until_asked_and_stops_once_nothing_is_in_flight() {
         let mut life = Lifecycle::new();
-        life.dispatched();
-        life.dispatched();
         assert!(!life.answered(Next::Continue));
-        life.returned();
-        assert!(life.is_running());
+        life.nothing_in_flight();
+        assert!(life.is_running(), "running, nothing in flight is no stop");
         assert!(life.stop_requested());
         assert!(!life.stop_requested(), "a second signal starts nothing");
         assert_eq!(
@@ -206,48 +177,18 @@ mod tests {
                 requeue_all: false
             }
         );
-        life.lane_busy(0);
-        assert_eq!(life.exit(), None, "one job is still with a worker");
-        life.returned();
-        assert_eq!(life.exit(), Some(Exit::Success));
-    }
-
-    #[test]
-    fn with_nothing_in_flight_a_stop_is_immediate() {
-        let mut life = Lifecycle::new();
-        assert!(life.stop_requested());
-        life.lane_busy(0);
-        assert_eq!(life.exit(), Some(Exit::Success));
-    }
-
-    #[test]
-    fn busy_threads_are_waited_for_once_counted_with_the_workers_held() {
-        let mut life = Lifecycle::new();
-        life.lane_busy(0);
-        assert!(life.stop_requested());
-        // Counted before the workers were held: a thread may have been
-        // starting a message.
-        assert_eq!(life.exit(), None);
-        life.lane_busy(2);
-        assert_eq!(life.in_flight(), 2);
-        assert_eq!(life.exit(), None);
-        life.lane_busy(0);
+        assert_eq!(life.exit(), None, "told of nothing in flight yet");
+        life.nothing_in_flight();
         assert_eq!(life.exit(), Some(Exit::Success));
     }
 
     #[test]
     fn a_halt_raises_a_signal_and_a_failure_raises_everything() {
         let mut life = Lifecycle::new();
-        life.dispatched();
-        life.dispatched();
-        life.dispatched();
         life.stop_requested();
-        life.lane_busy(0);
         life.answered(Next::Stop(Exit::Halt(7)));
-        life.returned();
         // A later halt does not replace the first.
         life.answered(Next::Stop(Exit::Halt(9)));
-        life.returned();
         assert!(!life.requeue_all());
         assert_eq!(
             life.phase(),
@@ -258,20 +199,36 @@ mod tests {
         );
         life.answered(failure());
         assert!(life.requeue_all());
-        life.returned();
+        life.nothing_in_flight();
         assert_eq!(life.exit(), Some(Exit::ConsumerFailed));
         assert!(life.requeue_all());
     }
 
     #[test]
-    fn a_failure_is_not_lowered_by_a_later_halt_or_cancel() {
+    fn a_failure_is_not_lowered_by_a_later_halt_cancel_or_build_failure() {
         let mut life = Lifecycle::new();
-        life.dispatched();
         assert!(life.answered(failure()));
-        life.lane_busy(0);
         assert!(!life.answered(Next::Stop(Exit::Halt(3))));
         assert!(!life.queue_gone());
-        life.returned();
+        assert!(!life.build_failed());
+        life.nothing_in_flight();
+        assert_eq!(life.exit(), Some(Exit::ConsumerFailed));
+    }
+
+    #[test]
+    fn a_consumer_that_cannot_be_built_raises_a_halt_and_yields_to_a_failure() {
+        let mut life = Lifecycle::new();
+        assert!(life.answered(Next::Stop(Exit::Halt(3))));
+        assert!(!life.build_failed());
+        assert_eq!(
+            life.phase(),
+            Phase::Draining {
+                exit: Exit::Error,
+                requeue_all: false
+            }
+        );
+        life.answered(failure());
+        life.nothing_in_flight();
         assert_eq!(life.exit(), Some(Exit::ConsumerFailed));
     }
 
@@ -279,7 +236,7 @@ mod tests {
     fn a_cancelled_queue_exits_twelve_unless_a_consumer_failed() {
         let mut life = Lifecycle::new();
         assert!(life.queue_gone());
-        life.lane_busy(0);
+        life.nothing_in_flight();
         assert_eq!(life.exit(), Some(Exit::Canceled));
     }
 
@@ -287,18 +244,9 @@ mod tests {
     fn after_stopping_nothing_changes_the_exit() {
         let mut life = Lifecycle::new();
         life.answered(Next::Stop(Exit::Halt(4)));
-        life.lane_busy(0);
+        life.nothing_in_flight();
         assert_eq!(life.exit(), Some(Exit::Halt(4)));
         life.answered(failure());
-        life.returned();
         assert_eq!(life.exit(), Some(Exit::Halt(4)));
-    }
-
-    #[test]
-    fn returns_never_underflow() {
-        let mut life = Lifecycle::new();
-        life.returned();
-        assert_eq!(life.in_flight(), 0);
-        assert!(life.is_running());
     }
 }

@@ -1,26 +1,29 @@
 //! The consume engine: everything between an open broker and the exit
 //! code, for `consume` and `record`.
 //!
-//! - [`lifecycle`]: the state machine (running, draining, stopped) that
-//!   decides, without I/O, whether messages may start and what the process
-//!   exits with; it outlives connections.
-//! - [`ledger`]: one channel set-up's channels, unsettled tags and
-//!   tickets; settles batches (coalesced acks), requeues everything,
-//!   retires at once when the channels go.
-//! - [`session`]: declares, opens the channels and consumers of one
-//!   connection, says why a delivery stream ended.
-//! - [`lane`]: how a consumer thread takes messages straight from the
-//!   delivery streams, checks them and marks their acks, handing the
-//!   engine only what it cannot finish alone.
-//! - `lane_reports`: what the engine does with what a consumer thread
-//!   hands over besides answers: deliveries to settle, streams that ended.
-//! - [`workers`]: the consumer threads, which start a message only while
-//!   the engine still wants it.
-//! - [`redelivery`]: the delivery limit: its judgement of each delivery,
-//!   and the copies and dead letters it sends instead of the consumer.
-//! - [`pulse`]: the systemd watchdog and `STATUS=`, fed by the engine's
-//!   own loop.
-//! - [`seams`]: faults only the tests switch on.
+//! One message's path, top to bottom through the files:
+//! - [`session`]: declares, opens a channel per queue with its QoS and
+//!   consumer, and says why a delivery stream ended;
+//! - [`lane`]: a consumer thread takes the delivery straight from its
+//!   stream, admitted in the channel's book, and checks it
+//!   ([`limit`] judges it against `[delivery_limit]`);
+//! - [`message`]: the job it becomes, with its settlement handle
+//!   ([`message::Ticket`], poisoned when its channel dies) and its
+//!   in-flight token ([`inflight`]);
+//! - [`workers`]: the consumer thread hands it to the consumer
+//!   ([`handler`]);
+//! - the answer: a plain ack is marked in the [`book`] by the consumer
+//!   thread; anything else goes to the engine (`answer`, below), which
+//!   tells the [`lifecycle`] first;
+//! - [`settler`]: carries the book's decisions to the broker (acks
+//!   coalesced, nacks, rejects); deliveries the consumer never saw are
+//!   settled by `lane_reports` and [`redelivery`];
+//! - the token is dropped once the answer has been acted on; draining ends
+//!   when no token is left.
+//!
+//! Around it: [`deadline`] bounds every request to the broker, [`pulse`]
+//! is what systemd hears (the watchdog and `STATUS=`), and [`seams`] are
+//! faults only the tests' builds switch on.
 //!
 //! [`Engine::run`] is the supervisor: connect (each attempt bounded and
 //! given up at once on a stop, a halt or a failure), consume on the
@@ -29,14 +32,20 @@
 //! Every wait in it is raced with the worker results, the stop request and
 //! the pulse's tick, or bounded by a few seconds.
 
+pub mod book;
+pub mod deadline;
+pub mod handler;
+pub mod inflight;
 pub mod lane;
 mod lane_reports;
-pub mod ledger;
 pub mod lifecycle;
+pub mod limit;
+pub mod message;
 pub mod pulse;
 pub mod redelivery;
 pub mod seams;
 pub mod session;
+pub mod settler;
 pub mod workers;
 
 use std::collections::VecDeque;
@@ -54,20 +63,13 @@ use crate::outcome::Next;
 use crate::publisher;
 use crate::stop::StopRequest;
 use crate::topology::Topology;
+use deadline::{UNSETTLED, bounded, bounded_for};
 use lane::Lane;
-use ledger::{Answer, Ledger, Taken};
 use lifecycle::Lifecycle;
+use message::{Answer, Finished, Job};
 use pulse::Pulse;
-use workers::{Finished, Job, Workers};
-
-/// Why a session ends when a settlement hangs.
-pub(crate) const UNSETTLED: &str =
-    "a request to the broker was not taken within 5 s, so the connection is presumed dead";
-
-/// How long one request to the broker may take to be taken or answered
-/// (a settlement, a cancel, a close); one that does not answer must not
-/// stop consumption silently or keep the process from ending.
-pub(crate) const BROKER_STEP: Duration = Duration::from_secs(5);
+use settler::{Ledger, Taken};
+use workers::Workers;
 
 /// How long declaring and starting the consumers may take on a fresh
 /// connection before it is given up as dead.
@@ -76,6 +78,11 @@ const SETUP_HUNG: &str = "the broker did not answer while setting up; connecting
 
 /// The most finished jobs settled together.
 const MAX_BATCH: usize = 256;
+
+/// How long the consumer threads may take to end once told to: a consumer
+/// still being built (an import that hangs) or whose `stop` hangs must not
+/// keep the process from exiting.
+const WORKERS_END: Duration = Duration::from_secs(30);
 
 /// What the engine takes from the configuration.
 pub struct Settings {
@@ -113,8 +120,11 @@ struct Core {
     stats: Arc<Stats>,
     /// `[delivery_limit]`, if any.
     limit: Option<DeliveryLimit>,
-    /// A consumer that could not be built: the process ends with it.
+    /// The first consumer that could not be built: the process exits 1
+    /// with it once the others have finished what they hold.
     build_failure: Option<Fatal>,
+    /// Whether a consumer thread's panic was taken into account.
+    panic_seen: bool,
     /// [`Settings::consumer`].
     consumer: String,
 }
@@ -148,6 +158,8 @@ enum Event {
     Connection(Option<lapin::Event>),
     StopRequested,
     Tick,
+    /// Draining, and the last in-flight token is gone.
+    Idle,
 }
 
 impl Engine {
@@ -175,29 +187,32 @@ impl Engine {
                 stats,
                 limit: settings.delivery_limit,
                 build_failure: None,
+                panic_seen: false,
                 consumer: settings.consumer,
             },
         }
     }
 
-    /// Ends the worker threads: gracefully (each consumer's `stop` runs)
-    /// unless a consumer failed.
-    pub fn finish(self, exit: &Result<Exit, Fatal>) {
-        let graceful = matches!(exit, Ok(exit) if *exit != Exit::ConsumerFailed);
-        self.core.workers.finish(graceful);
+    /// Runs until the process should exit, and says how; the consumer
+    /// threads have ended (or were given [`WORKERS_END`] to) when it
+    /// returns.
+    pub async fn run(&mut self) -> Result<Exit, Fatal> {
+        let result = self.run_to_exit().await;
+        // After a failure the consumers' `stop` does not run, as in
+        // fedora-messaging.
+        let graceful = !matches!(result, Ok(Exit::ConsumerFailed));
+        self.core.end_workers(graceful).await;
+        result
     }
 
-    /// Runs until the process should exit, and says how.
-    pub async fn run(&mut self) -> Result<Exit, Fatal> {
+    async fn run_to_exit(&mut self) -> Result<Exit, Fatal> {
         self.core
             .pulse
             .ready(&format!("Connecting to {}", self.broker.describe()));
         loop {
-            if let Some(fatal) = self.core.build_failure.take() {
-                return Err(fatal);
-            }
             if !self.core.lifecycle.is_running() {
-                return Ok(self.core.drain_offline().await);
+                let exit = self.core.drain_offline().await;
+                return self.core.exit_with(exit);
             }
             let Some(connection) = self.connect().await? else {
                 continue;
@@ -206,19 +221,12 @@ impl Engine {
             let connection = Arc::new(connection);
             publisher::service().connected(connection.clone());
             let end = self.session(&connection).await;
-            if self
-                .core
-                .lifecycle
-                .exit()
-                .is_some_and(|exit| exit != Exit::ConsumerFailed)
-                && self.core.build_failure.is_none()
+            if let Some(exit) = self.core.lifecycle.exit()
+                && exit != Exit::ConsumerFailed
             {
                 // A graceful stop with the connection still up: the
                 // consumers' `stop` may publish through it.
-                self.core
-                    .pulse
-                    .status("Stopping: running the consumers' stop");
-                self.core.workers.stop_consumers();
+                self.core.end_workers(true).await;
             }
             publisher::service().disconnected();
             self.core.stats.set_consuming(false);
@@ -230,15 +238,12 @@ impl Engine {
             // requeues whatever was delivered and not settled. It may
             // already be gone.
             self.core.pulse.status("Closing the connection");
-            bounded(
+            let closing = bounded(
                 "closing the connection",
                 connection.close(200, "Goodbye".into()),
-            )
-            .await;
+            );
+            self.core.pulse.beating(closing).await;
             let end = end?;
-            if let Some(fatal) = self.core.build_failure.take() {
-                return Err(fatal);
-            }
             if !self.core.lifecycle.is_running() {
                 // Draining: finish without reconnecting.
                 continue;
@@ -391,7 +396,10 @@ impl Engine {
                 return Ok(SessionEnd::Lost(reason));
             }
             self.core.pending.clear();
-            opened.ledger.close("reopening").await;
+            self.core
+                .pulse
+                .beating(opened.ledger.close("reopening"))
+                .await;
             drop(opened);
             let waited = self
                 .back_off(
@@ -425,6 +433,94 @@ impl Engine {
 }
 
 impl Core {
+    /// One turn of any of the engine's loops: the pulse, a consumer
+    /// thread's panic, and, while draining, whether anything is still in
+    /// flight.
+    fn turn(&mut self) {
+        self.pulse.turned();
+        if !self.panic_seen && self.workers.tracker().panicked() {
+            self.panic_seen = true;
+            log::error!(
+                "A consumer thread panicked while handling a message (see the panic above); the message goes back to its queue, and the host stops as on a consumer failure"
+            );
+            if self.lifecycle.answered(Next::Abort(Exit::ConsumerFailed)) {
+                self.hold_workers();
+            }
+        }
+        if self.lifecycle.is_running() || self.lifecycle.exit().is_some() {
+            return;
+        }
+        // Draining, so the workers are held: the count can only fall.
+        if self.workers.tracker().count() > 0 {
+            return;
+        }
+        // Only reports that carry no token can still wait unread.
+        while let Some(finished) = self.workers.try_next_result() {
+            if let Finished::BuildFailed(fatal) = finished {
+                self.build_failed(fatal);
+            }
+        }
+        self.lifecycle.nothing_in_flight();
+    }
+
+    /// How the process exits once the lifecycle has stopped with `exit`.
+    fn exit_with(&mut self, exit: Exit) -> Result<Exit, Fatal> {
+        let build_failure = self.build_failure.take();
+        match (exit, build_failure) {
+            (Exit::Error, Some(fatal)) => Err(fatal),
+            (exit, Some(fatal)) => {
+                log::error!("A consumer could not be built: {fatal}");
+                Ok(exit)
+            }
+            (exit, None) => Ok(exit),
+        }
+    }
+
+    /// A consumer instance could not be built: the others finish what they
+    /// hold, then the process exits 1 with the first such reason.
+    fn build_failed(&mut self, fatal: Fatal) {
+        self.build_failure.get_or_insert(fatal);
+        if self.lifecycle.build_failed() {
+            self.hold_workers();
+        }
+    }
+
+    /// Resolves once the last in-flight token is gone while draining;
+    /// pending otherwise.
+    async fn idle(workers: &Workers, draining: bool) {
+        if !draining {
+            futures_lite::future::pending::<()>().await;
+        }
+        workers.tracker().idle().await;
+    }
+
+    /// Tells the consumer threads to end, and waits for them with the
+    /// pulse going, for at most [`WORKERS_END`].
+    async fn end_workers(&mut self, graceful: bool) {
+        self.workers.close(graceful);
+        if graceful {
+            self.pulse.status("Stopping: running the consumers' stop");
+        }
+        let (workers, pulse) = (&self.workers, &mut self.pulse);
+        let ended = pulse
+            .beating(
+                async {
+                    workers.ended().await;
+                    true
+                }
+                .or(async {
+                    async_io::Timer::after(WORKERS_END).await;
+                    false
+                }),
+            )
+            .await;
+        if !ended {
+            log::warn!(
+                "A consumer thread did not end within {WORKERS_END:?} of being told to (a consumer still being built, or one whose stop hangs); exiting without it"
+            );
+        }
+    }
+
     /// Runs `step` while attending to everything else: worker answers
     /// (whose channels are gone: no ledger lives while the engine waits
     /// here), the stop request, the pulse. `None` once the lifecycle stops
@@ -432,8 +528,7 @@ impl Core {
     async fn interruptible<T>(&mut self, step: impl std::future::Future<Output = T>) -> Option<T> {
         let mut step = std::pin::pin!(step);
         loop {
-            self.pulse.turned();
-            self.lifecycle.lane_busy(self.workers.busy());
+            self.turn();
             if !self.lifecycle.is_running() {
                 return None;
             }
@@ -485,40 +580,37 @@ impl Core {
     /// broker delivers it again), then say how to exit. Never waits for
     /// the broker.
     async fn drain_offline(&mut self) -> Exit {
-        self.workers.hold();
-        self.pending.clear();
+        self.hold_workers();
         loop {
-            self.pulse.turned();
-            self.lifecycle.lane_busy(self.workers.busy());
+            self.turn();
             if let Some(exit) = self.lifecycle.exit() {
                 return exit;
             }
             self.pulse.status(&format!(
                 "Stopping: waiting for {} message(s) given to the consumer",
-                self.lifecycle.in_flight()
+                self.workers.tracker().count()
             ));
             let (workers, pulse) = (&self.workers, &mut self.pulse);
-            let finished = async { workers.next_result().await.map(Some) }
-                .or(async {
-                    pulse.tick().await;
-                    Some(None)
-                })
-                .await;
-            match finished {
-                Some(Some(finished)) => {
-                    // No ledger: nothing to settle, so nothing can hang,
-                    // and what comes from a lane is for channels gone.
-                    self.answer(None, vec![finished]).await;
+            let finished = async {
+                match workers.next_result().await {
+                    Some(finished) => Some(finished),
+                    // Every thread is gone, and with it every token.
+                    None => futures_lite::future::pending().await,
                 }
-                Some(None) => {}
-                // The worker threads are gone: nothing is in flight.
-                None => {
-                    return match self.lifecycle.phase() {
-                        lifecycle::Phase::Draining { exit, .. }
-                        | lifecycle::Phase::Stopped(exit) => exit,
-                        lifecycle::Phase::Running => Exit::Success,
-                    };
-                }
+            }
+            .or(async {
+                pulse.tick().await;
+                None
+            })
+            .or(async {
+                Core::idle(workers, true).await;
+                None
+            })
+            .await;
+            if let Some(finished) = finished {
+                // No ledger: nothing to settle, so nothing can hang, and
+                // what comes from a lane is for channels gone.
+                self.answer(None, vec![finished]).await;
             }
         }
     }
@@ -535,7 +627,7 @@ impl Core {
             ChannelsEnd::ConnectionLost(_) => end,
             // Acks answered and not yet taken go out before the channels
             // close, or the broker would deliver those messages again.
-            _ => match ledger.settle_sent().await {
+            _ => match self.pulse.beating(ledger.settle_sent()).await {
                 Some(answers) => {
                     self.count(answers);
                     end
@@ -569,19 +661,15 @@ impl Core {
         // take each other's events.
         let mut events = Some(connection.events_listener().boxed());
         loop {
-            self.pulse.turned();
-            self.lifecycle.lane_busy(self.workers.busy());
-            while self.lifecycle.is_running()
-                && self.lifecycle.in_flight() < self.workers.capacity()
-            {
+            self.turn();
+            while self.lifecycle.is_running() && self.workers.has_room() {
                 let Some(job) = self.pending.pop_front() else {
                     break;
                 };
-                self.lifecycle.dispatched();
-                self.workers.submit(job).await;
+                self.workers.submit(job);
             }
             if self.lifecycle.exit().is_some() {
-                if self.lifecycle.requeue_all() && !ledger.requeue_all().await {
+                if self.lifecycle.requeue_all() && !self.pulse.beating(ledger.requeue_all()).await {
                     return ChannelsEnd::ConnectionLost(UNSETTLED.to_owned());
                 }
                 return ChannelsEnd::Draining;
@@ -612,9 +700,13 @@ impl Core {
                 pulse.tick().await;
                 Event::Tick
             })
+            .or(async {
+                Core::idle(workers, !running).await;
+                Event::Idle
+            })
             .await;
             match event {
-                Event::Tick => {}
+                Event::Tick | Event::Idle => {}
                 Event::Taken(Taken::Acks(answers)) => self.count(answers),
                 Event::Taken(Taken::FlushDue) => ledger.send_marked(),
                 Event::Taken(Taken::Hung) => {
@@ -663,9 +755,6 @@ impl Core {
                     if hung {
                         return ChannelsEnd::ConnectionLost(UNSETTLED.to_owned());
                     }
-                    if self.build_failure.is_some() {
-                        return ChannelsEnd::Draining;
-                    }
                     for finished in rest {
                         if let Err(end) = self.lane_report(connection, ledger, finished).await {
                             return end;
@@ -681,7 +770,8 @@ impl Core {
     /// the jobs `ledger` owns are settled, and the others (their channel is
     /// gone) are left to the broker, which delivers them again. Only
     /// settled answers are counted, so a message delivered again counts
-    /// once. True when a settlement hung (the ledger is then retired).
+    /// once. Each job's in-flight token goes once its answer was acted on.
+    /// True when a settlement hung (the ledger is then retired).
     async fn answer(
         &mut self,
         ledger: Option<&mut Ledger>,
@@ -693,26 +783,10 @@ impl Core {
         for finished in batch {
             let (job, outcome, took) = match finished {
                 Finished::BuildFailed(fatal) => {
-                    // A consumer that cannot be built ends the process as
-                    // a load error does (exit 1 with its reason).
-                    self.build_failure.get_or_insert(fatal);
-                    started_draining |= self.lifecycle.stop_requested();
+                    self.build_failed(fatal);
                     continue;
                 }
-                Finished::Unstarted(_) => {
-                    // Unsettled: the broker delivers it again once the
-                    // channel closes (or requeue_all returns it).
-                    self.lifecycle.returned();
-                    continue;
-                }
-                Finished::Done(job, outcome, took) => {
-                    if job.from_engine {
-                        self.lifecycle.returned();
-                    }
-                    (job, outcome, took)
-                }
-                // The next look at the busy threads takes it.
-                Finished::Idle => continue,
+                Finished::Done(job, outcome, took) => (job, outcome, took),
                 Finished::Diverted(_) | Finished::Ended(..) => {
                     rest.push(finished);
                     continue;
@@ -748,34 +822,37 @@ impl Core {
         }
         let mut hung = false;
         if let Some(ledger) = ledger {
-            let settlement = ledger.settle(to_settle).await;
+            let settlement = self.pulse.beating(ledger.settle(to_settle)).await;
             self.count(settlement.settled);
             hung = settlement.hung;
             if started_draining && !hung {
-                ledger.cancel_all().await;
+                self.pulse.beating(ledger.cancel_all()).await;
             }
         }
         (hung, rest)
     }
 
+    /// No job starts any more, and none waits with the engine: their
+    /// tokens go, and the broker delivers them again.
+    fn hold_workers(&mut self) {
+        self.workers.hold();
+        self.pending.clear();
+    }
+
     /// The lifecycle just started draining: no job starts any more, and
     /// the broker is asked to stop delivering.
     async fn start_draining(&mut self, ledger: Option<&Ledger>) {
-        self.workers.hold();
-        // Only now, with the workers held, is the count of busy threads
-        // one that can only fall.
-        self.lifecycle.lane_busy(self.workers.busy());
-        self.pending.clear();
+        self.hold_workers();
         self.stats.set_consuming(false);
         self.pulse.stopping();
-        let in_flight = self.lifecycle.in_flight();
+        let in_flight = self.workers.tracker().count();
         if in_flight > 0 {
             log::info!(
                 "Waiting for the workers to finish or hand back the {in_flight} message(s) given to them before stopping"
             );
         }
         if let Some(ledger) = ledger {
-            ledger.cancel_all().await;
+            self.pulse.beating(ledger.cancel_all()).await;
         }
     }
 }
@@ -787,31 +864,4 @@ fn taken(settled: bool) -> Result<(), ChannelsEnd> {
     } else {
         Err(ChannelsEnd::ConnectionLost(UNSETTLED.to_owned()))
     }
-}
-
-/// Runs `step` for at most [`BROKER_STEP`]; `None` (logged) if it took
-/// longer.
-pub(crate) async fn bounded<T>(
-    what: &str,
-    step: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    bounded_for(what, BROKER_STEP, step).await
-}
-
-/// Runs `step` for at most `limit`; `None` (logged) if it took longer.
-async fn bounded_for<T>(
-    what: &str,
-    limit: Duration,
-    step: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    let finished = async { Some(step.await) }
-        .or(async {
-            async_io::Timer::after(limit).await;
-            None
-        })
-        .await;
-    if finished.is_none() {
-        log::warn!("{what}: no answer from the broker within {limit:?}");
-    }
-    finished
 }

@@ -67,6 +67,24 @@ impl Pulse {
         }
     }
 
+    /// Runs `step`, turning at each tick while it waits: for a step that
+    /// is bounded (or a few in a row) but may take longer than the
+    /// watchdog allows, during which the engine is alive.
+    pub async fn beating<T>(&mut self, step: impl std::future::Future<Output = T>) -> T {
+        let mut step = std::pin::pin!(step);
+        loop {
+            self.turned();
+            let done = futures_lite::FutureExt::or(async { Some(step.as_mut().await) }, async {
+                self.tick().await;
+                None
+            })
+            .await;
+            if let Some(value) = done {
+                return value;
+            }
+        }
+    }
+
     /// Resolves when the loop should turn even if nothing else happened.
     pub async fn tick(&mut self) {
         futures_lite::StreamExt::next(&mut self.timer).await;

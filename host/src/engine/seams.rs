@@ -1,5 +1,7 @@
 //! Test seams: faults the end-to-end tests cannot cause from outside the
-//! process, switched on by environment variables that only the tests set.
+//! process, switched on by environment variables. They exist only in a
+//! build with the `test-seams` feature, which the end-to-end tests' crate
+//! turns on; any other build (a release, a package) ignores the variables.
 //! Each names a message id; without the variables nothing here acts.
 //!
 //! - `FM_TEST_STALL_ENGINE_ON`: once that message's answer reaches the
@@ -11,6 +13,9 @@
 //!   message, it acknowledges a delivery tag the broker never gave, and the
 //!   broker closes the channel (406), as it closes one for any channel
 //!   error, while the message runs and others wait in lapin's buffer.
+//! - `FM_TEST_PANIC_ON`: a consumer thread panics outside the consumer
+//!   when it is about to hand that message over, as a bug in the host
+//!   would.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,18 +25,24 @@ pub struct Seams {
     stall_engine_on: Option<String>,
     hang_settle_of: Option<String>,
     break_channel_on: Option<String>,
+    panic_on: Option<String>,
     channel_broken: AtomicBool,
 }
 
-/// The seams this process was started with.
+/// The seams this process was started with: none unless built with the
+/// `test-seams` feature.
 pub fn get() -> &'static Seams {
     static SEAMS: OnceLock<Seams> = OnceLock::new();
     SEAMS.get_or_init(|| {
+        if !cfg!(feature = "test-seams") {
+            return Seams::default();
+        }
         let read = |name: &str| std::env::var(name).ok().filter(|id| !id.is_empty());
         Seams {
             stall_engine_on: read("FM_TEST_STALL_ENGINE_ON"),
             hang_settle_of: read("FM_TEST_HANG_SETTLE_OF"),
             break_channel_on: read("FM_TEST_BREAK_CHANNEL_ON"),
+            panic_on: read("FM_TEST_PANIC_ON"),
             channel_broken: AtomicBool::new(false),
         }
     })
@@ -45,6 +56,13 @@ impl Seams {
             loop {
                 std::thread::park();
             }
+        }
+    }
+
+    /// Panics if `message_id` is the one.
+    pub fn maybe_panic_on(&self, message_id: &str) {
+        if self.panic_on.as_deref() == Some(message_id) {
+            panic!("test seam: a consumer thread panics on message {message_id}");
         }
     }
 

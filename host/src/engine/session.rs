@@ -8,7 +8,8 @@ use lapin::options::{
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection};
 
-use super::ledger::{Ledger, QueueChannel};
+use super::deadline::{UNSETTLED, bounded};
+use super::settler::{Ledger, QueueChannel};
 use crate::config::DeliveryLimit;
 use crate::exit::{Exit, Fatal};
 use crate::topology::{Topology, broker_code, broker_reply, queue_exists};
@@ -177,11 +178,11 @@ pub async fn why_ended(connection: &Connection, queue: &QueueChannel) -> StreamE
     // fedora-messaging exits 12 on any cancel; a queue that still exists
     // (its node failed, a quorum queue's leader moved) is consumed again
     // instead.
-    let checked = super::bounded("checking a cancelled consumer's queue", async {
+    let checked = bounded("checking a cancelled consumer's queue", async {
         queue_exists(connection, &queue.queue).await
     });
     match checked.await {
-        None => StreamEnd::ConnectionLost(super::UNSETTLED.to_owned()),
+        None => StreamEnd::ConnectionLost(UNSETTLED.to_owned()),
         Some(Ok(false)) => {
             log::error!(
                 "The consumer of queue {:?} was canceled by the AMQP broker and the queue is gone! The consumer was canceled server-side, check with system administrators.",

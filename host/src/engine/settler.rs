@@ -1,36 +1,28 @@
-//! The ledger of one channel set-up: the queues' channels and consumer
-//! tags, the delivery tags not settled yet, and whether those channels
-//! still live.
+//! The settler of one channel set-up: the queues' channels, and the
+//! broker I/O that carries out what the book ([`super::book`]) decides:
+//! acks (coalesced), nacks and rejects, the delivery limit's forwards, a
+//! requeue of all, cancels and closes.
 //!
-//! Its book (the unsettled tags, the marked acks, the acks sent) is shared
-//! by the engine and the consumer threads: a consumer thread admits each
-//! delivery it takes from a queue's stream and marks the ack of each it
-//! answers, and the engine settles everything else (nacks, rejects, a
-//! requeue of all, the channels' end). The book is only ever held for a
-//! few non-blocking steps, never across a wait.
+//! The book is shared by the engine and the consumer threads: a consumer
+//! thread admits each delivery it takes from a queue's stream and marks
+//! the ack of each it answers, and the engine settles everything else. It
+//! is only ever held for a few non-blocking steps, never across a wait.
 //!
-//! A delivery is admitted as a [`Ticket`] when it is taken from its
-//! stream. Only the ledger that issued a ticket can settle its job, and
-//! only while it lives: once it is retired (its channel or connection
-//! ended, the set-up was given up, or the ledger was dropped) every ticket
-//! it issued is dead at once, so no consumer starts such a job and nothing
-//! tries to settle it. The broker delivers those messages again.
+//! Each queue's channel has a kill switch that its tickets share
+//! ([`ChannelRef`]): once it is thrown (the channel or connection ended,
+//! the set-up was given up, or the ledger was dropped) no consumer starts
+//! a job of that channel and nothing tries to settle one. The broker
+//! delivers those messages again.
 //!
-//! Acks are what make a consumer fast or slow: each frame is a wake-up of
-//! lapin's I/O thread. So an ack answer is not sent at once: it is marked,
-//! and once half the prefetch of answers are marked (as a hand-tuned
-//! consumer does), or [`FLUSH_AFTER`] after the first one, one `basic.ack`
-//! with `multiple` covers the lowest run of marked tags, never a tag still
-//! pending, in flight or unstarted; a marked tag behind one still in
-//! flight is acked on its own, so a slow message never holds the acks of
-//! quicker ones back. Everything marked is sent before anything that could
-//! settle it otherwise or be lost with it: a nack or reject, a requeue of
-//! all, the channels' end. Acks are sent while the book is held, so they
-//! leave in the order of their tags whichever thread sends them.
-//! Sent acks are not awaited where they are sent: the engine takes them
-//! with its other events ([`Ledger::taken`]), and one not taken within
-//! [`bounded`]'s limit means the connection is dead. Nacks and rejects are
-//! rare and settled one by one, awaited; lapin's `Ok(false)` (an acker
+//! Marked acks are sent once the book says enough are marked, or
+//! [`FLUSH_AFTER`] after the first one, and before anything that could
+//! settle them otherwise or be lost with them: a nack or reject, a requeue
+//! of all, the channels' end. They are sent while the book is held, so
+//! they leave in the order of their tags whichever thread sends them. Sent
+//! acks are not awaited where they are sent: the engine takes them with
+//! its other events ([`Ledger::taken`]), and one not taken within
+//! [`bounded`]'s limit means the connection is dead. Nacks and rejects
+//! are rare and settled one by one, awaited; lapin's `Ok(false)` (an acker
 //! poisoned by a closed channel) is a settlement that did not happen, and
 //! is said so.
 
@@ -47,31 +39,13 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicPublishOptions};
 use lapin::types::{FieldTable, ShortString};
 
-use super::workers::Job;
-use super::{BROKER_STEP, bounded, seams};
-use crate::outcome::{Outcome, Settle};
+use super::book::{Ack, Book};
+use super::deadline::{BROKER_STEP, bounded};
+use super::message::{Answer, ChannelRef, Job, Ticket};
+use super::seams;
+use crate::outcome::Settle;
 use crate::topology::{broker_code, broker_reply};
 use crate::wire;
-
-/// A delivery's place in the ledger that admitted it.
-#[derive(Debug, Clone)]
-pub struct Ticket {
-    life: Arc<AtomicBool>,
-    /// Which of the ledger's queues delivered it.
-    source: usize,
-}
-
-impl Ticket {
-    /// Whether the ledger that issued it still lives.
-    pub fn is_live(&self) -> bool {
-        self.life.load(Ordering::SeqCst)
-    }
-
-    /// Which of the ledger's queues delivered it.
-    pub fn source(&self) -> usize {
-        self.source
-    }
-}
 
 /// One queue being consumed, on a channel of its own.
 pub struct QueueChannel {
@@ -80,10 +54,6 @@ pub struct QueueChannel {
     pub channel: Channel,
     pub consumer_tag: ShortString,
 }
-
-/// A consumer's answer and how long it took to give it: what the
-/// statistics count once its settlement is taken.
-pub type Answer = (Outcome, Duration);
 
 /// The longest an ack answer waits to be sent with others. It only acts
 /// when messages come slower than half the prefetch per this time: faster,
@@ -117,22 +87,6 @@ pub enum Taken {
     Hung,
 }
 
-/// A delivery admitted and not settled yet.
-struct Admitted {
-    tag: u64,
-    state: State,
-}
-
-enum State {
-    /// With a consumer thread, or with the engine.
-    Handed,
-    /// Answered with an ack not sent yet.
-    Acked(Answer),
-    /// Settled on its own, and the request is out: an ack with `multiple`
-    /// sent later may pass over it.
-    Settled,
-}
-
 /// An ack (with `multiple` or not) handed to lapin and not yet taken.
 struct SentAck {
     taken: Pin<Box<dyn Future<Output = lapin::Result<()>> + Send>>,
@@ -161,20 +115,15 @@ pub enum Forwarded {
 
 /// What the engine and the consumer threads share of a ledger.
 pub struct Shared {
-    life: Arc<AtomicBool>,
+    /// Each queue channel's kill switch, in the order of `queues`.
+    lives: Vec<Arc<AtomicBool>>,
     queues: Vec<QueueChannel>,
-    book: Mutex<Book>,
+    desk: Mutex<Desk>,
 }
 
-/// The unsettled tags and the acks on their way.
-struct Book {
-    /// Per queue, the deliveries admitted and not settled, in delivery
-    /// order (the broker's tags rise on a channel).
-    unsettled: Vec<VecDeque<Admitted>>,
-    /// Ack answers marked and not sent, over all queues.
-    marked: usize,
-    /// How many marked answers are sent together.
-    ack_every: usize,
+/// The book, and the acks on their way.
+struct Desk {
+    book: Book<Answer>,
     /// When the marked answers are sent whatever their number; it wakes
     /// the engine, whichever thread armed it.
     flush: async_io::Timer,
@@ -190,27 +139,39 @@ impl Shared {
         &self.queues
     }
 
-    pub fn is_live(&self) -> bool {
-        self.life.load(Ordering::SeqCst)
+    /// Whether `source`'s channel still lives.
+    pub fn is_live(&self, source: usize) -> bool {
+        self.lives[source].load(Ordering::SeqCst)
     }
 
     /// Whether this ledger issued `ticket` and can still settle its job.
     pub fn owns(&self, ticket: &Ticket) -> bool {
-        self.is_live() && Arc::ptr_eq(&self.life, &ticket.life)
+        self.owns_channel(&ticket.channel)
     }
 
-    /// A ticket of this ledger for queue `source`.
-    pub fn ticket(&self, source: usize) -> Ticket {
-        Ticket {
-            life: self.life.clone(),
-            source,
+    /// Whether `channel` is one of this ledger's, still alive.
+    pub fn owns_channel(&self, channel: &ChannelRef) -> bool {
+        self.lives
+            .get(channel.source())
+            .is_some_and(|life| channel.is(life))
+            && channel.is_live()
+    }
+
+    /// `source`'s channel, as its deliveries know it.
+    pub fn channel(&self, source: usize) -> ChannelRef {
+        ChannelRef::new(self.lives[source].clone(), source)
+    }
+
+    fn retire(&self) {
+        for life in &self.lives {
+            life.store(false, Ordering::SeqCst);
         }
     }
 
-    fn book(&self) -> MutexGuard<'_, Book> {
-        // A thread that panicked holding the book left it whole: every
+    fn desk(&self) -> MutexGuard<'_, Desk> {
+        // A thread that panicked holding the desk left it whole: every
         // step under it is a few field updates.
-        self.book
+        self.desk
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -225,20 +186,15 @@ impl Shared {
         source: usize,
         poll_stream: impl FnOnce() -> Poll<Option<lapin::Result<Delivery>>>,
     ) -> Poll<Option<lapin::Result<(Delivery, Ticket)>>> {
-        let mut book = self.book();
+        let mut desk = self.desk();
         match poll_stream() {
             Poll::Ready(Some(Ok(delivery))) => {
-                let unsettled = &mut book.unsettled[source];
-                debug_assert!(
-                    unsettled
-                        .back()
-                        .is_none_or(|last| last.tag < delivery.delivery_tag)
-                );
-                unsettled.push_back(Admitted {
+                desk.book.admit(source, delivery.delivery_tag);
+                let ticket = Ticket {
+                    channel: self.channel(source),
                     tag: delivery.delivery_tag,
-                    state: State::Handed,
-                });
-                Poll::Ready(Some(Ok((delivery, self.ticket(source)))))
+                };
+                Poll::Ready(Some(Ok((delivery, ticket))))
             }
             Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error))),
             Poll::Ready(None) => Poll::Ready(None),
@@ -247,15 +203,15 @@ impl Shared {
     }
 
     /// Marks an ack answer of a job this ledger admitted, and sends the
-    /// marked acks once there are enough. `Err` when the ledger is retired
-    /// or does not know the job: it is not settled.
+    /// marked acks once there are enough. `Err` when its channel is gone
+    /// or the book does not know the job: it is not settled.
     pub fn mark_ack(&self, job: &Job, answer: Answer) -> Result<(), Answer> {
-        let mut book = self.book();
+        let mut desk = self.desk();
         if !self.owns(&job.ticket) {
             return Err(answer);
         }
-        book.mark(job, answer)?;
-        book.after_marking(&self.queues);
+        desk.mark(job, answer)?;
+        desk.after_marking(&self.queues);
         Ok(())
     }
 
@@ -275,39 +231,25 @@ impl Shared {
     }
 }
 
-impl Book {
-    fn find(&mut self, source: usize, tag: u64) -> Option<&mut Admitted> {
-        let unsettled = &mut self.unsettled[source];
-        let index = unsettled
-            .binary_search_by_key(&tag, |admitted| admitted.tag)
-            .ok()?;
-        unsettled.get_mut(index)
-    }
-
+impl Desk {
     /// Marks `job`'s ack; `Err` (said so) if the book does not know it.
     fn mark(&mut self, job: &Job, answer: Answer) -> Result<(), Answer> {
-        match self.find(job.ticket.source, job.delivery.delivery_tag) {
-            Some(admitted) => {
-                admitted.state = State::Acked(answer);
-                self.marked += 1;
-                Ok(())
-            }
-            None => {
+        self.book
+            .mark(job.ticket.source(), job.ticket.tag, answer)
+            .inspect_err(|_| {
                 log::error!(
                     "Message {} was answered but is not in the ledger (please report this bug); the broker will deliver it again",
                     job.message_id()
                 );
-                Err(answer)
-            }
-        }
+            })
     }
 
     /// Sends the marked acks if there are enough, or makes sure they are
     /// sent within [`FLUSH_AFTER`].
     fn after_marking(&mut self, queues: &[QueueChannel]) {
-        if self.marked >= self.ack_every {
+        if self.book.ack_due() {
             self.send_marked(queues);
-        } else if self.marked > 0 && !self.flush_armed {
+        } else if self.book.marked() > 0 && !self.flush_armed {
             self.flush.set_after(FLUSH_AFTER);
             self.flush_armed = true;
             // Registered with the engine's task whichever thread armed it;
@@ -319,69 +261,33 @@ impl Book {
         }
     }
 
-    /// Sends every marked ack: per queue, one with `multiple` for the
-    /// lowest run of settled tags, and one of its own for each marked tag
-    /// behind a tag still handed out. The requests are out, in order,
-    /// before this returns; [`Ledger::taken`] says when lapin took them.
+    /// Sends every marked ack as the book groups them. The requests are
+    /// out, in order, before this returns; [`Ledger::taken`] says when
+    /// lapin took them.
     fn send_marked(&mut self, queues: &[QueueChannel]) {
-        if self.marked == 0 {
-            return;
-        }
-        self.marked = 0;
-        for (source, queue) in queues.iter().enumerate() {
-            let unsettled = &mut self.unsettled[source];
-            let mut answers = Vec::new();
-            let mut last = None;
-            while let Some(front) = unsettled.front() {
-                if matches!(front.state, State::Handed) {
-                    break;
-                }
-                if let Some(Admitted {
-                    tag,
-                    state: State::Acked(answer),
-                }) = unsettled.pop_front()
-                {
-                    answers.push(answer);
-                    last = Some(tag);
-                }
+        for Ack {
+            source,
+            tag,
+            multiple,
+            answers,
+        } in self.book.take_acks()
+        {
+            let channel = queues[source].channel.clone();
+            let mut taken: Pin<Box<dyn Future<Output = lapin::Result<()>> + Send>> =
+                Box::pin(async move { channel.basic_ack(tag, BasicAckOptions { multiple }).await });
+            // The first poll hands the frame to lapin, in order; the
+            // engine polls it again with its own task.
+            if let Poll::Ready(result) =
+                taken.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+            {
+                taken = Box::pin(std::future::ready(result));
             }
-            let mut acks = Vec::new();
-            if let Some(last) = last {
-                acks.push((last, true, answers));
-            }
-            for admitted in unsettled.iter_mut() {
-                if matches!(admitted.state, State::Acked(_))
-                    && let State::Acked(answer) =
-                        std::mem::replace(&mut admitted.state, State::Settled)
-                {
-                    acks.push((admitted.tag, false, vec![answer]));
-                }
-            }
-            for (tag, multiple, answers) in acks {
-                let channel = queue.channel.clone();
-                let mut taken: Pin<Box<dyn Future<Output = lapin::Result<()>> + Send>> = Box::pin(
-                    async move { channel.basic_ack(tag, BasicAckOptions { multiple }).await },
-                );
-                // The first poll hands the frame to lapin, in order; the
-                // engine polls it again with its own task.
-                if let Poll::Ready(result) =
-                    taken.as_mut().poll(&mut Context::from_waker(Waker::noop()))
-                {
-                    taken = Box::pin(std::future::ready(result));
-                }
-                self.sent.push_back(SentAck {
-                    taken,
-                    answers,
-                    source,
-                    since: Instant::now(),
-                });
-            }
-        }
-    }
-
-    fn settled(&mut self, source: usize, tag: u64) {
-        if let Some(admitted) = self.find(source, tag) {
-            admitted.state = State::Settled;
+            self.sent.push_back(SentAck {
+                taken,
+                answers,
+                source,
+                since: Instant::now(),
+            });
         }
     }
 }
@@ -410,11 +316,8 @@ impl Ledger {
         publisher: Option<Channel>,
         prefetch_count: u16,
     ) -> Ledger {
-        let unsettled = queues.iter().map(|_| VecDeque::new()).collect();
-        let book = Book {
-            unsettled,
-            marked: 0,
-            ack_every: usize::from(prefetch_count / 2).max(1),
+        let desk = Desk {
+            book: Book::new(queues.len(), usize::from(prefetch_count / 2)),
             flush: async_io::Timer::never(),
             flush_armed: false,
             engine: None,
@@ -422,9 +325,12 @@ impl Ledger {
         };
         Ledger {
             shared: Arc::new(Shared {
-                life: Arc::new(AtomicBool::new(true)),
+                lives: queues
+                    .iter()
+                    .map(|_| Arc::new(AtomicBool::new(true)))
+                    .collect(),
                 queues,
-                book: Mutex::new(book),
+                desk: Mutex::new(desk),
             }),
             publisher,
             overdue: async_io::Timer::never(),
@@ -441,13 +347,9 @@ impl Ledger {
         &self.shared.queues
     }
 
-    pub fn is_live(&self) -> bool {
-        self.shared.is_live()
-    }
-
     /// The channels are gone or given up: every ticket dies now.
     pub fn retire(&self) {
-        self.shared.life.store(false, Ordering::SeqCst);
+        self.shared.retire();
     }
 
     /// Whether this ledger issued `ticket` and can still settle its job.
@@ -455,17 +357,22 @@ impl Ledger {
         self.shared.owns(ticket)
     }
 
+    /// Whether `channel` is one of this ledger's, still alive.
+    pub fn owns_channel(&self, channel: &ChannelRef) -> bool {
+        self.shared.owns_channel(channel)
+    }
+
     /// Settles answered jobs this ledger owns, each as its action says:
     /// acks are marked (and sent once enough are), the others settled now.
     pub async fn settle(&mut self, batch: Vec<(Job, Settle, Answer)>) -> Settlement {
         let mut others = Vec::new();
         {
-            let mut book = self.shared.book();
+            let mut desk = self.shared.desk();
             for (job, action, answer) in batch {
                 debug_assert!(self.owns(&job.ticket));
                 // (The hang seam needs the message settled on its own.)
                 if action == Settle::Ack && !seams::get().hangs_settle_of(job.message_id()) {
-                    let _ = book.mark(&job, answer);
+                    let _ = desk.mark(&job, answer);
                 } else {
                     others.push((job, action, answer));
                 }
@@ -473,21 +380,21 @@ impl Ledger {
             if !others.is_empty() {
                 // Acks answered before go out first: settling one of these
                 // may hang, and what was answered must not be lost with it.
-                book.send_marked(&self.shared.queues);
+                desk.send_marked(&self.shared.queues);
             }
         }
         let mut settled = Vec::with_capacity(others.len());
         for (job, action, answer) in others {
-            let (source, tag) = (job.ticket.source, job.delivery.delivery_tag);
+            let ticket = job.ticket.clone();
             let outcome = settle_one(job.delivery, action).await;
-            self.shared.book().settled(source, tag);
+            self.settled_elsewhere(&ticket);
             match outcome {
                 Some(true) => settled.push(answer),
                 Some(false) => {}
                 None => return self.hung(settled),
             }
         }
-        self.shared.book().after_marking(&self.shared.queues);
+        self.shared.desk().after_marking(&self.shared.queues);
         Settlement {
             settled,
             hung: false,
@@ -496,15 +403,15 @@ impl Ledger {
 
     /// Sends every marked ack now.
     pub fn send_marked(&self) {
-        self.shared.book().send_marked(&self.shared.queues);
+        self.shared.desk().send_marked(&self.shared.queues);
     }
 
     /// A delivery admitted to this ledger was settled without the book
     /// (rejected or forwarded by the engine): acks with `multiple` may
     /// pass over it.
-    pub fn settled_elsewhere(&self, ticket: &Ticket, delivery_tag: u64) {
+    pub fn settled_elsewhere(&self, ticket: &Ticket) {
         if self.owns(ticket) {
-            self.shared.book().settled(ticket.source, delivery_tag);
+            self.shared.desk().book.settled(ticket.source(), ticket.tag);
         }
     }
 
@@ -513,23 +420,23 @@ impl Ledger {
     /// of these.
     pub async fn taken(&mut self) -> Taken {
         futures_lite::future::poll_fn(|cx| {
-            let mut book = self.shared.book();
-            if !book
+            let mut desk = self.shared.desk();
+            if !desk
                 .engine
                 .as_ref()
                 .is_some_and(|engine| engine.will_wake(cx.waker()))
             {
-                book.engine = Some(cx.waker().clone());
+                desk.engine = Some(cx.waker().clone());
             }
-            if book.flush_armed && Pin::new(&mut book.flush).poll(cx).is_ready() {
-                book.flush_armed = false;
+            if desk.flush_armed && Pin::new(&mut desk.flush).poll(cx).is_ready() {
+                desk.flush_armed = false;
                 return Poll::Ready(Taken::FlushDue);
             }
             let mut answers = Vec::new();
-            while let Some(front) = book.sent.front_mut() {
+            while let Some(front) = desk.sent.front_mut() {
                 match front.taken.as_mut().poll(cx) {
                     Poll::Ready(result) => {
-                        let Some(sent) = book.sent.pop_front() else {
+                        let Some(sent) = desk.sent.pop_front() else {
                             break;
                         };
                         answers.extend(taken_answers(
@@ -545,7 +452,7 @@ impl Ledger {
             // The timer is set for the oldest ack when the engine first
             // sees it, and moved on to the one then oldest only when it
             // fires.
-            match book.sent.front() {
+            match desk.sent.front() {
                 Some(front) if !self.overdue_armed => {
                     self.overdue.set_at(front.since + BROKER_STEP);
                     self.overdue_armed = true;
@@ -553,7 +460,7 @@ impl Ledger {
                 }
                 Some(front) if Pin::new(&mut self.overdue).poll(cx).is_ready() => {
                     if front.since.elapsed() >= BROKER_STEP {
-                        drop(book);
+                        drop(desk);
                         log::warn!(
                             "settling messages: no answer from the broker within {BROKER_STEP:?}"
                         );
@@ -588,9 +495,9 @@ impl Ledger {
     /// `None` if they were not taken in time.
     pub async fn settle_sent(&mut self) -> Option<Vec<Answer>> {
         let sent: Vec<SentAck> = {
-            let mut book = self.shared.book();
-            book.send_marked(&self.shared.queues);
-            book.sent.drain(..).collect()
+            let mut desk = self.shared.desk();
+            desk.send_marked(&self.shared.queues);
+            desk.sent.drain(..).collect()
         };
         let mut answers = Vec::new();
         let all = async {

@@ -10,108 +10,42 @@
 //! thread between lapin and its ack; the engine hands a thread only the
 //! rare job it had to hold itself (a delivery the delivery limit could not
 //! carry on). A message is only started while the engine still wants it:
-//! once a halt, a failure or a stop holds the workers, or its ticket's
-//! ledger is retired, or lapin knows its channel is gone, it is put down
-//! unstarted and unsettled (the broker delivers it again), so no message
-//! is consumed after a halt, and none twice because its channel closed
-//! while it waited.
+//! once a halt, a failure or a stop holds the workers, or its channel is
+//! gone, it is put down unstarted and unsettled (the broker delivers it
+//! again), so no message is consumed after a halt, and none twice because
+//! its channel closed while it waited.
 //!
-//! The engine knows when nothing is in flight any more from the number of
-//! threads busy with a message ([`Workers::busy`]): a thread counts itself
-//! busy before it looks at the gate, and the engine holds the gate before
-//! it reads the count, so one of them always sees the other; a thread that
-//! puts a message down while the gate is held says so
-//! ([`Finished::Idle`]).
+//! A thread takes a message's in-flight token ([`InFlight`]) before it
+//! looks at the gate, and the engine holds the gate before it reads the
+//! count of tokens, so one of them always sees the other: once the workers
+//! are held, the count can only fall. The token lives with the message
+//! until its answer has been acted on, here or by the engine.
+//!
+//! A consumer that panics fails its message; a panic anywhere else on a
+//! consumer thread ends the thread, and its message's token says so.
+//! Each thread says when it has ended ([`Workers::ended`]), so the engine
+//! can wait for them with its pulse going and a bound.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender, TryRecvError};
 use lapin::message::Delivery;
 
-use super::lane::{Diverted, Lane, Read, Reader};
-use super::ledger::Ticket;
+use super::handler::Handler;
+use super::inflight::{InFlight, Tracker};
+use super::lane::{Lane, Read, Reader};
+use super::message::{Finished, Job, Source, Ticket};
 use super::seams;
-use crate::exit::Fatal;
 use crate::outcome::Outcome;
-use crate::wire::{self, Checked, MessageView};
 
-/// What a worker thread drives: a plugin's consumer, or one built into the
-/// host (`record`'s recorder).
-pub trait Handler: Send {
-    /// Answers one message.
-    fn consume(&mut self, message: &MessageView<'_>) -> Outcome;
-    /// The host is stopping gracefully: no more messages will come.
-    fn stop(&mut self);
-}
-
-/// One checked delivery, on its way to a consumer (and to the engine,
-/// unless the lane settles it).
-pub struct Job {
-    pub delivery: Delivery,
-    /// The queue it came from (the broker's name for a server-named queue).
-    pub queue: Arc<str>,
-    pub checked: Checked,
-    /// Its place in the ledger of the channels it arrived on: a delivery
-    /// can only be settled on the channel it came from.
-    pub ticket: Ticket,
-    /// Handed out by the engine, which counts it in flight until it is
-    /// back; otherwise a consumer thread took it from the lane.
-    pub from_engine: bool,
-}
-
-impl Job {
-    pub fn view(&self) -> MessageView<'_> {
-        wire::delivery_view(&self.delivery, &self.queue, self.checked)
-    }
-
-    pub fn message_id(&self) -> &str {
-        wire::message_id(&self.delivery.properties)
-    }
-
-    /// Whether it can still be settled: its ledger lives and lapin has not
-    /// poisoned its acker (the channel closed).
-    pub fn settleable(&self) -> bool {
-        self.ticket.is_live() && self.delivery.acker.usable()
-    }
-}
-
-/// Jobs the engine may hand each worker besides the one it handles.
+/// Jobs the engine may hand the workers and not yet have had taken, per
+/// worker.
 pub const QUEUED_PER_WORKER: usize = 15;
-
-/// Where a worker's consumer comes from.
-pub enum Source {
-    /// Built already (`record`'s recorder).
-    Built(Box<dyn Handler>),
-    /// Built on the worker's own thread once the engine runs, so that a
-    /// consumer's `new` may publish through the engine's connection.
-    Build(Box<dyn FnOnce() -> Result<Box<dyn Handler>, Fatal> + Send>),
-}
-
-/// What a worker tells the engine.
-#[allow(clippy::large_enum_variant)]
-pub enum Finished {
-    /// The consumer answered, with something the lane does not settle
-    /// itself (anything but a plain ack), or the lane could not settle it.
-    Done(Job, Outcome, Duration),
-    /// A job from the engine handed back without being consumed: the
-    /// workers were held, or the job's channel is gone. It stays
-    /// unsettled.
-    Unstarted(Job),
-    /// The worker's consumer could not be built; the worker has ended.
-    BuildFailed(Fatal),
-    /// A delivery from the lane for the engine to settle.
-    Diverted(Box<Diverted>),
-    /// A queue's stream ended.
-    Ended(Ticket, Option<lapin::Error>),
-    /// A thread put a message down while the workers are held: the
-    /// engine looks again at what is in flight.
-    Idle,
-}
 
 /// The consumer threads.
 pub struct Workers {
@@ -121,7 +55,9 @@ pub struct Workers {
     lanes: Vec<Sender<Option<Arc<Lane>>>>,
     graceful: Arc<AtomicBool>,
     gate: Arc<Gate>,
-    threads: Vec<JoinHandle<()>>,
+    tracker: Tracker,
+    /// Closed once every thread has ended: each holds a sender.
+    ended: Receiver<()>,
 }
 
 /// Whether a worker may start the message it took.
@@ -129,8 +65,6 @@ pub struct Workers {
 struct Gate {
     /// Set once for good: the process is draining.
     held: AtomicBool,
-    /// Threads busy with a message from the lane.
-    busy: AtomicUsize,
 }
 
 impl Gate {
@@ -138,8 +72,8 @@ impl Gate {
         self.held.load(Ordering::SeqCst)
     }
 
-    fn admits(&self, job: &Job) -> bool {
-        !self.is_held() && job.settleable()
+    fn hold(&self) {
+        self.held.store(true, Ordering::SeqCst);
     }
 }
 
@@ -161,6 +95,7 @@ struct Worker {
     reader: Option<Reader>,
     results: Sender<Finished>,
     gate: Arc<Gate>,
+    tracker: Tracker,
 }
 
 impl Worker {
@@ -173,26 +108,22 @@ impl Worker {
                     self.reader = lane.map(Reader::new);
                     continue;
                 }
-                Next::Job(job) if !self.gate.admits(&job) => Finished::Unstarted(job),
+                // Put down unstarted, its token with it: the broker
+                // delivers it again.
+                Next::Job(job) if self.gate.is_held() || !job.settleable() => continue,
                 Next::Job(job) => {
                     let (job, outcome, took) = self.consume(job);
                     Finished::Done(job, outcome, took)
                 }
-                Next::Read(Read::Ended(ticket, error)) => Finished::Ended(ticket, error),
+                Next::Read(Read::Ended(channel, error)) => Finished::Ended(channel, error),
                 Next::Read(Read::Arrived(delivery, ticket)) => {
-                    // Busy before looking at the gate: see the module's doc.
-                    self.gate.busy.fetch_add(1, Ordering::SeqCst);
-                    let finished = self.take(delivery, ticket);
-                    if let Some(finished) = finished
-                        && self.results.send_blocking(finished).is_err()
-                    {
-                        return;
+                    // In flight before looking at the gate: see the
+                    // module's doc.
+                    let in_flight = self.tracker.token();
+                    match self.take(delivery, ticket, in_flight) {
+                        Some(finished) => finished,
+                        None => continue,
                     }
-                    self.gate.busy.fetch_sub(1, Ordering::SeqCst);
-                    if !self.gate.is_held() {
-                        continue;
-                    }
-                    Finished::Idle
                 }
             };
             if self.results.send_blocking(finished).is_err() {
@@ -238,20 +169,27 @@ impl Worker {
     }
 
     /// A delivery from the lane: checked, consumed and its ack marked
-    /// here; what the lane does not settle goes to the engine. `None`:
-    /// nothing for the engine (settled here, or put down unsettled).
-    fn take(&mut self, delivery: Delivery, ticket: Ticket) -> Option<Finished> {
+    /// here; what the lane does not settle goes to the engine, with its
+    /// token. `None`: nothing for the engine (settled here, or put down
+    /// unsettled); the token is dropped on return.
+    fn take(
+        &mut self,
+        delivery: Delivery,
+        ticket: Ticket,
+        in_flight: InFlight,
+    ) -> Option<Finished> {
         if self.gate.is_held() {
             return None;
         }
         let lane = self.reader.as_ref()?.lane();
-        let job = match lane.check(delivery, ticket) {
+        let job = match lane.check(delivery, ticket, in_flight) {
             Ok(job) => job,
             Err(diverted) => return Some(Finished::Diverted(diverted)),
         };
         if !job.settleable() {
             return None;
         }
+        seams::get().maybe_panic_on(job.message_id());
         let (job, outcome, took) = self.consume(job);
         if matches!(outcome, Outcome::Ack) && !seams::get().needs_engine(job.message_id()) {
             let lane = self.reader.as_ref()?.lane();
@@ -263,30 +201,45 @@ impl Worker {
         Some(Finished::Done(job, outcome, took))
     }
 
-    /// Hands a job to the consumer: its answer, and how long it took.
+    /// Hands a job to the consumer: its answer, and how long it took. A
+    /// consumer that panics has failed on the message.
     fn consume(&mut self, job: Job) -> (Job, Outcome, Duration) {
         let started = Instant::now();
-        let outcome = self.consumer.consume(&job.view());
+        let consumer = &mut self.consumer;
+        let outcome = catch_unwind(AssertUnwindSafe(|| consumer.consume(&job.view())))
+            .unwrap_or_else(|panic| Outcome::Failed {
+                reason: format!("the consumer panicked: {}", panic_text(panic.as_ref())),
+            });
         let took = started.elapsed();
         log::debug!("message {} from {}: {outcome}", job.message_id(), job.queue);
         if matches!(outcome, Outcome::Halt { .. } | Outcome::Failed { .. }) {
             // Before this thread takes another message: after a halt or a
             // failure nothing more is consumed.
-            self.gate.held.store(true, Ordering::SeqCst);
+            self.gate.hold();
         }
         (job, outcome, took)
     }
+}
+
+/// What a panic said, when it said it with a string.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 impl Workers {
     /// Starts one thread per consumer instance.
     pub fn start(consumers: Vec<Source>) -> std::io::Result<Workers> {
         let count = consumers.len().max(1);
-        let (jobs, job_receiver) = async_channel::bounded::<Job>(count * (1 + QUEUED_PER_WORKER));
+        let (jobs, job_receiver) = async_channel::bounded::<Job>(count * QUEUED_PER_WORKER);
         let (result_sender, results) = async_channel::unbounded();
+        let (ended_sender, ended) = async_channel::bounded::<()>(1);
         let graceful = Arc::new(AtomicBool::new(false));
         let gate = Arc::new(Gate::default());
-        let mut threads = Vec::with_capacity(consumers.len());
+        let tracker = Tracker::new();
         let mut lanes = Vec::with_capacity(consumers.len());
         for (index, source) in consumers.into_iter().enumerate() {
             let (lane_sender, lane_receiver) = async_channel::unbounded();
@@ -295,9 +248,13 @@ impl Workers {
             let result_sender = result_sender.clone();
             let graceful = graceful.clone();
             let gate = gate.clone();
-            let thread = std::thread::Builder::new()
+            let tracker = tracker.clone();
+            // Dropped when the thread ends, however it ends.
+            let alive = ended_sender.clone();
+            std::thread::Builder::new()
                 .name(format!("consumer-{index}"))
                 .spawn(move || {
+                    let _alive = alive;
                     let consumer = match source {
                         Source::Built(consumer) => consumer,
                         Source::Build(build) => match build() {
@@ -315,13 +272,16 @@ impl Workers {
                         reader: None,
                         results: result_sender,
                         gate,
+                        tracker,
                     };
                     worker.run();
                     if graceful.load(Ordering::SeqCst) {
-                        worker.consumer.stop();
+                        let consumer = &mut worker.consumer;
+                        if catch_unwind(AssertUnwindSafe(|| consumer.stop())).is_err() {
+                            log::error!("a consumer panicked while stopping");
+                        }
                     }
                 })?;
-            threads.push(thread);
         }
         Ok(Workers {
             jobs,
@@ -329,19 +289,26 @@ impl Workers {
             lanes,
             graceful,
             gate,
-            threads,
+            tracker,
+            ended,
         })
     }
 
-    /// How many jobs the engine may hand out and not yet have back.
-    pub fn capacity(&self) -> usize {
-        self.threads.len().max(1) * (1 + QUEUED_PER_WORKER)
+    /// What counts the messages in flight.
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
     }
 
-    /// Hands a job to the workers. Call only below [`Workers::capacity`].
-    pub async fn submit(&self, job: Job) {
-        // Fails only once finish() has run.
-        let _ = self.jobs.send(job).await;
+    /// Whether the workers can take another job now.
+    pub fn has_room(&self) -> bool {
+        !self.jobs.is_full()
+    }
+
+    /// Hands a job to the workers. Call only when they have room: the
+    /// engine is the only sender. A job they cannot take (they are being
+    /// closed) is dropped unsettled, and the broker delivers it again.
+    pub fn submit(&self, job: Job) {
+        let _ = self.jobs.try_send(job);
     }
 
     /// The threads take messages from `lane` from now on.
@@ -361,12 +328,7 @@ impl Workers {
 
     /// No message is started any more: the host is draining, for good.
     pub fn hold(&self) {
-        self.gate.held.store(true, Ordering::SeqCst);
-    }
-
-    /// How many threads are busy with a message from the lane.
-    pub fn busy(&self) -> usize {
-        self.gate.busy.load(Ordering::SeqCst)
+        self.gate.hold();
     }
 
     /// The next thing a worker tells.
@@ -379,27 +341,20 @@ impl Workers {
         self.results.try_recv().ok()
     }
 
-    /// Ends the threads gracefully now: each consumer's `stop` runs (and
-    /// may still publish, while the engine's connection lives) and the
-    /// threads are joined. Later calls do nothing.
-    pub fn stop_consumers(&mut self) {
-        self.graceful.store(true, Ordering::SeqCst);
-        self.jobs.close();
-        for thread in self.threads.drain(..) {
-            if thread.join().is_err() {
-                log::error!("a consumer thread panicked while stopping");
-            }
+    /// Tells the threads to end once their message (if any) is done;
+    /// `graceful`: each consumer's `stop` runs first (and may still
+    /// publish, while the engine's connection lives). Later calls change
+    /// nothing. [`Workers::ended`] says when they have.
+    pub fn close(&self, graceful: bool) {
+        if !self.jobs.is_closed() {
+            self.graceful.store(graceful, Ordering::SeqCst);
+            self.jobs.close();
         }
     }
 
-    /// Ends the threads, unless [`Workers::stop_consumers`] did. Graceful:
-    /// each consumer's `stop` runs and the threads are joined; otherwise
-    /// (after a failure) they are left to end with the process.
-    pub fn finish(mut self, graceful: bool) {
-        if graceful {
-            self.stop_consumers();
-        } else {
-            self.jobs.close();
-        }
+    /// Resolves once every thread has ended.
+    pub async fn ended(&self) {
+        // Nothing is ever sent: recv fails once the last sender is gone.
+        let _ = self.ended.recv().await;
     }
 }
