@@ -113,13 +113,7 @@ impl Topology {
 
     /// Declares every queue and binding on one channel, closed afterwards,
     /// and returns the queues' names (the broker's, for `""`), in order.
-    /// `known_names`, from an earlier declaration on the same connection,
-    /// keeps a server-named queue's name instead of asking for a new queue.
-    pub async fn declare(
-        &self,
-        connection: &Connection,
-        known_names: Option<&[String]>,
-    ) -> Result<Vec<String>, Fatal> {
+    pub async fn declare(&self, connection: &Connection) -> Result<Vec<String>, Fatal> {
         let channel = connection.create_channel().await.map_err(|error| {
             Fatal::new(
                 Exit::Registration,
@@ -127,9 +121,8 @@ impl Topology {
             )
         })?;
         let mut names = Vec::with_capacity(self.queues.len());
-        for (index, spec) in self.queues.iter().enumerate() {
-            let known = known_names.and_then(|names| names.get(index));
-            let name = self.declare_queue(&channel, spec, known).await?;
+        for spec in &self.queues {
+            let name = self.declare_queue(&channel, spec).await?;
             for binding in &spec.bindings {
                 channel
                     .queue_bind(
@@ -170,13 +163,8 @@ impl Topology {
         Ok(names)
     }
 
-    async fn declare_queue(
-        &self,
-        channel: &Channel,
-        spec: &QueueSpec,
-        known_name: Option<&String>,
-    ) -> Result<String, Fatal> {
-        let name = known_name.unwrap_or(&spec.name);
+    async fn declare_queue(&self, channel: &Channel, spec: &QueueSpec) -> Result<String, Fatal> {
+        let name = &spec.name;
         let options = QueueDeclareOptions {
             passive: self.passive,
             durable: spec.settings.durable,

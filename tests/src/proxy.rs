@@ -1,11 +1,12 @@
 //! A TCP proxy in front of the test broker, for outages the tests switch
 //! on and off without touching the broker: `cut` closes every connection
 //! through it and refuses new ones (the port stops listening), `restore`
-//! listens again on the same port.
+//! listens again on the same port, and `slow_down` makes it a slow broker
+//! (each chunk, either way, waits before it is passed on).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +19,8 @@ struct Shared {
     upstream: String,
     open: AtomicBool,
     ended: AtomicBool,
+    /// How long each chunk waits before it is passed on, in ms.
+    delay_ms: AtomicU64,
     /// Both sockets of every connection made through the proxy.
     sockets: Mutex<Vec<TcpStream>>,
 }
@@ -31,6 +34,7 @@ impl Proxy {
             upstream: upstream.to_owned(),
             open: AtomicBool::new(true),
             ended: AtomicBool::new(false),
+            delay_ms: AtomicU64::new(0),
             sockets: Mutex::new(Vec::new()),
         });
         let accepting = shared.clone();
@@ -55,6 +59,13 @@ impl Proxy {
     /// The broker is back.
     pub fn restore(&self) {
         self.shared.open.store(true, Ordering::SeqCst);
+    }
+
+    /// From now on each chunk, either way, waits `delay` before it is
+    /// passed on: every request to the broker takes at least twice that.
+    pub fn slow_down(&self, delay: Duration) {
+        let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.shared.delay_ms.store(millis, Ordering::SeqCst);
     }
 }
 
@@ -98,7 +109,7 @@ fn accept_loop(listener: TcpListener, port: u16, shared: Arc<Shared>) {
     }
 }
 
-fn pipe(client: TcpStream, server: TcpStream, shared: &Shared) {
+fn pipe(client: TcpStream, server: TcpStream, shared: &Arc<Shared>) {
     let mut sockets = shared.sockets.lock().unwrap();
     for socket in [&client, &server] {
         if let Ok(clone) = socket.try_clone() {
@@ -109,12 +120,17 @@ fn pipe(client: TcpStream, server: TcpStream, shared: &Shared) {
         let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
             continue;
         };
+        let shared = shared.clone();
         std::thread::spawn(move || {
             let mut buffer = [0u8; 16 * 1024];
             loop {
                 match from.read(&mut buffer) {
                     Ok(0) | Err(_) => break,
                     Ok(size) => {
+                        let delay = shared.delay_ms.load(Ordering::SeqCst);
+                        if delay > 0 {
+                            std::thread::sleep(Duration::from_millis(delay));
+                        }
                         if to.write_all(&buffer[..size]).is_err() {
                             break;
                         }

@@ -311,8 +311,7 @@ fn a_channel_closed_while_messages_wait_runs_no_message_twice_because_of_it() {
     let run = run(&mut command);
     assert_eq!(run.code(), 0, "{run:#?}");
     assert!(
-        run.stdout
-            .contains("opening new channels and consuming again"),
+        run.stdout.contains("opening a new channel for queue"),
         "{run:#?}"
     );
     let counts = consumptions(&run.stdout);
@@ -424,4 +423,79 @@ fn publish_to_a_peer_that_never_speaks_gives_up_at_its_30_s_deadline() {
         "took {took:?}: {run:#?}"
     );
     assert!(run.stderr.contains("within 30 s"), "{run:#?}");
+}
+
+#[test]
+fn a_stop_behind_a_slow_broker_keeps_the_watchdog_fed_and_ends_in_time() {
+    // 100 messages prefetched, the first running for a second, when every
+    // request to the broker starts taking 3 s: the stop's cancels, the
+    // last acks and the close each take most of their 5 s bound, one
+    // after the other. The watchdog (2 s here) must hear the engine
+    // throughout, and the process end well within the unit's stop timeout.
+    let messages: Vec<(String, Value)> = (1..=100)
+        .map(|n| (format!("m{n}"), json!({"do": "ack", "sleep_ms": 1000})))
+        .collect();
+    let borrowed: Vec<(&str, Value)> = messages
+        .iter()
+        .map(|(id, body)| (id.as_str(), body.clone()))
+        .collect();
+    let (broker, queue) = queue_with_messages("slow-stop", &borrowed);
+    let proxy = Proxy::start("127.0.0.1:5672");
+    let dir = scratch();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let conf = config_file(
+        dir.path(),
+        &queue_config_at(&proxy.url(), &queue, "[qos]\nprefetch_count = 100"),
+    );
+    let mut command = scripted_consume(&conf);
+    command
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "2000000");
+    let mut consumer = Running::start(&mut command);
+    consumer.wait_for("message #1 (m1)", WAIT);
+    proxy.slow_down(Duration::from_millis(1500));
+    let stopped = Instant::now();
+    consumer.signal("TERM");
+    let mut pings = vec![stopped];
+    let mut buffer = [0u8; 4096];
+    while !consumer.has_ended() {
+        assert!(stopped.elapsed() < Duration::from_secs(90), "no end");
+        if let Ok(size) = socket.recv(&mut buffer)
+            && &buffer[..size] == b"WATCHDOG=1"
+        {
+            pings.push(Instant::now());
+        }
+    }
+    let ended = Instant::now();
+    pings.push(ended);
+    let run = consumer.finish();
+    let longest = pings
+        .windows(2)
+        .map(|pair| pair[1] - pair[0])
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "stop behind a slow broker: ended {:?} after SIGTERM, {} pings, longest gap {longest:?}",
+        ended - stopped,
+        pings.len() - 2
+    );
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert!(
+        longest < Duration::from_secs(2),
+        "the watchdog went {longest:?} without a ping: {run:#?}"
+    );
+    // The unit leaves TimeoutStopSec at systemd's 90 s.
+    assert!(ended - stopped < Duration::from_secs(60), "{run:#?}");
+    drop(proxy);
+    // Whatever was not settled went back when the connection closed.
+    let deadline = Instant::now() + WAIT;
+    while broker.depth(&queue) < 99 {
+        assert!(Instant::now() < deadline, "{run:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    broker.delete_queue(&queue);
 }

@@ -318,8 +318,7 @@ fn a_channel_closed_by_the_acknowledgement_timeout_is_reopened() {
     );
     assert_eq!(run.code(), 0, "{run:#?}");
     assert!(
-        run.stdout
-            .contains("opening new channels and consuming again"),
+        run.stdout.contains("opening a new channel for queue"),
         "{run:#?}"
     );
     // The first delivery's settle had no channel left; the broker delivered

@@ -103,6 +103,19 @@ impl<A> Book<A> {
         }
     }
 
+    /// `source`'s channel is gone: its tags mean nothing any more (the
+    /// broker delivers those messages again), and its marked answers are
+    /// not sent.
+    pub fn forget(&mut self, source: usize) {
+        if let Some(unsettled) = self.unsettled.get_mut(source) {
+            let marked = unsettled
+                .drain(..)
+                .filter(|admitted| matches!(admitted.state, State::Acked(_)))
+                .count();
+            self.marked -= marked;
+        }
+    }
+
     /// Ack answers marked and not taken.
     pub fn marked(&self) -> usize {
         self.marked
@@ -235,6 +248,26 @@ mod tests {
         assert_eq!(book.marked(), 1);
         assert_eq!(book.take_acks(), [ack(0, 1, true, &["a"])]);
         assert!(book.unsettled.iter().all(VecDeque::is_empty));
+    }
+
+    #[test]
+    fn a_channel_forgotten_sends_nothing_and_the_others_go_on() {
+        let mut book = Book::new(2, 10);
+        book.admit(0, 1);
+        book.admit(0, 2);
+        book.admit(1, 1);
+        book.mark(0, 1, "a").unwrap();
+        book.mark(1, 1, "x").unwrap();
+        book.forget(0);
+        assert_eq!(book.marked(), 1);
+        assert_eq!(book.mark(0, 2, "b"), Err("b"));
+        // The new channel's tags start again at 1.
+        book.admit(0, 1);
+        book.mark(0, 1, "c").unwrap();
+        assert_eq!(
+            book.take_acks(),
+            [ack(0, 1, true, &["c"]), ack(1, 1, true, &["x"])]
+        );
     }
 
     #[test]

@@ -2,6 +2,9 @@
 //! bounded, so one that is never answered cannot stop consumption
 //! silently or keep the process from ending.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_lite::FutureExt;
@@ -13,6 +16,10 @@ pub const UNSETTLED: &str =
 /// How long one request to the broker may take to be taken or answered
 /// (a settlement, a cancel, a close).
 pub const BROKER_STEP: Duration = Duration::from_secs(5);
+
+/// How long declaring and starting consumers (or opening one channel) may
+/// take on a live connection before it is given up as dead.
+pub const SETUP_STEP: Duration = Duration::from_secs(60);
 
 /// Runs `step` for at most [`BROKER_STEP`]; `None` (logged) if it took
 /// longer.
@@ -36,4 +43,29 @@ pub async fn bounded_for<T>(
         log::warn!("{what}: no answer from the broker within {limit:?}");
     }
     finished
+}
+
+/// Runs every step side by side, so that one bound covers them all; their
+/// outputs, in order.
+pub async fn all<F: Future>(steps: Vec<F>) -> Vec<F::Output> {
+    let mut steps: Vec<Pin<Box<F>>> = steps.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = steps.iter().map(|_| None).collect();
+    futures_lite::future::poll_fn(|cx| {
+        let mut waiting = false;
+        for (step, output) in steps.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match step.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => waiting = true,
+                }
+            }
+        }
+        if waiting {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }

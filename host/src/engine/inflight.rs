@@ -30,8 +30,9 @@ pub struct Tracker {
 struct Inner {
     count: AtomicUsize,
     panicked: AtomicBool,
-    /// Notified each time the count falls to zero.
-    idle: Event,
+    /// Notified each time the count falls to zero, and when a token is
+    /// dropped by a panic.
+    changed: Event,
 }
 
 /// One message in flight; the count falls when it is dropped.
@@ -65,14 +66,23 @@ impl Tracker {
 
     /// Resolves once no token is alive (at once if none is).
     pub async fn idle(&self) {
+        self.until(|tracker| tracker.count() == 0).await;
+    }
+
+    /// Resolves once a token was dropped by a panic (at once if one was).
+    pub async fn panic(&self) {
+        self.until(Tracker::panicked).await;
+    }
+
+    async fn until(&self, done: impl Fn(&Tracker) -> bool) {
         loop {
-            if self.count() == 0 {
+            if done(self) {
                 return;
             }
-            let listener = self.inner.idle.listen();
-            // Looked at again once listening: a fall to zero in between
-            // would otherwise be missed.
-            if self.count() == 0 {
+            let listener = self.inner.changed.listen();
+            // Looked at again once listening: a change in between would
+            // otherwise be missed.
+            if done(self) {
                 return;
             }
             listener.await;
@@ -82,11 +92,12 @@ impl Tracker {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        let panicking = std::thread::panicking();
+        if panicking {
             self.inner.panicked.store(true, Ordering::SeqCst);
         }
-        if self.inner.count.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.inner.idle.notify(usize::MAX);
+        if self.inner.count.fetch_sub(1, Ordering::SeqCst) == 1 || panicking {
+            self.inner.changed.notify(usize::MAX);
         }
     }
 }
@@ -138,5 +149,6 @@ mod tests {
         assert!(panicking.join().is_err());
         assert_eq!(tracker.count(), 0);
         assert!(tracker.panicked());
+        futures_lite::future::block_on(tracker.panic());
     }
 }

@@ -12,11 +12,13 @@
 //! stream.
 //!
 //! The engine opens a lane for each channel set-up and closes it when the
-//! channels end; each consumer thread reads it through a [`Reader`] of its
-//! own (lapin wakes every reader of a stream, and each must register its
-//! own waker).
+//! connection's channels end; each consumer thread reads it through a
+//! [`Reader`] of its own (lapin wakes every reader of a stream, and each
+//! must register its own waker). A queue whose channel fails gets a new
+//! channel and stream in the same lane ([`Lane::replace`]), while the
+//! other queues' streams go on.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use lapin::message::Delivery;
@@ -32,7 +34,8 @@ use crate::wire;
 /// One channel set-up's streams, open to the consumer threads.
 pub struct Lane {
     shared: Arc<Shared>,
-    consumers: Vec<lapin::Consumer>,
+    /// Each queue's stream now, with the channel it comes on.
+    streams: Mutex<Vec<Stream>>,
     /// `[delivery_limit]`'s `max`, if set.
     limit: Option<u32>,
     stats: Arc<Stats>,
@@ -48,19 +51,36 @@ pub enum Read {
     Ended(ChannelRef, Option<lapin::Error>),
 }
 
+/// One queue's delivery stream, and the channel it comes on.
+pub type Stream = (ChannelRef, lapin::Consumer);
+
 impl Lane {
     pub fn new(
         shared: Arc<Shared>,
-        consumers: Vec<lapin::Consumer>,
+        streams: Vec<Stream>,
         limit: Option<u32>,
         stats: Arc<Stats>,
     ) -> Lane {
         Lane {
             shared,
-            consumers,
+            streams: Mutex::new(streams),
             limit,
             stats,
         }
+    }
+
+    fn streams(&self) -> MutexGuard<'_, Vec<Stream>> {
+        // Every step under it is a clone or an assignment.
+        self.streams
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// `stream` replaces its queue's stream, whose channel failed; readers
+    /// made from now on read it.
+    pub fn replace(&self, stream: Stream) {
+        let source = stream.0.source();
+        self.streams()[source] = stream;
     }
 
     /// Checks an arrived delivery, in flight as `in_flight`: a job for the
@@ -101,7 +121,7 @@ impl Lane {
         }
         Ok(Job {
             delivery,
-            queue: self.shared.queues()[source].queue.clone(),
+            queue: self.shared.names()[source].clone(),
             checked,
             ticket,
             in_flight,
@@ -119,7 +139,7 @@ impl Lane {
 pub struct Reader {
     lane: Arc<Lane>,
     /// Each queue's stream, until it ends.
-    streams: Vec<Option<lapin::Consumer>>,
+    streams: Vec<Option<Stream>>,
     /// Where the next poll starts, so that a busy queue does not starve
     /// the others.
     next: usize,
@@ -127,7 +147,7 @@ pub struct Reader {
 
 impl Reader {
     pub fn new(lane: Arc<Lane>) -> Reader {
-        let streams = lane.consumers.iter().cloned().map(Some).collect();
+        let streams = lane.streams().iter().cloned().map(Some).collect();
         Reader {
             lane,
             streams,
@@ -148,13 +168,13 @@ impl Reader {
         let count = self.streams.len();
         for offset in 0..count {
             let index = (self.next + offset) % count;
-            let Some(stream) = &mut self.streams[index] else {
+            let Some((channel, stream)) = &mut self.streams[index] else {
                 continue;
             };
-            if !shared.is_live(index) {
+            if !channel.is_live() {
                 continue;
             }
-            let polled = shared.take(index, || {
+            let polled = shared.take(channel, || {
                 futures_lite::Stream::poll_next(std::pin::Pin::new(stream), cx)
             });
             match polled {
@@ -163,12 +183,14 @@ impl Reader {
                     return Poll::Ready(Read::Arrived(delivery, ticket));
                 }
                 Poll::Ready(Some(Err(error))) => {
+                    let channel = channel.clone();
                     self.streams[index] = None;
-                    return Poll::Ready(Read::Ended(shared.channel(index), Some(error)));
+                    return Poll::Ready(Read::Ended(channel, Some(error)));
                 }
                 Poll::Ready(None) => {
+                    let channel = channel.clone();
                     self.streams[index] = None;
-                    return Poll::Ready(Read::Ended(shared.channel(index), None));
+                    return Poll::Ready(Read::Ended(channel, None));
                 }
                 Poll::Pending => {}
             }

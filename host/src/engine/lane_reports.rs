@@ -4,38 +4,36 @@
 //! a queue's stream, which says whether the channels or the connection
 //! are gone, or the queue.
 
-use lapin::Connection;
-
+use super::deadline::{SETUP_STEP, bounded_for};
 use super::message::{Diverted, Finished, Job, Why};
-use super::redelivery;
+use super::redelivery::{self, Carried};
 use super::session::{self, StreamEnd};
-use super::settler::Ledger;
-use super::{ChannelsEnd, Core, taken};
+use super::{Channels, ChannelsEnd, Core, taken};
 use crate::wire;
 
 impl Core {
     /// What a consumer thread handed over from the lane besides answers:
     /// a delivery for the engine to settle, or the end of a stream. `Err`
-    /// when the channels must end.
+    /// when the connection's channels must end.
     pub(super) async fn lane_report(
         &mut self,
-        connection: &Connection,
-        ledger: &mut Ledger,
+        channels: &mut Channels<'_>,
         finished: Finished,
     ) -> Result<(), ChannelsEnd> {
         match finished {
-            Finished::Diverted(diverted) => self.settle_diverted(ledger, *diverted).await,
-            Finished::Ended(channel, _) if !ledger.owns_channel(&channel) => Ok(()),
+            Finished::Diverted(diverted) => self.settle_diverted(channels, *diverted).await,
+            Finished::Ended(channel, _) if !channels.ledger.owns_channel(&channel) => Ok(()),
             Finished::Ended(channel, Some(error)) => {
+                let source = channel.source();
                 let reason = format!(
                     "consuming from {:?} failed: {error}",
-                    ledger.queues()[channel.source()].queue
+                    channels.ledger.names()[source]
                 );
-                Err(if connection.status().connected() {
-                    ChannelsEnd::Reopen(reason)
-                } else {
-                    ChannelsEnd::ConnectionLost(reason)
-                })
+                if !channels.connection.status().connected() {
+                    return Err(ChannelsEnd::ConnectionLost(reason));
+                }
+                self.channel_failed(channels, source, reason).await;
+                Ok(())
             }
             Finished::Ended(channel, None) => {
                 if !self.lifecycle.is_running() {
@@ -43,12 +41,21 @@ impl Core {
                     // is still settled on the channels.
                     return Ok(());
                 }
-                match session::why_ended(connection, &ledger.queues()[channel.source()]).await {
+                let source = channel.source();
+                let queue = channels.ledger.queue(source);
+                let why = self
+                    .pulse
+                    .beating(session::why_ended(channels.connection, &queue))
+                    .await;
+                match why {
                     StreamEnd::ConnectionLost(reason) => Err(ChannelsEnd::ConnectionLost(reason)),
-                    StreamEnd::Reopen(reason) => Err(ChannelsEnd::Reopen(reason)),
+                    StreamEnd::Reopen(reason) => {
+                        self.channel_failed(channels, source, reason).await;
+                        Ok(())
+                    }
                     StreamEnd::QueueGone => {
                         if self.lifecycle.queue_gone() {
-                            self.start_draining(Some(ledger)).await;
+                            self.start_draining(Some(&channels.ledger)).await;
                         }
                         Ok(())
                     }
@@ -68,9 +75,10 @@ impl Core {
     /// with the job it becomes.
     async fn settle_diverted(
         &mut self,
-        ledger: &mut Ledger,
+        channels: &mut Channels<'_>,
         diverted: Diverted,
     ) -> Result<(), ChannelsEnd> {
+        let ledger = &mut channels.ledger;
         if !ledger.owns(&diverted.ticket) {
             return Ok(());
         }
@@ -108,18 +116,41 @@ impl Core {
                     .await?;
                 match carried {
                     // Unsettled: the broker delivers it again.
-                    Some(_) if !self.lifecycle.is_running() => {}
-                    Some(delivery) => {
+                    Carried::Consume(_) if !self.lifecycle.is_running() => {}
+                    Carried::Consume(delivery) => {
                         self.stats.received();
                         self.pending.push_back(Job {
-                            delivery,
-                            queue: ledger.queues()[source].queue.clone(),
+                            delivery: *delivery,
+                            queue: ledger.names()[source].clone(),
                             checked,
                             ticket,
                             in_flight,
                         });
                     }
-                    None => ledger.settled_elsewhere(&ticket),
+                    Carried::Settled => ledger.settled_elsewhere(&ticket),
+                    Carried::PublisherFailed(reason) => {
+                        ledger.settled_elsewhere(&ticket);
+                        log::warn!(
+                            "{reason}; the message goes back to its queue, and the copies go out on a new channel"
+                        );
+                        let opening = bounded_for(
+                            "opening a channel for [delivery_limit]",
+                            SETUP_STEP,
+                            session::open_publisher(channels.connection, &limit),
+                        );
+                        match self.pulse.beating(opening).await {
+                            Some(Ok(publisher)) => channels.ledger.replace_publisher(publisher),
+                            Some(Err(fatal)) => {
+                                return Err(ChannelsEnd::ConnectionLost(fatal.message));
+                            }
+                            None => {
+                                return Err(ChannelsEnd::ConnectionLost(
+                                    "the broker did not open a channel for [delivery_limit]"
+                                        .to_owned(),
+                                ));
+                            }
+                        }
+                    }
                 }
                 Ok(())
             }

@@ -50,7 +50,7 @@ pub mod workers;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::{FutureExt, StreamExt};
 use lapin::Connection;
@@ -63,7 +63,7 @@ use crate::outcome::Next;
 use crate::publisher;
 use crate::stop::StopRequest;
 use crate::topology::Topology;
-use deadline::{UNSETTLED, bounded, bounded_for};
+use deadline::{SETUP_STEP, UNSETTLED, bounded, bounded_for};
 use lane::Lane;
 use lifecycle::Lifecycle;
 use message::{Answer, Finished, Job};
@@ -71,9 +71,6 @@ use pulse::Pulse;
 use settler::{Ledger, Taken};
 use workers::Workers;
 
-/// How long declaring and starting the consumers may take on a fresh
-/// connection before it is given up as dead.
-const SETUP_STEP: Duration = Duration::from_secs(60);
 const SETUP_HUNG: &str = "the broker did not answer while setting up; connecting again";
 
 /// The most finished jobs settled together.
@@ -97,7 +94,6 @@ pub struct Settings {
 pub struct Engine {
     broker: Broker,
     topology: Topology,
-    prefetch_count: u16,
     backoff: Backoff,
     /// Whether consuming ever started: until then a declaration the broker
     /// refuses is a configuration error (exit 10); afterwards it is a
@@ -110,6 +106,8 @@ pub struct Engine {
 /// doing: the lifecycle, the workers' answers, the stop request and the
 /// pulse.
 struct Core {
+    /// Each queue consumer's QoS.
+    prefetch_count: u16,
     lifecycle: Lifecycle,
     workers: Workers,
     /// Jobs the engine holds for the workers (a delivery the delivery
@@ -139,13 +137,26 @@ enum SessionEnd {
     Retry(String),
 }
 
-/// How consuming on one channel set-up ended; the ledger is retired.
+/// How consuming on one connection's channels ended; the ledger is
+/// retired.
 enum ChannelsEnd {
     Draining,
     ConnectionLost(String),
-    Reopen(String),
     /// Something no retry can mend: exit.
     Fatal(Fatal),
+}
+
+/// One connection's channels while the engine consumes on them.
+struct Channels<'c> {
+    connection: &'c Connection,
+    /// Settles on the channels.
+    ledger: Ledger,
+    /// What the consumer threads read.
+    lane: Arc<Lane>,
+    /// Per queue: when a new channel is due, after its channel failed.
+    reopen_at: Vec<Option<Instant>>,
+    /// Per queue: the waits between a channel's failures and its reopening.
+    backoff: Vec<Backoff>,
 }
 
 /// What the consume loop reacts to. Built and matched at once, never
@@ -158,8 +169,10 @@ enum Event {
     Connection(Option<lapin::Event>),
     StopRequested,
     Tick,
-    /// Draining, and the last in-flight token is gone.
-    Idle,
+    /// News from the in-flight tokens ([`Core::in_flight_news`]).
+    InFlight,
+    /// A failed channel is due to be opened again.
+    ReopenDue,
 }
 
 impl Engine {
@@ -175,10 +188,10 @@ impl Engine {
         Engine {
             broker,
             topology,
-            prefetch_count: settings.prefetch_count,
             backoff: Backoff::new(),
             consumed_once: false,
             core: Core {
+                prefetch_count: settings.prefetch_count,
                 lifecycle: Lifecycle::new(),
                 workers,
                 pending: VecDeque::new(),
@@ -337,83 +350,69 @@ impl Engine {
         format!(" to {}", self.broker.describe())
     }
 
-    /// Declares and consumes on one connection until it ends, setting the
-    /// channels up again whenever one closes while the connection lives.
+    /// Declares and consumes on one connection until it ends. A channel
+    /// that fails while the connection lives is opened again on its own
+    /// ([`Core::channel_failed`]), while the others go on.
     async fn session(&mut self, connection: &Connection) -> Result<SessionEnd, Fatal> {
-        let mut names: Option<Vec<String>> = None;
-        loop {
-            self.core
-                .pulse
-                .status("Declaring queues and bindings, starting the consumers");
-            let limit = self.core.limit.clone();
-            let setup = bounded_for(
-                "declaring queues and bindings and starting the consumers",
-                SETUP_STEP,
-                session::open(
-                    connection,
-                    &self.topology,
-                    names.as_deref(),
-                    self.prefetch_count,
-                    limit.as_ref(),
-                ),
-            );
-            let mut opened = match self.core.interruptible(setup).await {
-                None => return Ok(SessionEnd::Draining),
-                Some(None) => return Ok(SessionEnd::Lost(SETUP_HUNG.to_owned())),
-                Some(Some(Err(fatal))) => return self.setup_failed(connection, fatal),
-                Some(Some(Ok(opened))) => opened,
-            };
-            self.consumed_once = true;
-            self.backoff.consuming();
-            self.core.stats.set_consuming(true);
-            self.core.pulse.status(&format!(
-                "Consuming from {}",
-                opened
-                    .names
-                    .iter()
-                    .map(|queue| format!("{queue:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-            let lane = Arc::new(Lane::new(
-                opened.ledger.shared(),
-                std::mem::take(&mut opened.streams),
-                self.core.limit.as_ref().map(|limit| limit.max),
-                self.core.stats.clone(),
-            ));
-            self.core.workers.open_lane(&lane);
-            let end = self.core.consume(connection, &mut opened.ledger).await;
-            self.core.workers.close_lane();
-            drop(lane);
-            names = Some(std::mem::take(&mut opened.names));
-            let reason = match end {
-                ChannelsEnd::Draining => return Ok(SessionEnd::Draining),
-                ChannelsEnd::ConnectionLost(reason) => return Ok(SessionEnd::Lost(reason)),
-                ChannelsEnd::Reopen(reason) => reason,
-                ChannelsEnd::Fatal(fatal) => return Err(fatal),
-            };
-            if !connection.status().connected() {
-                return Ok(SessionEnd::Lost(reason));
-            }
-            self.core.pending.clear();
-            self.core
-                .pulse
-                .beating(opened.ledger.close("reopening"))
-                .await;
-            drop(opened);
-            let waited = self
-                .back_off(
-                    |delay| {
-                        format!(
-                            "{reason}; opening new channels and consuming again in {delay:.1} s"
-                        )
-                    },
-                    |delay| format!("Waiting {delay:.1} s to open new channels: {reason}"),
-                )
-                .await;
-            if !waited {
-                return Ok(SessionEnd::Draining);
-            }
+        self.core
+            .pulse
+            .status("Declaring queues and bindings, starting the consumers");
+        let limit = self.core.limit.clone();
+        let setup = bounded_for(
+            "declaring queues and bindings and starting the consumers",
+            SETUP_STEP,
+            session::open(
+                connection,
+                &self.topology,
+                self.core.prefetch_count,
+                limit.as_ref(),
+            ),
+        );
+        let opened = match self.core.interruptible(setup).await {
+            None => return Ok(SessionEnd::Draining),
+            Some(None) => return Ok(SessionEnd::Lost(SETUP_HUNG.to_owned())),
+            Some(Some(Err(fatal))) => return self.setup_failed(connection, fatal),
+            Some(Some(Ok(opened))) => opened,
+        };
+        self.consumed_once = true;
+        self.backoff.consuming();
+        self.core.stats.set_consuming(true);
+        self.core.pulse.status(&format!(
+            "Consuming from {}",
+            opened
+                .names
+                .iter()
+                .map(|queue| format!("{queue:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        let streams = opened
+            .streams
+            .into_iter()
+            .enumerate()
+            .map(|(source, stream)| (opened.ledger.channel(source), stream))
+            .collect();
+        let lane = Arc::new(Lane::new(
+            opened.ledger.shared(),
+            streams,
+            self.core.limit.as_ref().map(|limit| limit.max),
+            self.core.stats.clone(),
+        ));
+        self.core.workers.open_lane(&lane);
+        let queues = opened.names.len();
+        let mut channels = Channels {
+            connection,
+            ledger: opened.ledger,
+            lane,
+            reopen_at: vec![None; queues],
+            backoff: vec![Backoff::new(); queues],
+        };
+        let end = self.core.consume(&mut channels).await;
+        self.core.workers.close_lane();
+        match end {
+            ChannelsEnd::Draining => Ok(SessionEnd::Draining),
+            ChannelsEnd::ConnectionLost(reason) => Ok(SessionEnd::Lost(reason)),
+            ChannelsEnd::Fatal(fatal) => Err(fatal),
         }
     }
 
@@ -485,13 +484,24 @@ impl Core {
         }
     }
 
-    /// Resolves once the last in-flight token is gone while draining;
-    /// pending otherwise.
-    async fn idle(workers: &Workers, draining: bool) {
-        if !draining {
-            futures_lite::future::pending::<()>().await;
-        }
-        workers.tracker().idle().await;
+    /// Resolves when the in-flight tokens have news for [`Core::turn`]:
+    /// the last one is gone while `draining`, or one was dropped by a
+    /// panic not yet `panic_seen`. Pending otherwise.
+    async fn in_flight_news(workers: &Workers, draining: bool, panic_seen: bool) {
+        let tracker = workers.tracker();
+        let idle = async {
+            if !draining {
+                futures_lite::future::pending::<()>().await;
+            }
+            tracker.idle().await;
+        };
+        let panic = async {
+            if panic_seen {
+                futures_lite::future::pending::<()>().await;
+            }
+            tracker.panic().await;
+        };
+        idle.or(panic).await;
     }
 
     /// Tells the consumer threads to end, and waits for them with the
@@ -541,6 +551,7 @@ impl Core {
                 StopRequested,
                 Tick,
             }
+            let panic_seen = self.panic_seen;
             let (workers, stop, pulse) = (&self.workers, &self.stop, &mut self.pulse);
             let woke = async { Woke::Done(step.as_mut().await) }
                 .or(async {
@@ -555,6 +566,10 @@ impl Core {
                 })
                 .or(async {
                     pulse.tick().await;
+                    Woke::Tick
+                })
+                .or(async {
+                    Core::in_flight_news(workers, false, panic_seen).await;
                     Woke::Tick
                 })
                 .await;
@@ -590,7 +605,7 @@ impl Core {
                 "Stopping: waiting for {} message(s) given to the consumer",
                 self.workers.tracker().count()
             ));
-            let (workers, pulse) = (&self.workers, &mut self.pulse);
+            let (workers, pulse, panic_seen) = (&self.workers, &mut self.pulse, self.panic_seen);
             let finished = async {
                 match workers.next_result().await {
                     Some(finished) => Some(finished),
@@ -603,7 +618,7 @@ impl Core {
                 None
             })
             .or(async {
-                Core::idle(workers, true).await;
+                Core::in_flight_news(workers, true, panic_seen).await;
                 None
             })
             .await;
@@ -617,8 +632,9 @@ impl Core {
 
     /// Dispatches deliveries and settles outcomes until the lifecycle
     /// stops or the channels end. The ledger is retired when this returns.
-    async fn consume(&mut self, connection: &Connection, ledger: &mut Ledger) -> ChannelsEnd {
-        let end = self.consume_until_end(connection, ledger).await;
+    async fn consume(&mut self, channels: &mut Channels<'_>) -> ChannelsEnd {
+        let end = self.consume_until_end(channels).await;
+        let ledger = &mut channels.ledger;
         // Retired first, so that no consumer thread marks an ack after the
         // last ones are sent: its answer goes to the engine instead, which
         // says that the message comes again.
@@ -632,10 +648,7 @@ impl Core {
                     self.count(answers);
                     end
                 }
-                None => match end {
-                    ChannelsEnd::Reopen(_) => ChannelsEnd::ConnectionLost(UNSETTLED.to_owned()),
-                    end => end,
-                },
+                None => end,
             },
         }
     }
@@ -651,11 +664,8 @@ impl Core {
         }
     }
 
-    async fn consume_until_end(
-        &mut self,
-        connection: &Connection,
-        ledger: &mut Ledger,
-    ) -> ChannelsEnd {
+    async fn consume_until_end(&mut self, channels: &mut Channels<'_>) -> ChannelsEnd {
+        let connection = channels.connection;
         // lapin's connection events are one channel, not a broadcast:
         // nothing else in the host may listen to them, or the two would
         // take each other's events.
@@ -669,13 +679,18 @@ impl Core {
                 self.workers.submit(job);
             }
             if self.lifecycle.exit().is_some() {
+                let ledger = &mut channels.ledger;
                 if self.lifecycle.requeue_all() && !self.pulse.beating(ledger.requeue_all()).await {
                     return ChannelsEnd::ConnectionLost(UNSETTLED.to_owned());
                 }
                 return ChannelsEnd::Draining;
             }
-            let running = self.lifecycle.is_running();
+            let (running, panic_seen) = (self.lifecycle.is_running(), self.panic_seen);
+            let reopen_due = running
+                .then(|| channels.reopen_at.iter().flatten().min().copied())
+                .flatten();
             let (workers, stop, pulse) = (&self.workers, &self.stop, &mut self.pulse);
+            let ledger = &mut channels.ledger;
             let event = async {
                 match workers.next_result().await {
                     Some(finished) => Event::Finished(finished),
@@ -701,14 +716,26 @@ impl Core {
                 Event::Tick
             })
             .or(async {
-                Core::idle(workers, !running).await;
-                Event::Idle
+                Core::in_flight_news(workers, !running, panic_seen).await;
+                Event::InFlight
+            })
+            .or(async {
+                match reopen_due {
+                    Some(due) => async_io::Timer::at(due).await,
+                    None => futures_lite::future::pending().await,
+                };
+                Event::ReopenDue
             })
             .await;
             match event {
-                Event::Tick | Event::Idle => {}
+                Event::Tick | Event::InFlight => {}
                 Event::Taken(Taken::Acks(answers)) => self.count(answers),
-                Event::Taken(Taken::FlushDue) => ledger.send_marked(),
+                Event::Taken(Taken::FlushDue) => channels.ledger.send_marked(),
+                Event::ReopenDue => {
+                    if let Err(end) = self.reopen_due_channels(channels).await {
+                        return end;
+                    }
+                }
                 Event::Taken(Taken::Hung) => {
                     return ChannelsEnd::ConnectionLost(UNSETTLED.to_owned());
                 }
@@ -722,23 +749,24 @@ impl Core {
                     }
                     // A channel's error: ours, or one this set-up does not
                     // use (a publisher's, or one it closed already).
-                    if let Some(closed) = ledger
-                        .queues()
-                        .iter()
-                        .find(|queue| !queue.channel.status().connected())
-                    {
-                        return ChannelsEnd::Reopen(format!(
-                            "consuming from {:?} failed: {error}",
-                            closed.queue
-                        ));
+                    match channels.ledger.closed_channel() {
+                        Some(source) => {
+                            let reason = format!(
+                                "consuming from {:?} failed: {error}",
+                                channels.ledger.names()[source]
+                            );
+                            self.channel_failed(channels, source, reason).await;
+                        }
+                        None => {
+                            log::debug!("a channel this set-up does not consume on failed: {error}")
+                        }
                     }
-                    log::debug!("a channel this set-up does not consume on failed: {error}");
                 }
                 Event::Connection(Some(_)) => {}
                 Event::Connection(None) => events = None,
                 Event::StopRequested => {
                     if self.lifecycle.stop_requested() {
-                        self.start_draining(Some(ledger)).await;
+                        self.start_draining(Some(&channels.ledger)).await;
                     }
                 }
                 Event::Finished(first) => {
@@ -751,12 +779,12 @@ impl Core {
                             None => break,
                         }
                     }
-                    let (hung, rest) = self.answer(Some(ledger), batch).await;
+                    let (hung, rest) = self.answer(Some(&mut channels.ledger), batch).await;
                     if hung {
                         return ChannelsEnd::ConnectionLost(UNSETTLED.to_owned());
                     }
                     for finished in rest {
-                        if let Err(end) = self.lane_report(connection, ledger, finished).await {
+                        if let Err(end) = self.lane_report(channels, finished).await {
                             return end;
                         }
                     }
@@ -830,6 +858,75 @@ impl Core {
             }
         }
         (hung, rest)
+    }
+
+    /// `source`'s channel failed while the connection lives: it is retired
+    /// alone (the broker delivers again what it held), closed, and a new
+    /// one is opened after its backoff, while the other queues go on.
+    async fn channel_failed(&mut self, channels: &mut Channels<'_>, source: usize, reason: String) {
+        let channel = channels.ledger.retire_channel(source);
+        let queue = &channels.ledger.names()[source];
+        if self.lifecycle.is_running() {
+            let delay = channels.backoff[source].next_delay();
+            log::warn!(
+                "{reason}; opening a new channel for queue {queue:?} and consuming from it again in {:.1} s",
+                delay.as_secs_f64()
+            );
+            channels.reopen_at[source] = Some(Instant::now() + delay);
+        } else {
+            log::warn!("{reason}; stopping, so queue {queue:?} is not consumed again");
+        }
+        if channel.status().connected() {
+            let closing = bounded("closing a channel", channel.close(200, "reopening".into()));
+            self.pulse.beating(closing).await;
+        }
+    }
+
+    /// Opens a new channel for each queue whose reopening is due; one that
+    /// cannot be opened yet is tried again after its backoff.
+    async fn reopen_due_channels(
+        &mut self,
+        channels: &mut Channels<'_>,
+    ) -> Result<(), ChannelsEnd> {
+        let now = Instant::now();
+        for source in 0..channels.reopen_at.len() {
+            if channels.reopen_at[source].is_none_or(|due| due > now) {
+                continue;
+            }
+            channels.reopen_at[source] = None;
+            let queue = channels.ledger.names()[source].clone();
+            let opening = bounded_for(
+                "opening a channel",
+                SETUP_STEP,
+                session::start_consumer(channels.connection, &queue, self.prefetch_count),
+            );
+            match self.pulse.beating(opening).await {
+                None => return Err(ChannelsEnd::ConnectionLost(SETUP_HUNG.to_owned())),
+                Some(Ok((queue_channel, stream))) => {
+                    let channel = channels.ledger.replace_channel(source, queue_channel);
+                    channels.lane.replace((channel, stream));
+                    // Each thread reads the new stream through a new reader.
+                    self.workers.open_lane(&channels.lane);
+                    channels.backoff[source].consuming();
+                }
+                Some(Err(fatal)) if !channels.connection.status().connected() => {
+                    return Err(ChannelsEnd::ConnectionLost(fatal.message));
+                }
+                Some(Err(fatal)) if fatal.exit == Exit::Permission => {
+                    return Err(ChannelsEnd::Fatal(fatal));
+                }
+                Some(Err(fatal)) => {
+                    let delay = channels.backoff[source].next_delay();
+                    log::warn!(
+                        "{}; trying queue {queue:?} again in {:.1} s",
+                        fatal.message,
+                        delay.as_secs_f64()
+                    );
+                    channels.reopen_at[source] = Some(Instant::now() + delay);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// No job starts any more, and none waits with the engine: their

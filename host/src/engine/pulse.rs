@@ -34,7 +34,10 @@ impl Pulse {
         let now = Instant::now();
         let ping_every = notifier.watchdog_interval();
         let period = match ping_every {
-            Some(every) => every.min(STATUS_REFRESH),
+            // Twice per ping interval, so that the longest gap between
+            // pings is 1.5 intervals (three quarters of the watchdog's
+            // timeout), not two (all of it).
+            Some(every) => (every / 2).min(STATUS_REFRESH),
             None if notifier.enabled() => STATUS_REFRESH,
             // Nobody listens: turning would only cost wake-ups.
             None => Duration::from_secs(3600),

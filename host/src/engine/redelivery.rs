@@ -31,11 +31,21 @@ use crate::exit::{Exit, Fatal};
 use crate::monitor::Stats;
 use crate::wire;
 
+/// What became of a delivery the limit stopped before the consumer.
+pub enum Carried {
+    /// Copied where it goes and acked, or rejected.
+    Settled,
+    /// The count could not be carried (its queue took no copy), so the
+    /// consumer gets the delivery as it is rather than see it loop.
+    Consume(Box<Delivery>),
+    /// The channel the copies go out on failed (said why): the delivery
+    /// went back to its queue, and the copies need a new channel.
+    PublisherFailed(String),
+}
+
 /// A delivery the limit stops before the consumer: a classic queue's
 /// redelivery goes back to the end of its queue carrying its count; one
 /// over the limit goes to the dead-letter exchange, or is rejected.
-/// `Some`: the count could not be carried (its queue took no copy), so
-/// the consumer gets the delivery as it is rather than see it loop.
 pub(super) async fn carry_out(
     ledger: &Ledger,
     source: usize,
@@ -43,13 +53,13 @@ pub(super) async fn carry_out(
     verdict: Verdict,
     limit: &DeliveryLimit,
     stats: &Stats,
-) -> Result<Option<Delivery>, ChannelsEnd> {
+) -> Result<Carried, ChannelsEnd> {
     let id = wire::message_id(&delivery.properties).to_owned();
     let topic = delivery.routing_key.as_str().to_owned();
-    let queue = ledger.queues()[source].queue.clone();
+    let queue = ledger.names()[source].clone();
     let headers = delivery.properties.headers().clone();
     let (forwarded, over) = match verdict {
-        Verdict::Consume => return Ok(Some(delivery)),
+        Verdict::Consume => return Ok(Carried::Consume(Box::new(delivery))),
         Verdict::CarryCount(number) => {
             log::info!(
                 "Message {id} came back (delivery {number} of at most {}); requeued at the end of queue {queue:?} with its count",
@@ -71,7 +81,7 @@ pub(super) async fn carry_out(
                 );
                 taken(ledger.reject(delivery).await)?;
                 stats.over_limit();
-                return Ok(None);
+                return Ok(Carried::Settled);
             };
             log::warn!(
                 "Message {id} (topic {topic}) was delivered {}, [delivery_limit] max: sent to dead-letter exchange {exchange:?} instead of the consumer",
@@ -92,7 +102,7 @@ pub(super) async fn carry_out(
             if over {
                 stats.over_limit();
             }
-            Ok(None)
+            Ok(Carried::Settled)
         }
         Forwarded::Unroutable(delivery) if over => {
             log::error!(
@@ -100,15 +110,18 @@ pub(super) async fn carry_out(
             );
             taken(ledger.reject(*delivery).await)?;
             stats.over_limit();
-            Ok(None)
+            Ok(Carried::Settled)
         }
         Forwarded::Unroutable(delivery) => {
             log::warn!(
                 "Queue {queue:?} took no copy of message {id}, so its delivery count cannot be carried; handing it to the consumer as it is"
             );
-            Ok(Some(*delivery))
+            Ok(Carried::Consume(delivery))
         }
-        Forwarded::Failed(reason) => Err(ChannelsEnd::Reopen(reason)),
+        Forwarded::Failed(reason, delivery) => {
+            taken(ledger.requeue(*delivery).await)?;
+            Ok(Carried::PublisherFailed(reason))
+        }
         Forwarded::Forbidden(reason) => Err(ChannelsEnd::Fatal(Fatal::new(
             Exit::Permission,
             format!(

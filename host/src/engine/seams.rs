@@ -9,6 +9,9 @@
 //!   a test can see the systemd watchdog go quiet.
 //! - `FM_TEST_HANG_SETTLE_OF`: settling that message never completes (as
 //!   on a connection that is dead but not yet known to be).
+//! - `FM_TEST_SLOW_SETTLE_OF`: settling that message takes 2 s more (and
+//!   then completes), so a test can finish another message while the
+//!   engine is inside that settlement.
 //! - `FM_TEST_BREAK_CHANNEL_ON`: when a consumer thread first takes that
 //!   message, it acknowledges a delivery tag the broker never gave, and the
 //!   broker closes the channel (406), as it closes one for any channel
@@ -19,11 +22,16 @@
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// How much longer `FM_TEST_SLOW_SETTLE_OF`'s settlement takes.
+const SLOW_SETTLE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Default)]
 pub struct Seams {
     stall_engine_on: Option<String>,
     hang_settle_of: Option<String>,
+    slow_settle_of: Option<String>,
     break_channel_on: Option<String>,
     panic_on: Option<String>,
     channel_broken: AtomicBool,
@@ -41,6 +49,7 @@ pub fn get() -> &'static Seams {
         Seams {
             stall_engine_on: read("FM_TEST_STALL_ENGINE_ON"),
             hang_settle_of: read("FM_TEST_HANG_SETTLE_OF"),
+            slow_settle_of: read("FM_TEST_SLOW_SETTLE_OF"),
             break_channel_on: read("FM_TEST_BREAK_CHANNEL_ON"),
             panic_on: read("FM_TEST_PANIC_ON"),
             channel_broken: AtomicBool::new(false),
@@ -69,7 +78,14 @@ impl Seams {
     /// Whether the engine must settle that message's answer, whatever it
     /// is, for a seam to act on it.
     pub fn needs_engine(&self, message_id: &str) -> bool {
-        self.stall_engine_on.as_deref() == Some(message_id) || self.hangs_settle_of(message_id)
+        self.stall_engine_on.as_deref() == Some(message_id)
+            || self.hangs_settle_of(message_id)
+            || self.settle_delay_of(message_id).is_some()
+    }
+
+    /// How much longer settling that message takes, if it is the one.
+    pub fn settle_delay_of(&self, message_id: &str) -> Option<Duration> {
+        (self.slow_settle_of.as_deref() == Some(message_id)).then_some(SLOW_SETTLE)
     }
 
     pub fn hangs_settle_of(&self, message_id: &str) -> bool {

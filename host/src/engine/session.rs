@@ -15,27 +15,25 @@ use crate::exit::{Exit, Fatal};
 use crate::topology::{Topology, broker_code, broker_reply, queue_exists};
 
 /// What one set-up opened: the queues' names (the broker's, for
-/// server-named queues, so that a re-declaration asks for the same ones),
-/// their ledger and their delivery streams (in the ledger's order).
+/// server-named queues), their ledger and their delivery streams (in the
+/// ledger's order).
 pub struct Opened {
     pub names: Vec<String>,
     pub ledger: Ledger,
     pub streams: Vec<lapin::Consumer>,
 }
 
-/// Declares the queues and bindings (with `known_names` after the first
-/// time), then opens a channel per queue with QoS `prefetch_count` and
+/// Declares the queues and bindings, then opens a channel per queue with QoS `prefetch_count` and
 /// starts consuming on it; with a delivery limit, also a channel in
 /// confirm mode for its copies, once its dead-letter exchange is known to
 /// exist.
 pub async fn open(
     connection: &Connection,
     topology: &Topology,
-    known_names: Option<&[String]>,
     prefetch_count: u16,
     limit: Option<&DeliveryLimit>,
 ) -> Result<Opened, Fatal> {
-    let names = topology.declare(connection, known_names).await?;
+    let names = topology.declare(connection).await?;
     let publisher = match limit {
         Some(limit) => Some(open_publisher(connection, limit).await?),
         None => None,
@@ -56,7 +54,10 @@ pub async fn open(
 
 /// The delivery limit's channel, in confirm mode; its dead-letter exchange
 /// must exist (exit 10 otherwise, as for any declaration).
-async fn open_publisher(connection: &Connection, limit: &DeliveryLimit) -> Result<Channel, Fatal> {
+pub async fn open_publisher(
+    connection: &Connection,
+    limit: &DeliveryLimit,
+) -> Result<Channel, Fatal> {
     let registration = |what: &str, error: lapin::Error| {
         Fatal::new(
             Exit::Registration,
@@ -106,7 +107,7 @@ async fn open_publisher(connection: &Connection, limit: &DeliveryLimit) -> Resul
 }
 
 /// Opens a channel for `queue`, sets QoS on it and starts consuming.
-async fn start_consumer(
+pub async fn start_consumer(
     connection: &Connection,
     queue: &str,
     prefetch_count: u16,

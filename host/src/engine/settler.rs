@@ -40,7 +40,7 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, Basi
 use lapin::types::{FieldTable, ShortString};
 
 use super::book::{Ack, Book};
-use super::deadline::{BROKER_STEP, bounded};
+use super::deadline::{BROKER_STEP, all, bounded};
 use super::message::{Answer, ChannelRef, Job, Ticket};
 use super::seams;
 use crate::outcome::Settle;
@@ -48,6 +48,7 @@ use crate::topology::{broker_code, broker_reply};
 use crate::wire;
 
 /// One queue being consumed, on a channel of its own.
+#[derive(Clone)]
 pub struct QueueChannel {
     /// The queue (the broker's name for a server-named queue).
     pub queue: Arc<str>,
@@ -103,9 +104,9 @@ pub enum Forwarded {
     /// The broker had nowhere to route the copy; the original is not
     /// settled.
     Unroutable(Box<Delivery>),
-    /// The publishing channel failed (it is closed now): set the channels
-    /// up again. The original is not settled.
-    Failed(String),
+    /// The publishing channel failed (it is closed now): open another.
+    /// The original is given back unsettled.
+    Failed(String, Box<Delivery>),
     /// The broker does not let this user publish there (403); trying
     /// again cannot help.
     Forbidden(String),
@@ -115,15 +116,35 @@ pub enum Forwarded {
 
 /// What the engine and the consumer threads share of a ledger.
 pub struct Shared {
-    /// Each queue channel's kill switch, in the order of `queues`.
-    lives: Vec<Arc<AtomicBool>>,
-    queues: Vec<QueueChannel>,
+    /// Each queue's name, in the set-up's order: a queue keeps its place
+    /// when its channel is replaced.
+    names: Vec<Arc<str>>,
     desk: Mutex<Desk>,
 }
 
-/// The book, and the acks on their way.
+/// One queue's channel now, and its kill switch.
+struct Slot {
+    queue: QueueChannel,
+    life: Arc<AtomicBool>,
+}
+
+impl Slot {
+    fn new(queue: QueueChannel) -> Slot {
+        Slot {
+            queue,
+            life: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    fn is_live(&self) -> bool {
+        self.life.load(Ordering::SeqCst)
+    }
+}
+
+/// The book, the channels it settles on, and the acks on their way.
 struct Desk {
     book: Book<Answer>,
+    slots: Vec<Slot>,
     /// When the marked answers are sent whatever their number; it wakes
     /// the engine, whichever thread armed it.
     flush: async_io::Timer,
@@ -135,13 +156,9 @@ struct Desk {
 }
 
 impl Shared {
-    pub fn queues(&self) -> &[QueueChannel] {
-        &self.queues
-    }
-
-    /// Whether `source`'s channel still lives.
-    pub fn is_live(&self, source: usize) -> bool {
-        self.lives[source].load(Ordering::SeqCst)
+    /// Each queue's name, in the set-up's order.
+    pub fn names(&self) -> &[Arc<str>] {
+        &self.names
     }
 
     /// Whether this ledger issued `ticket` and can still settle its job.
@@ -151,20 +168,17 @@ impl Shared {
 
     /// Whether `channel` is one of this ledger's, still alive.
     pub fn owns_channel(&self, channel: &ChannelRef) -> bool {
-        self.lives
-            .get(channel.source())
-            .is_some_and(|life| channel.is(life))
-            && channel.is_live()
+        self.desk().owns(channel)
     }
 
-    /// `source`'s channel, as its deliveries know it.
+    /// `source`'s channel now, as its deliveries know it.
     pub fn channel(&self, source: usize) -> ChannelRef {
-        ChannelRef::new(self.lives[source].clone(), source)
+        ChannelRef::new(self.desk().slots[source].life.clone(), source)
     }
 
     fn retire(&self) {
-        for life in &self.lives {
-            life.store(false, Ordering::SeqCst);
+        for slot in &self.desk().slots {
+            slot.life.store(false, Ordering::SeqCst);
         }
     }
 
@@ -176,22 +190,27 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Takes the next delivery of a queue from `poll_stream` and admits
-    /// it, in one step under the book, so that tags are admitted in the
-    /// order the broker gave them even when several threads read the
-    /// stream: an ack with `multiple` never passes over a delivery taken
-    /// and not yet admitted.
+    /// Takes the next delivery of `channel`'s stream from `poll_stream`
+    /// and admits it, in one step under the book, so that tags are
+    /// admitted in the order the broker gave them even when several
+    /// threads read the stream: an ack with `multiple` never passes over a
+    /// delivery taken and not yet admitted. Pending, without polling, once
+    /// the channel is gone (the broker delivers what lapin still holds
+    /// again).
     pub fn take(
         &self,
-        source: usize,
+        channel: &ChannelRef,
         poll_stream: impl FnOnce() -> Poll<Option<lapin::Result<Delivery>>>,
     ) -> Poll<Option<lapin::Result<(Delivery, Ticket)>>> {
         let mut desk = self.desk();
+        if !desk.owns(channel) {
+            return Poll::Pending;
+        }
         match poll_stream() {
             Poll::Ready(Some(Ok(delivery))) => {
-                desk.book.admit(source, delivery.delivery_tag);
+                desk.book.admit(channel.source(), delivery.delivery_tag);
                 let ticket = Ticket {
-                    channel: self.channel(source),
+                    channel: channel.clone(),
                     tag: delivery.delivery_tag,
                 };
                 Poll::Ready(Some(Ok((delivery, ticket))))
@@ -207,11 +226,11 @@ impl Shared {
     /// or the book does not know the job: it is not settled.
     pub fn mark_ack(&self, job: &Job, answer: Answer) -> Result<(), Answer> {
         let mut desk = self.desk();
-        if !self.owns(&job.ticket) {
+        if !desk.owns(&job.ticket.channel) {
             return Err(answer);
         }
         desk.mark(job, answer)?;
-        desk.after_marking(&self.queues);
+        desk.after_marking();
         Ok(())
     }
 
@@ -219,7 +238,7 @@ impl Shared {
     /// never gave on `source`'s channel, which the broker answers by
     /// closing the channel.
     pub fn break_channel(&self, source: usize) {
-        let channel = self.queues[source].channel.clone();
+        let channel = self.desk().slots[source].queue.channel.clone();
         let mut bogus = Box::pin(async move {
             channel
                 .basic_ack(u64::MAX / 2, BasicAckOptions::default())
@@ -232,6 +251,14 @@ impl Shared {
 }
 
 impl Desk {
+    /// Whether `channel` is the live channel of its queue.
+    fn owns(&self, channel: &ChannelRef) -> bool {
+        self.slots
+            .get(channel.source())
+            .is_some_and(|slot| channel.is(&slot.life))
+            && channel.is_live()
+    }
+
     /// Marks `job`'s ack; `Err` (said so) if the book does not know it.
     fn mark(&mut self, job: &Job, answer: Answer) -> Result<(), Answer> {
         self.book
@@ -246,9 +273,9 @@ impl Desk {
 
     /// Sends the marked acks if there are enough, or makes sure they are
     /// sent within [`FLUSH_AFTER`].
-    fn after_marking(&mut self, queues: &[QueueChannel]) {
+    fn after_marking(&mut self) {
         if self.book.ack_due() {
-            self.send_marked(queues);
+            self.send_marked();
         } else if self.book.marked() > 0 && !self.flush_armed {
             self.flush.set_after(FLUSH_AFTER);
             self.flush_armed = true;
@@ -264,7 +291,7 @@ impl Desk {
     /// Sends every marked ack as the book groups them. The requests are
     /// out, in order, before this returns; [`Ledger::taken`] says when
     /// lapin took them.
-    fn send_marked(&mut self, queues: &[QueueChannel]) {
+    fn send_marked(&mut self) {
         for Ack {
             source,
             tag,
@@ -272,7 +299,7 @@ impl Desk {
             answers,
         } in self.book.take_acks()
         {
-            let channel = queues[source].channel.clone();
+            let channel = self.slots[source].queue.channel.clone();
             let mut taken: Pin<Box<dyn Future<Output = lapin::Result<()>> + Send>> =
                 Box::pin(async move { channel.basic_ack(tag, BasicAckOptions { multiple }).await });
             // The first poll hands the frame to lapin, in order; the
@@ -316,8 +343,10 @@ impl Ledger {
         publisher: Option<Channel>,
         prefetch_count: u16,
     ) -> Ledger {
+        let names = queues.iter().map(|queue| queue.queue.clone()).collect();
         let desk = Desk {
             book: Book::new(queues.len(), usize::from(prefetch_count / 2)),
+            slots: queues.into_iter().map(Slot::new).collect(),
             flush: async_io::Timer::never(),
             flush_armed: false,
             engine: None,
@@ -325,11 +354,7 @@ impl Ledger {
         };
         Ledger {
             shared: Arc::new(Shared {
-                lives: queues
-                    .iter()
-                    .map(|_| Arc::new(AtomicBool::new(true)))
-                    .collect(),
-                queues,
+                names,
                 desk: Mutex::new(desk),
             }),
             publisher,
@@ -343,8 +368,64 @@ impl Ledger {
         self.shared.clone()
     }
 
-    pub fn queues(&self) -> &[QueueChannel] {
-        &self.shared.queues
+    /// Each queue's name, in the set-up's order.
+    pub fn names(&self) -> &[Arc<str>] {
+        &self.shared.names
+    }
+
+    /// `source`'s queue and its channel now.
+    pub fn queue(&self, source: usize) -> QueueChannel {
+        self.shared.desk().slots[source].queue.clone()
+    }
+
+    /// `source`'s channel now, as its deliveries know it.
+    pub fn channel(&self, source: usize) -> ChannelRef {
+        self.shared.channel(source)
+    }
+
+    /// A queue whose channel lapin knows is closed, and this ledger does
+    /// not know yet.
+    pub fn closed_channel(&self) -> Option<usize> {
+        self.shared
+            .desk()
+            .slots
+            .iter()
+            .position(|slot| slot.is_live() && !slot.queue.channel.status().connected())
+    }
+
+    /// `source`'s channel is gone: its tickets die now, its tags are
+    /// forgotten (the broker delivers those messages again), and the
+    /// others go on. Its channel, to close.
+    pub fn retire_channel(&self, source: usize) -> Channel {
+        let mut desk = self.shared.desk();
+        desk.slots[source].life.store(false, Ordering::SeqCst);
+        desk.book.forget(source);
+        desk.slots[source].queue.channel.clone()
+    }
+
+    /// `source` consumes on `queue`'s new channel from now on.
+    pub fn replace_channel(&self, source: usize, queue: QueueChannel) -> ChannelRef {
+        let mut desk = self.shared.desk();
+        desk.slots[source].life.store(false, Ordering::SeqCst);
+        desk.book.forget(source);
+        desk.slots[source] = Slot::new(queue);
+        ChannelRef::new(desk.slots[source].life.clone(), source)
+    }
+
+    /// The delivery limit's copies go out on `publisher` from now on.
+    pub fn replace_publisher(&mut self, publisher: Channel) {
+        self.publisher = Some(publisher);
+    }
+
+    /// The live queues and their channels.
+    fn live_queues(&self) -> Vec<QueueChannel> {
+        self.shared
+            .desk()
+            .slots
+            .iter()
+            .filter(|slot| slot.is_live())
+            .map(|slot| slot.queue.clone())
+            .collect()
     }
 
     /// The channels are gone or given up: every ticket dies now.
@@ -369,9 +450,9 @@ impl Ledger {
         {
             let mut desk = self.shared.desk();
             for (job, action, answer) in batch {
-                debug_assert!(self.owns(&job.ticket));
-                // (The hang seam needs the message settled on its own.)
-                if action == Settle::Ack && !seams::get().hangs_settle_of(job.message_id()) {
+                debug_assert!(desk.owns(&job.ticket.channel));
+                // (The settlement seams need the message settled on its own.)
+                if action == Settle::Ack && !seams::get().needs_engine(job.message_id()) {
                     let _ = desk.mark(&job, answer);
                 } else {
                     others.push((job, action, answer));
@@ -380,7 +461,7 @@ impl Ledger {
             if !others.is_empty() {
                 // Acks answered before go out first: settling one of these
                 // may hang, and what was answered must not be lost with it.
-                desk.send_marked(&self.shared.queues);
+                desk.send_marked();
             }
         }
         let mut settled = Vec::with_capacity(others.len());
@@ -394,7 +475,7 @@ impl Ledger {
                 None => return self.hung(settled),
             }
         }
-        self.shared.desk().after_marking(&self.shared.queues);
+        self.shared.desk().after_marking();
         Settlement {
             settled,
             hung: false,
@@ -403,15 +484,16 @@ impl Ledger {
 
     /// Sends every marked ack now.
     pub fn send_marked(&self) {
-        self.shared.desk().send_marked(&self.shared.queues);
+        self.shared.desk().send_marked();
     }
 
     /// A delivery admitted to this ledger was settled without the book
     /// (rejected or forwarded by the engine): acks with `multiple` may
     /// pass over it.
     pub fn settled_elsewhere(&self, ticket: &Ticket) {
-        if self.owns(ticket) {
-            self.shared.desk().book.settled(ticket.source(), ticket.tag);
+        let mut desk = self.shared.desk();
+        if desk.owns(&ticket.channel) {
+            desk.book.settled(ticket.source(), ticket.tag);
         }
     }
 
@@ -440,7 +522,7 @@ impl Ledger {
                             break;
                         };
                         answers.extend(taken_answers(
-                            &self.shared.queues,
+                            &self.shared.names,
                             sent.source,
                             sent.answers,
                             result,
@@ -496,7 +578,7 @@ impl Ledger {
     pub async fn settle_sent(&mut self) -> Option<Vec<Answer>> {
         let sent: Vec<SentAck> = {
             let mut desk = self.shared.desk();
-            desk.send_marked(&self.shared.queues);
+            desk.send_marked();
             desk.sent.drain(..).collect()
         };
         let mut answers = Vec::new();
@@ -504,7 +586,7 @@ impl Ledger {
             for sent in sent {
                 let result = sent.taken.await;
                 answers.extend(taken_answers(
-                    &self.shared.queues,
+                    &self.shared.names,
                     sent.source,
                     sent.answers,
                     result,
@@ -535,7 +617,10 @@ impl Ledger {
         headers: FieldTable,
     ) -> Forwarded {
         let Some(publisher) = &self.publisher else {
-            return Forwarded::Failed("no publishing channel (please report this bug)".to_owned());
+            return Forwarded::Failed(
+                "no publishing channel (please report this bug)".to_owned(),
+                Box::new(delivery),
+            );
         };
         let properties = delivery.properties.clone().with_headers(headers);
         let confirmed = async {
@@ -559,10 +644,13 @@ impl Ledger {
                 "the broker does not let this user publish to exchange {exchange:?}: {}",
                 broker_reply(&error)
             )),
-            Some(Err(error)) => Forwarded::Failed(format!(
-                "publishing a copy of message {} to exchange {exchange:?} failed: {error}",
-                wire::message_id(&delivery.properties)
-            )),
+            Some(Err(error)) => Forwarded::Failed(
+                format!(
+                    "publishing a copy of message {} to exchange {exchange:?} failed: {error}",
+                    wire::message_id(&delivery.properties)
+                ),
+                Box::new(delivery),
+            ),
             Some(Ok(lapin::Confirmation::Ack(None))) => {
                 match settle_one(delivery, Settle::Ack).await {
                     Some(_) => Forwarded::Done,
@@ -572,10 +660,13 @@ impl Ledger {
             Some(Ok(lapin::Confirmation::Ack(Some(_)))) => {
                 Forwarded::Unroutable(Box::new(delivery))
             }
-            Some(Ok(confirmation)) => Forwarded::Failed(format!(
-                "the broker did not take a copy of message {} for exchange {exchange:?} ({confirmation:?})",
-                wire::message_id(&delivery.properties)
-            )),
+            Some(Ok(confirmation)) => Forwarded::Failed(
+                format!(
+                    "the broker did not take a copy of message {} for exchange {exchange:?} ({confirmation:?})",
+                    wire::message_id(&delivery.properties)
+                ),
+                Box::new(delivery),
+            ),
         }
     }
 
@@ -587,56 +678,64 @@ impl Ledger {
         settle_one(delivery, Settle::Reject).await.is_some()
     }
 
+    /// Puts a delivery that never reached a consumer back in its queue
+    /// (the caller tells the book); `false` when the request was not
+    /// taken in time.
+    #[must_use]
+    pub async fn requeue(&self, delivery: Delivery) -> bool {
+        settle_one(delivery, Settle::Requeue).await.is_some()
+    }
+
     /// After a failure, once no worker holds a message: every delivery
     /// still unsettled on the channels (prefetched, never handed out) goes
     /// back to its queue, as fedora-messaging does with one `basic.nack`
-    /// of tag 0 with `multiple`. `false` when a channel did not take it in
-    /// time.
+    /// of tag 0 with `multiple`, on every channel at once. `false` when a
+    /// channel did not take it in time.
     #[must_use]
     pub async fn requeue_all(&mut self) -> bool {
         // What was answered with an ack must not go back with the rest.
         self.send_marked();
-        for queue in self.queues() {
-            let requeue = queue.channel.basic_nack(
+        let queues = self.live_queues();
+        let requeues = queues.iter().map(|queue| {
+            queue.channel.basic_nack(
                 0,
                 BasicNackOptions {
                     multiple: true,
                     requeue: true,
                 },
-            );
-            match bounded("returning unsettled messages", requeue).await {
-                Some(Ok(())) => {}
-                Some(Err(error)) => log::warn!(
+            )
+        });
+        let Some(results) = bounded("returning unsettled messages", all(requeues.collect())).await
+        else {
+            return false;
+        };
+        for (queue, result) in queues.iter().zip(results) {
+            if let Err(error) = result {
+                log::warn!(
                     "Could not return the unsettled messages of queue {:?}: {error}; closing the channel returns them",
                     queue.queue
-                ),
-                None => return false,
+                );
             }
         }
         true
     }
 
-    /// Asks the broker to stop delivering to our consumers; what it
-    /// already delivered and we did not settle goes back when the channels
-    /// close.
+    /// Asks the broker to stop delivering to our consumers, on every
+    /// channel at once; what it already delivered and we did not settle
+    /// goes back when the channels close.
     pub async fn cancel_all(&self) {
-        for queue in self.queues() {
-            let cancel = queue
+        let queues = self.live_queues();
+        let cancels = queues.iter().map(|queue| {
+            queue
                 .channel
-                .basic_cancel(queue.consumer_tag.clone(), BasicCancelOptions::default());
-            if let Some(Err(error)) = bounded("cancelling a consumer", cancel).await {
-                log::debug!("cancelling the consumer of {:?}: {error}", queue.queue);
+                .basic_cancel(queue.consumer_tag.clone(), BasicCancelOptions::default())
+        });
+        if let Some(results) = bounded("cancelling the consumers", all(cancels.collect())).await {
+            for (queue, result) in queues.iter().zip(results) {
+                if let Err(error) = result {
+                    log::debug!("cancelling the consumer of {:?}: {error}", queue.queue);
+                }
             }
-        }
-    }
-
-    /// Retires the ledger and closes its channels (the broker requeues
-    /// what they hold unsettled).
-    pub async fn close(&self, reason: &str) {
-        self.retire();
-        let channels = self.queues().iter().map(|queue| &queue.channel);
-        for channel in channels.chain(&self.publisher) {
-            bounded("closing a channel", channel.close(200, reason.into())).await;
         }
     }
 }
@@ -644,7 +743,7 @@ impl Ledger {
 /// The answers an ack of `source`'s channel settled once lapin took it;
 /// none when it could not (said so: the broker delivers them again).
 fn taken_answers(
-    queues: &[QueueChannel],
+    names: &[Arc<str>],
     source: usize,
     answers: Vec<Answer>,
     result: lapin::Result<()>,
@@ -655,7 +754,7 @@ fn taken_answers(
             log::warn!(
                 "Could not acknowledge {} message(s) of queue {:?}: {error}; the broker will deliver them again",
                 answers.len(),
-                queues[source].queue
+                names[source]
             );
             Vec::new()
         }
@@ -669,10 +768,17 @@ fn taken_answers(
 /// settlement within [`bounded`]'s limit: the connection is dead but not
 /// yet known to be, and waiting on it would stop consumption silently.
 async fn settle_one(delivery: Delivery, action: Settle) -> Option<bool> {
-    let hang = seams::get().hangs_settle_of(wire::message_id(&delivery.properties));
+    let id = wire::message_id(&delivery.properties);
+    let (hang, delay) = (
+        seams::get().hangs_settle_of(id),
+        seams::get().settle_delay_of(id),
+    );
     let settling = async {
         if hang {
             futures_lite::future::pending::<()>().await;
+        }
+        if let Some(delay) = delay {
+            async_io::Timer::after(delay).await;
         }
         match action {
             Settle::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
