@@ -4,11 +4,13 @@
 //! a queue's stream, which says whether the channels or the connection
 //! are gone, or the queue.
 
+use super::consuming::Channels;
 use super::deadline::{SETUP_STEP, bounded_for};
 use super::message::{Diverted, Finished, Job, Why};
 use super::redelivery::{self, Carried};
 use super::session::{self, StreamEnd};
-use super::{Channels, ChannelsEnd, Core, taken};
+use super::waiting::Core;
+use super::{ChannelsEnd, taken};
 use crate::wire;
 
 impl Core {

@@ -1,0 +1,273 @@
+//! What every wait of the engine attends to, whatever the connection is
+//! doing: the lifecycle, the workers' answers and their in-flight tokens,
+//! the stop request and the pulse; and the waits that happen without a
+//! connection (connecting, draining offline, the threads' end).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use futures_lite::FutureExt;
+
+use super::WORKERS_END;
+use super::lifecycle::Lifecycle;
+use super::message::{Finished, Job};
+use super::pulse::Pulse;
+use super::settler::Ledger;
+use super::workers::Workers;
+use crate::config::DeliveryLimit;
+use crate::exit::{Exit, Fatal};
+use crate::monitor::Stats;
+use crate::outcome::Next;
+use crate::stop::StopRequest;
+
+/// What every wait of the engine attends to, whatever the connection is
+/// doing: the lifecycle, the workers' answers, the stop request and the
+/// pulse.
+pub(super) struct Core {
+    /// Each queue consumer's QoS.
+    pub(super) prefetch_count: u16,
+    pub(super) lifecycle: Lifecycle,
+    pub(super) workers: Workers,
+    /// Jobs the engine holds for the workers (a delivery the delivery
+    /// limit could not carry on), waiting for room with them.
+    pub(super) pending: VecDeque<Job>,
+    pub(super) stop: StopRequest,
+    pub(super) pulse: Pulse,
+    pub(super) stats: Arc<Stats>,
+    /// `[delivery_limit]`, if any.
+    pub(super) limit: Option<DeliveryLimit>,
+    /// The first consumer that could not be built: the process exits 1
+    /// with it once the others have finished what they hold.
+    pub(super) build_failure: Option<Fatal>,
+    /// Whether a consumer thread's panic was taken into account.
+    pub(super) panic_seen: bool,
+    /// [`Settings::consumer`].
+    pub(super) consumer: String,
+}
+
+impl Core {
+    /// One turn of any of the engine's loops: the pulse, a consumer
+    /// thread's panic, and, while draining, whether anything is still in
+    /// flight.
+    pub(super) fn turn(&mut self) {
+        self.pulse.turned();
+        if !self.panic_seen && self.workers.tracker().panicked() {
+            self.panic_seen = true;
+            log::error!(
+                "A consumer thread panicked while handling a message (see the panic above); the message goes back to its queue, and the host stops as on a consumer failure"
+            );
+            if self.lifecycle.answered(Next::Abort(Exit::ConsumerFailed)) {
+                self.hold_workers();
+            }
+        }
+        if self.lifecycle.is_running() || self.lifecycle.exit().is_some() {
+            return;
+        }
+        // Draining, so the workers are held: the count can only fall.
+        if self.workers.tracker().count() > 0 {
+            return;
+        }
+        // Only reports that carry no token can still wait unread.
+        while let Some(finished) = self.workers.try_next_result() {
+            if let Finished::BuildFailed(fatal) = finished {
+                self.build_failed(fatal);
+            }
+        }
+        self.lifecycle.nothing_in_flight();
+    }
+
+    /// How the process exits once the lifecycle has stopped with `exit`.
+    pub(super) fn exit_with(&mut self, exit: Exit) -> Result<Exit, Fatal> {
+        let build_failure = self.build_failure.take();
+        match (exit, build_failure) {
+            (Exit::Error, Some(fatal)) => Err(fatal),
+            (exit, Some(fatal)) => {
+                log::error!("A consumer could not be built: {fatal}");
+                Ok(exit)
+            }
+            (exit, None) => Ok(exit),
+        }
+    }
+
+    /// A consumer instance could not be built: the others finish what they
+    /// hold, then the process exits 1 with the first such reason.
+    pub(super) fn build_failed(&mut self, fatal: Fatal) {
+        self.build_failure.get_or_insert(fatal);
+        if self.lifecycle.build_failed() {
+            self.hold_workers();
+        }
+    }
+
+    /// Resolves when the in-flight tokens have news for [`Core::turn`]:
+    /// the last one is gone while `draining`, or one was dropped by a
+    /// panic not yet `panic_seen`. Pending otherwise.
+    pub(super) async fn in_flight_news(workers: &Workers, draining: bool, panic_seen: bool) {
+        let tracker = workers.tracker();
+        let idle = async {
+            if !draining {
+                futures_lite::future::pending::<()>().await;
+            }
+            tracker.idle().await;
+        };
+        let panic = async {
+            if panic_seen {
+                futures_lite::future::pending::<()>().await;
+            }
+            tracker.panic().await;
+        };
+        idle.or(panic).await;
+    }
+
+    /// Tells the consumer threads to end, and waits for them with the
+    /// pulse going, for at most [`WORKERS_END`].
+    pub(super) async fn end_workers(&mut self, graceful: bool) {
+        self.workers.close(graceful);
+        if graceful {
+            self.pulse.status("Stopping: running the consumers' stop");
+        }
+        let (workers, pulse) = (&self.workers, &mut self.pulse);
+        let ended = pulse
+            .beating(
+                async {
+                    workers.ended().await;
+                    true
+                }
+                .or(async {
+                    async_io::Timer::after(WORKERS_END).await;
+                    false
+                }),
+            )
+            .await;
+        if !ended {
+            log::warn!(
+                "A consumer thread did not end within {WORKERS_END:?} of being told to (a consumer still being built, or one whose stop hangs); exiting without it"
+            );
+        }
+    }
+
+    /// Runs `step` while attending to everything else: worker answers
+    /// (whose channels are gone: no ledger lives while the engine waits
+    /// here), the stop request, the pulse. `None` once the lifecycle stops
+    /// running; `step` is then dropped unfinished.
+    pub(super) async fn interruptible<T>(
+        &mut self,
+        step: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        let mut step = std::pin::pin!(step);
+        loop {
+            self.turn();
+            if !self.lifecycle.is_running() {
+                return None;
+            }
+            // Built and matched at once, never stored: boxing would cost an
+            // allocation a message.
+            #[allow(clippy::large_enum_variant)]
+            enum Woke<T> {
+                Done(T),
+                Finished(Finished),
+                StopRequested,
+                Tick,
+            }
+            let panic_seen = self.panic_seen;
+            let (workers, stop, pulse) = (&self.workers, &self.stop, &mut self.pulse);
+            let woke = async { Woke::Done(step.as_mut().await) }
+                .or(async {
+                    match workers.next_result().await {
+                        Some(finished) => Woke::Finished(finished),
+                        None => futures_lite::future::pending().await,
+                    }
+                })
+                .or(async {
+                    stop.requested().await;
+                    Woke::StopRequested
+                })
+                .or(async {
+                    pulse.tick().await;
+                    Woke::Tick
+                })
+                .or(async {
+                    Core::in_flight_news(workers, false, panic_seen).await;
+                    Woke::Tick
+                })
+                .await;
+            match woke {
+                Woke::Done(value) => return Some(value),
+                Woke::Finished(finished) => {
+                    // No ledger: nothing to settle, so nothing can hang,
+                    // and what comes from a lane is for channels gone.
+                    self.answer(None, vec![finished]).await;
+                }
+                Woke::StopRequested => {
+                    if self.lifecycle.stop_requested() {
+                        self.start_draining(None).await;
+                    }
+                }
+                Woke::Tick => {}
+            }
+        }
+    }
+
+    /// The lifecycle is draining and no connection is left: wait for the
+    /// workers to hand back what they hold (nothing can be settled: the
+    /// broker delivers it again), then say how to exit. Never waits for
+    /// the broker.
+    pub(super) async fn drain_offline(&mut self) -> Exit {
+        self.hold_workers();
+        loop {
+            self.turn();
+            if let Some(exit) = self.lifecycle.exit() {
+                return exit;
+            }
+            self.pulse.status(&format!(
+                "Stopping: waiting for {} message(s) given to the consumer",
+                self.workers.tracker().count()
+            ));
+            let (workers, pulse, panic_seen) = (&self.workers, &mut self.pulse, self.panic_seen);
+            let finished = async {
+                match workers.next_result().await {
+                    Some(finished) => Some(finished),
+                    // Every thread is gone, and with it every token.
+                    None => futures_lite::future::pending().await,
+                }
+            }
+            .or(async {
+                pulse.tick().await;
+                None
+            })
+            .or(async {
+                Core::in_flight_news(workers, true, panic_seen).await;
+                None
+            })
+            .await;
+            if let Some(finished) = finished {
+                // No ledger: nothing to settle, so nothing can hang, and
+                // what comes from a lane is for channels gone.
+                self.answer(None, vec![finished]).await;
+            }
+        }
+    }
+
+    /// No job starts any more, and none waits with the engine: their
+    /// tokens go, and the broker delivers them again.
+    pub(super) fn hold_workers(&mut self) {
+        self.workers.hold();
+        self.pending.clear();
+    }
+
+    /// The lifecycle just started draining: no job starts any more, and
+    /// the broker is asked to stop delivering.
+    pub(super) async fn start_draining(&mut self, ledger: Option<&Ledger>) {
+        self.hold_workers();
+        self.stats.set_consuming(false);
+        self.pulse.stopping();
+        let in_flight = self.workers.tracker().count();
+        if in_flight > 0 {
+            log::info!(
+                "Waiting for the workers to finish or hand back the {in_flight} message(s) given to them before stopping"
+            );
+        }
+        if let Some(ledger) = ledger {
+            self.pulse.beating(ledger.cancel_all()).await;
+        }
+    }
+}
