@@ -30,9 +30,12 @@ pub struct Tracker {
 struct Inner {
     count: AtomicUsize,
     panicked: AtomicBool,
-    /// Notified each time the count falls to zero, and when a token is
-    /// dropped by a panic.
-    changed: Event,
+    /// Notified each time the count falls to zero. Only the engine that
+    /// drains listens: while it runs, the count falls to zero after most
+    /// messages, and a listener would be woken for each.
+    idle: Event,
+    /// Notified when a token is dropped by a panic.
+    panic: Event,
 }
 
 /// One message in flight; the count falls when it is dropped.
@@ -66,20 +69,21 @@ impl Tracker {
 
     /// Resolves once no token is alive (at once if none is).
     pub async fn idle(&self) {
-        self.until(|tracker| tracker.count() == 0).await;
+        self.until(&self.inner.idle, |tracker| tracker.count() == 0)
+            .await;
     }
 
     /// Resolves once a token was dropped by a panic (at once if one was).
     pub async fn panic(&self) {
-        self.until(Tracker::panicked).await;
+        self.until(&self.inner.panic, Tracker::panicked).await;
     }
 
-    async fn until(&self, done: impl Fn(&Tracker) -> bool) {
+    async fn until(&self, event: &Event, done: impl Fn(&Tracker) -> bool) {
         loop {
             if done(self) {
                 return;
             }
-            let listener = self.inner.changed.listen();
+            let listener = event.listen();
             // Looked at again once listening: a change in between would
             // otherwise be missed.
             if done(self) {
@@ -92,12 +96,12 @@ impl Tracker {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let panicking = std::thread::panicking();
-        if panicking {
+        if std::thread::panicking() {
             self.inner.panicked.store(true, Ordering::SeqCst);
+            self.inner.panic.notify(usize::MAX);
         }
-        if self.inner.count.fetch_sub(1, Ordering::SeqCst) == 1 || panicking {
-            self.inner.changed.notify(usize::MAX);
+        if self.inner.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.inner.idle.notify(usize::MAX);
         }
     }
 }
