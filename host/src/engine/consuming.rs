@@ -26,10 +26,17 @@ pub(super) struct Channels<'c> {
     pub ledger: Ledger,
     /// What the consumer threads read.
     pub lane: Arc<Lane>,
-    /// Per queue: when a new channel is due, after its channel failed.
-    pub reopen_at: Vec<Option<Instant>>,
-    /// Per queue: the waits between a channel's failures and its reopening.
-    pub backoff: Vec<Backoff>,
+    /// Per queue: when it gets a new channel after its channel failed.
+    pub reopening: Vec<Reopening>,
+}
+
+/// When one queue gets a new channel after its channel failed.
+#[derive(Default)]
+pub(super) struct Reopening {
+    /// When the new channel is due; `None` while the channel lives.
+    due: Option<Instant>,
+    /// The waits between the channel's failures and its reopening.
+    backoff: Backoff,
 }
 
 /// What the consume loop reacts to. Built and matched at once, never
@@ -83,7 +90,7 @@ impl Core {
         }
     }
 
-    pub(super) async fn consume_until_end(&mut self, channels: &mut Channels<'_>) -> ChannelsEnd {
+    async fn consume_until_end(&mut self, channels: &mut Channels<'_>) -> ChannelsEnd {
         let connection = channels.connection;
         // lapin's connection events are one channel, not a broadcast:
         // nothing else in the host may listen to them, or the two would
@@ -106,7 +113,13 @@ impl Core {
             }
             let (running, panic_seen) = (self.lifecycle.is_running(), self.panic_seen);
             let reopen_due = running
-                .then(|| channels.reopen_at.iter().flatten().min().copied())
+                .then(|| {
+                    channels
+                        .reopening
+                        .iter()
+                        .filter_map(|queue| queue.due)
+                        .min()
+                })
                 .flatten();
             let (workers, stop, pulse) = (&self.workers, &self.stop, &mut self.pulse);
             let ledger = &mut channels.ledger;
@@ -291,12 +304,13 @@ impl Core {
         let channel = channels.ledger.retire_channel(source);
         let queue = &channels.ledger.names()[source];
         if self.lifecycle.is_running() {
-            let delay = channels.backoff[source].next_delay();
+            let reopening = &mut channels.reopening[source];
+            let delay = reopening.backoff.next_delay();
             log::warn!(
                 "{reason}; opening a new channel for queue {queue:?} and consuming from it again in {:.1} s",
                 delay.as_secs_f64()
             );
-            channels.reopen_at[source] = Some(Instant::now() + delay);
+            reopening.due = Some(Instant::now() + delay);
         } else {
             log::warn!("{reason}; stopping, so queue {queue:?} is not consumed again");
         }
@@ -308,16 +322,16 @@ impl Core {
 
     /// Opens a new channel for each queue whose reopening is due; one that
     /// cannot be opened yet is tried again after its backoff.
-    pub(super) async fn reopen_due_channels(
+    async fn reopen_due_channels(
         &mut self,
         channels: &mut Channels<'_>,
     ) -> Result<(), ChannelsEnd> {
         let now = Instant::now();
-        for source in 0..channels.reopen_at.len() {
-            if channels.reopen_at[source].is_none_or(|due| due > now) {
+        for source in 0..channels.reopening.len() {
+            if channels.reopening[source].due.is_none_or(|due| due > now) {
                 continue;
             }
-            channels.reopen_at[source] = None;
+            channels.reopening[source].due = None;
             let queue = channels.ledger.names()[source].clone();
             let opening = bounded_for(
                 "opening a channel",
@@ -331,7 +345,7 @@ impl Core {
                     channels.lane.replace((channel, stream));
                     // Each thread reads the new stream through a new reader.
                     self.workers.open_lane(&channels.lane);
-                    channels.backoff[source].consuming();
+                    channels.reopening[source].backoff.consuming();
                 }
                 Some(Err(fatal)) if !channels.connection.status().connected() => {
                     return Err(ChannelsEnd::ConnectionLost(fatal.message));
@@ -340,13 +354,14 @@ impl Core {
                     return Err(ChannelsEnd::Fatal(fatal));
                 }
                 Some(Err(fatal)) => {
-                    let delay = channels.backoff[source].next_delay();
+                    let reopening = &mut channels.reopening[source];
+                    let delay = reopening.backoff.next_delay();
                     log::warn!(
                         "{}; trying queue {queue:?} again in {:.1} s",
                         fatal.message,
                         delay.as_secs_f64()
                     );
-                    channels.reopen_at[source] = Some(Instant::now() + delay);
+                    reopening.due = Some(Instant::now() + delay);
                 }
             }
         }

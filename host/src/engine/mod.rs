@@ -65,7 +65,7 @@ use crate::monitor::Stats;
 use crate::publisher;
 use crate::stop::StopRequest;
 use crate::topology::Topology;
-use consuming::Channels;
+use consuming::{Channels, Reopening};
 use deadline::{SETUP_STEP, UNSETTLED, bounded, bounded_for};
 use lane::Lane;
 use lifecycle::Lifecycle;
@@ -352,8 +352,7 @@ impl Engine {
             connection,
             ledger: opened.ledger,
             lane,
-            reopen_at: vec![None; queues],
-            backoff: vec![Backoff::new(); queues],
+            reopening: (0..queues).map(|_| Reopening::default()).collect(),
         };
         let end = self.core.consume(&mut channels).await;
         self.core.workers.close_lane();

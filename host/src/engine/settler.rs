@@ -259,6 +259,13 @@ impl Desk {
             && channel.is_live()
     }
 
+    /// `source`'s channel is gone: its tickets die, and the book forgets
+    /// its tags.
+    fn retire_slot(&mut self, source: usize) {
+        self.slots[source].life.store(false, Ordering::SeqCst);
+        self.book.forget(source);
+    }
+
     /// Marks `job`'s ack; `Err` (said so) if the book does not know it.
     fn mark(&mut self, job: &Job, answer: Answer) -> Result<(), Answer> {
         self.book
@@ -398,16 +405,14 @@ impl Ledger {
     /// others go on. Its channel, to close.
     pub fn retire_channel(&self, source: usize) -> Channel {
         let mut desk = self.shared.desk();
-        desk.slots[source].life.store(false, Ordering::SeqCst);
-        desk.book.forget(source);
+        desk.retire_slot(source);
         desk.slots[source].queue.channel.clone()
     }
 
     /// `source` consumes on `queue`'s new channel from now on.
     pub fn replace_channel(&self, source: usize, queue: QueueChannel) -> ChannelRef {
         let mut desk = self.shared.desk();
-        desk.slots[source].life.store(false, Ordering::SeqCst);
-        desk.book.forget(source);
+        desk.retire_slot(source);
         desk.slots[source] = Slot::new(queue);
         ChannelRef::new(desk.slots[source].life.clone(), source)
     }
