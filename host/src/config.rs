@@ -130,7 +130,16 @@ pub struct DeliveryLimit {
     pub dead_letter_exchange: Option<String>,
     #[serde(default)]
     pub dead_letter_routing_key: Option<String>,
+    /// A file holding the secret that seals the host's counts, shared by
+    /// the hosts of a queue; without it, the systemd credential
+    /// [`LIMIT_CREDENTIAL`].
+    #[serde(default)]
+    pub secret_file: Option<String>,
 }
+
+/// The systemd credential (`LoadCredential=`) that holds
+/// `[delivery_limit]`'s secret when `secret_file` is not set.
+pub const LIMIT_CREDENTIAL: &str = "delivery-limit-secret";
 
 impl Config {
     /// Keys that fedora-messaging ignores and so does this host, one
@@ -681,6 +690,7 @@ mod tests {
                 max: 5,
                 dead_letter_exchange: Some("dlx".to_owned()),
                 dead_letter_routing_key: None,
+                secret_file: None,
             })
         );
         let (line, message) =

@@ -16,10 +16,12 @@
 use std::sync::Arc;
 
 use crate::broker::Broker;
-use crate::config::Config;
+use crate::config::{Config, LIMIT_CREDENTIAL};
 use crate::engine::handler::Handler;
+use crate::engine::limit::Policy;
 use crate::engine::message::Source;
 use crate::engine::pulse::Pulse;
+use crate::engine::seal::{MIN_SECRET, Seal};
 use crate::engine::workers::Workers;
 use crate::engine::{Engine, Settings};
 use crate::exit::{Exit, Fatal};
@@ -84,6 +86,7 @@ pub fn run_with(
     if config.qos.prefetch_size != 0 {
         log::warn!("qos.prefetch_size is not supported by RabbitMQ; using 0");
     }
+    let delivery_limit = delivery_limit(config, &topology)?;
     let (consumer, consumers) = build()?;
     let prefetch_count = prefetch_for(config.qos.prefetch_count, consumers.len());
     let stop = StopRequest::on_signals().map_err(|error| {
@@ -118,7 +121,7 @@ pub fn run_with(
     let pulse = Pulse::new(notifier.clone(), stats.clone());
     let settings = Settings {
         prefetch_count,
-        delivery_limit: config.delivery_limit.clone(),
+        delivery_limit,
         consumer,
     };
     let mut engine = Engine::new(
@@ -145,6 +148,70 @@ pub fn run_with(
     }
     notifier.stopping();
     result
+}
+
+/// `[delivery_limit]` as the engine applies it, with its secret read: from
+/// `secret_file`, or from the systemd credential [`LIMIT_CREDENTIAL`].
+fn delivery_limit(config: &Config, topology: &Topology) -> Result<Option<Policy>, Fatal> {
+    let Some(limit) = &config.delivery_limit else {
+        return Ok(None);
+    };
+    let credential = std::env::var_os("CREDENTIALS_DIRECTORY")
+        .map(|directory| std::path::Path::new(&directory).join(LIMIT_CREDENTIAL))
+        .filter(|path| path.exists());
+    let path = match (&limit.secret_file, credential) {
+        (Some(file), _) => std::path::PathBuf::from(file),
+        (None, Some(credential)) => credential,
+        (None, None) => {
+            return Err(Fatal::new(
+                Exit::Usage,
+                format!(
+                    "[delivery_limit] needs a secret to seal its delivery counts, so that no publisher can write one: set secret_file to a file of at least {MIN_SECRET} random bytes shared by every host of the queue (head -c 32 /dev/urandom > /etc/fedora-messaging/delivery-limit.secret), or give the unit the credential {LIMIT_CREDENTIAL}"
+                ),
+            ));
+        }
+    };
+    let secret = std::fs::read(&path).map_err(|error| {
+        Fatal::new(
+            Exit::Usage,
+            format!(
+                "cannot read [delivery_limit]'s secret from {}: {error}; fix secret_file, or its permissions",
+                path.display()
+            ),
+        )
+    })?;
+    let secret = secret.trim_ascii();
+    if secret.len() < MIN_SECRET {
+        return Err(Fatal::new(
+            Exit::Usage,
+            format!(
+                "[delivery_limit]'s secret in {} has {} bytes, fewer than {MIN_SECRET}: write a longer random one (head -c 32 /dev/urandom)",
+                path.display(),
+                secret.len()
+            ),
+        ));
+    }
+    let quorum_queues = topology
+        .queues
+        .iter()
+        .filter(|queue| {
+            queue
+                .settings
+                .arguments
+                .get("x-queue-type")
+                .and_then(|kind| kind.as_str())
+                == Some("quorum")
+        })
+        .map(|queue| queue.name.clone())
+        .collect();
+    Ok(Some(Policy {
+        max: limit.max,
+        dead_letter_exchange: limit.dead_letter_exchange.clone(),
+        dead_letter_routing_key: limit.dead_letter_routing_key.clone(),
+        seal: Seal::new(secret),
+        quorum_queues,
+        given_back: Default::default(),
+    }))
 }
 
 /// The prefetch used when `qos.prefetch_count = 0` asks for no limit.

@@ -124,6 +124,22 @@ impl TestBroker {
         self.publish_raw(&outgoing.routing_key, outgoing.properties, &outgoing.body);
     }
 
+    /// Publishes a record as [`TestBroker::publish`] does, with `extra`
+    /// headers beside its own (what a careless or hostile publisher adds).
+    pub fn publish_with_headers(
+        &self,
+        record: &serde_json::Value,
+        extra: &[(&str, lapin::types::AMQPValue)],
+    ) {
+        let outgoing = outgoing(record);
+        let mut headers = outgoing.properties.headers().clone().unwrap_or_default();
+        for (name, value) in extra {
+            headers.insert((*name).into(), value.clone());
+        }
+        let properties = outgoing.properties.with_headers(headers);
+        self.publish_raw(&outgoing.routing_key, properties, &outgoing.body);
+    }
+
     /// Publishes records as [`TestBroker::publish`] does, all before
     /// waiting for the confirms: thousands in a second or two, where one
     /// confirm at a time takes a millisecond or more each.

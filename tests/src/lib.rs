@@ -311,6 +311,7 @@ fn command_for(binary: &Path) -> Command {
         .env_remove("FEDORA_MESSAGING_CONF")
         .env_remove("FEDORA_MESSAGING_PLUGIN_PATH")
         .env_remove("RUST_LOG")
+        .env_remove("CREDENTIALS_DIRECTORY")
         .stdin(Stdio::null());
     command
 }
@@ -384,6 +385,20 @@ pub fn config_file(dir: &Path, toml: &str) -> PathBuf {
 /// each message's body says.
 pub fn scripted() -> String {
     format!("{}:Scripted", plugin("test_consumers").display())
+}
+
+/// A directory as systemd gives a unit's credentials
+/// (`$CREDENTIALS_DIRECTORY`), holding the tests' `delivery-limit-secret`.
+pub fn test_credentials() -> PathBuf {
+    workspace_root().join("tests/fixtures/credentials")
+}
+
+/// [`scripted_consume`] as a systemd unit with the tests' credentials
+/// runs it: `[delivery_limit]` finds its secret there.
+pub fn limited_consume(conf: &Path) -> Command {
+    let mut command = scripted_consume(conf);
+    command.env("CREDENTIALS_DIRECTORY", test_credentials());
+    command
 }
 
 /// `consume` with the configuration `conf` and the test consumer Scripted.

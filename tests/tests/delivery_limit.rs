@@ -112,7 +112,7 @@ fn nack_loop(prefix: &str, arguments: FieldTable, config_arguments: &str) {
     let dir = scratch();
     let conf = config_file(dir.path(), &config);
     // (Made before the clock starts: the first one builds the binary.)
-    let mut command = scripted_consume(&conf);
+    let mut command = limited_consume(&conf);
     let started = Instant::now();
     let mut consumer = Running::start(&mut command);
     wait_depth(&broker, &dead, 1);
@@ -181,7 +181,7 @@ fn a_message_that_crashes_the_host_is_dead_lettered_after_the_limit() {
     );
     let dir = scratch();
     let conf = config_file(dir.path(), &config);
-    let mut command = scripted_consume(&conf);
+    let mut command = limited_consume(&conf);
     let started = Instant::now();
     let mut crashes = 0;
     let mut output = String::new();
@@ -235,7 +235,7 @@ fn a_dead_letter_exchange_that_does_not_exist_is_exit_10() {
         "[delivery_limit]\nmax = 2\ndead_letter_exchange = \"fm-e2e-no-such-exchange\"\n",
     );
     let conf = config_file(dir.path(), &config);
-    let run = run(&mut scripted_consume(&conf));
+    let run = run(&mut limited_consume(&conf));
     assert_eq!(run.code(), 10, "{run:#?}");
     assert!(
         run.stderr.contains(
@@ -256,7 +256,7 @@ fn without_a_dead_letter_exchange_it_is_rejected_to_the_queues_own() {
     broker.publish(&json!({"id": "g1", "topic": format!("{queue}.test"), "body": {"do": "ack"}}));
     let dir = scratch();
     let conf = config_file(dir.path(), &config);
-    let mut consumer = Running::start(&mut scripted_consume(&conf));
+    let mut consumer = Running::start(&mut limited_consume(&conf));
     wait_depth(&broker, &dead, 1);
     consumer.wait_for("(g1): ack", WAIT);
     consumer.signal("TERM");
@@ -290,7 +290,7 @@ fn a_user_who_may_not_publish_the_copies_is_exit_15() {
         .unwrap()
         .replace("guest:guest", "fm-e2e-nowrite:secret");
     let conf = config_file(dir.path(), &config);
-    let run = run(&mut scripted_consume(&conf));
+    let run = run(&mut limited_consume(&conf));
     assert_eq!(run.code(), 15, "{run:#?}");
     assert!(
         run.stderr.contains(
@@ -301,4 +301,40 @@ fn a_user_who_may_not_publish_the_copies_is_exit_15() {
     // Nothing lost: the message is back in its queue.
     wait_depth(&broker, &queue, 1);
     broker.delete_queue(&queue);
+}
+
+#[test]
+fn a_limit_without_a_secret_is_exit_2_and_says_how_to_make_one() {
+    let dir = scratch();
+    let queue = TestBroker::unique_name("limit-no-secret");
+    let conf = config_file(
+        dir.path(),
+        &queue_config(&queue, "[delivery_limit]\nmax = 2\n"),
+    );
+    let run = run(&mut scripted_consume(&conf));
+    assert_eq!(run.code(), 2, "{run:#?}");
+    assert!(
+        run.stderr
+            .contains("[delivery_limit] needs a secret to seal its delivery counts")
+            && run.stderr.contains("head -c 32 /dev/urandom"),
+        "{run:#?}"
+    );
+    let short = dir.path().join("short.secret");
+    std::fs::write(&short, "too short").unwrap();
+    let conf = config_file(
+        dir.path(),
+        &queue_config(
+            &queue,
+            &format!(
+                "[delivery_limit]\nmax = 2\nsecret_file = \"{}\"\n",
+                short.display()
+            ),
+        ),
+    );
+    let run = fm_e2e::run(&mut scripted_consume(&conf));
+    assert_eq!(run.code(), 2, "{run:#?}");
+    assert!(
+        run.stderr.contains("has 9 bytes, fewer than 16"),
+        "{run:#?}"
+    );
 }

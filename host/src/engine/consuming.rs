@@ -12,6 +12,7 @@ use lapin::Connection;
 use super::deadline::{SETUP_STEP, UNSETTLED, bounded, bounded_for};
 use super::lane::Lane;
 use super::message::{Answer, Finished};
+use super::put_back;
 use super::settler::{Ledger, Taken};
 use super::waiting::Core;
 use super::{ChannelsEnd, MAX_BATCH, SETUP_HUNG, seams, session};
@@ -66,7 +67,12 @@ impl Core {
         // says that the message comes again.
         ledger.retire();
         match end {
-            ChannelsEnd::ConnectionLost(_) => end,
+            ChannelsEnd::ConnectionLost(_) => {
+                if let Some(policy) = &self.limit {
+                    put_back::remember_unstarted(&channels.lane, policy, None);
+                }
+                end
+            }
             // Acks answered and not yet taken go out before the channels
             // close, or the broker would deliver those messages again.
             _ => match self.pulse.beating(ledger.settle_sent()).await {
@@ -105,6 +111,13 @@ impl Core {
                 self.workers.submit(job);
             }
             if self.lifecycle.exit().is_some() {
+                if let Some(policy) = self.limit.clone() {
+                    let putting_back =
+                        put_back::put_back(&channels.ledger, &channels.lane, &policy, &self.stats);
+                    if let Err(end) = self.pulse.beating(putting_back).await {
+                        return end;
+                    }
+                }
                 let ledger = &mut channels.ledger;
                 if self.lifecycle.requeue_all() && !self.pulse.beating(ledger.requeue_all()).await {
                     return ChannelsEnd::ConnectionLost(UNSETTLED.to_owned());
@@ -317,6 +330,10 @@ impl Core {
         if channel.status().connected() {
             let closing = bounded("closing a channel", channel.close(200, "reopening".into()));
             self.pulse.beating(closing).await;
+        }
+        // Closed: what lapin holds of it is all the broker gives again.
+        if let Some(policy) = &self.limit {
+            put_back::remember_unstarted(&channels.lane, policy, Some(source));
         }
     }
 

@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 use lapin::message::Delivery;
 
 use super::inflight::InFlight;
-use super::limit::{self, Verdict};
+use super::limit::{self, Fields, Found, Policy, Seen, Verdict};
 use super::message::{Answer, ChannelRef, Diverted, Job, Ticket, Why};
 use super::seams;
 use super::settler::Shared;
@@ -36,8 +36,8 @@ pub struct Lane {
     shared: Arc<Shared>,
     /// Each queue's stream now, with the channel it comes on.
     streams: Mutex<Vec<Stream>>,
-    /// `[delivery_limit]`'s `max`, if set.
-    limit: Option<u32>,
+    /// `[delivery_limit]`, if set.
+    limit: Option<Arc<Policy>>,
     stats: Arc<Stats>,
 }
 
@@ -51,6 +51,14 @@ pub enum Read {
     Ended(ChannelRef, Option<lapin::Error>),
 }
 
+/// A delivery lapin held that no consumer started ([`Lane::unstarted`]).
+pub struct Unstarted {
+    pub queue: Arc<str>,
+    pub delivery: Delivery,
+    /// Its admission to the ledger, while its channel is the ledger's.
+    pub ticket: Option<Ticket>,
+}
+
 /// One queue's delivery stream, and the channel it comes on.
 pub type Stream = (ChannelRef, lapin::Consumer);
 
@@ -58,7 +66,7 @@ impl Lane {
     pub fn new(
         shared: Arc<Shared>,
         streams: Vec<Stream>,
-        limit: Option<u32>,
+        limit: Option<Arc<Policy>>,
         stats: Arc<Stats>,
     ) -> Lane {
         Lane {
@@ -87,7 +95,7 @@ impl Lane {
     /// consumer, or (rarely, so boxed) one for the engine.
     pub fn check(
         &self,
-        delivery: Delivery,
+        mut delivery: Delivery,
         ticket: Ticket,
         in_flight: InFlight,
     ) -> Result<Job, Box<Diverted>> {
@@ -103,35 +111,137 @@ impl Lane {
             Ok(checked) => checked,
             Err(reason) => return Err(divert(delivery, ticket, in_flight, Why::Refused(reason))),
         };
-        if let Some(max) = self.limit {
-            let verdict = limit::judge(
-                max,
-                delivery.redelivered,
-                delivery.properties.headers().as_ref(),
-            );
+        let source = ticket.source();
+        let queue = &self.shared.names()[source];
+        if let Some(policy) = &self.limit {
+            let Judged { verdict, topic, .. } = judge(policy, queue, &delivery, Doubts::Logged);
+            if let Some(topic) = topic {
+                // A copy travels by its queue's name; the consumer sees the
+                // topic it was published with.
+                delivery.routing_key = topic.into();
+            }
             if verdict != Verdict::Consume {
                 let why = Why::Limited { checked, verdict };
                 return Err(divert(delivery, ticket, in_flight, why));
             }
         }
         self.stats.received();
-        let source = ticket.source();
         if seams::get().breaks_channel_on(wire::message_id(&delivery.properties)) {
             self.shared.break_channel(source);
         }
         Ok(Job {
             delivery,
-            queue: self.shared.names()[source].clone(),
+            queue: queue.clone(),
             checked,
             ticket,
             in_flight,
         })
     }
 
+    /// What lapin still holds of `source`'s stream (of every queue's with
+    /// `None`), read without waiting: deliveries no consumer started. Each
+    /// is admitted to the ledger while its channel is the ledger's, so
+    /// that it can be settled (with its ticket); once the channel is gone
+    /// it is read as it is, and the broker delivers it again.
+    pub fn unstarted(&self, source: Option<usize>) -> Vec<Unstarted> {
+        let streams: Vec<Stream> = self
+            .streams()
+            .iter()
+            .filter(|(channel, _)| source.is_none_or(|source| channel.source() == source))
+            .cloned()
+            .collect();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut unstarted = Vec::new();
+        for (channel, mut stream) in streams {
+            let mut poll =
+                || futures_lite::Stream::poll_next(std::pin::Pin::new(&mut stream), &mut cx);
+            loop {
+                let (delivery, ticket) = if self.shared.owns_channel(&channel) {
+                    match self.shared.take(&channel, &mut poll) {
+                        Poll::Ready(Some(Ok((delivery, ticket)))) => (delivery, Some(ticket)),
+                        _ => break,
+                    }
+                } else {
+                    match poll() {
+                        Poll::Ready(Some(Ok(delivery))) => (delivery, None),
+                        _ => break,
+                    }
+                };
+                unstarted.push(Unstarted {
+                    queue: self.shared.names()[channel.source()].clone(),
+                    delivery,
+                    ticket,
+                });
+            }
+        }
+        unstarted
+    }
+
     /// Marks a job's ack answer; `Err` when it cannot be settled here (its
     /// channel is gone).
     pub fn ack(&self, job: &Job, answer: Answer) -> Result<(), Answer> {
         self.shared.mark_ack(job, answer)
+    }
+}
+
+/// The limit's word on one delivery.
+pub struct Judged {
+    pub verdict: Verdict,
+    /// The attempts made on it, this delivery's predecessors counted.
+    pub made: u32,
+    /// The topic its sealed count restores.
+    pub topic: Option<String>,
+}
+
+/// Whether [`judge`] says what it does not believe (the lane does, once
+/// per message; reading what is given back does not).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Doubts {
+    Logged,
+    Quiet,
+}
+
+/// The limit's verdict on a delivery from `queue`.
+pub fn judge(policy: &Policy, queue: &str, delivery: &Delivery, doubts: Doubts) -> Judged {
+    let headers = delivery.properties.headers().as_ref();
+    let fields = Fields {
+        queue,
+        message_id: delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map_or(&b""[..], |id| id.as_str().as_bytes()),
+        body: &delivery.data,
+        headers,
+    };
+    // Only a redelivery can be one this process gave back.
+    let returned_unstarted = delivery
+        .redelivered
+        .then(|| policy.given_back.take(limit::fingerprint(&fields)))
+        .flatten();
+    let seen = Seen {
+        redelivered: delivery.redelivered,
+        headers,
+        quorum: policy.is_quorum(queue),
+        returned_unstarted,
+    };
+    let (found, doubt) = limit::read_count(&policy.seal, &fields, &seen);
+    if let (Some(doubt), Doubts::Logged) = (doubt, doubts) {
+        log::warn!("Message {} {doubt}", wire::message_id(&delivery.properties));
+    }
+    let (attempts, topic) = match found {
+        Found::Sealed { attempts, topic } => (attempts, Some(topic)),
+        Found::Nothing => (0, None),
+    };
+    let verdict = limit::judge(policy.max, &seen, attempts);
+    let made = match verdict {
+        Verdict::Consume => attempts,
+        Verdict::CarryCount(made) | Verdict::OverLimit(made) => made,
+    };
+    Judged {
+        verdict,
+        made,
+        topic,
     }
 }
 

@@ -98,7 +98,7 @@ impl Core {
                 );
                 let settled = self.pulse.beating(ledger.reject(delivery)).await;
                 ledger.settled_elsewhere(&ticket);
-                taken(settled)
+                taken(settled.is_some())
             }
             Why::Limited { checked, verdict } => {
                 let Some(limit) = self.limit.clone() else {

@@ -3,98 +3,316 @@
 //! limit; and the headers of the copies that carry the count or the dead
 //! letter. Pure: [`super::redelivery`] carries these decisions out.
 //!
-//! The count lives with the message, so that it survives a crash and is
-//! shared by every host consuming the queue: a quorum queue's
-//! `x-delivery-count` says how many earlier deliveries came back; a
-//! classic queue only says "redelivered", so the host carries the count
-//! itself in [`COUNT_HEADER`] on a copy at the end of the queue.
+//! What is counted is attempts: deliveries a consumer started. The count
+//! lives with the message, so that it survives a crash and is shared by
+//! every host consuming the queue: the host writes it in [`COUNT_HEADER`]
+//! on a copy at the end of the queue, sealed ([`super::seal`]) so that no
+//! publisher can write one. A delivery the broker marks `redelivered` was
+//! delivered before and not settled; unless this process knows it gave it
+//! back unstarted, that earlier delivery is taken for an attempt (a crash,
+//! or a host whose connection broke). Nothing else a publisher can write
+//! is believed: the broker's own counts only on a quorum queue's
+//! redeliveries, where the broker writes them.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Mutex;
 
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
-/// How many times the message has been delivered, counting the first.
+use super::seal::{Counted, Seal};
+
+/// How many attempts were made on the message (deliveries a consumer
+/// started).
 pub const COUNT_HEADER: &str = "x-fm-delivery-count";
+/// The seal on [`COUNT_HEADER`] and [`TOPIC_HEADER`].
+pub const SEAL_HEADER: &str = "x-fm-delivery-seal";
+/// A copy's topic: the copy is routed to its queue by the queue's name.
+pub const TOPIC_HEADER: &str = "x-fm-topic";
 /// Why a message was dead-lettered by the host.
 pub const REASON_HEADER: &str = "x-fm-dead-letter-reason";
-/// What a quorum queue says: how many earlier deliveries came back.
+/// A quorum queue's count of earlier deliveries that came back.
 const BROKER_COUNT_HEADER: &str = "x-delivery-count";
+/// RabbitMQ 4.3's count of earlier deliveries to a consumer, whatever
+/// ended them (its `x-delivery-count` no longer counts a requeueing nack).
+const ACQUIRED_COUNT_HEADER: &str = "x-acquired-count";
+
+/// Headers never copied from the message: those the broker routes by
+/// (RabbitMQ's sender-selected distribution would send the copy to every
+/// queue a publisher names), the broker's counts (stale on a copy), and
+/// the host's own (written afresh).
+const NOT_COPIED: [&str; 7] = [
+    "CC",
+    "BCC",
+    BROKER_COUNT_HEADER,
+    ACQUIRED_COUNT_HEADER,
+    COUNT_HEADER,
+    SEAL_HEADER,
+    TOPIC_HEADER,
+];
+
+/// `[delivery_limit]` as the engine applies it.
+#[derive(Debug)]
+pub struct Policy {
+    pub max: u32,
+    pub dead_letter_exchange: Option<String>,
+    pub dead_letter_routing_key: Option<String>,
+    /// Seals and opens the host's counts.
+    pub seal: Seal,
+    /// The consumed queues that are quorum queues.
+    pub quorum_queues: Vec<String>,
+    /// What this process gave back unstarted when a channel was lost.
+    pub given_back: GivenBack,
+}
+
+impl Policy {
+    pub fn is_quorum(&self, queue: &str) -> bool {
+        self.quorum_queues.iter().any(|name| name == queue)
+    }
+}
 
 /// What to do with a delivery, given the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Hand it to the consumer.
     Consume,
-    /// A classic queue's redelivery within the limit: this is delivery
-    /// `number`; a copy carrying it goes to the end of the queue and this
-    /// one is acked.
+    /// `attempts` were made, fewer than the limit, and the message does
+    /// not carry that count yet: a copy carrying it goes to the end of the
+    /// queue, and this delivery is acked.
     CarryCount(u32),
-    /// This would be delivery `number`, over the limit: never consumed
-    /// again.
+    /// `attempts` were made, the limit: never consumed again.
     OverLimit(u32),
 }
 
-/// Judges one delivery against `max`.
-pub fn judge(max: u32, redelivered: bool, headers: Option<&FieldTable>) -> Verdict {
-    let header = |name: &str| {
-        headers
-            .and_then(|headers| headers.inner().get(name))
-            .and_then(as_count)
+/// How a delivery was seen: what the broker says of it, and what this
+/// process knows.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen<'a> {
+    pub redelivered: bool,
+    pub headers: Option<&'a FieldTable>,
+    /// The queue is a quorum queue, whose redeliveries carry the broker's
+    /// counts.
+    pub quorum: bool,
+    /// This process gave this very delivery back without starting it,
+    /// having counted that many attempts then ([`GivenBack`]).
+    pub returned_unstarted: Option<u32>,
+}
+
+/// Judges one delivery against `max`, given the `attempts` its sealed
+/// count carries (0 without one).
+pub fn judge(max: u32, seen: &Seen<'_>, attempts: u32) -> Verdict {
+    let made = match seen.returned_unstarted {
+        Some(counted) => counted.max(attempts),
+        None if !seen.redelivered => attempts,
+        None => attempts.saturating_add(broker_returns(seen).max(1)),
     };
-    if let Some(returned) = header(BROKER_COUNT_HEADER) {
-        let number = returned.saturating_add(1);
-        return if number > max {
-            Verdict::OverLimit(number)
-        } else {
-            Verdict::Consume
-        };
-    }
-    let carried = header(COUNT_HEADER).unwrap_or(1).max(1);
-    let number = if redelivered {
-        carried.saturating_add(1)
-    } else {
-        carried
-    };
-    if number > max {
-        Verdict::OverLimit(number)
-    } else if redelivered {
-        Verdict::CarryCount(number)
+    if made >= max {
+        Verdict::OverLimit(made)
+    } else if made != attempts {
+        Verdict::CarryCount(made)
     } else {
         Verdict::Consume
     }
 }
 
-/// The headers of the copy that carries the count back to `queue`
-/// (RabbitMQ's sender-selected distribution: the broker routes by `BCC`
-/// too, and strips it).
-pub fn carried_back(headers: Option<&FieldTable>, number: u32, queue: &str) -> FieldTable {
-    let mut headers = with_count(headers, number);
-    headers.insert(
-        ShortString::from("BCC"),
-        AMQPValue::FieldArray(vec![AMQPValue::LongString(LongString::from(queue))].into()),
-    );
-    headers
+/// How often a quorum queue says this copy was handed out before; 0 where
+/// the broker does not write it (a classic queue, a first delivery).
+fn broker_returns(seen: &Seen<'_>) -> u32 {
+    if !seen.quorum || !seen.redelivered {
+        return 0;
+    }
+    let header = |name| {
+        seen.headers
+            .and_then(|headers| headers.inner().get(name))
+            .and_then(as_count)
+    };
+    header(ACQUIRED_COUNT_HEADER)
+        .or_else(|| header(BROKER_COUNT_HEADER))
+        .unwrap_or(0)
 }
 
-/// `headers` with the count.
-fn with_count(headers: Option<&FieldTable>, number: u32) -> FieldTable {
-    let mut headers = headers.cloned().unwrap_or_default();
+/// How many fingerprints [`GivenBack`] holds at most: more than any
+/// prefetch a process loses at once, small enough to never matter.
+const GIVEN_BACK_MAX: usize = 65_536;
+
+/// The deliveries this process gave back to the broker without starting
+/// them when their channel or connection was lost (lapin still held them):
+/// by [`fingerprint`], the attempts counted when they went back. The
+/// broker marks them `redelivered` when they come again, and this memory
+/// keeps that from counting as an attempt.
+#[derive(Debug, Default)]
+pub struct GivenBack {
+    counts: Mutex<HashMap<u64, u32>>,
+}
+
+impl GivenBack {
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u32>> {
+        // Every step under it is an insert or a removal.
+        self.counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Remembers a delivery given back with `attempts` counted; `false`
+    /// when the memory is full (it then counts as an attempt when it
+    /// comes again).
+    pub fn remember(&self, fingerprint: u64, attempts: u32) -> bool {
+        let mut counts = self.counts();
+        if counts.len() >= GIVEN_BACK_MAX && !counts.contains_key(&fingerprint) {
+            return false;
+        }
+        counts.insert(fingerprint, attempts);
+        true
+    }
+
+    /// The attempts counted when the delivery with `fingerprint` was given
+    /// back, forgotten now that it came again.
+    pub fn take(&self, fingerprint: u64) -> Option<u32> {
+        self.counts().remove(&fingerprint)
+    }
+}
+
+/// What tells one message from another in [`GivenBack`]: its queue, id
+/// and body (not its headers: a copy's count changes them).
+pub fn fingerprint(fields: &Fields<'_>) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    fields.queue.hash(&mut hasher);
+    fields.message_id.hash(&mut hasher);
+    fields.body.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The count a delivery carries, read against its seal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// No count: a message no host has copied.
+    Nothing,
+    /// A count sealed by a host holding the secret, for this queue, with
+    /// the message's topic.
+    Sealed { attempts: u32, topic: String },
+}
+
+/// The delivery's fields the seal is about.
+#[derive(Debug, Clone, Copy)]
+pub struct Fields<'a> {
+    pub queue: &'a str,
+    pub message_id: &'a [u8],
+    pub body: &'a [u8],
+    pub headers: Option<&'a FieldTable>,
+}
+
+/// The sealed count `fields` carry, and, when they carry counts that are
+/// not believed, what to log about them (only on a first delivery: a
+/// redelivery was reported when it came first).
+pub fn read_count(seal: &Seal, fields: &Fields<'_>, seen: &Seen<'_>) -> (Found, Option<String>) {
+    let inner = fields.headers.map(FieldTable::inner);
+    let get = |name: &str| inner.and_then(|headers| headers.get(name));
+    let text = |name: &str| match get(name) {
+        Some(AMQPValue::LongString(text)) => std::str::from_utf8(text.as_bytes()).ok(),
+        Some(AMQPValue::ShortString(text)) => Some(text.as_str()),
+        _ => None,
+    };
+    let sealed = match (
+        get(COUNT_HEADER).and_then(as_count),
+        text(TOPIC_HEADER),
+        text(SEAL_HEADER),
+    ) {
+        (Some(attempts), Some(topic), Some(signed)) => {
+            let counted = Counted {
+                queue: fields.queue,
+                message_id: fields.message_id,
+                topic,
+                body: fields.body,
+                attempts,
+            };
+            seal.opens(&counted, signed).then(|| Found::Sealed {
+                attempts,
+                topic: topic.to_owned(),
+            })
+        }
+        _ => None,
+    };
+    let mut doubts = Vec::new();
+    if sealed.is_none()
+        && [COUNT_HEADER, SEAL_HEADER]
+            .iter()
+            .any(|name| get(name).is_some())
+    {
+        doubts.push(format!(
+            "a {COUNT_HEADER} without a valid seal (written by a publisher, or by a host with another secret)"
+        ));
+    }
+    if !seen.redelivered || !seen.quorum {
+        for name in [BROKER_COUNT_HEADER, ACQUIRED_COUNT_HEADER] {
+            if get(name).is_some() {
+                let whose = if seen.quorum {
+                    "on a first delivery"
+                } else {
+                    "on a classic queue"
+                };
+                doubts.push(format!(
+                    "a {name} {whose}, where the broker does not write it"
+                ));
+            }
+        }
+    }
+    let doubt = (!doubts.is_empty() && !seen.redelivered)
+        .then(|| format!("carries {}: ignored", doubts.join(" and ")));
+    (sealed.unwrap_or(Found::Nothing), doubt)
+}
+
+/// The headers of the copy that carries `attempts` back to its queue,
+/// sealed: the message's own, less [`NOT_COPIED`], with the count, the
+/// topic (the copy is routed by the queue's name) and the seal.
+pub fn carried_back(seal: &Seal, fields: &Fields<'_>, topic: &str, attempts: u32) -> FieldTable {
+    let mut headers = copied(fields.headers);
+    let counted = Counted {
+        queue: fields.queue,
+        message_id: fields.message_id,
+        topic,
+        body: fields.body,
+        attempts,
+    };
     headers.insert(
         ShortString::from(COUNT_HEADER),
-        AMQPValue::LongLongInt(i64::from(number)),
+        AMQPValue::LongLongInt(i64::from(attempts)),
+    );
+    headers.insert(
+        ShortString::from(TOPIC_HEADER),
+        AMQPValue::LongString(LongString::from(topic)),
+    );
+    headers.insert(
+        ShortString::from(SEAL_HEADER),
+        AMQPValue::LongString(LongString::from(seal.sign(&counted))),
     );
     headers
 }
 
-/// The headers of a dead-lettered message: how often it was delivered
-/// (`number - 1`: the delivery over the limit never reached the consumer)
-/// and why.
-pub fn dead_lettered(headers: Option<&FieldTable>, number: u32, max: u32) -> FieldTable {
-    let delivered = number.saturating_sub(1);
-    let mut headers = with_count(headers, delivered);
+/// `headers` less [`NOT_COPIED`].
+fn copied(headers: Option<&FieldTable>) -> FieldTable {
+    let mut copy = FieldTable::default();
+    for (name, value) in headers.map(FieldTable::inner).into_iter().flatten() {
+        if !NOT_COPIED.contains(&name.as_str()) {
+            copy.insert(name.clone(), value.clone());
+        }
+    }
+    copy
+}
+
+/// The headers of a dead-lettered message: the message's own less
+/// [`NOT_COPIED`], how many attempts were made (unsealed: it is for
+/// people, and a limit on the dead-letter queue starts afresh) and why.
+pub fn dead_lettered(headers: Option<&FieldTable>, attempts: u32, max: u32) -> FieldTable {
+    let mut headers = copied(headers);
+    headers.insert(
+        ShortString::from(COUNT_HEADER),
+        AMQPValue::LongLongInt(i64::from(attempts)),
+    );
     headers.insert(
         ShortString::from(REASON_HEADER),
         AMQPValue::LongString(LongString::from(format!(
             "delivered {} without being acknowledged; [delivery_limit] max is {max}",
-            times(delivered)
+            times(attempts)
         ))),
     );
     headers
@@ -127,6 +345,8 @@ fn as_count(value: &AMQPValue) -> Option<u32> {
 mod tests {
     use super::*;
 
+    const MAX: u32 = 3;
+
     fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
         let mut table = FieldTable::default();
         for (name, value) in entries {
@@ -135,41 +355,255 @@ mod tests {
         table
     }
 
+    fn seen(redelivered: bool, headers: Option<&FieldTable>, quorum: bool) -> Seen<'_> {
+        Seen {
+            redelivered,
+            headers,
+            quorum,
+            returned_unstarted: None,
+        }
+    }
+
+    fn seal() -> Seal {
+        Seal::new(b"the hosts' secret")
+    }
+
+    fn fields(headers: Option<&FieldTable>) -> Fields<'_> {
+        Fields {
+            queue: "q",
+            message_id: b"m1",
+            body: b"{}",
+            headers,
+        }
+    }
+
+    /// The count a delivery with `headers` carries, as the lane reads it.
+    fn attempts(headers: &FieldTable, redelivered: bool) -> u32 {
+        let seen = seen(redelivered, Some(headers), false);
+        match read_count(&seal(), &fields(Some(headers)), &seen).0 {
+            Found::Sealed { attempts, .. } => attempts,
+            Found::Nothing => 0,
+        }
+    }
+
     #[test]
     fn first_deliveries_are_consumed() {
-        assert_eq!(judge(3, false, None), Verdict::Consume);
-        assert_eq!(judge(1, false, None), Verdict::Consume);
+        assert_eq!(judge(MAX, &seen(false, None, false), 0), Verdict::Consume);
+        assert_eq!(judge(1, &seen(false, None, true), 0), Verdict::Consume);
     }
 
     #[test]
-    fn classic_redeliveries_carry_their_count_until_the_limit() {
-        assert_eq!(judge(3, true, None), Verdict::CarryCount(2));
-        let second = carried_back(None, 2, "q");
-        assert!(second.inner().contains_key("BCC"));
-        assert_eq!(judge(3, false, Some(&second)), Verdict::Consume);
-        assert_eq!(judge(3, true, Some(&second)), Verdict::CarryCount(3));
-        let third = carried_back(Some(&second), 3, "q");
-        assert_eq!(judge(3, true, Some(&third)), Verdict::OverLimit(4));
-        // A limit of one: no second delivery at all.
-        assert_eq!(judge(1, true, None), Verdict::OverLimit(2));
-        // A copy whose count is over a limit lowered since.
-        assert_eq!(judge(2, false, Some(&third)), Verdict::OverLimit(3));
+    fn a_redelivery_is_an_attempt_carried_to_a_sealed_copy_until_the_limit() {
+        assert_eq!(
+            judge(MAX, &seen(true, None, false), 0),
+            Verdict::CarryCount(1)
+        );
+        let first = carried_back(&seal(), &fields(None), "t", 1);
+        assert_eq!(attempts(&first, false), 1);
+        assert_eq!(
+            judge(MAX, &seen(false, Some(&first), false), 1),
+            Verdict::Consume
+        );
+        assert_eq!(
+            judge(MAX, &seen(true, Some(&first), false), 1),
+            Verdict::CarryCount(2)
+        );
+        let second = carried_back(&seal(), &fields(Some(&first)), "t", 2);
+        assert_eq!(attempts(&second, true), 2);
+        assert_eq!(
+            judge(MAX, &seen(true, Some(&second), false), 2),
+            Verdict::OverLimit(3)
+        );
+        // A limit of one: no second attempt at all.
+        assert_eq!(judge(1, &seen(true, None, false), 0), Verdict::OverLimit(1));
+        // A copy whose count reaches a limit lowered since.
+        assert_eq!(
+            judge(2, &seen(false, Some(&second), false), 2),
+            Verdict::OverLimit(2)
+        );
     }
 
     #[test]
-    fn a_quorum_queue_counts_for_us() {
-        let returned = |n: i64| table(&[("x-delivery-count", AMQPValue::LongLongInt(n))]);
-        assert_eq!(judge(3, true, Some(&returned(1))), Verdict::Consume);
-        assert_eq!(judge(3, true, Some(&returned(2))), Verdict::Consume);
-        assert_eq!(judge(3, true, Some(&returned(3))), Verdict::OverLimit(4));
-        let odd = table(&[("x-delivery-count", AMQPValue::LongInt(-4))]);
-        assert_eq!(judge(3, true, Some(&odd)), Verdict::Consume);
+    fn a_delivery_given_back_unstarted_is_not_an_attempt() {
+        let returned = |counted| Seen {
+            returned_unstarted: Some(counted),
+            ..seen(true, None, true)
+        };
+        assert_eq!(judge(MAX, &returned(2), 2), Verdict::Consume);
+        assert_eq!(judge(MAX, &returned(3), 3), Verdict::OverLimit(3));
+        // Given back after a crash's redelivery was counted, before the
+        // copy carrying that count went out: the count is kept.
+        assert_eq!(judge(MAX, &returned(1), 0), Verdict::CarryCount(1));
+    }
+
+    #[test]
+    fn given_back_deliveries_are_remembered_once_by_fingerprint() {
+        let given_back = GivenBack::default();
+        let one = fingerprint(&fields(None));
+        let other = fingerprint(&Fields {
+            body: b"[]",
+            ..fields(None)
+        });
+        assert_ne!(one, other);
+        assert!(given_back.remember(one, 2));
+        assert_eq!(given_back.take(other), None);
+        assert_eq!(given_back.take(one), Some(2));
+        assert_eq!(given_back.take(one), None, "forgotten once it came again");
+    }
+
+    #[test]
+    fn the_broker_counts_only_on_a_quorum_queues_redelivery() {
+        let returned = |name: &str, n: i64| table(&[(name, AMQPValue::LongLongInt(n))]);
+        let two = returned("x-delivery-count", 2);
+        assert_eq!(
+            judge(MAX, &seen(true, Some(&two), true), 0),
+            Verdict::CarryCount(2)
+        );
+        assert_eq!(
+            judge(MAX, &seen(true, Some(&two), true), 1),
+            Verdict::OverLimit(3)
+        );
+        // Written by a publisher: a classic queue, a first delivery.
+        let forged = returned("x-delivery-count", 99);
+        assert_eq!(
+            judge(MAX, &seen(true, Some(&forged), false), 0),
+            Verdict::CarryCount(1)
+        );
+        assert_eq!(
+            judge(MAX, &seen(false, Some(&forged), true), 0),
+            Verdict::Consume
+        );
+        let zero = returned("x-delivery-count", 0);
+        assert_eq!(
+            judge(MAX, &seen(true, Some(&zero), false), 2),
+            Verdict::OverLimit(3)
+        );
+        let odd = returned("x-delivery-count", -4);
+        assert_eq!(
+            judge(MAX, &seen(true, Some(&odd), true), 0),
+            Verdict::CarryCount(1)
+        );
+    }
+
+    #[test]
+    fn rabbitmq_4_3s_acquired_count_is_the_brokers_count_where_it_is_written() {
+        // 4.3: a requeueing nack leaves x-delivery-count at 0, and
+        // x-acquired-count says how often the message was handed out.
+        let headers = table(&[
+            ("x-delivery-count", AMQPValue::LongLongInt(0)),
+            ("x-acquired-count", AMQPValue::LongLongInt(2)),
+        ]);
+        assert_eq!(
+            judge(MAX, &seen(true, Some(&headers), true), 0),
+            Verdict::CarryCount(2)
+        );
+        assert_eq!(
+            judge(MAX, &seen(true, Some(&headers), true), 1),
+            Verdict::OverLimit(3)
+        );
+        assert_eq!(
+            judge(MAX, &seen(false, Some(&headers), true), 0),
+            Verdict::Consume
+        );
+    }
+
+    #[test]
+    fn counts_without_a_valid_seal_are_not_believed_and_said_once() {
+        let forged = [
+            table(&[("x-fm-delivery-count", AMQPValue::LongLongInt(99))]),
+            table(&[("x-fm-delivery-count", AMQPValue::LongLongInt(i64::MAX))]),
+            table(&[("x-delivery-count", AMQPValue::LongLongInt(99))]),
+            table(&[("x-acquired-count", AMQPValue::LongLongInt(99))]),
+        ];
+        for headers in &forged {
+            let first = seen(false, Some(headers), false);
+            let (found, doubt) = read_count(&seal(), &fields(Some(headers)), &first);
+            assert_eq!(found, Found::Nothing, "{headers:?}");
+            assert!(
+                doubt.is_some_and(|doubt| doubt.ends_with(": ignored")),
+                "{headers:?}"
+            );
+            let again = seen(true, Some(headers), false);
+            let (_, doubt) = read_count(&seal(), &fields(Some(headers)), &again);
+            assert_eq!(doubt, None, "said once: {headers:?}");
+        }
+        // Well formed, sealed with another secret, or moved to another
+        // queue, message or topic.
+        let sealed = carried_back(&Seal::new(b"another secret!!"), &fields(None), "t", 2);
+        assert_eq!(attempts(&sealed, false), 0);
+        let sealed = carried_back(&seal(), &fields(None), "t", 2);
+        let elsewhere = Fields {
+            queue: "dead",
+            ..fields(Some(&sealed))
+        };
+        let first = seen(false, Some(&sealed), false);
+        assert_eq!(read_count(&seal(), &elsewhere, &first).0, Found::Nothing);
+        let other = Fields {
+            message_id: b"m2",
+            ..fields(Some(&sealed))
+        };
+        assert_eq!(read_count(&seal(), &other, &first).0, Found::Nothing);
+        let mut retitled = sealed.clone();
+        retitled.insert(
+            ShortString::from(TOPIC_HEADER),
+            AMQPValue::LongString(LongString::from("another.topic")),
+        );
+        assert_eq!(attempts(&retitled, false), 0);
+        // A quorum queue's redelivery: the broker wrote it.
+        let broker = table(&[("x-delivery-count", AMQPValue::LongLongInt(1))]);
+        let redelivered = seen(true, Some(&broker), true);
+        assert_eq!(
+            read_count(&seal(), &fields(Some(&broker)), &redelivered).1,
+            None
+        );
+    }
+
+    #[test]
+    fn copies_carry_no_routing_headers_nor_stale_counts() {
+        let original = table(&[
+            ("fedora_messaging_severity", AMQPValue::LongInt(20)),
+            (
+                "CC",
+                AMQPValue::FieldArray(vec![AMQPValue::LongString("other".into())].into()),
+            ),
+            (
+                "BCC",
+                AMQPValue::FieldArray(vec![AMQPValue::LongString("other".into())].into()),
+            ),
+            ("x-delivery-count", AMQPValue::LongLongInt(5)),
+            ("x-acquired-count", AMQPValue::LongLongInt(5)),
+        ]);
+        let copy = carried_back(&seal(), &fields(Some(&original)), "org.topic", 1);
+        let inner = copy.inner();
+        for gone in ["CC", "BCC", "x-delivery-count", "x-acquired-count"] {
+            assert!(!inner.contains_key(gone), "{gone} in {copy:?}");
+        }
+        assert_eq!(
+            inner.get("fedora_messaging_severity"),
+            Some(&AMQPValue::LongInt(20))
+        );
+        let (found, _) = read_count(
+            &seal(),
+            &fields(Some(&copy)),
+            &seen(false, Some(&copy), false),
+        );
+        assert_eq!(
+            found,
+            Found::Sealed {
+                attempts: 1,
+                topic: "org.topic".to_owned()
+            }
+        );
+        let dead = dead_lettered(Some(&copy), 3, 3);
+        for gone in ["CC", "BCC", "x-delivery-count", SEAL_HEADER, TOPIC_HEADER] {
+            assert!(!dead.inner().contains_key(gone), "{gone} in {dead:?}");
+        }
     }
 
     #[test]
     fn dead_lettered_headers_say_how_often_and_why_and_keep_the_rest() {
         let original = table(&[("fedora_messaging_severity", AMQPValue::LongInt(20))]);
-        let headers = dead_lettered(Some(&original), 4, 3);
+        let headers = dead_lettered(Some(&original), 3, 3);
         let inner = headers.inner();
         assert_eq!(
             inner.get("fedora_messaging_severity"),

@@ -45,7 +45,9 @@ pub mod lifecycle;
 pub mod limit;
 pub mod message;
 pub mod pulse;
+mod put_back;
 pub mod redelivery;
+pub mod seal;
 pub mod seams;
 pub mod session;
 pub mod settler;
@@ -59,7 +61,6 @@ use std::time::Duration;
 use lapin::Connection;
 
 use crate::broker::{Backoff, Broker, ConnectError};
-use crate::config::DeliveryLimit;
 use crate::exit::{Exit, Fatal};
 use crate::monitor::Stats;
 use crate::publisher;
@@ -69,6 +70,7 @@ use consuming::{Channels, Reopening};
 use deadline::{SETUP_STEP, UNSETTLED, bounded, bounded_for};
 use lane::Lane;
 use lifecycle::Lifecycle;
+use limit::Policy;
 use pulse::Pulse;
 use waiting::Core;
 use workers::Workers;
@@ -87,7 +89,7 @@ const WORKERS_END: Duration = Duration::from_secs(30);
 pub struct Settings {
     /// Each queue consumer's QoS.
     pub prefetch_count: u16,
-    pub delivery_limit: Option<DeliveryLimit>,
+    pub delivery_limit: Option<Policy>,
     /// The consumer's name, for the log lines that report its failures.
     pub consumer: String,
 }
@@ -146,7 +148,7 @@ impl Engine {
                 stop,
                 pulse,
                 stats,
-                limit: settings.delivery_limit,
+                limit: settings.delivery_limit.map(Arc::new),
                 build_failure: None,
                 panic_seen: false,
                 consumer: settings.consumer,
@@ -313,7 +315,7 @@ impl Engine {
                 connection,
                 &self.topology,
                 self.core.prefetch_count,
-                limit.as_ref(),
+                limit.as_deref(),
             ),
         );
         let opened = match self.core.interruptible(setup).await {
@@ -343,7 +345,7 @@ impl Engine {
         let lane = Arc::new(Lane::new(
             opened.ledger.shared(),
             streams,
-            self.core.limit.as_ref().map(|limit| limit.max),
+            self.core.limit.clone(),
             self.core.stats.clone(),
         ));
         self.core.workers.open_lane(&lane);

@@ -1,18 +1,20 @@
 //! Bounded redelivery (`[delivery_limit]`) carried out: no message is
 //! handed to the consumer more than `max` times, whatever ended its
-//! earlier deliveries: a `Nack`, a failure, a lost connection, or a crash
-//! of the host. [`super::limit`] judges each delivery; this sends what it
+//! earlier attempts: a `Nack`, a failure, a lost connection, or a crash of
+//! the host. [`super::limit`] judges each delivery; this sends what it
 //! decides instead of the consumer.
 //!
-//! A classic queue's redelivery within the limit: before the consumer sees
-//! it, the host publishes a copy carrying the count
+//! A redelivery that is an attempt, within the limit: before the consumer
+//! sees it, the host publishes a copy carrying the sealed count
 //! ([`COUNT_HEADER`](super::limit::COUNT_HEADER)) to the end of the same
 //! queue (confirmed), then acks the original; the consumer meets the copy
-//! later. The copy goes through the default exchange with the message's
-//! own routing key (its topic) and the queue in RabbitMQ's `BCC` header,
-//! so it reaches that queue alone and keeps its topic. The queue's order
-//! changes for that message only, and a crash between the confirm and the
-//! ack leaves both (at-least-once, as ever).
+//! later. The copy goes through the default exchange by the queue's name,
+//! so it reaches that queue alone, whatever its topic or its publisher's
+//! `CC` and `BCC` (dropped); the topic travels in
+//! [`TOPIC_HEADER`](super::limit::TOPIC_HEADER) and is restored when the
+//! copy is read. The queue's order changes for that message only, and a
+//! crash between the confirm and the ack leaves both (at-least-once, as
+//! ever).
 //!
 //! A message over the limit is not consumed again: it goes to the
 //! configured dead-letter exchange with its properties and body, the count
@@ -23,10 +25,9 @@
 use lapin::message::Delivery;
 
 use super::deadline::UNSETTLED;
-use super::limit::{Verdict, carried_back, dead_lettered, times};
+use super::limit::{Fields, Policy, Verdict, carried_back, dead_lettered, times};
 use super::settler::{Forwarded, Ledger};
 use super::{ChannelsEnd, taken};
-use crate::config::DeliveryLimit;
 use crate::exit::{Exit, Fatal};
 use crate::monitor::Stats;
 use crate::wire;
@@ -51,25 +52,36 @@ pub(super) async fn carry_out(
     source: usize,
     delivery: Delivery,
     verdict: Verdict,
-    limit: &DeliveryLimit,
+    limit: &Policy,
     stats: &Stats,
 ) -> Result<Carried, ChannelsEnd> {
     let id = wire::message_id(&delivery.properties).to_owned();
     let topic = delivery.routing_key.as_str().to_owned();
     let queue = ledger.names()[source].clone();
     let headers = delivery.properties.headers().clone();
+    let id_bytes = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map_or(Vec::new(), |id| id.as_str().as_bytes().to_vec());
+    let fields = Fields {
+        queue: &queue,
+        message_id: &id_bytes,
+        body: &delivery.data,
+        headers: headers.as_ref(),
+    };
     let (forwarded, over) = match verdict {
         Verdict::Consume => return Ok(Carried::Consume(Box::new(delivery))),
-        Verdict::CarryCount(number) => {
+        Verdict::CarryCount(attempts) => {
             log::info!(
-                "Message {id} came back (delivery {number} of at most {}); requeued at the end of queue {queue:?} with its count",
+                "Message {id} came back after {} of at most {}; requeued at the end of queue {queue:?} with its count",
+                attempts_text(attempts),
                 limit.max
             );
-            let headers = carried_back(headers.as_ref(), number, &queue);
-            (ledger.forward(delivery, "", &topic, headers).await, false)
+            let headers = carried_back(&limit.seal, &fields, &topic, attempts);
+            (ledger.forward(delivery, "", &queue, headers).await, false)
         }
-        Verdict::OverLimit(number) => {
-            let delivered = number - 1;
+        Verdict::OverLimit(attempts) => {
             let Some(exchange) = limit
                 .dead_letter_exchange
                 .as_deref()
@@ -77,18 +89,21 @@ pub(super) async fn carry_out(
             else {
                 log::warn!(
                     "Message {id} (topic {topic}) was delivered {}, [delivery_limit] max, and no dead_letter_exchange is set: rejected without requeue",
-                    times(delivered)
+                    times(attempts)
                 );
-                taken(ledger.reject(delivery).await)?;
-                stats.over_limit();
+                let rejected = ledger.reject(delivery).await;
+                taken(rejected.is_some())?;
+                if rejected == Some(true) {
+                    stats.over_limit();
+                }
                 return Ok(Carried::Settled);
             };
             log::warn!(
                 "Message {id} (topic {topic}) was delivered {}, [delivery_limit] max: sent to dead-letter exchange {exchange:?} instead of the consumer",
-                times(delivered)
+                times(attempts)
             );
             let routing_key = limit.dead_letter_routing_key.as_deref().unwrap_or(&topic);
-            let headers = dead_lettered(headers.as_ref(), number, limit.max);
+            let headers = dead_lettered(headers.as_ref(), attempts, limit.max);
             (
                 ledger
                     .forward(delivery, exchange, routing_key, headers)
@@ -104,12 +119,21 @@ pub(super) async fn carry_out(
             }
             Ok(Carried::Settled)
         }
+        Forwarded::Doubled => {
+            log::warn!(
+                "Message {id} was copied, but its channel closed before the original was acked: the broker delivers the original again too"
+            );
+            Ok(Carried::Settled)
+        }
         Forwarded::Unroutable(delivery) if over => {
             log::error!(
                 "The dead-letter exchange routed message {id} nowhere: bind a queue to it; rejected without requeue"
             );
-            taken(ledger.reject(*delivery).await)?;
-            stats.over_limit();
+            let rejected = ledger.reject(*delivery).await;
+            taken(rejected.is_some())?;
+            if rejected == Some(true) {
+                stats.over_limit();
+            }
             Ok(Carried::Settled)
         }
         Forwarded::Unroutable(delivery) => {
@@ -129,5 +153,14 @@ pub(super) async fn carry_out(
             ),
         ))),
         Forwarded::Hung => Err(ChannelsEnd::ConnectionLost(UNSETTLED.to_owned())),
+    }
+}
+
+/// "1 attempt", "2 attempts".
+fn attempts_text(attempts: u32) -> String {
+    if attempts == 1 {
+        "1 attempt".to_owned()
+    } else {
+        format!("{attempts} attempts")
     }
 }

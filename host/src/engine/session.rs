@@ -9,8 +9,8 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection};
 
 use super::deadline::{UNSETTLED, bounded};
+use super::limit::Policy;
 use super::settler::{Ledger, QueueChannel};
-use crate::config::DeliveryLimit;
 use crate::exit::{Exit, Fatal};
 use crate::topology::{Topology, broker_code, broker_reply, queue_exists};
 
@@ -31,7 +31,7 @@ pub async fn open(
     connection: &Connection,
     topology: &Topology,
     prefetch_count: u16,
-    limit: Option<&DeliveryLimit>,
+    limit: Option<&Policy>,
 ) -> Result<Opened, Fatal> {
     let names = topology.declare(connection).await?;
     let publisher = match limit {
@@ -54,10 +54,7 @@ pub async fn open(
 
 /// The delivery limit's channel, in confirm mode; its dead-letter exchange
 /// must exist (exit 10 otherwise, as for any declaration).
-pub async fn open_publisher(
-    connection: &Connection,
-    limit: &DeliveryLimit,
-) -> Result<Channel, Fatal> {
+pub async fn open_publisher(connection: &Connection, limit: &Policy) -> Result<Channel, Fatal> {
     let registration = |what: &str, error: lapin::Error| {
         Fatal::new(
             Exit::Registration,

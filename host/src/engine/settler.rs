@@ -101,6 +101,9 @@ struct SentAck {
 pub enum Forwarded {
     /// The broker confirmed the copy and took the ack.
     Done,
+    /// The broker confirmed the copy, but the original's channel closed
+    /// before it was acked: the broker delivers the original again too.
+    Doubled,
     /// The broker had nowhere to route the copy; the original is not
     /// settled.
     Unroutable(Box<Delivery>),
@@ -658,7 +661,8 @@ impl Ledger {
             ),
             Some(Ok(lapin::Confirmation::Ack(None))) => {
                 match settle_one(delivery, Settle::Ack).await {
-                    Some(_) => Forwarded::Done,
+                    Some(true) => Forwarded::Done,
+                    Some(false) => Forwarded::Doubled,
                     None => Forwarded::Hung,
                 }
             }
@@ -676,11 +680,12 @@ impl Ledger {
     }
 
     /// Rejects a delivery that never reached a consumer (it failed the
-    /// checks; the caller tells the book, [`Ledger::settled_elsewhere`]);
-    /// `false` when the request was not taken in time.
+    /// checks; the caller tells the book, [`Ledger::settled_elsewhere`]):
+    /// whether the broker took it, `None` when the request was not taken
+    /// in time.
     #[must_use]
-    pub async fn reject(&self, delivery: Delivery) -> bool {
-        settle_one(delivery, Settle::Reject).await.is_some()
+    pub async fn reject(&self, delivery: Delivery) -> Option<bool> {
+        settle_one(delivery, Settle::Reject).await
     }
 
     /// Puts a delivery that never reached a consumer back in its queue

@@ -10,11 +10,11 @@ use futures_lite::FutureExt;
 
 use super::WORKERS_END;
 use super::lifecycle::Lifecycle;
+use super::limit::Policy;
 use super::message::{Finished, Job};
 use super::pulse::Pulse;
 use super::settler::Ledger;
 use super::workers::Workers;
-use crate::config::DeliveryLimit;
 use crate::exit::{Exit, Fatal};
 use crate::monitor::Stats;
 use crate::outcome::Next;
@@ -35,7 +35,7 @@ pub(super) struct Core {
     pub(super) pulse: Pulse,
     pub(super) stats: Arc<Stats>,
     /// `[delivery_limit]`, if any.
-    pub(super) limit: Option<DeliveryLimit>,
+    pub(super) limit: Option<Arc<Policy>>,
     /// The first consumer that could not be built: the process exits 1
     /// with it once the others have finished what they hold.
     pub(super) build_failure: Option<Fatal>,

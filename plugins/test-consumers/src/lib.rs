@@ -6,7 +6,9 @@
 //!   and logs a running count (its state) when it starts and ends each
 //!   message. `nack_once` nacks the first delivery of an id and acks the
 //!   next; `sleep_once_ms` sleeps only on the first delivery of an id (in
-//!   the process, whichever instance gets it).
+//!   the process, whichever instance gets it). `"once_file": PATH` does
+//!   the action only if PATH does not exist yet (creating it), and acks
+//!   otherwise: once across restarts of the host.
 //!   `"rendezvous": N` first waits (up to `within_ms`, default 20 s) until
 //!   N messages with it are being handled at once, by instances side by
 //!   side, and fails otherwise: it proves that `workers` run in parallel.
@@ -138,7 +140,16 @@ impl Consumer for Scripted {
     fn consume(&mut self, message: &Message) -> Result<(), ConsumerError> {
         self.seen += 1;
         let body = message.body();
-        let action = body["do"].as_str().unwrap_or("ack");
+        let mut action = body["do"].as_str().unwrap_or("ack");
+        if let Some(path) = body["once_file"].as_str()
+            && std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .is_err()
+        {
+            action = "ack";
+        }
         let code = body["code"].as_i64().unwrap_or(0) as i32;
         let reason = body["reason"].as_str().unwrap_or("scripted failure");
         log::info!("message #{} ({}): {action}", self.seen, message.id());
