@@ -150,20 +150,16 @@ fn a_nack_loop_on_a_classic_queue_ends_in_the_dead_letter_queue() {
 
 #[test]
 fn a_nack_loop_on_a_quorum_queue_ends_in_the_dead_letter_queue() {
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    nack_loop(
-        "nack-loop-quorum",
-        arguments,
-        "arguments = {\"x-queue-type\" = \"quorum\"}",
-    );
+    let (arguments, config_arguments) = quorum();
+    nack_loop("nack-loop-quorum", arguments, config_arguments);
 }
 
-#[test]
-fn a_message_that_crashes_the_host_is_dead_lettered_after_the_limit() {
+/// A message that crashes the host each time it is consumed, on a queue
+/// (`arguments`) consumed by `hosts` hosts side by side, each restarted
+/// when it dies (as systemd's `Restart=on-failure` would): dead-lettered
+/// after MAX crashes, whichever host met it, while the messages behind it
+/// are consumed once each.
+fn crash_loop(prefix: &str, arguments: FieldTable, config_arguments: &str, hosts: usize) {
     let messages = [
         ("g1", json!({"do": "ack"})),
         ("crash", json!({"do": "abort"})),
@@ -173,9 +169,9 @@ fn a_message_that_crashes_the_host_is_dead_lettered_after_the_limit() {
     // A prefetch of 1: a crash counts against every message the host
     // holds, and only the crashing one should be held then.
     let (broker, queue, dead, config) = limited_queue(
-        "crash-loop",
-        FieldTable::default(),
-        "arguments = {}",
+        prefix,
+        arguments,
+        config_arguments,
         "[qos]\nprefetch_count = 1",
         &messages,
     );
@@ -185,45 +181,70 @@ fn a_message_that_crashes_the_host_is_dead_lettered_after_the_limit() {
     let started = Instant::now();
     let mut crashes = 0;
     let mut output = String::new();
-    // The supervisor: start the host again each time it dies, as systemd
-    // does, until the crashing message is dead-lettered.
-    let last = loop {
+    let mut running: Vec<Running> = (0..hosts).map(|_| Running::start(&mut command)).collect();
+    // The supervisor: start a host again each time it dies, until the
+    // crashing message is dead-lettered.
+    let deadline = Instant::now() + WAIT * (MAX + 1);
+    while broker.depth(&dead) == 0 {
         assert!(crashes <= MAX, "{crashes} crashes:\n{output}");
-        let mut consumer = Running::start(&mut command);
-        let deadline = Instant::now() + WAIT;
-        while !consumer.has_ended() && broker.depth(&dead) == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "neither a crash nor a dead letter"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        assert!(Instant::now() < deadline, "no dead letter:\n{output}");
+        for slot in running.iter_mut() {
+            if slot.has_ended() {
+                let ended = std::mem::replace(slot, Running::start(&mut command));
+                let run = ended.finish();
+                assert_eq!(run.status.signal(), Some(6), "not an abort: {run:#?}");
+                output.push_str(&run.stdout);
+                crashes += 1;
+                eprintln!("crash {crashes} after {:?}", started.elapsed());
+            }
         }
-        if consumer.has_ended() {
-            let run = consumer.finish();
-            assert_eq!(run.status.signal(), Some(6), "not an abort: {run:#?}");
-            output.push_str(&run.stdout);
-            crashes += 1;
-            eprintln!("crash {crashes} after {:?}", started.elapsed());
-            continue;
-        }
-        break consumer;
-    };
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let took = started.elapsed();
     wait_depth(&broker, &queue, 0);
-    last.signal("TERM");
-    let run = last.finish();
-    assert_eq!(run.code(), 0, "{run:#?}");
-    output.push_str(&run.stdout);
-    eprintln!("crash loop: {crashes} crashes, dead-lettered after {took:?}");
+    for consumer in running {
+        consumer.signal("TERM");
+        let run = consumer.finish();
+        assert_eq!(run.code(), 0, "{run:#?}");
+        output.push_str(&run.stdout);
+    }
+    eprintln!("crash loop ({prefix}): {crashes} crashes, dead-lettered after {took:?}");
     assert_eq!(crashes, MAX, "{output}");
     assert_eq!(starts(&output, "crash"), MAX as usize, "{output}");
     for good in ["g1", "g2", "g3"] {
         assert_eq!(starts(&output, good), 1, "{good}: {output}");
     }
-    assert!(run.stdout.contains("was delivered 3 times"), "{run:#?}");
+    assert!(output.contains("was delivered 3 times"), "{output}");
     check_dead_lettered(&broker.take_all(&dead), "crash");
     broker.delete_queue(&queue);
     broker.delete_queue(&dead);
+}
+
+fn quorum() -> (FieldTable, &'static str) {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    (arguments, "arguments = {\"x-queue-type\" = \"quorum\"}")
+}
+
+#[test]
+fn a_message_that_crashes_the_host_is_dead_lettered_after_the_limit() {
+    crash_loop("crash-loop", FieldTable::default(), "arguments = {}", 1);
+}
+
+#[test]
+fn a_crash_loop_on_a_quorum_queue_is_dead_lettered_after_the_limit() {
+    let (arguments, config_arguments) = quorum();
+    crash_loop("crash-loop-quorum", arguments, config_arguments, 1);
+}
+
+#[test]
+fn a_crash_loop_across_two_hosts_is_dead_lettered_after_the_limit() {
+    crash_loop("crash-loop-two", FieldTable::default(), "arguments = {}", 2);
+    let (arguments, config_arguments) = quorum();
+    crash_loop("crash-loop-two-quorum", arguments, config_arguments, 2);
 }
 
 #[test]
