@@ -54,6 +54,9 @@ pub struct Stats {
     reconnects: AtomicU64,
     /// Messages not consumed again: over `[delivery_limit]`.
     over_limit: AtomicU64,
+    /// Dead letters kept in their queue now: the dead-letter exchange
+    /// routed them nowhere.
+    dead_letters_kept: AtomicU64,
     /// Messages consumers published, confirmed by the broker.
     published: AtomicU64,
     durations: [Histogram; 5],
@@ -144,6 +147,13 @@ impl Stats {
     /// A message went over `[delivery_limit]` and was not consumed again.
     pub fn over_limit(&self) {
         self.over_limit.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many dead letters are kept in their queue, waiting for the
+    /// dead-letter exchange to route them.
+    pub fn set_dead_letters_kept(&self, kept: usize) {
+        self.dead_letters_kept
+            .store(u64::try_from(kept).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     pub fn reconnected(&self) {
@@ -239,6 +249,12 @@ impl Stats {
         out.push_str(&format!(
             "fedora_messaging_over_delivery_limit_total {}\n",
             self.over_limit.load(Ordering::Relaxed)
+        ));
+        out.push_str("# HELP fedora_messaging_dead_letters_kept Messages over [delivery_limit] kept in their queue: the dead-letter exchange routed them nowhere.\n");
+        out.push_str("# TYPE fedora_messaging_dead_letters_kept gauge\n");
+        out.push_str(&format!(
+            "fedora_messaging_dead_letters_kept {}\n",
+            self.dead_letters_kept.load(Ordering::Relaxed)
         ));
         out.push_str("# HELP fedora_messaging_reconnects_total Connections lost and made again.\n");
         out.push_str("# TYPE fedora_messaging_reconnects_total counter\n");

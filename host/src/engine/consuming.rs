@@ -54,6 +54,8 @@ enum Event {
     InFlight,
     /// A failed channel is due to be opened again.
     ReopenDue,
+    /// A kept dead letter is due to be sent again.
+    KeptDue,
 }
 
 impl Core {
@@ -134,6 +136,7 @@ impl Core {
                         .min()
                 })
                 .flatten();
+            let kept_due = self.kept.next_due();
             let (workers, stop, pulse) = (&self.workers, &self.stop, &mut self.pulse);
             let ledger = &mut channels.ledger;
             let event = async {
@@ -171,6 +174,13 @@ impl Core {
                 };
                 Event::ReopenDue
             })
+            .or(async {
+                match kept_due {
+                    Some(due) => async_io::Timer::at(due).await,
+                    None => futures_lite::future::pending().await,
+                };
+                Event::KeptDue
+            })
             .await;
             match event {
                 Event::Tick | Event::InFlight => {}
@@ -180,6 +190,15 @@ impl Core {
                     if let Err(end) = self.reopen_due_channels(channels).await {
                         return end;
                     }
+                }
+                Event::KeptDue => {
+                    for (letter, tries) in self.kept.take_due(Instant::now()) {
+                        self.stats.set_dead_letters_kept(self.kept.len());
+                        if let Err(end) = self.settle_diverted(channels, letter, tries).await {
+                            return end;
+                        }
+                    }
+                    self.stats.set_dead_letters_kept(self.kept.len());
                 }
                 Event::Taken(Taken::Hung) => {
                     return ChannelsEnd::ConnectionLost(UNSETTLED.to_owned());

@@ -6,12 +6,14 @@
 
 use super::consuming::Channels;
 use super::deadline::{SETUP_STEP, bounded_for};
+use super::limit;
 use super::message::{Diverted, Finished, Job, Why};
 use super::redelivery::{self, Carried};
 use super::session::{self, StreamEnd};
 use super::waiting::Core;
 use super::{ChannelsEnd, taken};
 use crate::wire;
+use std::time::Instant;
 
 impl Core {
     /// What a consumer thread handed over from the lane besides answers:
@@ -23,7 +25,7 @@ impl Core {
         finished: Finished,
     ) -> Result<(), ChannelsEnd> {
         match finished {
-            Finished::Diverted(diverted) => self.settle_diverted(channels, *diverted).await,
+            Finished::Diverted(diverted) => self.settle_diverted(channels, *diverted, 0).await,
             Finished::Ended(channel, _) if !channels.ledger.owns_channel(&channel) => Ok(()),
             Finished::Ended(channel, Some(error)) => {
                 let source = channel.source();
@@ -74,11 +76,13 @@ impl Core {
     /// worker only if that cannot be done (and the process is not
     /// draining). Left unsettled (the broker delivers it again) once its
     /// channel is gone. Its in-flight token goes when this returns, or
-    /// with the job it becomes.
-    async fn settle_diverted(
+    /// with the job it becomes, or with the dead letter kept (`tries`:
+    /// how often its dead-letter exchange routed it nowhere before).
+    pub(super) async fn settle_diverted(
         &mut self,
         channels: &mut Channels<'_>,
         diverted: Diverted,
+        tries: u32,
     ) -> Result<(), ChannelsEnd> {
         let ledger = &mut channels.ledger;
         if !ledger.owns(&diverted.ticket) {
@@ -118,7 +122,26 @@ impl Core {
                     .await?;
                 match carried {
                     // Unsettled: the broker delivers it again.
-                    Carried::Consume(_) if !self.lifecycle.is_running() => {}
+                    Carried::Consume(_) | Carried::Kept(_) if !self.lifecycle.is_running() => {}
+                    Carried::Kept(delivery) => {
+                        let id = wire::message_id(&delivery.properties).to_owned();
+                        let letter = Diverted {
+                            delivery: *delivery,
+                            ticket,
+                            in_flight,
+                            why: Why::Limited { checked, verdict },
+                        };
+                        let tries = tries.saturating_add(1);
+                        let wait = self.kept.keep(letter, tries, Instant::now());
+                        self.stats.set_dead_letters_kept(self.kept.len());
+                        let exchange = limit.dead_letter_exchange.as_deref().unwrap_or_default();
+                        log::warn!(
+                            "Dead-letter exchange {exchange:?} routed message {id} nowhere ({}): it stays in queue {:?}, not consumed, and is sent there again in {} s; bind a queue to the exchange",
+                            limit::times(tries),
+                            ledger.names()[source],
+                            wait.as_secs()
+                        );
+                    }
                     Carried::Consume(delivery) => {
                         self.stats.received();
                         self.pending.push_back(Job {

@@ -39,6 +39,7 @@ mod consuming;
 pub mod deadline;
 pub mod handler;
 pub mod inflight;
+mod kept;
 pub mod lane;
 mod lane_reports;
 pub mod lifecycle;
@@ -145,6 +146,7 @@ impl Engine {
                 lifecycle: Lifecycle::new(),
                 workers,
                 pending: VecDeque::new(),
+                kept: Default::default(),
                 stop,
                 pulse,
                 stats,

@@ -100,7 +100,7 @@ async fn put_back_one(
         return Ok(
             match redelivery::carry_out(ledger, source, delivery, verdict, policy, stats).await? {
                 Carried::Settled => Outcome::Settled,
-                Carried::Consume(_) => Outcome::Left,
+                Carried::Consume(_) | Carried::Kept(_) => Outcome::Left,
                 Carried::PublisherFailed(_) => Outcome::Stop,
             },
         );

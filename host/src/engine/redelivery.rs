@@ -20,7 +20,8 @@
 //! configured dead-letter exchange with its properties and body, the count
 //! and a reason ([`REASON_HEADER`](super::limit::REASON_HEADER)), or, with
 //! none configured, is rejected without requeue (the queue's own
-//! dead-letter exchange then keeps it).
+//! dead-letter exchange then keeps it). One the dead-letter exchange
+//! routes nowhere stays in its queue ([`super::kept`]).
 
 use lapin::message::Delivery;
 
@@ -36,6 +37,9 @@ use crate::wire;
 pub enum Carried {
     /// Copied where it goes and acked, or rejected.
     Settled,
+    /// Over the limit, and the dead-letter exchange routed it nowhere: it
+    /// stays unsettled in its queue, to be sent again later.
+    Kept(Box<Delivery>),
     /// The count could not be carried (its queue took no copy), so the
     /// consumer gets the delivery as it is rather than see it loop.
     Consume(Box<Delivery>),
@@ -125,17 +129,7 @@ pub(super) async fn carry_out(
             );
             Ok(Carried::Settled)
         }
-        Forwarded::Unroutable(delivery) if over => {
-            log::error!(
-                "The dead-letter exchange routed message {id} nowhere: bind a queue to it; rejected without requeue"
-            );
-            let rejected = ledger.reject(*delivery).await;
-            taken(rejected.is_some())?;
-            if rejected == Some(true) {
-                stats.over_limit();
-            }
-            Ok(Carried::Settled)
-        }
+        Forwarded::Unroutable(delivery) if over => Ok(Carried::Kept(delivery)),
         Forwarded::Unroutable(delivery) => {
             log::warn!(
                 "Queue {queue:?} took no copy of message {id}, so its delivery count cannot be carried; handing it to the consumer as it is"

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use futures_lite::FutureExt;
 
 use super::WORKERS_END;
+use super::kept::KeptDeadLetters;
 use super::lifecycle::Lifecycle;
 use super::limit::Policy;
 use super::message::{Finished, Job};
@@ -31,6 +32,8 @@ pub(super) struct Core {
     /// Jobs the engine holds for the workers (a delivery the delivery
     /// limit could not carry on), waiting for room with them.
     pub(super) pending: VecDeque<Job>,
+    /// Dead letters the dead-letter exchange routed nowhere, kept.
+    pub(super) kept: KeptDeadLetters,
     pub(super) stop: StopRequest,
     pub(super) pulse: Pulse,
     pub(super) stats: Arc<Stats>,
@@ -252,6 +255,8 @@ impl Core {
     pub(super) fn hold_workers(&mut self) {
         self.workers.hold();
         self.pending.clear();
+        self.kept.release();
+        self.stats.set_dead_letters_kept(0);
     }
 
     /// The lifecycle just started draining: no job starts any more, and
