@@ -260,6 +260,23 @@ impl TestBroker {
         }
     }
 
+    /// Waits (up to 30 s, then fails the test) until `queue` holds
+    /// exactly `count` ready messages.
+    pub fn wait_depth(&self, queue: &str, count: u32) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let depth = self.depth(queue);
+            if depth == count {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{queue} holds {depth} messages, not {count}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Binds `queue` to `exchange` with `routing_key`.
     pub fn bind(&self, queue: &str, exchange: &str, routing_key: &str) {
         block_on(async {

@@ -401,6 +401,14 @@ pub fn limited_consume(conf: &Path) -> Command {
     command
 }
 
+/// How many times Scripted started message `id` in `output`.
+pub fn scripted_starts(output: &str, id: &str) -> usize {
+    output
+        .lines()
+        .filter(|line| line.contains("message #") && line.contains(&format!("({id}):")))
+        .count()
+}
+
 /// `consume` with the configuration `conf` and the test consumer Scripted.
 pub fn scripted_consume(conf: &Path) -> Command {
     let mut command = fedora_messaging();

@@ -46,27 +46,6 @@ fn limited_queue(
     (broker, queue, dead, config)
 }
 
-/// Waits until `queue` holds `count` messages.
-fn wait_depth(broker: &TestBroker, queue: &str, count: u32) {
-    let deadline = Instant::now() + WAIT;
-    while broker.depth(queue) != count {
-        assert!(
-            Instant::now() < deadline,
-            "{queue} holds {} messages, not {count}",
-            broker.depth(queue)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// How many times Scripted started message `id`.
-fn starts(output: &str, id: &str) -> usize {
-    output
-        .lines()
-        .filter(|line| line.contains("message #") && line.contains(&format!("({id}):")))
-        .count()
-}
-
 /// The dead-lettered message: `id`, its body as published, the count and
 /// the reason, the original headers kept.
 fn check_dead_lettered(taken: &[Taken], id: &str) {
@@ -115,21 +94,21 @@ fn nack_loop(prefix: &str, arguments: FieldTable, config_arguments: &str) {
     let mut command = limited_consume(&conf);
     let started = Instant::now();
     let mut consumer = Running::start(&mut command);
-    wait_depth(&broker, &dead, 1);
+    broker.wait_depth(&dead, 1);
     let took = started.elapsed();
     consumer.wait_for("message #", WAIT);
-    wait_depth(&broker, &queue, 0);
+    broker.wait_depth(&queue, 0);
     consumer.wait_for("(g3): ack", WAIT);
     consumer.signal("TERM");
     let run = consumer.finish();
     assert_eq!(run.code(), 0, "{run:#?}");
-    let loops = starts(&run.stdout, "loop");
+    let loops = scripted_starts(&run.stdout, "loop");
     eprintln!(
         "nack loop ({prefix}): {loops} deliveries to the consumer, dead-lettered after {took:?}"
     );
     assert_eq!(loops, MAX as usize, "{run:#?}");
     for good in ["g1", "g2", "g3"] {
-        assert_eq!(starts(&run.stdout, good), 1, "{good}: {run:#?}");
+        assert_eq!(scripted_starts(&run.stdout, good), 1, "{good}: {run:#?}");
     }
     assert!(
         run.stdout.contains(&format!(
@@ -201,7 +180,7 @@ fn crash_loop(prefix: &str, arguments: FieldTable, config_arguments: &str, hosts
         std::thread::sleep(Duration::from_millis(20));
     }
     let took = started.elapsed();
-    wait_depth(&broker, &queue, 0);
+    broker.wait_depth(&queue, 0);
     for mut consumer in running {
         // The last crash may not have been seen yet: it happened before the
         // dead letter, which another host sent once the broker knew.
@@ -219,9 +198,9 @@ fn crash_loop(prefix: &str, arguments: FieldTable, config_arguments: &str, hosts
     }
     eprintln!("crash loop ({prefix}): {crashes} crashes, dead-lettered after {took:?}");
     assert_eq!(crashes, MAX, "{output}");
-    assert_eq!(starts(&output, "crash"), MAX as usize, "{output}");
+    assert_eq!(scripted_starts(&output, "crash"), MAX as usize, "{output}");
     for good in ["g1", "g2", "g3"] {
-        assert_eq!(starts(&output, good), 1, "{good}: {output}");
+        assert_eq!(scripted_starts(&output, good), 1, "{good}: {output}");
     }
     assert!(output.contains("was delivered 3 times"), "{output}");
     check_dead_lettered(&broker.take_all(&dead), "crash");
@@ -287,12 +266,12 @@ fn without_a_dead_letter_exchange_it_is_rejected_to_the_queues_own() {
     let dir = scratch();
     let conf = config_file(dir.path(), &config);
     let mut consumer = Running::start(&mut limited_consume(&conf));
-    wait_depth(&broker, &dead, 1);
+    broker.wait_depth(&dead, 1);
     consumer.wait_for("(g1): ack", WAIT);
     consumer.signal("TERM");
     let run = consumer.finish();
     assert_eq!(run.code(), 0, "{run:#?}");
-    assert_eq!(starts(&run.stdout, "loop"), 1, "{run:#?}");
+    assert_eq!(scripted_starts(&run.stdout, "loop"), 1, "{run:#?}");
     assert!(
         run.stdout.contains(&format!(
             "Message loop (topic {queue}.test) was delivered once, [delivery_limit] max, and no dead_letter_exchange is set: rejected without requeue"
@@ -329,7 +308,7 @@ fn a_user_who_may_not_publish_the_copies_is_exit_15() {
         "{run:#?}"
     );
     // Nothing lost: the message is back in its queue.
-    wait_depth(&broker, &queue, 1);
+    broker.wait_depth(&queue, 1);
     broker.delete_queue(&queue);
 }
 
@@ -402,12 +381,12 @@ fn a_dead_letter_routed_nowhere_is_kept_until_a_binding_appears() {
     );
     assert_eq!(broker.depth(&dead), 0);
     broker.bind(&dead, "amq.direct", &dead);
-    wait_depth(&broker, &dead, 1);
-    wait_depth(&broker, &queue, 0);
+    broker.wait_depth(&dead, 1);
+    broker.wait_depth(&queue, 0);
     consumer.signal("TERM");
     let run = consumer.finish();
     assert_eq!(run.code(), 0, "{run:#?}");
-    assert_eq!(starts(&run.stdout, "loop"), 2, "{run:#?}");
+    assert_eq!(scripted_starts(&run.stdout, "loop"), 2, "{run:#?}");
     assert_eq!(broker.take_all(&dead)[0].id, "loop");
     broker.delete_queue(&queue);
     broker.delete_queue(&dead);

@@ -14,19 +14,6 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Waits until `queue` holds `count` messages.
-fn wait_depth(broker: &TestBroker, queue: &str, count: u32) {
-    let deadline = Instant::now() + WAIT;
-    while broker.depth(queue) != count {
-        assert!(
-            Instant::now() < deadline,
-            "{queue} holds {} messages, not {count}",
-            broker.depth(queue)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The ids Scripted acked in `output`.
 fn acked(output: &str) -> Vec<String> {
     let mut ids: Vec<String> = output
@@ -41,14 +28,6 @@ fn acked(output: &str) -> Vec<String> {
     ids.sort();
     ids.dedup();
     ids
-}
-
-/// How many times Scripted started message `id`.
-fn starts(output: &str, id: &str) -> usize {
-    output
-        .lines()
-        .filter(|line| line.contains("message #") && line.contains(&format!("({id}):")))
-        .count()
 }
 
 /// A queue whose rejected messages go to a dead-letter queue of its own
@@ -179,7 +158,11 @@ fn ten_consumer_failures_with_messages_prefetched_count_no_attempt() {
     }
     assert_eq!(failures, 10, "{output}");
     for n in 1..=10 {
-        assert_eq!(starts(&output, &format!("f{n}")), 2, "f{n}: {output}");
+        assert_eq!(
+            scripted_starts(&output, &format!("f{n}")),
+            2,
+            "f{n}: {output}"
+        );
     }
     // Each failed message's own attempt is counted and carried; nothing
     // else is counted.
@@ -240,14 +223,14 @@ fn forged_counts(prefix: &str, arguments: FieldTable, config_arguments: &str) {
     let dir = scratch();
     let conf = config_file(dir.path(), &config);
     let mut consumer = Running::start(&mut limited_consume(&conf));
-    wait_depth(&broker, &dead, 1);
+    broker.wait_depth(&dead, 1);
     consumer.wait_for("(last): ack", WAIT);
-    wait_depth(&broker, &queue, 0);
+    broker.wait_depth(&queue, 0);
     consumer.signal("TERM");
     let run = consumer.finish();
     assert_eq!(run.code(), 0, "{run:#?}");
     for (id, _) in &forged {
-        assert_eq!(starts(&run.stdout, id), 1, "{id}: {run:#?}");
+        assert_eq!(scripted_starts(&run.stdout, id), 1, "{id}: {run:#?}");
         let doubts = run
             .stdout
             .lines()
@@ -257,7 +240,11 @@ fn forged_counts(prefix: &str, arguments: FieldTable, config_arguments: &str) {
             .count();
         assert_eq!(doubts, 1, "{id} said once: {run:#?}");
     }
-    assert_eq!(starts(&run.stdout, "loop"), MAX as usize, "{run:#?}");
+    assert_eq!(
+        scripted_starts(&run.stdout, "loop"),
+        MAX as usize,
+        "{run:#?}"
+    );
     let dead_lettered = broker.take_all(&dead);
     assert_eq!(dead_lettered.len(), 1, "{dead_lettered:?}");
     assert_eq!(dead_lettered[0].id, "loop");
@@ -330,12 +317,12 @@ fn a_copy_reaches_the_consumed_queue_and_nothing_else() {
     let mut consumer = Running::start(&mut limited_consume(&conf));
     consumer.wait_for_count("(cc): ", 2, WAIT);
     consumer.wait_for_count("(named): ", 2, WAIT);
-    wait_depth(&broker, &queue, 0);
+    broker.wait_depth(&queue, 0);
     consumer.signal("TERM");
     let run = consumer.finish();
     assert_eq!(run.code(), 0, "{run:#?}");
-    assert_eq!(starts(&run.stdout, "cc"), 2, "{run:#?}");
-    assert_eq!(starts(&run.stdout, "named"), 2, "{run:#?}");
+    assert_eq!(scripted_starts(&run.stdout, "cc"), 2, "{run:#?}");
+    assert_eq!(scripted_starts(&run.stdout, "named"), 2, "{run:#?}");
     assert_eq!(broker.depth(&named_like_topic), 0, "{run:#?}");
     assert_eq!(broker.depth(&named_in_cc), 0, "{run:#?}");
     for name in [&queue, &named_like_topic, &named_in_cc] {

@@ -206,11 +206,7 @@ pub fn judge(policy: &Policy, queue: &str, delivery: &Delivery, doubts: Doubts) 
     let headers = delivery.properties.headers().as_ref();
     let fields = Fields {
         queue,
-        message_id: delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map_or(&b""[..], |id| id.as_str().as_bytes()),
+        message_id: wire::message_id(&delivery.properties).as_bytes(),
         body: &delivery.data,
         headers,
     };

@@ -106,15 +106,10 @@ async fn put_back_one(
         );
     }
     let id = wire::message_id(&delivery.properties).to_owned();
-    let id_bytes = delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .map_or(Vec::new(), |id| id.as_str().as_bytes().to_vec());
     let headers = delivery.properties.headers().clone();
     let fields = Fields {
         queue: &queue,
-        message_id: &id_bytes,
+        message_id: id.as_bytes(),
         body: &delivery.data,
         headers: headers.as_ref(),
     };
@@ -150,11 +145,7 @@ pub(super) fn remember_unstarted(lane: &Lane, policy: &Policy, source: Option<us
         let Judged { made, .. } = judge(policy, &queue, &delivery, Doubts::Quiet);
         let fields = Fields {
             queue: &queue,
-            message_id: delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map_or(&b""[..], |id| id.as_str().as_bytes()),
+            message_id: wire::message_id(&delivery.properties).as_bytes(),
             body: &delivery.data,
             headers: None,
         };

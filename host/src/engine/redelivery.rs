@@ -63,14 +63,9 @@ pub(super) async fn carry_out(
     let topic = delivery.routing_key.as_str().to_owned();
     let queue = ledger.names()[source].clone();
     let headers = delivery.properties.headers().clone();
-    let id_bytes = delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .map_or(Vec::new(), |id| id.as_str().as_bytes().to_vec());
     let fields = Fields {
         queue: &queue,
-        message_id: &id_bytes,
+        message_id: id.as_bytes(),
         body: &delivery.data,
         headers: headers.as_ref(),
     };
