@@ -210,7 +210,7 @@ fn delivery_limit(config: &Config, topology: &Topology) -> Result<Option<Policy>
         dead_letter_routing_key: limit.dead_letter_routing_key.clone(),
         seal: Seal::new(secret),
         quorum_queues,
-        given_back: Default::default(),
+        remembered: Default::default(),
     }))
 }
 

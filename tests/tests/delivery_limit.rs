@@ -370,13 +370,13 @@ fn a_dead_letter_routed_nowhere_is_kept_until_a_binding_appears() {
     let conf = config_file(dir.path(), &config);
     let mut consumer = Running::start(&mut limited_consume(&conf));
     consumer.wait_for(
-        "Dead-letter exchange \"amq.direct\" routed message loop nowhere (once)",
+        "Dead-letter exchange \"amq.direct\" did not take message loop (routed nowhere, once)",
         WAIT,
     );
     // Kept, and the queue flows behind it.
     consumer.wait_for("(g1): ack", WAIT);
     consumer.wait_for(
-        "Dead-letter exchange \"amq.direct\" routed message loop nowhere (2 times)",
+        "Dead-letter exchange \"amq.direct\" did not take message loop (routed nowhere, 2 times)",
         WAIT,
     );
     assert_eq!(broker.depth(&dead), 0);
@@ -390,4 +390,52 @@ fn a_dead_letter_routed_nowhere_is_kept_until_a_binding_appears() {
     assert_eq!(broker.take_all(&dead)[0].id, "loop");
     broker.delete_queue(&queue);
     broker.delete_queue(&dead);
+}
+
+#[test]
+fn a_full_queue_that_refuses_the_copy_still_drains() {
+    let broker = TestBroker::connect();
+    let queue = TestBroker::unique_name("limit-full");
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongInt(2));
+    arguments.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    broker.declare_queue(&queue, arguments);
+    let record =
+        |id: &str, body: Value| json!({"id": id, "topic": format!("{queue}.test"), "body": body});
+    // Nacked once, a second into its first attempt: by then the queue is
+    // full behind it, and it refuses the copy that carries the count.
+    broker.publish(&record(
+        "first",
+        json!({"do": "nack_once", "sleep_once_ms": 1000}),
+    ));
+    broker.publish(&record("g1", json!({"do": "ack"})));
+    let config = queue_config(
+        &queue,
+        "[qos]\nprefetch_count = 1\n\n[delivery_limit]\nmax = 3\n",
+    )
+    .replace(
+        "arguments = {}",
+        "arguments = {\"x-max-length\" = 2, \"x-overflow\" = \"reject-publish\"}",
+    );
+    let dir = scratch();
+    let conf = config_file(dir.path(), &config);
+    let mut consumer = Running::start(&mut limited_consume(&conf));
+    consumer.wait_for("(first): nack_once", WAIT);
+    broker.publish(&record("g2", json!({"do": "ack"})));
+    // The messages behind it are consumed.
+    consumer.wait_for("(g1): ack", WAIT);
+    consumer.wait_for("(g2): ack", WAIT);
+    broker.wait_depth(&queue, 0);
+    consumer.signal("TERM");
+    let run = consumer.finish();
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert!(
+        run.stdout.contains("refused the copy of message first"),
+        "{run:#?}"
+    );
+    assert_eq!(scripted_starts(&run.stdout, "first"), 2, "{run:#?}");
+    broker.delete_queue(&queue);
 }

@@ -211,15 +211,15 @@ pub fn judge(policy: &Policy, queue: &str, delivery: &Delivery, doubts: Doubts) 
         headers,
     };
     // Only a redelivery can be one this process gave back.
-    let returned_unstarted = delivery
+    let remembered = delivery
         .redelivered
-        .then(|| policy.given_back.take(limit::fingerprint(&fields)))
+        .then(|| policy.remembered.take(limit::fingerprint(&fields)))
         .flatten();
     let seen = Seen {
         redelivered: delivery.redelivered,
         headers,
         quorum: policy.is_quorum(queue),
-        returned_unstarted,
+        remembered,
     };
     let (found, doubt) = limit::read_count(&policy.seal, &fields, &seen);
     if let (Some(doubt), Doubts::Logged) = (doubt, doubts) {

@@ -122,8 +122,8 @@ impl Core {
                     .await?;
                 match carried {
                     // Unsettled: the broker delivers it again.
-                    Carried::Consume(_) | Carried::Kept(_) if !self.lifecycle.is_running() => {}
-                    Carried::Kept(delivery) => {
+                    Carried::Consume(_) | Carried::Kept(..) if !self.lifecycle.is_running() => {}
+                    Carried::Kept(delivery, untaken) => {
                         let id = wire::message_id(&delivery.properties).to_owned();
                         let letter = Diverted {
                             delivery: *delivery,
@@ -135,8 +135,9 @@ impl Core {
                         let wait = self.kept.keep(letter, tries, Instant::now());
                         self.stats.set_dead_letters_kept(self.kept.len());
                         let exchange = limit.dead_letter_exchange.as_deref().unwrap_or_default();
+                        let (why, fix) = untaken.why_and_fix();
                         log::warn!(
-                            "Dead-letter exchange {exchange:?} routed message {id} nowhere ({}): it stays in queue {:?}, not consumed, and is sent there again in {} s; bind a queue to the exchange",
+                            "Dead-letter exchange {exchange:?} did not take message {id} ({why}, {}): it stays in queue {:?}, not consumed, and is sent there again in {} s; {fix}",
                             limit::times(tries),
                             ledger.names()[source],
                             wait.as_secs()

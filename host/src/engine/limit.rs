@@ -61,8 +61,8 @@ pub struct Policy {
     pub seal: Seal,
     /// The consumed queues that are quorum queues.
     pub quorum_queues: Vec<String>,
-    /// What this process gave back unstarted when a channel was lost.
-    pub given_back: GivenBack,
+    /// The counts this process keeps for deliveries that will come again.
+    pub remembered: Remembered,
 }
 
 impl Policy {
@@ -93,15 +93,16 @@ pub struct Seen<'a> {
     /// The queue is a quorum queue, whose redeliveries carry the broker's
     /// counts.
     pub quorum: bool,
-    /// This process gave this very delivery back without starting it,
-    /// having counted that many attempts then ([`GivenBack`]).
-    pub returned_unstarted: Option<u32>,
+    /// The attempts this process counted for this very message when it
+    /// last let it go ([`Remembered`]): all that were made, this
+    /// delivery's predecessor included.
+    pub remembered: Option<u32>,
 }
 
 /// Judges one delivery against `max`, given the `attempts` its sealed
 /// count carries (0 without one).
 pub fn judge(max: u32, seen: &Seen<'_>, attempts: u32) -> Verdict {
-    let made = match seen.returned_unstarted {
+    let made = match seen.remembered {
         Some(counted) => counted.max(attempts),
         None if !seen.redelivered => attempts,
         None => attempts.saturating_add(broker_returns(seen).max(1)),
@@ -131,21 +132,22 @@ fn broker_returns(seen: &Seen<'_>) -> u32 {
         .unwrap_or(0)
 }
 
-/// How many fingerprints [`GivenBack`] holds at most: more than any
+/// How many fingerprints [`Remembered`] holds at most: more than any
 /// prefetch a process loses at once, small enough to never matter.
-const GIVEN_BACK_MAX: usize = 65_536;
+const REMEMBERED_MAX: usize = 65_536;
 
-/// The deliveries this process gave back to the broker without starting
-/// them when their channel or connection was lost (lapin still held them):
-/// by [`fingerprint`], the attempts counted when they went back. The
-/// broker marks them `redelivered` when they come again, and this memory
-/// keeps that from counting as an attempt.
+/// The counts this process keeps, by [`fingerprint`], for messages that
+/// come again marked `redelivered` without a sealed copy carrying their
+/// count: those lapin still held, unstarted, when their channel or
+/// connection was lost (not an attempt: the count stays), and those whose
+/// queue refused the copy (the consumer's attempt is counted ahead).
+/// What a crash or another host meets is not here.
 #[derive(Debug, Default)]
-pub struct GivenBack {
+pub struct Remembered {
     counts: Mutex<HashMap<u64, u32>>,
 }
 
-impl GivenBack {
+impl Remembered {
     fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u32>> {
         // Every step under it is an insert or a removal.
         self.counts
@@ -158,7 +160,7 @@ impl GivenBack {
     /// comes again).
     pub fn remember(&self, fingerprint: u64, attempts: u32) -> bool {
         let mut counts = self.counts();
-        if counts.len() >= GIVEN_BACK_MAX && !counts.contains_key(&fingerprint) {
+        if counts.len() >= REMEMBERED_MAX && !counts.contains_key(&fingerprint) {
             return false;
         }
         counts.insert(fingerprint, attempts);
@@ -172,7 +174,7 @@ impl GivenBack {
     }
 }
 
-/// What tells one message from another in [`GivenBack`]: its queue, id
+/// What tells one message from another in [`Remembered`]: its queue, id
 /// and body (not its headers: a copy's count changes them).
 pub fn fingerprint(fields: &Fields<'_>) -> u64 {
     let mut hasher = DefaultHasher::new();
@@ -360,7 +362,7 @@ mod tests {
             redelivered,
             headers,
             quorum,
-            returned_unstarted: None,
+            remembered: None,
         }
     }
 
@@ -424,9 +426,9 @@ mod tests {
     }
 
     #[test]
-    fn a_delivery_given_back_unstarted_is_not_an_attempt() {
+    fn a_delivery_remembered_unstarted_is_not_an_attempt() {
         let returned = |counted| Seen {
-            returned_unstarted: Some(counted),
+            remembered: Some(counted),
             ..seen(true, None, true)
         };
         assert_eq!(judge(MAX, &returned(2), 2), Verdict::Consume);
@@ -437,18 +439,18 @@ mod tests {
     }
 
     #[test]
-    fn given_back_deliveries_are_remembered_once_by_fingerprint() {
-        let given_back = GivenBack::default();
+    fn remembered_deliveries_are_remembered_once_by_fingerprint() {
+        let remembered = Remembered::default();
         let one = fingerprint(&fields(None));
         let other = fingerprint(&Fields {
             body: b"[]",
             ..fields(None)
         });
         assert_ne!(one, other);
-        assert!(given_back.remember(one, 2));
-        assert_eq!(given_back.take(other), None);
-        assert_eq!(given_back.take(one), Some(2));
-        assert_eq!(given_back.take(one), None, "forgotten once it came again");
+        assert!(remembered.remember(one, 2));
+        assert_eq!(remembered.take(other), None);
+        assert_eq!(remembered.take(one), Some(2));
+        assert_eq!(remembered.take(one), None, "forgotten once it came again");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //!
 //! A channel or a connection that is lost cannot take a copy: what lapin
 //! still held of it is remembered by fingerprint
-//! ([`GivenBack`](super::limit::GivenBack)), so that this process does not
+//! ([`Remembered`](super::limit::Remembered)), so that this process does not
 //! count it when the broker delivers it again. Another host, or this one
 //! after a crash, counts it: the README says so.
 
@@ -100,7 +100,7 @@ async fn put_back_one(
         return Ok(
             match redelivery::carry_out(ledger, source, delivery, verdict, policy, stats).await? {
                 Carried::Settled => Outcome::Settled,
-                Carried::Consume(_) | Carried::Kept(_) => Outcome::Left,
+                Carried::Consume(_) | Carried::Kept(..) => Outcome::Left,
                 Carried::PublisherFailed(_) => Outcome::Stop,
             },
         );
@@ -117,7 +117,7 @@ async fn put_back_one(
     let copy = carried_back(&policy.seal, &fields, &topic, made);
     Ok(match ledger.forward(delivery, "", &queue, copy).await {
         Forwarded::Done | Forwarded::Doubled => Outcome::PutBack,
-        Forwarded::Unroutable(_) => {
+        Forwarded::Unroutable(_) | Forwarded::Refused(_) => {
             log::warn!(
                 "Queue {queue:?} took no copy of message {id} while stopping; the broker delivers it again, counted as an attempt"
             );
@@ -150,7 +150,7 @@ pub(super) fn remember_unstarted(lane: &Lane, policy: &Policy, source: Option<us
             headers: None,
         };
         if !policy
-            .given_back
+            .remembered
             .remember(limit::fingerprint(&fields), made)
         {
             forgotten += 1;

@@ -26,7 +26,7 @@
 use lapin::message::Delivery;
 
 use super::deadline::UNSETTLED;
-use super::limit::{Fields, Policy, Verdict, carried_back, dead_lettered, times};
+use super::limit::{Fields, Policy, Verdict, carried_back, dead_lettered, fingerprint, times};
 use super::settler::{Forwarded, Ledger};
 use super::{ChannelsEnd, taken};
 use crate::exit::{Exit, Fatal};
@@ -37,9 +37,9 @@ use crate::wire;
 pub enum Carried {
     /// Copied where it goes and acked, or rejected.
     Settled,
-    /// Over the limit, and the dead-letter exchange routed it nowhere: it
+    /// Over the limit, and the dead-letter exchange did not take it: it
     /// stays unsettled in its queue, to be sent again later.
-    Kept(Box<Delivery>),
+    Kept(Box<Delivery>, Untaken),
     /// The count could not be carried (its queue took no copy), so the
     /// consumer gets the delivery as it is rather than see it loop.
     Consume(Box<Delivery>),
@@ -124,10 +124,34 @@ pub(super) async fn carry_out(
             );
             Ok(Carried::Settled)
         }
-        Forwarded::Unroutable(delivery) if over => Ok(Carried::Kept(delivery)),
+        Forwarded::Unroutable(delivery) if over => {
+            Ok(Carried::Kept(delivery, Untaken::RoutedNowhere))
+        }
+        Forwarded::Refused(delivery) if over => Ok(Carried::Kept(delivery, Untaken::Refused)),
         Forwarded::Unroutable(delivery) => {
             log::warn!(
                 "Queue {queue:?} took no copy of message {id}, so its delivery count cannot be carried; handing it to the consumer as it is"
+            );
+            Ok(Carried::Consume(delivery))
+        }
+        Forwarded::Refused(delivery) => {
+            // The consumer's attempt is the next; counted ahead, in this
+            // process, for when the message comes again.
+            let Verdict::CarryCount(made) = verdict else {
+                return Ok(Carried::Consume(delivery));
+            };
+            let fields = Fields {
+                queue: &queue,
+                message_id: id.as_bytes(),
+                body: &delivery.data,
+                headers: None,
+            };
+            limit
+                .remembered
+                .remember(fingerprint(&fields), made.saturating_add(1));
+            log::warn!(
+                "Queue {queue:?} refused the copy of message {id} that carries its count (full, with x-overflow = reject-publish?): handing it to the consumer as it is; this host alone remembers its {}",
+                attempts_text(made)
             );
             Ok(Carried::Consume(delivery))
         }
@@ -142,6 +166,25 @@ pub(super) async fn carry_out(
             ),
         ))),
         Forwarded::Hung => Err(ChannelsEnd::ConnectionLost(UNSETTLED.to_owned())),
+    }
+}
+
+/// Why a dead-letter exchange did not take a dead letter.
+#[derive(Debug, Clone, Copy)]
+pub enum Untaken {
+    /// No queue is bound to it for the routing key.
+    RoutedNowhere,
+    /// The queue it routes to refused it (full, `reject-publish`).
+    Refused,
+}
+
+impl Untaken {
+    /// What happened, and what the operator can do about it.
+    pub fn why_and_fix(self) -> (&'static str, &'static str) {
+        match self {
+            Untaken::RoutedNowhere => ("routed nowhere", "bind a queue to the exchange"),
+            Untaken::Refused => ("refused by its queue", "make room in the dead-letter queue"),
+        }
     }
 }
 

@@ -107,6 +107,10 @@ pub enum Forwarded {
     /// The broker had nowhere to route the copy; the original is not
     /// settled.
     Unroutable(Box<Delivery>),
+    /// The broker would not store the copy (a `basic.nack`: a queue at its
+    /// length limit with `x-overflow = reject-publish`); the original is
+    /// not settled, and the channel lives.
+    Refused(Box<Delivery>),
     /// The publishing channel failed (it is closed now): open another.
     /// The original is given back unsettled.
     Failed(String, Box<Delivery>),
@@ -669,6 +673,7 @@ impl Ledger {
             Some(Ok(lapin::Confirmation::Ack(Some(_)))) => {
                 Forwarded::Unroutable(Box::new(delivery))
             }
+            Some(Ok(lapin::Confirmation::Nack(_))) => Forwarded::Refused(Box::new(delivery)),
             Some(Ok(confirmation)) => Forwarded::Failed(
                 format!(
                     "the broker did not take a copy of message {} for exchange {exchange:?} ({confirmation:?})",
