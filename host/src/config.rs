@@ -121,8 +121,10 @@ pub struct PythonSettings {
 /// `[delivery_limit]`: a message delivered `max` times is not handed to
 /// the consumer again; it goes to `dead_letter_exchange` (routed by
 /// `dead_letter_routing_key`, or its own routing key), or is rejected
-/// without requeue when no exchange is given.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// without requeue when no exchange is given. A message that comes back
+/// waits `retry_delay` seconds after its first attempt, twice that after
+/// its second, and so on up to `max_retry_delay`, before its next.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryLimit {
     pub max: u32,
@@ -135,6 +137,20 @@ pub struct DeliveryLimit {
     /// [`LIMIT_CREDENTIAL`].
     #[serde(default)]
     pub secret_file: Option<String>,
+    /// Seconds; 0 for no wait.
+    #[serde(default = "default_retry_delay")]
+    pub retry_delay: f64,
+    /// Seconds.
+    #[serde(default = "default_max_retry_delay")]
+    pub max_retry_delay: f64,
+}
+
+fn default_retry_delay() -> f64 {
+    1.0
+}
+
+fn default_max_retry_delay() -> f64 {
+    60.0
 }
 
 /// The systemd credential (`LoadCredential=`) that holds
@@ -405,13 +421,23 @@ impl Config {
             .map_err(|message| (line_of_key(text, "amqp_urls"), message))?;
         self.check_queue_types()
             .map_err(|message| (line_of_key(text, "queues"), message))?;
-        if let Some(limit) = &self.delivery_limit
-            && limit.max == 0
-        {
-            return Err((
-                line_of_key(text, "delivery_limit"),
-                "[delivery_limit] max must be at least 1 (the first delivery counts); remove the table for no limit".to_owned(),
-            ));
+        if let Some(limit) = &self.delivery_limit {
+            let problem = if limit.max == 0 {
+                Some(
+                    "[delivery_limit] max must be at least 1 (the first delivery counts); remove the table for no limit",
+                )
+            } else if !(0.0..=86_400.0).contains(&limit.retry_delay)
+                || !(0.0..=86_400.0).contains(&limit.max_retry_delay)
+            {
+                Some(
+                    "[delivery_limit] retry_delay and max_retry_delay are seconds from 0 to 86400 (0: no wait)",
+                )
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err((line_of_key(text, "delivery_limit"), problem.to_owned()));
+            }
         }
         Ok(self)
     }
@@ -691,8 +717,15 @@ mod tests {
                 dead_letter_exchange: Some("dlx".to_owned()),
                 dead_letter_routing_key: None,
                 secret_file: None,
+                retry_delay: 1.0,
+                max_retry_delay: 60.0,
             })
         );
+        let (_, message) =
+            Config::parse("[delivery_limit]\nmax = 3\nretry_delay = -1\n").unwrap_err();
+        assert!(message.contains("seconds from 0 to 86400"), "{message}");
+        let none = Config::parse("[delivery_limit]\nmax = 3\nretry_delay = 0\n").unwrap();
+        assert_eq!(none.delivery_limit.unwrap().retry_delay, 0.0);
         let (line, message) =
             Config::parse("workers = 1\n[delivery_limit]\nmax = 0\n").unwrap_err();
         assert_eq!(line, Some(2));

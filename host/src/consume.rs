@@ -211,6 +211,8 @@ fn delivery_limit(config: &Config, topology: &Topology) -> Result<Option<Policy>
         seal: Seal::new(secret),
         quorum_queues,
         remembered: Default::default(),
+        retry_delay: limit.retry_delay,
+        max_retry_delay: limit.max_retry_delay,
     }))
 }
 

@@ -439,3 +439,57 @@ fn a_full_queue_that_refuses_the_copy_still_drains() {
     assert_eq!(scripted_starts(&run.stdout, "first"), 2, "{run:#?}");
     broker.delete_queue(&queue);
 }
+
+#[test]
+fn a_nack_loop_is_slowed_while_the_messages_behind_it_flow() {
+    let broker = TestBroker::connect();
+    let queue = TestBroker::unique_name("limit-backoff");
+    let dead = format!("{queue}-dead");
+    broker.declare_queue(&dead, FieldTable::default());
+    broker.bind(&dead, "amq.direct", &dead);
+    broker.declare_queue(&queue, FieldTable::default());
+    let record =
+        |id: &str, body: Value| json!({"id": id, "topic": format!("{queue}.test"), "body": body});
+    broker.publish(&record("loop", json!({"do": "nack"})));
+    for good in ["g1", "g2", "g3"] {
+        broker.publish(&record(good, json!({"do": "ack"})));
+    }
+    let config = queue_config(
+        &queue,
+        &format!(
+            "[delivery_limit]\nmax = 4\nretry_delay = 0.5\nmax_retry_delay = 30\ndead_letter_exchange = \"amq.direct\"\ndead_letter_routing_key = \"{dead}\"\n"
+        ),
+    );
+    let dir = scratch();
+    let conf = config_file(dir.path(), &config);
+    let mut consumer = Running::start(&mut limited_consume(&conf));
+    let mut attempts = Vec::new();
+    for count in 1..=4 {
+        consumer.wait_for_count("(loop): nack", count, WAIT);
+        attempts.push(Instant::now());
+    }
+    broker.wait_depth(&dead, 1);
+    consumer.signal("TERM");
+    let run = consumer.finish();
+    assert_eq!(run.code(), 0, "{run:#?}");
+    let gaps: Vec<Duration> = attempts.windows(2).map(|pair| pair[1] - pair[0]).collect();
+    eprintln!("nack loop with retry_delay = 0.5: attempts {gaps:?} apart");
+    // Lower bounds only (the wait is the point); 50 ms for the pipe.
+    for (gap, wait) in gaps.iter().zip([0.5, 1.0, 2.0]) {
+        assert!(
+            gap.as_secs_f64() >= wait - 0.05,
+            "{gaps:?} are not spaced by 0.5, 1 and 2 s: {run:#?}"
+        );
+    }
+    // The messages behind it were consumed during the first wait.
+    let position = |needle: &str| run.stdout.find(needle).unwrap_or(usize::MAX);
+    let second_attempt = run
+        .stdout
+        .match_indices("(loop): nack")
+        .nth(1)
+        .map_or(0, |(at, _)| at);
+    assert!(position("(g3): ack") < second_attempt, "{run:#?}");
+    assert_eq!(scripted_starts(&run.stdout, "loop"), 4, "{run:#?}");
+    broker.delete_queue(&queue);
+    broker.delete_queue(&dead);
+}

@@ -11,7 +11,7 @@ use lapin::Connection;
 
 use super::deadline::{SETUP_STEP, UNSETTLED, bounded, bounded_for};
 use super::lane::Lane;
-use super::message::{Answer, Finished};
+use super::message::{Answer, Diverted, Finished};
 use super::put_back;
 use super::settler::{Ledger, Taken};
 use super::waiting::Core;
@@ -54,8 +54,8 @@ enum Event {
     InFlight,
     /// A failed channel is due to be opened again.
     ReopenDue,
-    /// A kept dead letter is due to be sent again.
-    KeptDue,
+    /// A held delivery is due ([`super::held`]).
+    HeldDue,
 }
 
 impl Core {
@@ -63,6 +63,11 @@ impl Core {
     /// stops or the channels end. The ledger is retired when this returns.
     pub(super) async fn consume(&mut self, channels: &mut Channels<'_>) -> ChannelsEnd {
         let end = self.consume_until_end(channels).await;
+        let held = self.held.take_all();
+        if let Some(policy) = &self.limit {
+            put_back::remember_held(&channels.ledger, policy, held);
+        }
+        self.stats.set_dead_letters_kept(0);
         let ledger = &mut channels.ledger;
         // Retired first, so that no consumer thread marks an ack after the
         // last ones are sent: its answer goes to the engine instead, which
@@ -114,8 +119,14 @@ impl Core {
             }
             if self.lifecycle.exit().is_some() {
                 if let Some(policy) = self.limit.clone() {
-                    let putting_back =
-                        put_back::put_back(&channels.ledger, &channels.lane, &policy, &self.stats);
+                    let held = self.held.take_all();
+                    let putting_back = put_back::put_back(
+                        &channels.ledger,
+                        &channels.lane,
+                        held,
+                        &policy,
+                        &self.stats,
+                    );
                     if let Err(end) = self.pulse.beating(putting_back).await {
                         return end;
                     }
@@ -136,7 +147,7 @@ impl Core {
                         .min()
                 })
                 .flatten();
-            let kept_due = self.kept.next_due();
+            let held_due = self.held.next_due();
             let (workers, stop, pulse) = (&self.workers, &self.stop, &mut self.pulse);
             let ledger = &mut channels.ledger;
             let event = async {
@@ -175,11 +186,11 @@ impl Core {
                 Event::ReopenDue
             })
             .or(async {
-                match kept_due {
+                match held_due {
                     Some(due) => async_io::Timer::at(due).await,
                     None => futures_lite::future::pending().await,
                 };
-                Event::KeptDue
+                Event::HeldDue
             })
             .await;
             match event {
@@ -191,14 +202,20 @@ impl Core {
                         return end;
                     }
                 }
-                Event::KeptDue => {
-                    for (letter, tries) in self.kept.take_due(Instant::now()) {
-                        self.stats.set_dead_letters_kept(self.kept.len());
-                        if let Err(end) = self.settle_diverted(channels, letter, tries).await {
+                Event::HeldDue => {
+                    for held in self.held.take_due(Instant::now()) {
+                        let diverted = Diverted {
+                            delivery: held.delivery,
+                            ticket: held.ticket,
+                            in_flight: self.workers.tracker().token(),
+                            why: held.why,
+                        };
+                        let released = Some(held.hold);
+                        if let Err(end) = self.settle_diverted(channels, diverted, released).await {
                             return end;
                         }
                     }
-                    self.stats.set_dead_letters_kept(self.kept.len());
+                    self.stats.set_dead_letters_kept(self.held.dead_letters());
                 }
                 Event::Taken(Taken::Hung) => {
                     return ChannelsEnd::ConnectionLost(UNSETTLED.to_owned());

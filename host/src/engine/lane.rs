@@ -230,10 +230,7 @@ pub fn judge(policy: &Policy, queue: &str, delivery: &Delivery, doubts: Doubts) 
         Found::Nothing => (0, None),
     };
     let verdict = limit::judge(policy.max, &seen, attempts);
-    let made = match verdict {
-        Verdict::Consume => attempts,
-        Verdict::CarryCount(made) | Verdict::OverLimit(made) => made,
-    };
+    let made = verdict.made_from(attempts);
     Judged {
         verdict,
         made,

@@ -6,8 +6,10 @@
 
 use super::consuming::Channels;
 use super::deadline::{SETUP_STEP, bounded_for};
-use super::limit;
+use super::held::{Held, Hold, dead_letter_wait};
+use super::limit::{self, Verdict};
 use super::message::{Diverted, Finished, Job, Why};
+use super::put_back;
 use super::redelivery::{self, Carried};
 use super::session::{self, StreamEnd};
 use super::waiting::Core;
@@ -25,7 +27,7 @@ impl Core {
         finished: Finished,
     ) -> Result<(), ChannelsEnd> {
         match finished {
-            Finished::Diverted(diverted) => self.settle_diverted(channels, *diverted, 0).await,
+            Finished::Diverted(diverted) => self.settle_diverted(channels, *diverted, None).await,
             Finished::Ended(channel, _) if !channels.ledger.owns_channel(&channel) => Ok(()),
             Finished::Ended(channel, Some(error)) => {
                 let source = channel.source();
@@ -75,17 +77,22 @@ impl Core {
     /// delivery limit stops is carried on or dead-lettered, and given to a
     /// worker only if that cannot be done (and the process is not
     /// draining). Left unsettled (the broker delivers it again) once its
-    /// channel is gone. Its in-flight token goes when this returns, or
-    /// with the job it becomes, or with the dead letter kept (`tries`:
-    /// how often its dead-letter exchange routed it nowhere before).
+    /// channel is gone (its count remembered). A redelivery first waits
+    /// out its retry delay, held; so does a dead letter not taken
+    /// ([`super::held`]); `released` says which hold it comes from. Its
+    /// in-flight token goes when this returns, or with the job it becomes.
     pub(super) async fn settle_diverted(
         &mut self,
         channels: &mut Channels<'_>,
         diverted: Diverted,
-        tries: u32,
+        released: Option<Hold>,
     ) -> Result<(), ChannelsEnd> {
         let ledger = &mut channels.ledger;
         if !ledger.owns(&diverted.ticket) {
+            if let (Some(policy), Why::Limited { verdict, .. }) = (&self.limit, &diverted.why) {
+                let queue = &ledger.names()[diverted.ticket.source()];
+                put_back::remember_count(policy, queue, &diverted.delivery, verdict.made());
+            }
             return Ok(());
         }
         let Diverted {
@@ -109,6 +116,26 @@ impl Core {
                     return Ok(());
                 };
                 let source = ticket.source();
+                if let Verdict::CarryCount(made) = verdict
+                    && released.is_none()
+                    && self.lifecycle.is_running()
+                {
+                    let wait = limit.retry_wait(made);
+                    if !wait.is_zero() {
+                        log::debug!(
+                            "message {} waits {wait:?} before its next attempt",
+                            wire::message_id(&delivery.properties)
+                        );
+                        self.held.hold(Held {
+                            due: Instant::now() + wait,
+                            hold: Hold::RetryWait,
+                            delivery,
+                            ticket,
+                            why: Why::Limited { checked, verdict },
+                        });
+                        return Ok(());
+                    }
+                }
                 let carried = self
                     .pulse
                     .beating(redelivery::carry_out(
@@ -125,15 +152,19 @@ impl Core {
                     Carried::Consume(_) | Carried::Kept(..) if !self.lifecycle.is_running() => {}
                     Carried::Kept(delivery, untaken) => {
                         let id = wire::message_id(&delivery.properties).to_owned();
-                        let letter = Diverted {
+                        let tries = match released {
+                            Some(Hold::DeadLetter { tries }) => tries.saturating_add(1),
+                            _ => 1,
+                        };
+                        let wait = dead_letter_wait(tries);
+                        self.held.hold(Held {
+                            due: Instant::now() + wait,
+                            hold: Hold::DeadLetter { tries },
                             delivery: *delivery,
                             ticket,
-                            in_flight,
                             why: Why::Limited { checked, verdict },
-                        };
-                        let tries = tries.saturating_add(1);
-                        let wait = self.kept.keep(letter, tries, Instant::now());
-                        self.stats.set_dead_letters_kept(self.kept.len());
+                        });
+                        self.stats.set_dead_letters_kept(self.held.dead_letters());
                         let exchange = limit.dead_letter_exchange.as_deref().unwrap_or_default();
                         let (why, fix) = untaken.why_and_fix();
                         log::warn!(

@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
@@ -63,9 +64,21 @@ pub struct Policy {
     pub quorum_queues: Vec<String>,
     /// The counts this process keeps for deliveries that will come again.
     pub remembered: Remembered,
+    /// Seconds a message waits after its first attempt before its next;
+    /// doubled after each further attempt, up to `max_retry_delay`.
+    pub retry_delay: f64,
+    pub max_retry_delay: f64,
 }
 
 impl Policy {
+    /// How long a message that came back after `attempts` attempts waits
+    /// before its next.
+    pub fn retry_wait(&self, attempts: u32) -> Duration {
+        let exponent = i32::try_from(attempts.saturating_sub(1).min(30)).unwrap_or(30);
+        let doubled = self.retry_delay * 2f64.powi(exponent);
+        Duration::from_secs_f64(doubled.min(self.max_retry_delay).max(0.0))
+    }
+
     pub fn is_quorum(&self, queue: &str) -> bool {
         self.quorum_queues.iter().any(|name| name == queue)
     }
@@ -82,6 +95,23 @@ pub enum Verdict {
     CarryCount(u32),
     /// `attempts` were made, the limit: never consumed again.
     OverLimit(u32),
+}
+
+impl Verdict {
+    /// The attempts made on the message, given the `attempts` its count
+    /// carries.
+    pub fn made_from(self, attempts: u32) -> u32 {
+        match self {
+            Verdict::Consume => attempts,
+            Verdict::CarryCount(made) | Verdict::OverLimit(made) => made,
+        }
+    }
+
+    /// The attempts made on a message the limit stopped (0 for one it
+    /// lets through: see [`Verdict::made_from`]).
+    pub fn made(self) -> u32 {
+        self.made_from(0)
+    }
 }
 
 /// How a delivery was seen: what the broker says of it, and what this
@@ -386,6 +416,30 @@ mod tests {
             Found::Sealed { attempts, .. } => attempts,
             Found::Nothing => 0,
         }
+    }
+
+    #[test]
+    fn the_wait_before_a_retry_doubles_up_to_its_most() {
+        let policy = Policy {
+            max: 10,
+            dead_letter_exchange: None,
+            dead_letter_routing_key: None,
+            seal: seal(),
+            quorum_queues: Vec::new(),
+            remembered: Remembered::default(),
+            retry_delay: 0.5,
+            max_retry_delay: 3.0,
+        };
+        let waits: Vec<f64> = (1..=6)
+            .map(|n| policy.retry_wait(n).as_secs_f64())
+            .collect();
+        assert_eq!(waits, [0.5, 1.0, 2.0, 3.0, 3.0, 3.0]);
+        assert_eq!(policy.retry_wait(u32::MAX), Duration::from_secs(3));
+        let none = Policy {
+            retry_delay: 0.0,
+            ..policy
+        };
+        assert_eq!(none.retry_wait(4), Duration::ZERO);
     }
 
     #[test]

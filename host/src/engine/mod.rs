@@ -38,8 +38,8 @@ pub mod book;
 mod consuming;
 pub mod deadline;
 pub mod handler;
+mod held;
 pub mod inflight;
-mod kept;
 pub mod lane;
 mod lane_reports;
 pub mod lifecycle;
@@ -146,7 +146,7 @@ impl Engine {
                 lifecycle: Lifecycle::new(),
                 workers,
                 pending: VecDeque::new(),
-                kept: Default::default(),
+                held: Default::default(),
                 stop,
                 pulse,
                 stats,

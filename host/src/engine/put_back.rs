@@ -18,9 +18,10 @@ use lapin::message::Delivery;
 
 use super::ChannelsEnd;
 use super::deadline::UNSETTLED;
+use super::held::{Held, Hold};
 use super::lane::{Doubts, Judged, Lane, Unstarted, judge};
 use super::limit::{self, Fields, Policy, Verdict, carried_back};
-use super::message::Ticket;
+use super::message::{Ticket, Why};
 use super::redelivery::{self, Carried};
 use super::settler::{Forwarded, Ledger};
 use crate::monitor::Stats;
@@ -34,6 +35,7 @@ use crate::wire;
 pub(super) async fn put_back(
     ledger: &Ledger,
     lane: &Lane,
+    held: Vec<Held>,
     policy: &Policy,
     stats: &Stats,
 ) -> Result<(), ChannelsEnd> {
@@ -41,6 +43,29 @@ pub(super) async fn put_back(
     // engine learnt of outside a consumer's answer did not cancel them,
     // and each ack below would let the broker send one more.
     ledger.cancel_all().await;
+    // A redelivery waiting out its retry delay goes on with its count
+    // now; a dead letter not taken comes again, still over the limit.
+    for held in held {
+        let Held {
+            hold: Hold::RetryWait,
+            delivery,
+            ticket,
+            why: Why::Limited { verdict, .. },
+            ..
+        } = held
+        else {
+            continue;
+        };
+        if !ledger.owns(&ticket) {
+            continue;
+        }
+        let carried =
+            redelivery::carry_out(ledger, ticket.source(), delivery, verdict, policy, stats)
+                .await?;
+        if matches!(carried, Carried::Settled) {
+            ledger.settled_elsewhere(&ticket);
+        }
+    }
     let mut put_back = 0;
     for Unstarted {
         delivery, ticket, ..
@@ -143,16 +168,7 @@ pub(super) fn remember_unstarted(lane: &Lane, policy: &Policy, source: Option<us
     } in lane.unstarted(source)
     {
         let Judged { made, .. } = judge(policy, &queue, &delivery, Doubts::Quiet);
-        let fields = Fields {
-            queue: &queue,
-            message_id: wire::message_id(&delivery.properties).as_bytes(),
-            body: &delivery.data,
-            headers: None,
-        };
-        if !policy
-            .remembered
-            .remember(limit::fingerprint(&fields), made)
-        {
+        if !remember_count(policy, &queue, &delivery, made) {
             forgotten += 1;
         }
     }
@@ -160,5 +176,31 @@ pub(super) fn remember_unstarted(lane: &Lane, policy: &Policy, source: Option<us
         log::warn!(
             "{forgotten} message(s) no consumer started went back to the broker with their channel and cannot all be remembered: each counts as an attempt when it comes again"
         );
+    }
+}
+
+/// Remembers that `made` attempts were counted for `delivery` of `queue`,
+/// which goes back to the broker unsettled and unstarted: when it comes
+/// again, this process counts no more. `false` when the memory is full.
+pub(super) fn remember_count(policy: &Policy, queue: &str, delivery: &Delivery, made: u32) -> bool {
+    let fields = Fields {
+        queue,
+        message_id: wire::message_id(&delivery.properties).as_bytes(),
+        body: &delivery.data,
+        headers: None,
+    };
+    policy
+        .remembered
+        .remember(limit::fingerprint(&fields), made)
+}
+
+/// What is still held when the channels end goes back to the broker with
+/// them, its count remembered.
+pub(super) fn remember_held(ledger: &Ledger, policy: &Policy, held: Vec<Held>) {
+    for held in held {
+        if let Why::Limited { verdict, .. } = held.why {
+            let queue = &ledger.names()[held.ticket.source()];
+            remember_count(policy, queue, &held.delivery, verdict.made());
+        }
     }
 }

@@ -21,7 +21,7 @@
 //! and a reason ([`REASON_HEADER`](super::limit::REASON_HEADER)), or, with
 //! none configured, is rejected without requeue (the queue's own
 //! dead-letter exchange then keeps it). One the dead-letter exchange
-//! routes nowhere stays in its queue ([`super::kept`]).
+//! routes nowhere stays in its queue ([`super::held`]).
 
 use lapin::message::Delivery;
 

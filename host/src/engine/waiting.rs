@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures_lite::FutureExt;
 
 use super::WORKERS_END;
-use super::kept::KeptDeadLetters;
+use super::held::HeldDeliveries;
 use super::lifecycle::Lifecycle;
 use super::limit::Policy;
 use super::message::{Finished, Job};
@@ -32,8 +32,8 @@ pub(super) struct Core {
     /// Jobs the engine holds for the workers (a delivery the delivery
     /// limit could not carry on), waiting for room with them.
     pub(super) pending: VecDeque<Job>,
-    /// Dead letters the dead-letter exchange routed nowhere, kept.
-    pub(super) kept: KeptDeadLetters,
+    /// Deliveries held unsettled until a time ([`super::held`]).
+    pub(super) held: HeldDeliveries,
     pub(super) stop: StopRequest,
     pub(super) pulse: Pulse,
     pub(super) stats: Arc<Stats>,
@@ -255,8 +255,6 @@ impl Core {
     pub(super) fn hold_workers(&mut self) {
         self.workers.hold();
         self.pending.clear();
-        self.kept.release();
-        self.stats.set_dead_letters_kept(0);
     }
 
     /// The lifecycle just started draining: no job starts any more, and

@@ -1,0 +1,104 @@
+//! Deliveries the engine holds unsettled until a time, so that they stay
+//! in their queue without being consumed, while the messages behind them
+//! flow (each holds one slot of the prefetch):
+//! - a message that came back, waiting out its retry delay before its
+//!   count is carried on ([`Hold::RetryWait`]): a nack loop is slowed,
+//!   not only capped;
+//! - a message over the limit whose dead-letter exchange did not take it
+//!   (routed nowhere, or refused by a full queue): neither rejected (that
+//!   would drop it) nor requeued (it would come straight back), it is sent
+//!   again after a wait that doubles up to [`LONGEST_WAIT`]
+//!   ([`Hold::DeadLetter`]).
+//!
+//! A held delivery carries no in-flight token: a stop does not wait for
+//! it. The stop puts it back ([`super::put_back`]); a lost channel leaves
+//! it to the broker, and this process remembers its count.
+
+use std::time::{Duration, Instant};
+
+use lapin::message::Delivery;
+
+use super::message::{Ticket, Why};
+
+/// The first wait before a dead letter not taken is sent again.
+const FIRST_WAIT: Duration = Duration::from_secs(1);
+/// The longest wait between two tries of a dead letter.
+pub const LONGEST_WAIT: Duration = Duration::from_secs(60);
+
+/// Why a delivery is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// It came back, and waits before its count is carried on.
+    RetryWait,
+    /// Its dead-letter exchange did not take it, `tries` times.
+    DeadLetter { tries: u32 },
+}
+
+/// One delivery held, and until when.
+pub struct Held {
+    pub due: Instant,
+    pub hold: Hold,
+    pub delivery: Delivery,
+    pub ticket: Ticket,
+    pub why: Why,
+}
+
+/// The deliveries the engine holds.
+#[derive(Default)]
+pub struct HeldDeliveries {
+    held: Vec<Held>,
+}
+
+/// How long a dead letter waits after its `tries`-th try was not taken.
+pub fn dead_letter_wait(tries: u32) -> Duration {
+    FIRST_WAIT
+        .saturating_mul(1 << tries.saturating_sub(1).min(16))
+        .min(LONGEST_WAIT)
+}
+
+impl HeldDeliveries {
+    pub fn hold(&mut self, held: Held) {
+        self.held.push(held);
+    }
+
+    /// When the next one is due, if any is held.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.held.iter().map(|held| held.due).min()
+    }
+
+    /// The deliveries due by `now`, no longer held.
+    pub fn take_due(&mut self, now: Instant) -> Vec<Held> {
+        let (due, waiting) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|held| held.due <= now);
+        self.held = waiting;
+        due
+    }
+
+    /// Every delivery held, no longer held.
+    pub fn take_all(&mut self) -> Vec<Held> {
+        std::mem::take(&mut self.held)
+    }
+
+    /// How many dead letters are held.
+    pub fn dead_letters(&self) -> usize {
+        self.held
+            .iter()
+            .filter(|held| matches!(held.hold, Hold::DeadLetter { .. }))
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letters_wait_doubles_up_to_a_minute() {
+        let waits: Vec<u64> = (1..=9)
+            .map(|tries| dead_letter_wait(tries).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(dead_letter_wait(u32::MAX), LONGEST_WAIT);
+    }
+}
