@@ -219,7 +219,8 @@ fn the_release_binary_ignores_every_test_seam() {
 #[test]
 fn a_consumer_whose_build_hangs_does_not_keep_a_stop_from_ending() {
     // Instance 2 never finishes `new` (an import that hangs); instance 1
-    // consumes. A stop waits for the threads a bounded time, then exits.
+    // consumes. A stop waits for the threads a bounded time (30 s, once:
+    // not once more when the connection is gone), then exits.
     let (broker, queue, _dir, conf) = queue_with(
         "build-hangs",
         "workers = 2\n[consumer_config]\nhang_instance = 2",
@@ -231,7 +232,10 @@ fn a_consumer_whose_build_hangs_does_not_keep_a_stop_from_ending() {
     let stopped = Instant::now();
     consumer.signal("TERM");
     while !consumer.has_ended() {
-        assert!(stopped.elapsed() < DEADLINE, "the stop did not end");
+        assert!(
+            stopped.elapsed() < Duration::from_secs(45),
+            "the stop did not end within 45 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let took = stopped.elapsed();

@@ -153,6 +153,7 @@ impl Engine {
                 limit: settings.delivery_limit.map(Arc::new),
                 build_failure: None,
                 panic_seen: false,
+                workers_told_to_end: false,
                 consumer: settings.consumer,
             },
         }

@@ -44,6 +44,8 @@ pub(super) struct Core {
     pub(super) build_failure: Option<Fatal>,
     /// Whether a consumer thread's panic was taken into account.
     pub(super) panic_seen: bool,
+    /// Whether the consumer threads were told to end ([`Core::end_workers`]).
+    pub(super) workers_told_to_end: bool,
     /// [`Settings::consumer`].
     pub(super) consumer: String,
 }
@@ -122,8 +124,14 @@ impl Core {
     }
 
     /// Tells the consumer threads to end, and waits for them with the
-    /// pulse going, for at most [`WORKERS_END`].
+    /// pulse going, for at most [`WORKERS_END`] in all: a second call (the
+    /// supervisor's, after a graceful stop ended them with the connection
+    /// up) does not wait again for a thread that did not end.
     pub(super) async fn end_workers(&mut self, graceful: bool) {
+        if self.workers_told_to_end {
+            return;
+        }
+        self.workers_told_to_end = true;
         self.workers.close(graceful);
         if graceful {
             self.pulse.status("Stopping: running the consumers' stop");
