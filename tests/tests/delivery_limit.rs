@@ -493,3 +493,34 @@ fn a_nack_loop_is_slowed_while_the_messages_behind_it_flow() {
     broker.delete_queue(&queue);
     broker.delete_queue(&dead);
 }
+
+#[test]
+fn a_dead_letter_exchange_that_routes_back_makes_no_loop() {
+    let broker = TestBroker::connect();
+    let queue = TestBroker::unique_name("limit-cycle");
+    broker.declare_queue(&queue, FieldTable::default());
+    let record =
+        |id: &str, body: Value| json!({"id": id, "topic": format!("{queue}.test"), "body": body});
+    broker.publish(&record("loop", json!({"do": "nack"})));
+    // amq.topic with the message's own topic: straight back to the queue.
+    let config = queue_config(
+        &queue,
+        "[delivery_limit]\nmax = 2\nretry_delay = 0\ndead_letter_exchange = \"amq.topic\"\n",
+    );
+    let dir = scratch();
+    let conf = config_file(dir.path(), &config);
+    let mut consumer = Running::start(&mut limited_consume(&conf));
+    consumer.wait_for("Message loop came back to queue", WAIT);
+    // Consuming goes on, and the loop is not consumed again meanwhile.
+    broker.publish(&record("after", json!({"do": "ack"})));
+    consumer.wait_for("(after): ack", WAIT);
+    consumer.signal("TERM");
+    let run = consumer.finish();
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert_eq!(scripted_starts(&run.stdout, "loop"), 2, "{run:#?}");
+    // Kept: back in its queue once the host let it go.
+    let left = broker.take_all(&queue);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].id, "loop");
+    broker.delete_queue(&queue);
+}

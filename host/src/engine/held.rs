@@ -8,7 +8,10 @@
 //!   (routed nowhere, or refused by a full queue): neither rejected (that
 //!   would drop it) nor requeued (it would come straight back), it is sent
 //!   again after a wait that doubles up to [`LONGEST_WAIT`]
-//!   ([`Hold::DeadLetter`]).
+//!   ([`Hold::DeadLetter`]);
+//! - a dead letter back in the queue it left (its dead-letter exchange
+//!   routes there): held, never consumed nor sent round again, until the
+//!   channel ends ([`Hold::CameBack`]).
 //!
 //! A held delivery carries no in-flight token: a stop does not wait for
 //! it. The stop puts it back ([`super::put_back`]); a lost channel leaves
@@ -32,7 +35,13 @@ pub enum Hold {
     RetryWait,
     /// Its dead-letter exchange did not take it, `tries` times.
     DeadLetter { tries: u32 },
+    /// A dead letter back in the queue it left: held until the channel
+    /// ends, never tried again.
+    CameBack,
 }
+
+/// How long a dead letter that came back is held: for good, in effect.
+pub const CAME_BACK_HOLD: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// One delivery held, and until when.
 pub struct Held {
@@ -84,7 +93,7 @@ impl HeldDeliveries {
     pub fn dead_letters(&self) -> usize {
         self.held
             .iter()
-            .filter(|held| matches!(held.hold, Hold::DeadLetter { .. }))
+            .filter(|held| matches!(held.hold, Hold::DeadLetter { .. } | Hold::CameBack))
             .count()
     }
 }

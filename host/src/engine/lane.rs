@@ -221,6 +221,13 @@ pub fn judge(policy: &Policy, queue: &str, delivery: &Delivery, doubts: Doubts) 
         quorum: policy.is_quorum(queue),
         remembered,
     };
+    if limit::came_back(&policy.seal, &fields) {
+        return Judged {
+            verdict: Verdict::CameBack,
+            made: 0,
+            topic: None,
+        };
+    }
     let (found, doubt) = limit::read_count(&policy.seal, &fields, &seen);
     if let (Some(doubt), Doubts::Logged) = (doubt, doubts) {
         log::warn!("Message {} {doubt}", wire::message_id(&delivery.properties));

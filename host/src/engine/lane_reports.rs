@@ -6,7 +6,7 @@
 
 use super::consuming::Channels;
 use super::deadline::{SETUP_STEP, bounded_for};
-use super::held::{Held, Hold, dead_letter_wait};
+use super::held::{CAME_BACK_HOLD, Held, Hold, dead_letter_wait};
 use super::limit::{self, Verdict};
 use super::message::{Diverted, Finished, Job, Why};
 use super::put_back;
@@ -116,6 +116,23 @@ impl Core {
                     return Ok(());
                 };
                 let source = ticket.source();
+                if verdict == Verdict::CameBack {
+                    log::error!(
+                        "Message {} came back to queue {:?}, which it left as a dead letter: dead-letter exchange {:?} routes it back; it stays in the queue, unacked and not consumed, until this host stops; route the dead-letter exchange to another queue",
+                        wire::message_id(&delivery.properties),
+                        ledger.names()[source],
+                        limit.dead_letter_exchange.as_deref().unwrap_or_default()
+                    );
+                    self.held.hold(Held {
+                        due: Instant::now() + CAME_BACK_HOLD,
+                        hold: Hold::CameBack,
+                        delivery,
+                        ticket,
+                        why: Why::Limited { checked, verdict },
+                    });
+                    self.stats.set_dead_letters_kept(self.held.dead_letters());
+                    return Ok(());
+                }
                 if let Verdict::CarryCount(made) = verdict
                     && released.is_none()
                     && self.lifecycle.is_running()

@@ -32,6 +32,14 @@ pub const SEAL_HEADER: &str = "x-fm-delivery-seal";
 pub const TOPIC_HEADER: &str = "x-fm-topic";
 /// Why a message was dead-lettered by the host.
 pub const REASON_HEADER: &str = "x-fm-dead-letter-reason";
+/// The queue a dead letter left, sealed by [`LEFT_SEAL_HEADER`]: a dead
+/// letter that comes back there is recognised.
+pub const LEFT_HEADER: &str = "x-fm-dead-lettered-from";
+/// The seal on [`LEFT_HEADER`].
+pub const LEFT_SEAL_HEADER: &str = "x-fm-dead-letter-seal";
+/// What a dead letter's mark is sealed as, in place of a topic: no count
+/// the host seals has it (a count's attempts stay below the limit).
+const LEFT_MARK: &str = "\0dead-lettered";
 /// A quorum queue's count of earlier deliveries that came back.
 const BROKER_COUNT_HEADER: &str = "x-delivery-count";
 /// RabbitMQ 4.3's count of earlier deliveries to a consumer, whatever
@@ -95,6 +103,10 @@ pub enum Verdict {
     CarryCount(u32),
     /// `attempts` were made, the limit: never consumed again.
     OverLimit(u32),
+    /// A dead letter this queue's hosts sent, back in the queue it left:
+    /// the dead-letter exchange routes there. Never consumed again, and
+    /// not sent round again.
+    CameBack,
 }
 
 impl Verdict {
@@ -102,7 +114,7 @@ impl Verdict {
     /// carries.
     pub fn made_from(self, attempts: u32) -> u32 {
         match self {
-            Verdict::Consume => attempts,
+            Verdict::Consume | Verdict::CameBack => attempts,
             Verdict::CarryCount(made) | Verdict::OverLimit(made) => made,
         }
     }
@@ -331,11 +343,20 @@ fn copied(headers: Option<&FieldTable>) -> FieldTable {
     copy
 }
 
-/// The headers of a dead-lettered message: the message's own less
-/// [`NOT_COPIED`], how many attempts were made (unsealed: it is for
-/// people, and a limit on the dead-letter queue starts afresh) and why.
-pub fn dead_lettered(headers: Option<&FieldTable>, attempts: u32, max: u32) -> FieldTable {
-    let mut headers = copied(headers);
+/// The headers of a message dead-lettered from `fields.queue`: its own
+/// less [`NOT_COPIED`], how many attempts were made (unsealed: it is for
+/// people, and a limit on the dead-letter queue starts afresh), why, and
+/// the queue it left, sealed ([`came_back`]).
+pub fn dead_lettered(seal: &Seal, fields: &Fields<'_>, attempts: u32, max: u32) -> FieldTable {
+    let mut headers = copied(fields.headers);
+    headers.insert(
+        ShortString::from(LEFT_HEADER),
+        AMQPValue::LongString(LongString::from(fields.queue)),
+    );
+    headers.insert(
+        ShortString::from(LEFT_SEAL_HEADER),
+        AMQPValue::LongString(LongString::from(seal.sign(&left_mark(fields)))),
+    );
     headers.insert(
         ShortString::from(COUNT_HEADER),
         AMQPValue::LongLongInt(i64::from(attempts)),
@@ -348,6 +369,29 @@ pub fn dead_lettered(headers: Option<&FieldTable>, attempts: u32, max: u32) -> F
         ))),
     );
     headers
+}
+
+/// What a dead letter's mark seals: the queue it left, the message.
+fn left_mark<'a>(fields: &Fields<'a>) -> Counted<'a> {
+    Counted {
+        queue: fields.queue,
+        message_id: fields.message_id,
+        topic: LEFT_MARK,
+        body: fields.body,
+        attempts: u32::MAX,
+    }
+}
+
+/// Whether `fields` are a dead letter sent from this very queue by a host
+/// holding the secret: its dead-letter exchange routed it back.
+pub fn came_back(seal: &Seal, fields: &Fields<'_>) -> bool {
+    let inner = fields.headers.map(FieldTable::inner);
+    let text = |name: &str| match inner.and_then(|headers| headers.get(name)) {
+        Some(AMQPValue::LongString(text)) => std::str::from_utf8(text.as_bytes()).ok(),
+        _ => None,
+    };
+    text(LEFT_HEADER) == Some(fields.queue)
+        && text(LEFT_SEAL_HEADER).is_some_and(|signed| seal.opens(&left_mark(fields), signed))
 }
 
 /// "once", "3 times".
@@ -650,7 +694,7 @@ mod tests {
                 topic: "org.topic".to_owned()
             }
         );
-        let dead = dead_lettered(Some(&copy), 3, 3);
+        let dead = dead_lettered(&seal(), &fields(Some(&copy)), 3, 3);
         for gone in ["CC", "BCC", "x-delivery-count", SEAL_HEADER, TOPIC_HEADER] {
             assert!(!dead.inner().contains_key(gone), "{gone} in {dead:?}");
         }
@@ -659,7 +703,23 @@ mod tests {
     #[test]
     fn dead_lettered_headers_say_how_often_and_why_and_keep_the_rest() {
         let original = table(&[("fedora_messaging_severity", AMQPValue::LongInt(20))]);
-        let headers = dead_lettered(Some(&original), 3, 3);
+        let headers = dead_lettered(&seal(), &fields(Some(&original)), 3, 3);
+        assert!(came_back(&seal(), &fields(Some(&headers))));
+        // In another queue, or marked by a publisher: not a cycle.
+        let elsewhere = Fields {
+            queue: "other",
+            ..fields(Some(&headers))
+        };
+        assert!(!came_back(&seal(), &elsewhere));
+        let mut forged = headers.clone();
+        forged.insert(
+            ShortString::from(LEFT_SEAL_HEADER),
+            AMQPValue::LongString(LongString::from(format!("v1:{}", "0".repeat(64)))),
+        );
+        assert!(!came_back(&seal(), &fields(Some(&forged))));
+        // A count's seal is no mark.
+        let counted = carried_back(&seal(), &fields(None), "t", 1);
+        assert!(!came_back(&seal(), &fields(Some(&counted))));
         let inner = headers.inner();
         assert_eq!(
             inner.get("fedora_messaging_severity"),

@@ -121,6 +121,9 @@ async fn put_back_one(
     if let Some(topic) = topic {
         delivery.routing_key = topic.into();
     }
+    if verdict == Verdict::CameBack {
+        return Ok(Outcome::Left);
+    }
     if verdict != Verdict::Consume {
         return Ok(
             match redelivery::carry_out(ledger, source, delivery, verdict, policy, stats).await? {

@@ -70,7 +70,8 @@ pub(super) async fn carry_out(
         headers: headers.as_ref(),
     };
     let (forwarded, over) = match verdict {
-        Verdict::Consume => return Ok(Carried::Consume(Box::new(delivery))),
+        // The caller keeps one that came back; it is never consumed.
+        Verdict::Consume | Verdict::CameBack => return Ok(Carried::Consume(Box::new(delivery))),
         Verdict::CarryCount(attempts) => {
             log::info!(
                 "Message {id} came back after {} of at most {}; requeued at the end of queue {queue:?} with its count",
@@ -102,7 +103,7 @@ pub(super) async fn carry_out(
                 times(attempts)
             );
             let routing_key = limit.dead_letter_routing_key.as_deref().unwrap_or(&topic);
-            let headers = dead_lettered(headers.as_ref(), attempts, limit.max);
+            let headers = dead_lettered(&limit.seal, &fields, attempts, limit.max);
             (
                 ledger
                     .forward(delivery, exchange, routing_key, headers)
