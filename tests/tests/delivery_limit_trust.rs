@@ -329,3 +329,58 @@ fn a_copy_reaches_the_consumed_queue_and_nothing_else() {
         broker.delete_queue(name);
     }
 }
+
+#[test]
+fn messages_prefetched_when_a_channel_breaks_count_no_attempt() {
+    // A limit of one: any prefetched message counted for the break would
+    // be rejected at once.
+    let (broker, queue, dead, config) = dead_lettered_queue(
+        "limit-break",
+        "[qos]\nprefetch_count = 10\n\n[delivery_limit]\nmax = 1\nretry_delay = 0\n",
+    );
+    let dir = scratch();
+    // The breaker ends once the test saw its channel retired, so that no
+    // other message is started on that channel.
+    let go = dir.path().join("go");
+    let breaker = json!({"do": "ack", "wait_file": go});
+    broker.publish(&json!({"id": "breaker", "topic": format!("{queue}.test"), "body": breaker}));
+    let mut ids = Vec::new();
+    for n in 1..=9 {
+        let id = format!("g{n}");
+        broker.publish(&json!({"id": id, "topic": format!("{queue}.test"), "body": {"do": "ack", "sleep_ms": 50}}));
+        ids.push(id);
+    }
+    let conf = config_file(dir.path(), &config);
+    let mut command = limited_consume(&conf);
+    command.env("FM_TEST_BREAK_CHANNEL_ON", "breaker");
+    let mut consumer = Running::start(&mut command);
+    // The broker's word for the seam's bogus ack: the channel is closed.
+    consumer.wait_for("PRECONDITION_FAILED - unknown delivery tag", WAIT);
+    std::fs::write(&go, "").unwrap();
+    // The breaker was started: its attempt counts, and at max = 1 it is
+    // rejected to the queue's own dead-letter queue when it comes again.
+    broker.wait_depth(&dead, 1);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let so_far = consumer.lines_so_far("message #").join("\n");
+        if acked(&so_far)
+            .iter()
+            .filter(|id| id.starts_with('g'))
+            .count()
+            == ids.len()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not all consumed:\n{so_far}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    consumer.signal("TERM");
+    let run = consumer.finish();
+    assert_eq!(run.code(), 0, "{run:#?}");
+    let dead_lettered = broker.take_all(&dead);
+    assert_eq!(dead_lettered.len(), 1, "{dead_lettered:?}");
+    assert_eq!(dead_lettered[0].id, "breaker");
+    assert_eq!(broker.depth(&queue), 0, "{run:#?}");
+    broker.delete_queue(&queue);
+    broker.delete_queue(&dead);
+}

@@ -8,7 +8,9 @@
 //!   next; `sleep_once_ms` sleeps only on the first delivery of an id (in
 //!   the process, whichever instance gets it). `"once_file": PATH` does
 //!   the action only if PATH does not exist yet (creating it), and acks
-//!   otherwise: once across restarts of the host.
+//!   otherwise: once across restarts of the host. `"wait_file": PATH`
+//!   waits until PATH exists (at most 20 s, then fails), so that a test
+//!   decides when the message ends.
 //!   `"rendezvous": N` first waits (up to `within_ms`, default 20 s) until
 //!   N messages with it are being handled at once, by instances side by
 //!   side, and fails otherwise: it proves that `workers` run in parallel.
@@ -160,6 +162,15 @@ impl Consumer for Scripted {
             .filter(|_| first_time(&SLEPT, message.id()));
         if let Some(wanted) = body["rendezvous"].as_u64() {
             rendezvous(wanted, body["within_ms"].as_u64().unwrap_or(20_000))?;
+        }
+        if let Some(path) = body["wait_file"].as_str() {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while !std::path::Path::new(path).exists() {
+                if std::time::Instant::now() > deadline {
+                    return Err(ConsumerError::failed(format!("{path} did not appear")));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
         }
         if let Some(millis) = body["sleep_ms"].as_u64().or(sleep_once) {
             std::thread::sleep(std::time::Duration::from_millis(millis));
