@@ -204,12 +204,7 @@ pub enum Doubts {
 /// The limit's verdict on a delivery from `queue`.
 pub fn judge(policy: &Policy, queue: &str, delivery: &Delivery, doubts: Doubts) -> Judged {
     let headers = delivery.properties.headers().as_ref();
-    let fields = Fields {
-        queue,
-        message_id: wire::message_id(&delivery.properties).as_bytes(),
-        body: &delivery.data,
-        headers,
-    };
+    let fields = Fields::of(queue, delivery);
     // Only a redelivery can be one this process gave back.
     let remembered = delivery
         .redelivered

@@ -9,7 +9,6 @@ use super::deadline::{SETUP_STEP, bounded_for};
 use super::held::{CAME_BACK_HOLD, Held, Hold, dead_letter_wait};
 use super::limit::{self, Verdict};
 use super::message::{Diverted, Finished, Job, Why};
-use super::put_back;
 use super::redelivery::{self, Carried};
 use super::session::{self, StreamEnd};
 use super::waiting::Core;
@@ -91,7 +90,7 @@ impl Core {
         if !ledger.owns(&diverted.ticket) {
             if let (Some(policy), Why::Limited { verdict, .. }) = (&self.limit, &diverted.why) {
                 let queue = &ledger.names()[diverted.ticket.source()];
-                put_back::remember_count(policy, queue, &diverted.delivery, verdict.made());
+                policy.remember(queue, &diverted.delivery, verdict.made());
             }
             return Ok(());
         }

@@ -19,6 +19,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use lapin::message::Delivery;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 use super::seal::{Counted, Seal};
@@ -85,6 +86,15 @@ impl Policy {
         let exponent = i32::try_from(attempts.saturating_sub(1).min(30)).unwrap_or(30);
         let doubled = self.retry_delay * 2f64.powi(exponent);
         Duration::from_secs_f64(doubled.min(self.max_retry_delay).max(0.0))
+    }
+
+    /// Remembers that `made` attempts were counted for `delivery` of
+    /// `queue`, which goes back to the broker without a sealed copy: when
+    /// it comes again, this process counts from there ([`Remembered`]).
+    /// `false` when the memory is full.
+    pub fn remember(&self, queue: &str, delivery: &Delivery, made: u32) -> bool {
+        self.remembered
+            .remember(fingerprint(&Fields::of(queue, delivery)), made)
     }
 
     pub fn is_quorum(&self, queue: &str) -> bool {
@@ -243,6 +253,18 @@ pub struct Fields<'a> {
     pub message_id: &'a [u8],
     pub body: &'a [u8],
     pub headers: Option<&'a FieldTable>,
+}
+
+impl<'a> Fields<'a> {
+    /// The fields of `delivery`, from `queue`.
+    pub fn of(queue: &'a str, delivery: &'a Delivery) -> Fields<'a> {
+        Fields {
+            queue,
+            message_id: crate::wire::message_id(&delivery.properties).as_bytes(),
+            body: &delivery.data,
+            headers: delivery.properties.headers().as_ref(),
+        }
+    }
 }
 
 /// The sealed count `fields` carry, and, when they carry counts that are

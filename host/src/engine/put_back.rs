@@ -8,11 +8,15 @@
 //! confirmed, and the original is acked. Handed back instead, it would
 //! come again marked `redelivered`, indistinguishable from a crash's.
 //!
+//! A delivery the engine holds ([`super::held`]) is not in lapin's
+//! buffer: a stop carries a waiting redelivery's count on at once, and
+//! leaves a dead letter to come again.
+//!
 //! A channel or a connection that is lost cannot take a copy: what lapin
-//! still held of it is remembered by fingerprint
-//! ([`Remembered`](super::limit::Remembered)), so that this process does not
-//! count it when the broker delivers it again. Another host, or this one
-//! after a crash, counts it: the README says so.
+//! still held of it, and what the engine held, is remembered by
+//! fingerprint ([`Remembered`](super::limit::Remembered)), so that this
+//! process does not count it when the broker delivers it again. Another
+//! host, or this one after a crash, counts it: the README says so.
 
 use lapin::message::Delivery;
 
@@ -20,7 +24,7 @@ use super::ChannelsEnd;
 use super::deadline::UNSETTLED;
 use super::held::{Held, Hold};
 use super::lane::{Doubts, Judged, Lane, Unstarted, judge};
-use super::limit::{self, Fields, Policy, Verdict, carried_back};
+use super::limit::{Fields, Policy, Verdict, carried_back};
 use super::message::{Ticket, Why};
 use super::redelivery::{self, Carried};
 use super::settler::{Forwarded, Ledger};
@@ -134,15 +138,8 @@ async fn put_back_one(
         );
     }
     let id = wire::message_id(&delivery.properties).to_owned();
-    let headers = delivery.properties.headers().clone();
-    let fields = Fields {
-        queue: &queue,
-        message_id: id.as_bytes(),
-        body: &delivery.data,
-        headers: headers.as_ref(),
-    };
     let topic = delivery.routing_key.as_str().to_owned();
-    let copy = carried_back(&policy.seal, &fields, &topic, made);
+    let copy = carried_back(&policy.seal, &Fields::of(&queue, &delivery), &topic, made);
     Ok(match ledger.forward(delivery, "", &queue, copy).await {
         Forwarded::Done | Forwarded::Doubled => Outcome::PutBack,
         Forwarded::Unroutable(_) | Forwarded::Refused(_) => {
@@ -171,7 +168,7 @@ pub(super) fn remember_unstarted(lane: &Lane, policy: &Policy, source: Option<us
     } in lane.unstarted(source)
     {
         let Judged { made, .. } = judge(policy, &queue, &delivery, Doubts::Quiet);
-        if !remember_count(policy, &queue, &delivery, made) {
+        if !policy.remember(&queue, &delivery, made) {
             forgotten += 1;
         }
     }
@@ -182,28 +179,13 @@ pub(super) fn remember_unstarted(lane: &Lane, policy: &Policy, source: Option<us
     }
 }
 
-/// Remembers that `made` attempts were counted for `delivery` of `queue`,
-/// which goes back to the broker unsettled and unstarted: when it comes
-/// again, this process counts no more. `false` when the memory is full.
-pub(super) fn remember_count(policy: &Policy, queue: &str, delivery: &Delivery, made: u32) -> bool {
-    let fields = Fields {
-        queue,
-        message_id: wire::message_id(&delivery.properties).as_bytes(),
-        body: &delivery.data,
-        headers: None,
-    };
-    policy
-        .remembered
-        .remember(limit::fingerprint(&fields), made)
-}
-
 /// What is still held when the channels end goes back to the broker with
 /// them, its count remembered.
 pub(super) fn remember_held(ledger: &Ledger, policy: &Policy, held: Vec<Held>) {
     for held in held {
         if let Why::Limited { verdict, .. } = held.why {
             let queue = &ledger.names()[held.ticket.source()];
-            remember_count(policy, queue, &held.delivery, verdict.made());
+            policy.remember(queue, &held.delivery, verdict.made());
         }
     }
 }

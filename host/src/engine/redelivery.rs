@@ -26,7 +26,7 @@
 use lapin::message::Delivery;
 
 use super::deadline::UNSETTLED;
-use super::limit::{Fields, Policy, Verdict, carried_back, dead_lettered, fingerprint, times};
+use super::limit::{Fields, Policy, Verdict, carried_back, dead_lettered, times};
 use super::settler::{Forwarded, Ledger};
 use super::{ChannelsEnd, taken};
 use crate::exit::{Exit, Fatal};
@@ -62,13 +62,6 @@ pub(super) async fn carry_out(
     let id = wire::message_id(&delivery.properties).to_owned();
     let topic = delivery.routing_key.as_str().to_owned();
     let queue = ledger.names()[source].clone();
-    let headers = delivery.properties.headers().clone();
-    let fields = Fields {
-        queue: &queue,
-        message_id: id.as_bytes(),
-        body: &delivery.data,
-        headers: headers.as_ref(),
-    };
     let (forwarded, over) = match verdict {
         // The caller keeps one that came back; it is never consumed.
         Verdict::Consume | Verdict::CameBack => return Ok(Carried::Consume(Box::new(delivery))),
@@ -78,7 +71,12 @@ pub(super) async fn carry_out(
                 attempts_text(attempts),
                 limit.max
             );
-            let headers = carried_back(&limit.seal, &fields, &topic, attempts);
+            let headers = carried_back(
+                &limit.seal,
+                &Fields::of(&queue, &delivery),
+                &topic,
+                attempts,
+            );
             (ledger.forward(delivery, "", &queue, headers).await, false)
         }
         Verdict::OverLimit(attempts) => {
@@ -103,7 +101,12 @@ pub(super) async fn carry_out(
                 times(attempts)
             );
             let routing_key = limit.dead_letter_routing_key.as_deref().unwrap_or(&topic);
-            let headers = dead_lettered(&limit.seal, &fields, attempts, limit.max);
+            let headers = dead_lettered(
+                &limit.seal,
+                &Fields::of(&queue, &delivery),
+                attempts,
+                limit.max,
+            );
             (
                 ledger
                     .forward(delivery, exchange, routing_key, headers)
@@ -141,15 +144,7 @@ pub(super) async fn carry_out(
             let Verdict::CarryCount(made) = verdict else {
                 return Ok(Carried::Consume(delivery));
             };
-            let fields = Fields {
-                queue: &queue,
-                message_id: id.as_bytes(),
-                body: &delivery.data,
-                headers: None,
-            };
-            limit
-                .remembered
-                .remember(fingerprint(&fields), made.saturating_add(1));
+            limit.remember(&queue, &delivery, made.saturating_add(1));
             log::warn!(
                 "Queue {queue:?} refused the copy of message {id} that carries its count (full, with x-overflow = reject-publish?): handing it to the consumer as it is; this host alone remembers its {}",
                 attempts_text(made)
