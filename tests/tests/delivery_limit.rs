@@ -474,10 +474,11 @@ fn a_nack_loop_is_slowed_while_the_messages_behind_it_flow() {
     assert_eq!(run.code(), 0, "{run:#?}");
     let gaps: Vec<Duration> = attempts.windows(2).map(|pair| pair[1] - pair[0]).collect();
     eprintln!("nack loop with retry_delay = 0.5: attempts {gaps:?} apart");
-    // Lower bounds only (the wait is the point); 50 ms for the pipe.
+    // Lower bounds only (the wait is the point), less 200 ms for the
+    // pipe: a line read late makes the next gap look shorter.
     for (gap, wait) in gaps.iter().zip([0.5, 1.0, 2.0]) {
         assert!(
-            gap.as_secs_f64() >= wait - 0.05,
+            gap.as_secs_f64() >= wait - 0.2,
             "{gaps:?} are not spaced by 0.5, 1 and 2 s: {run:#?}"
         );
     }
