@@ -271,7 +271,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_or_twice_marked_tag_is_remembered() {
+    fn an_unknown_or_twice_marked_tag_is_given_back() {
         let mut book = Book::new(1, 1);
         book.admit(0, 5);
         assert_eq!(book.mark(0, 4, "a"), Err("a"));

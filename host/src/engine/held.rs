@@ -40,12 +40,9 @@ pub enum Hold {
     CameBack,
 }
 
-/// How long a dead letter that came back is held: for good, in effect.
-pub const CAME_BACK_HOLD: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// One delivery held, and until when.
+/// One delivery held, and until when (`None`: until its channel ends).
 pub struct Held {
-    pub due: Instant,
+    pub due: Option<Instant>,
     pub hold: Hold,
     pub delivery: Delivery,
     pub ticket: Ticket,
@@ -66,20 +63,34 @@ pub fn dead_letter_wait(tries: u32) -> Duration {
 }
 
 impl HeldDeliveries {
-    pub fn hold(&mut self, held: Held) {
-        self.held.push(held);
+    /// Holds `delivery` for `wait` (`None`: until its channel ends).
+    pub fn hold(
+        &mut self,
+        hold: Hold,
+        wait: Option<Duration>,
+        delivery: Delivery,
+        ticket: Ticket,
+        why: Why,
+    ) {
+        self.held.push(Held {
+            due: wait.map(|wait| Instant::now() + wait),
+            hold,
+            delivery,
+            ticket,
+            why,
+        });
     }
 
-    /// When the next one is due, if any is held.
+    /// When the next one is due, if any is held for a time.
     pub fn next_due(&self) -> Option<Instant> {
-        self.held.iter().map(|held| held.due).min()
+        self.held.iter().filter_map(|held| held.due).min()
     }
 
     /// The deliveries due by `now`, no longer held.
     pub fn take_due(&mut self, now: Instant) -> Vec<Held> {
         let (due, waiting) = std::mem::take(&mut self.held)
             .into_iter()
-            .partition(|held| held.due <= now);
+            .partition(|held| held.due.is_some_and(|due| due <= now));
         self.held = waiting;
         due
     }

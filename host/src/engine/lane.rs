@@ -203,19 +203,7 @@ pub enum Doubts {
 
 /// The limit's verdict on a delivery from `queue`.
 pub fn judge(policy: &Policy, queue: &str, delivery: &Delivery, doubts: Doubts) -> Judged {
-    let headers = delivery.properties.headers().as_ref();
     let fields = Fields::of(queue, delivery);
-    // Only a redelivery can be one this process gave back.
-    let remembered = delivery
-        .redelivered
-        .then(|| policy.remembered.take(limit::fingerprint(&fields)))
-        .flatten();
-    let seen = Seen {
-        redelivered: delivery.redelivered,
-        headers,
-        quorum: policy.is_quorum(queue),
-        remembered,
-    };
     if limit::came_back(&policy.seal, &fields) {
         return Judged {
             verdict: Verdict::CameBack,
@@ -223,6 +211,17 @@ pub fn judge(policy: &Policy, queue: &str, delivery: &Delivery, doubts: Doubts) 
             topic: None,
         };
     }
+    // Only a redelivery can be one this process gave back.
+    let remembered = delivery
+        .redelivered
+        .then(|| policy.remembered.take(limit::fingerprint(&fields)))
+        .flatten();
+    let seen = Seen {
+        redelivered: delivery.redelivered,
+        headers: fields.headers,
+        quorum: policy.is_quorum(queue),
+        remembered,
+    };
     let (found, doubt) = limit::read_count(&policy.seal, &fields, &seen);
     if let (Some(doubt), Doubts::Logged) = (doubt, doubts) {
         log::warn!("Message {} {doubt}", wire::message_id(&delivery.properties));

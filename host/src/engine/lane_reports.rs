@@ -6,7 +6,7 @@
 
 use super::consuming::Channels;
 use super::deadline::{SETUP_STEP, bounded_for};
-use super::held::{CAME_BACK_HOLD, Held, Hold, dead_letter_wait};
+use super::held::{Hold, dead_letter_wait};
 use super::limit::{self, Verdict};
 use super::message::{Diverted, Finished, Job, Why};
 use super::redelivery::{self, Carried};
@@ -14,7 +14,6 @@ use super::session::{self, StreamEnd};
 use super::waiting::Core;
 use super::{ChannelsEnd, taken};
 use crate::wire;
-use std::time::Instant;
 
 impl Core {
     /// What a consumer thread handed over from the lane besides answers:
@@ -115,23 +114,6 @@ impl Core {
                     return Ok(());
                 };
                 let source = ticket.source();
-                if verdict == Verdict::CameBack {
-                    log::error!(
-                        "Message {} came back to queue {:?}, which it left as a dead letter: dead-letter exchange {:?} routes it back; it stays in the queue, unacked and not consumed, until this host stops; route the dead-letter exchange to another queue",
-                        wire::message_id(&delivery.properties),
-                        ledger.names()[source],
-                        limit.dead_letter_exchange.as_deref().unwrap_or_default()
-                    );
-                    self.held.hold(Held {
-                        due: Instant::now() + CAME_BACK_HOLD,
-                        hold: Hold::CameBack,
-                        delivery,
-                        ticket,
-                        why: Why::Limited { checked, verdict },
-                    });
-                    self.stats.set_dead_letters_kept(self.held.dead_letters());
-                    return Ok(());
-                }
                 if let Verdict::CarryCount(made) = verdict
                     && released.is_none()
                     && self.lifecycle.is_running()
@@ -142,13 +124,9 @@ impl Core {
                             "message {} waits {wait:?} before its next attempt",
                             wire::message_id(&delivery.properties)
                         );
-                        self.held.hold(Held {
-                            due: Instant::now() + wait,
-                            hold: Hold::RetryWait,
-                            delivery,
-                            ticket,
-                            why: Why::Limited { checked, verdict },
-                        });
+                        let why = Why::Limited { checked, verdict };
+                        self.held
+                            .hold(Hold::RetryWait, Some(wait), delivery, ticket, why);
                         return Ok(());
                     }
                 }
@@ -166,6 +144,11 @@ impl Core {
                 match carried {
                     // Unsettled: the broker delivers it again.
                     Carried::Consume(_) | Carried::Kept(..) if !self.lifecycle.is_running() => {}
+                    Carried::CameBack(delivery) => {
+                        let why = Why::Limited { checked, verdict };
+                        self.held.hold(Hold::CameBack, None, *delivery, ticket, why);
+                        self.stats.set_dead_letters_kept(self.held.dead_letters());
+                    }
                     Carried::Kept(delivery, untaken) => {
                         let id = wire::message_id(&delivery.properties).to_owned();
                         let tries = match released {
@@ -173,13 +156,9 @@ impl Core {
                             _ => 1,
                         };
                         let wait = dead_letter_wait(tries);
-                        self.held.hold(Held {
-                            due: Instant::now() + wait,
-                            hold: Hold::DeadLetter { tries },
-                            delivery: *delivery,
-                            ticket,
-                            why: Why::Limited { checked, verdict },
-                        });
+                        let why = Why::Limited { checked, verdict };
+                        let hold = Hold::DeadLetter { tries };
+                        self.held.hold(hold, Some(wait), *delivery, ticket, why);
                         self.stats.set_dead_letters_kept(self.held.dead_letters());
                         let exchange = limit.dead_letter_exchange.as_deref().unwrap_or_default();
                         let (why, fix) = untaken.why_and_fix();

@@ -265,23 +265,30 @@ impl<'a> Fields<'a> {
             headers: delivery.properties.headers().as_ref(),
         }
     }
+
+    /// Header `name`, if it is there.
+    fn header(&self, name: &str) -> Option<&'a AMQPValue> {
+        self.headers.and_then(|headers| headers.inner().get(name))
+    }
+
+    /// Header `name` as text, if it is text.
+    fn header_text(&self, name: &str) -> Option<&'a str> {
+        match self.header(name)? {
+            AMQPValue::LongString(text) => std::str::from_utf8(text.as_bytes()).ok(),
+            AMQPValue::ShortString(text) => Some(text.as_str()),
+            _ => None,
+        }
+    }
 }
 
 /// The sealed count `fields` carry, and, when they carry counts that are
 /// not believed, what to log about them (only on a first delivery: a
 /// redelivery was reported when it came first).
 pub fn read_count(seal: &Seal, fields: &Fields<'_>, seen: &Seen<'_>) -> (Found, Option<String>) {
-    let inner = fields.headers.map(FieldTable::inner);
-    let get = |name: &str| inner.and_then(|headers| headers.get(name));
-    let text = |name: &str| match get(name) {
-        Some(AMQPValue::LongString(text)) => std::str::from_utf8(text.as_bytes()).ok(),
-        Some(AMQPValue::ShortString(text)) => Some(text.as_str()),
-        _ => None,
-    };
     let sealed = match (
-        get(COUNT_HEADER).and_then(as_count),
-        text(TOPIC_HEADER),
-        text(SEAL_HEADER),
+        fields.header(COUNT_HEADER).and_then(as_count),
+        fields.header_text(TOPIC_HEADER),
+        fields.header_text(SEAL_HEADER),
     ) {
         (Some(attempts), Some(topic), Some(signed)) => {
             let counted = Counted {
@@ -298,33 +305,36 @@ pub fn read_count(seal: &Seal, fields: &Fields<'_>, seen: &Seen<'_>) -> (Found, 
         }
         _ => None,
     };
+    let sealed = sealed.unwrap_or(Found::Nothing);
+    if seen.redelivered {
+        // Said when it came first.
+        return (sealed, None);
+    }
     let mut doubts = Vec::new();
-    if sealed.is_none()
+    if sealed == Found::Nothing
         && [COUNT_HEADER, SEAL_HEADER]
             .iter()
-            .any(|name| get(name).is_some())
+            .any(|name| fields.header(name).is_some())
     {
         doubts.push(format!(
             "a {COUNT_HEADER} without a valid seal (written by a publisher, or by a host with another secret)"
         ));
     }
-    if !seen.redelivered || !seen.quorum {
-        for name in [BROKER_COUNT_HEADER, ACQUIRED_COUNT_HEADER] {
-            if get(name).is_some() {
-                let whose = if seen.quorum {
-                    "on a first delivery"
-                } else {
-                    "on a classic queue"
-                };
-                doubts.push(format!(
-                    "a {name} {whose}, where the broker does not write it"
-                ));
-            }
+    // A first delivery: no broker count is the broker's.
+    for name in [BROKER_COUNT_HEADER, ACQUIRED_COUNT_HEADER] {
+        if fields.header(name).is_some() {
+            let whose = if seen.quorum {
+                "on a first delivery"
+            } else {
+                "on a classic queue"
+            };
+            doubts.push(format!(
+                "a {name} {whose}, where the broker does not write it"
+            ));
         }
     }
-    let doubt = (!doubts.is_empty() && !seen.redelivered)
-        .then(|| format!("carries {}: ignored", doubts.join(" and ")));
-    (sealed.unwrap_or(Found::Nothing), doubt)
+    let doubt = (!doubts.is_empty()).then(|| format!("carries {}: ignored", doubts.join(" and ")));
+    (sealed, doubt)
 }
 
 /// The headers of the copy that carries `attempts` back to its queue,
@@ -407,13 +417,10 @@ fn left_mark<'a>(fields: &Fields<'a>) -> Counted<'a> {
 /// Whether `fields` are a dead letter sent from this very queue by a host
 /// holding the secret: its dead-letter exchange routed it back.
 pub fn came_back(seal: &Seal, fields: &Fields<'_>) -> bool {
-    let inner = fields.headers.map(FieldTable::inner);
-    let text = |name: &str| match inner.and_then(|headers| headers.get(name)) {
-        Some(AMQPValue::LongString(text)) => std::str::from_utf8(text.as_bytes()).ok(),
-        _ => None,
-    };
-    text(LEFT_HEADER) == Some(fields.queue)
-        && text(LEFT_SEAL_HEADER).is_some_and(|signed| seal.opens(&left_mark(fields), signed))
+    fields.header_text(LEFT_HEADER) == Some(fields.queue)
+        && fields
+            .header_text(LEFT_SEAL_HEADER)
+            .is_some_and(|signed| seal.opens(&left_mark(fields), signed))
 }
 
 /// "once", "3 times".

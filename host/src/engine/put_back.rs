@@ -125,14 +125,11 @@ async fn put_back_one(
     if let Some(topic) = topic {
         delivery.routing_key = topic.into();
     }
-    if verdict == Verdict::CameBack {
-        return Ok(Outcome::Left);
-    }
     if verdict != Verdict::Consume {
         return Ok(
             match redelivery::carry_out(ledger, source, delivery, verdict, policy, stats).await? {
                 Carried::Settled => Outcome::Settled,
-                Carried::Consume(_) | Carried::Kept(..) => Outcome::Left,
+                Carried::Consume(_) | Carried::Kept(..) | Carried::CameBack(_) => Outcome::Left,
                 Carried::PublisherFailed(_) => Outcome::Stop,
             },
         );

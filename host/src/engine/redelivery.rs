@@ -40,6 +40,9 @@ pub enum Carried {
     /// Over the limit, and the dead-letter exchange did not take it: it
     /// stays unsettled in its queue, to be sent again later.
     Kept(Box<Delivery>, Untaken),
+    /// A dead letter back in the queue it left: it stays unsettled there,
+    /// never consumed and not sent round again.
+    CameBack(Box<Delivery>),
     /// The count could not be carried (its queue took no copy), so the
     /// consumer gets the delivery as it is rather than see it loop.
     Consume(Box<Delivery>),
@@ -63,8 +66,14 @@ pub(super) async fn carry_out(
     let topic = delivery.routing_key.as_str().to_owned();
     let queue = ledger.names()[source].clone();
     let (forwarded, over) = match verdict {
-        // The caller keeps one that came back; it is never consumed.
-        Verdict::Consume | Verdict::CameBack => return Ok(Carried::Consume(Box::new(delivery))),
+        Verdict::Consume => return Ok(Carried::Consume(Box::new(delivery))),
+        Verdict::CameBack => {
+            log::error!(
+                "Message {id} came back to queue {queue:?}, which it left as a dead letter: dead-letter exchange {:?} routes it back; it stays in the queue, unacked and not consumed, until this host stops; route the dead-letter exchange to another queue",
+                limit.dead_letter_exchange.as_deref().unwrap_or_default()
+            );
+            return Ok(Carried::CameBack(Box::new(delivery)));
+        }
         Verdict::CarryCount(attempts) => {
             log::info!(
                 "Message {id} came back after {} of at most {}; requeued at the end of queue {queue:?} with its count",
