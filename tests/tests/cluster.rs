@@ -241,13 +241,27 @@ fn three_hosts_share_a_quorum_queue_and_lose_nothing_when_nodes_go() {
         .collect();
     // A live stream at about PUBLISH_RATE: the faults come while messages
     // keep arriving, and every host has messages to take once it is back.
+    // The last tenth waits until the faults are over, so that messages
+    // still arrive once the hosts are back however long failover takes.
     let progress = Arc::new(AtomicUsize::new(0));
+    let faults_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let publisher = {
         let progress = progress.clone();
+        let faults_over = faults_over.clone();
         std::thread::spawn(move || {
             let broker = TestBroker::connect_to(&url(publish_port));
-            let started = Instant::now();
+            let mut started = Instant::now();
+            let mut held_back = false;
             for (turn, chunk) in records.chunks(PUBLISH_RATE / 10).enumerate() {
+                if !held_back && progress.load(Ordering::SeqCst) >= MESSAGES * 9 / 10 {
+                    held_back = true;
+                    let waiting = Instant::now();
+                    let deadline = waiting + WAIT * 4;
+                    while !faults_over.load(Ordering::SeqCst) && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    started += waiting.elapsed();
+                }
                 broker.publish_all(chunk);
                 progress.fetch_add(chunk.len(), Ordering::SeqCst);
                 let due = started + Duration::from_millis(100) * (turn as u32 + 1);
@@ -315,6 +329,7 @@ fn three_hosts_share_a_quorum_queue_and_lose_nothing_when_nodes_go() {
         progress.load(Ordering::SeqCst) < MESSAGES,
         "publishing ended before the hosts were back: the test proves nothing"
     );
+    faults_over.store(true, Ordering::SeqCst);
     let restart = Command::new(workspace_root().join("scripts/rabbitmq-node"))
         .args([
             "start",
