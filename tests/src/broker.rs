@@ -1,10 +1,10 @@
-//! The test broker: the local RabbitMQ on 127.0.0.1:5672 (started by
-//! `scripts/start-rabbitmq`), reached as guest, and `rabbitmqctl` for
-//! what AMQP cannot do (users, permissions, connection listings).
+//! The test broker, reached as guest: the main node of the version under
+//! test (see [`crate::nodes`]), or another node by its URL; queues,
+//! messages and users set up for tests.
 
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::nodes::{amqp_url, rabbitmqctl, rabbitmqctl_if_it_can};
 use async_global_executor::block_on;
 use fm_host::wire::RecordMessage;
 use lapin::options::{
@@ -13,13 +13,6 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-
-/// The URL tests give the host.
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2F";
-
-/// The node that fault tests stop and restart (scripts/rabbitmq-node).
-pub const FAULT_NODE: &str = "fm-faults";
-pub const FAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5701/%2F";
 
 /// A connection to the test broker, for setting up and inspecting queues.
 pub struct TestBroker {
@@ -45,7 +38,7 @@ pub struct Taken {
 
 impl TestBroker {
     pub fn connect() -> TestBroker {
-        TestBroker::connect_to(AMQP_URL)
+        TestBroker::connect_to(amqp_url())
     }
 
     pub fn connect_to(url: &str) -> TestBroker {
@@ -53,7 +46,10 @@ impl TestBroker {
             let connection = Connection::connect(url, ConnectionProperties::default())
                 .await
                 .unwrap_or_else(|error| {
-                    panic!("no RabbitMQ at {url} ({error}): run scripts/start-rabbitmq")
+                    panic!(
+                        "no RabbitMQ at {url} ({error}): run {}",
+                        crate::nodes::version().start_with
+                    )
                 });
             let channel = connection.create_channel().await.expect("a channel");
             channel
@@ -306,7 +302,7 @@ impl TestBroker {
 /// A config consuming the durable queue `queue` (bound with `QUEUE.#`),
 /// plus `extra` TOML, logging at INFO.
 pub fn queue_config(queue: &str, extra: &str) -> String {
-    queue_config_at(AMQP_URL, queue, extra)
+    queue_config_at(amqp_url(), queue, extra)
 }
 
 /// [`queue_config`] for the broker at `url`.
@@ -341,40 +337,15 @@ routing_keys = ["{routing_key}"]
     )
 }
 
-/// Runs `rabbitmqctl` (as root, on the local node) and returns its output.
-pub fn rabbitmqctl(args: &[&str]) -> String {
-    let output = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .unwrap_or_else(|error| panic!("cannot run rabbitmqctl {args:?}: {error}"));
-    assert!(
-        output.status.success(),
-        "rabbitmqctl {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 /// A broker user with these permissions on vhost `/` (configure, write,
 /// read regexps), or none at all when `permissions` is `None`.
 pub fn ensure_user(name: &str, password: &str, permissions: Option<[&str; 3]>) {
     // Left over from an earlier run, possibly with other permissions.
-    let _ = Command::new("rabbitmqctl")
-        .args(["delete_user", name])
-        .output();
+    rabbitmqctl_if_it_can(&["delete_user", name]);
     rabbitmqctl(&["add_user", name, password]);
     if let Some([configure, write, read]) = permissions {
         rabbitmqctl(&["set_permissions", "-p", "/", name, configure, write, read]);
     }
-}
-
-/// Runs `scripts/rabbitmq-node` (start NAME PORT [CONFIG]... or stop NAME).
-pub fn rabbitmq_node(args: &[&str]) {
-    let status = Command::new(crate::workspace_root().join("scripts/rabbitmq-node"))
-        .args(args)
-        .status()
-        .unwrap_or_else(|error| panic!("cannot run scripts/rabbitmq-node {args:?}: {error}"));
-    assert!(status.success(), "scripts/rabbitmq-node {args:?} failed");
 }
 
 /// A fresh durable queue whose rejected messages go to a queue of their

@@ -6,6 +6,7 @@
 //! binary, look at its exit code, output and files.
 
 pub mod broker;
+pub mod nodes;
 pub mod process;
 pub mod proxy;
 pub mod python;

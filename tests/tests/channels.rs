@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use fm_e2e::broker::{AMQP_URL, TestBroker, queue_tables};
+use fm_e2e::broker::{TestBroker, queue_tables};
+use fm_e2e::nodes::amqp_url;
 use fm_e2e::process::Running;
 use fm_e2e::*;
 use lapin::types::FieldTable;
@@ -24,6 +25,7 @@ fn starts(output: &str, id: &str) -> usize {
 
 #[test]
 fn one_broken_channel_interrupts_no_other_queue() {
+    let url = amqp_url();
     let broker = TestBroker::connect();
     let steady = TestBroker::unique_name("steady");
     let breaking = TestBroker::unique_name("breaking");
@@ -42,7 +44,7 @@ fn one_broken_channel_interrupts_no_other_queue() {
     let conf = config_file(
         dir.path(),
         &format!(
-            "amqp_url = \"{AMQP_URL}\"\nworkers = 2\n{}{}\n[log_config.root]\nlevel = \"INFO\"\n",
+            "amqp_url = \"{url}\"\nworkers = 2\n{}{}\n[log_config.root]\nlevel = \"INFO\"\n",
             queue_tables(&steady, &format!("{steady}.#")),
             queue_tables(&breaking, &format!("{breaking}.#")),
         ),

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use fm_e2e::broker::{AMQP_URL, TestBroker, queue_config, rabbitmqctl};
+use fm_e2e::broker::{TestBroker, queue_config};
+use fm_e2e::nodes::{amqp_url, rabbitmqctl};
 use fm_e2e::process::Running;
 use fm_e2e::*;
 use lapin::types::FieldTable;
@@ -495,6 +496,7 @@ fn a_cancel_for_a_queue_that_still_exists_is_followed_by_consuming_again(dir: &P
 /// not left to the broker; a stream queue is refused the same way.
 #[test]
 fn a_quorum_queue_that_breaks_rabbitmqs_rules_is_a_configuration_error() {
+    let url = amqp_url();
     let dir = scratch();
     for (settings, expected) in [
         (
@@ -512,7 +514,7 @@ fn a_quorum_queue_that_breaks_rabbitmqs_rules_is_a_configuration_error() {
     ] {
         let conf = config_file(
             dir.path(),
-            &format!("amqp_url = \"{AMQP_URL}\"\n[queues.\"q\"]\n{settings}\n"),
+            &format!("amqp_url = \"{url}\"\n[queues.\"q\"]\n{settings}\n"),
         );
         let run = run(&mut scripted_consume(&conf));
         assert_eq!(run.code(), 2, "{run:#?}");

@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use fm_e2e::broker::{
-    AMQP_URL, Queued, TestBroker, dead_lettered_queue, ensure_user, queue_config, queue_with,
-    rabbitmqctl,
+    Queued, TestBroker, dead_lettered_queue, ensure_user, queue_config, queue_with,
 };
+use fm_e2e::nodes::{amqp_url, rabbitmqctl, version};
 use fm_e2e::process::Running;
 use fm_e2e::*;
 use lapin::BasicProperties;
@@ -68,8 +68,9 @@ fn rust_log_replaces_the_configured_levels() {
 
 #[test]
 fn an_app_name_too_long_for_the_handshake_is_a_usage_error() {
+    let url = amqp_url();
     let dir = scratch();
-    let conf = config_file(dir.path(), &format!("amqp_url = \"{AMQP_URL}\"\n"));
+    let conf = config_file(dir.path(), &format!("amqp_url = \"{url}\"\n"));
     let long = "a".repeat(5000);
     let run = run(fedora_messaging().arg("--conf").arg(&conf).args([
         "consume",
@@ -312,7 +313,12 @@ fn a_header_table_nested_15000_deep_is_dead_lettered_not_a_crash() {
     let (broker, queue, dead, config) = dead_lettered_queue("deep-headers", "");
     let published = run(fm_e2e::python::python()
         .arg(workspace_root().join("tests/fixtures/differential.py"))
-        .args(["deep-headers", AMQP_URL, &format!("{queue}.test"), "15000"]));
+        .args([
+            "deep-headers",
+            amqp_url(),
+            &format!("{queue}.test"),
+            "15000",
+        ]));
     assert_eq!(published.code(), 0, "{published:#?}");
     broker.publish(&message(&queue, "last", json!({"do": "halt"})));
     let dir = scratch();
@@ -333,6 +339,7 @@ fn a_header_table_nested_15000_deep_is_dead_lettered_not_a_crash() {
 
 #[test]
 fn a_consumer_blocking_past_the_heartbeat_keeps_the_connection() {
+    let url = amqp_url();
     // A 2 s heartbeat: a broker that heard nothing for two intervals would
     // close the connection while the consumer sleeps 7 s.
     let (broker, queue, _dir, conf) = queue_with(
@@ -345,7 +352,7 @@ fn a_consumer_blocking_past_the_heartbeat_keeps_the_connection() {
     );
     let config = std::fs::read_to_string(&conf)
         .unwrap()
-        .replace(AMQP_URL, &format!("{AMQP_URL}?heartbeat=2"));
+        .replace(amqp_url(), &format!("{url}?heartbeat=2"));
     std::fs::write(&conf, config).unwrap();
     let mut consumer = Running::start(fedora_messaging().arg("--conf").arg(&conf).args([
         "consume",
@@ -473,10 +480,12 @@ fn a_server_named_queue_from_the_default_config_with_routing_key_overrides() {
     let key = TestBroker::unique_name("server-named");
     let dir = scratch();
     // pika's defaults: guest/guest, and vhost "/" for an empty path (lapin
-    // alone would ask for vhost "").
+    // alone would ask for vhost ""); port 5672 too, unless the broker under
+    // test listens elsewhere.
+    let host = version().address.trim_end_matches(":5672");
     let conf = config_file(
         dir.path(),
-        "amqp_url = \"amqp://127.0.0.1\"\n[log_config.root]\nlevel = \"INFO\"\n",
+        &format!("amqp_url = \"amqp://{host}\"\n[log_config.root]\nlevel = \"INFO\"\n"),
     );
     let mut consumer = Running::start(
         fedora_messaging()
@@ -666,7 +675,7 @@ fn exit_14_on_bad_credentials() {
     let dir = scratch();
     let conf = config_file(
         dir.path(),
-        "amqp_url = \"amqp://guest:wrong@127.0.0.1:5672/\"\n",
+        &format!("amqp_url = \"amqp://guest:wrong@{}/\"\n", version().address),
     );
     let run = consume(&conf, &scripted());
     assert_eq!(run.code(), 14, "{run:#?}");
@@ -680,7 +689,10 @@ fn exit_14_without_access_to_the_vhost() {
     let dir = scratch();
     let conf = config_file(
         dir.path(),
-        "amqp_url = \"amqp://fm-e2e-novhost:secret@127.0.0.1:5672/%2F\"\n",
+        &format!(
+            "amqp_url = \"amqp://fm-e2e-novhost:secret@{}/%2F\"\n",
+            version().address
+        ),
     );
     let run = consume(&conf, &scripted());
     assert_eq!(run.code(), 14, "{run:#?}");

@@ -7,7 +7,8 @@
 //! dead-lettered by both, or differ only as the README documents. The
 //! table of results is written to `target/differential.md`.
 
-use fm_e2e::broker::{AMQP_URL, TestBroker};
+use fm_e2e::broker::TestBroker;
+use fm_e2e::nodes::amqp_url;
 use fm_e2e::python::{fedora_messaging_py, python};
 use fm_e2e::*;
 
@@ -18,8 +19,9 @@ fn script() -> std::path::PathBuf {
 /// A configuration for `queue` (declared by the script, so passively
 /// here), with `callback`, that both implementations read.
 fn config(queue: &str, callback: &str, out: &std::path::Path) -> String {
+    let url = amqp_url();
     format!(
-        r#"amqp_url = "{AMQP_URL}"
+        r#"amqp_url = "{url}"
 callback = "{callback}"
 passive_declares = true
 
@@ -56,7 +58,7 @@ fn the_same_raw_messages_end_the_same_in_python_and_here() {
     let run_name = TestBroker::unique_name("differential");
     let published = run(python()
         .arg(script())
-        .args(["publish", AMQP_URL, &run_name]));
+        .args(["publish", amqp_url(), &run_name]));
     assert_eq!(published.code(), 0, "publishing the corpus: {published:#?}");
 
     let dir = scratch();
@@ -106,7 +108,7 @@ fn the_same_raw_messages_end_the_same_in_python_and_here() {
     let table = target_dir().join("differential.md");
     let compared = run(python()
         .arg(script())
-        .args(["compare", AMQP_URL, &run_name])
+        .args(["compare", amqp_url(), &run_name])
         .arg(&python_records)
         .arg(&our_records)
         .arg(&table));

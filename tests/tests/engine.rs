@@ -13,7 +13,8 @@ use std::net::TcpListener;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use fm_e2e::broker::{TestBroker, queue_config, queue_config_at, rabbitmqctl};
+use fm_e2e::broker::{TestBroker, queue_config, queue_config_at};
+use fm_e2e::nodes::{rabbitmqctl, version};
 use fm_e2e::process::Running;
 use fm_e2e::proxy::Proxy;
 use fm_e2e::*;
@@ -228,7 +229,7 @@ fn the_watchdog_goes_quiet_when_the_engine_stalls() {
 /// from the answer's settlement: both must end the same way.
 fn answer_during_an_outage(body: Value, code: i32) {
     let (broker, queue) = queue_with_messages("outage", &[("m1", body)]);
-    let proxy = Proxy::start("127.0.0.1:5672");
+    let proxy = Proxy::start(version().address);
     let dir = scratch();
     let conf = config_file(dir.path(), &queue_config_at(&proxy.url(), &queue, ""));
     let mut consumer = Running::start(&mut scripted_consume(&conf));
@@ -447,7 +448,7 @@ fn a_stop_behind_a_slow_broker_keeps_the_watchdog_fed_and_ends_in_time() {
         .map(|(id, body)| (id.as_str(), body.clone()))
         .collect();
     let (broker, queue) = queue_with_messages("slow-stop", &borrowed);
-    let proxy = Proxy::start("127.0.0.1:5672");
+    let proxy = Proxy::start(version().address);
     let dir = scratch();
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();

@@ -1,5 +1,5 @@
-//! Fault injection on a broker node of the tests' own (`fm-faults` on
-//! 127.0.0.1:5701, see scripts/rabbitmq-node), never the main test broker:
+//! Fault injection on a broker node of the tests' own (the fault node, see
+//! `fm_e2e::nodes`), never the main test broker:
 //! broker restarts, a killed host, connections closed by the broker, and a
 //! channel closed by the delivery-acknowledgement timeout. The tests run
 //! one at a time, since some restart the node.
@@ -12,9 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use fm_e2e::broker::{
-    FAULT_NODE, FAULT_URL, TestBroker, queue_config_at, rabbitmq_node, rabbitmqctl,
-};
+use fm_e2e::broker::{TestBroker, queue_config_at};
+use fm_e2e::nodes::{fault_node_ctl, fault_url, start_fault_node, stop_fault_node};
 use fm_e2e::process::Running;
 use fm_e2e::*;
 use lapin::types::FieldTable;
@@ -37,14 +36,7 @@ fn fault_node() -> MutexGuard<'static, ()> {
 }
 
 fn start_node() {
-    rabbitmq_node(&["start", FAULT_NODE, "5701", CONSUMER_TIMEOUT]);
-}
-
-fn node_ctl(args: &[&str]) -> String {
-    let node = format!("{FAULT_NODE}@localhost");
-    let mut full = vec!["-n", node.as_str()];
-    full.extend_from_slice(args);
-    rabbitmqctl(&full)
+    start_fault_node(&[CONSUMER_TIMEOUT]);
 }
 
 fn record(queue: &str, id: &str, body: Value) -> Value {
@@ -53,19 +45,23 @@ fn record(queue: &str, id: &str, body: Value) -> Value {
 
 /// A durable queue on the fault node holding `count` messages `m00000`….
 fn filled_queue(prefix: &str, count: usize) -> (String, Vec<String>) {
-    let broker = TestBroker::connect_to(FAULT_URL);
+    let broker = TestBroker::connect_to(&fault_url());
     let queue = TestBroker::unique_name(prefix);
     broker.declare_queue(&queue, FieldTable::default());
     let ids: Vec<String> = (0..count).map(|n| format!("m{n:05}")).collect();
-    for id in &ids {
-        broker.publish(&record(&queue, id, json!({"n": id})));
+    for chunk in ids.chunks(1000) {
+        let records: Vec<Value> = chunk
+            .iter()
+            .map(|id| record(&queue, id, json!({"n": id})))
+            .collect();
+        broker.publish_all(&records);
     }
     (queue, ids)
 }
 
 /// `consume` of `queue` on the fault node with Scripted.
 fn scripted_consumer(dir: &Path, queue: &str) -> Running {
-    let conf = config_file(dir, &queue_config_at(FAULT_URL, queue, ""));
+    let conf = config_file(dir, &queue_config_at(&fault_url(), queue, ""));
     Running::start(fedora_messaging().arg("--conf").arg(&conf).args([
         "consume",
         "--callback",
@@ -78,7 +74,7 @@ fn saver(dir: &Path, queue: &str) -> (Running, PathBuf) {
     let conf = config_file(
         dir,
         &queue_config_at(
-            FAULT_URL,
+            &fault_url(),
             queue,
             &format!(
                 "[consumer_config]\npath = \"{}\"\n[qos]\nprefetch_count = {PREFETCH}",
@@ -126,7 +122,10 @@ fn lost<'a>(published: &'a [String], saved: &[String]) -> Vec<&'a String> {
 #[test]
 fn broker_restarts_mid_stream_lose_nothing() {
     let _serial = fault_node();
-    let (queue, published) = filled_queue("restart", 10_000);
+    // Enough that the host still has messages to take once the second
+    // restart has taken effect, on a broker that delivers fast (RabbitMQ
+    // 4's classic queues: 10,000 were all consumed during a 2 s stop).
+    let (queue, published) = filled_queue("restart", 30_000);
     let dir = scratch();
     let (mut consumer, saved) = saver(dir.path(), &queue);
     consumer.wait_for_count("Consuming messages from queue", 1, WAIT);
@@ -135,7 +134,7 @@ fn broker_restarts_mid_stream_lose_nothing() {
     let mut threshold = 500;
     for restart in 1..=2 {
         wait_saved(&saved, threshold, None);
-        rabbitmq_node(&["stop", FAULT_NODE]);
+        stop_fault_node();
         let at_stop = saved_ids(&saved).len();
         assert!(
             at_stop < published.len(),
@@ -150,7 +149,7 @@ fn broker_restarts_mid_stream_lose_nothing() {
     let ids = wait_saved(&saved, 0, Some(published.len()));
 
     // Still consuming: a message published now is saved too.
-    TestBroker::connect_to(FAULT_URL).publish(&record(&queue, "after", json!({})));
+    TestBroker::connect_to(&fault_url()).publish(&record(&queue, "after", json!({})));
     let ids_after = wait_saved(&saved, 0, Some(published.len() + 1));
     assert!(ids_after.iter().any(|id| id == "after"));
 
@@ -182,7 +181,7 @@ fn broker_restarts_mid_stream_lose_nothing() {
         );
     }
     assert!(run.stdout.contains("Lost the connection"), "{run:#?}");
-    TestBroker::connect_to(FAULT_URL).delete_queue(&queue);
+    TestBroker::connect_to(&fault_url()).delete_queue(&queue);
 }
 
 #[test]
@@ -219,7 +218,7 @@ fn a_host_killed_mid_stream_and_restarted_loses_nothing() {
     );
     assert_eq!(lost, 0);
     assert!(duplicated <= PREFETCH, "{duplicated} duplicates");
-    TestBroker::connect_to(FAULT_URL).delete_queue(&queue);
+    TestBroker::connect_to(&fault_url()).delete_queue(&queue);
 }
 
 #[test]
@@ -230,16 +229,16 @@ fn connections_closed_by_the_broker_are_reopened() {
     let mut consumer = scripted_consumer(dir.path(), &queue);
     consumer.wait_for_count("Consuming messages from queue", 1, WAIT);
     let closed = Instant::now();
-    node_ctl(&["close_all_connections", "fault test"]);
+    fault_node_ctl(&["close_all_connections", "fault test"]);
     consumer.wait_for_count("Consuming messages from queue", 2, WAIT);
     let resumed = closed.elapsed();
-    TestBroker::connect_to(FAULT_URL).publish(&record(&queue, "m1", json!({"do": "halt"})));
+    TestBroker::connect_to(&fault_url()).publish(&record(&queue, "m1", json!({"do": "halt"})));
     let run = consumer.finish();
     eprintln!("closed connection: consuming again after {resumed:?}");
     assert_eq!(run.code(), 0, "{run:#?}");
     assert!(run.stdout.contains("Lost the connection"), "{run:#?}");
     assert!(run.stdout.contains("message #1 (m1): halt"), "{run:#?}");
-    TestBroker::connect_to(FAULT_URL).delete_queue(&queue);
+    TestBroker::connect_to(&fault_url()).delete_queue(&queue);
 }
 
 /// Issue #10: a connection that broke as soon as consuming began (a
@@ -256,7 +255,7 @@ fn connections_that_die_young_are_remade_after_growing_waits() {
     for session in 1..=4 {
         consumer.wait_for_count("Consuming messages from queue", session, WAIT);
         let closed = Instant::now();
-        node_ctl(&["close_all_connections", "fault test"]);
+        fault_node_ctl(&["close_all_connections", "fault test"]);
         consumer.wait_for_count("Consuming messages from queue", session + 1, WAIT);
         waited.push(closed.elapsed());
     }
@@ -287,13 +286,13 @@ fn connections_that_die_young_are_remade_after_growing_waits() {
             "consuming again after {waited:?}, before the {announced} s wait"
         );
     }
-    TestBroker::connect_to(FAULT_URL).delete_queue(&queue);
+    TestBroker::connect_to(&fault_url()).delete_queue(&queue);
 }
 
 #[test]
 fn a_channel_closed_by_the_acknowledgement_timeout_is_reopened() {
     let _serial = fault_node();
-    let broker = TestBroker::connect_to(FAULT_URL);
+    let broker = TestBroker::connect_to(&fault_url());
     let queue = TestBroker::unique_name("ack-timeout");
     broker.declare_queue(&queue, FieldTable::default());
     // Longer than the 5 s timeout plus RabbitMQ's one-minute check.
@@ -304,7 +303,7 @@ fn a_channel_closed_by_the_acknowledgement_timeout_is_reopened() {
     ));
     broker.publish(&record(&queue, "last", json!({"do": "halt"})));
     let dir = scratch();
-    let conf = config_file(dir.path(), &queue_config_at(FAULT_URL, &queue, ""));
+    let conf = config_file(dir.path(), &queue_config_at(&fault_url(), &queue, ""));
     let scripted = scripted();
     let started = Instant::now();
     let run =
@@ -337,12 +336,12 @@ fn a_passive_redeclare_of_a_queue_not_back_yet_is_retried() {
     // passive declares: after the restart it is missing until someone
     // declares it again, and the host must wait for that, not die.
     let queue = TestBroker::unique_name("passive");
-    let declare = || TestBroker::connect_to(FAULT_URL).declare_transient_queue(&queue);
+    let declare = || TestBroker::connect_to(&fault_url()).declare_transient_queue(&queue);
     declare();
     let dir = scratch();
     let conf = config_file(
         dir.path(),
-        &queue_config_at(FAULT_URL, &queue, "passive_declares = true")
+        &queue_config_at(&fault_url(), &queue, "passive_declares = true")
             .replace("durable = true", "durable = false"),
     );
     let scripted = scripted();
@@ -352,16 +351,16 @@ fn a_passive_redeclare_of_a_queue_not_back_yet_is_retried() {
         &scripted,
     ]));
     consumer.wait_for_count("Consuming messages from queue", 1, WAIT);
-    rabbitmq_node(&["stop", FAULT_NODE]);
+    stop_fault_node();
     start_node();
     consumer.wait_for_count("404 NOT_FOUND", 2, WAIT);
     declare();
     consumer.wait_for_count("Consuming messages from queue", 2, WAIT);
-    TestBroker::connect_to(FAULT_URL).publish(&record(&queue, "m1", json!({"do": "halt"})));
+    TestBroker::connect_to(&fault_url()).publish(&record(&queue, "m1", json!({"do": "halt"})));
     let run = consumer.finish();
     assert_eq!(run.code(), 0, "{run:#?}");
     assert!(run.stdout.contains("passive_declares is on"), "{run:#?}");
     assert!(run.stdout.contains("; retrying in "), "{run:#?}");
     assert!(run.stdout.contains("message #1 (m1): halt"), "{run:#?}");
-    TestBroker::connect_to(FAULT_URL).delete_queue(&queue);
+    TestBroker::connect_to(&fault_url()).delete_queue(&queue);
 }

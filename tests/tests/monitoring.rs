@@ -6,6 +6,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use fm_e2e::broker::{TestBroker, queue_config};
+use fm_e2e::nodes::version;
 use fm_e2e::process::Running;
 use fm_e2e::*;
 use lapin::types::FieldTable;
@@ -77,7 +78,7 @@ fn health_and_metrics_while_consuming() {
         ready,
         json!({
             "consuming": true,
-            "node": "127.0.0.1:5672",
+            "node": version().address,
             "published": 0,
             "consumed": {"received": 3, "processed": 1, "dropped": 1, "rejected": 0, "failed": 0}
         })
@@ -85,9 +86,13 @@ fn health_and_metrics_while_consuming() {
 
     let (status, metrics) = http_get(&address, "/metrics");
     assert_eq!(status, "HTTP/1.1 200 OK");
+    let node_line = format!(
+        "fedora_messaging_broker_node{{node=\"{}\"}} 1\n",
+        version().address
+    );
     for expected in [
         "fedora_messaging_consuming 1\n",
-        "fedora_messaging_broker_node{node=\"127.0.0.1:5672\"} 1\n",
+        node_line.as_str(),
         "fedora_messaging_received_total 3\n",
         "fedora_messaging_consumed_total{result=\"dropped\"} 1\n",
         "fedora_messaging_consume_duration_seconds_count{outcome=\"ack\"} 1\n",

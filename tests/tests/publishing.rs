@@ -6,10 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use fm_e2e::broker::{
-    FAULT_NODE, FAULT_URL, TestBroker, ensure_user, queue_config, queue_config_at, rabbitmq_node,
-    rabbitmqctl,
-};
+use fm_e2e::broker::{TestBroker, ensure_user, queue_config, queue_config_at};
+use fm_e2e::nodes::{fault_node_ctl, fault_url, start_fault_node, stop_fault_node, version};
 use fm_e2e::process::Running;
 use fm_e2e::proxy::Proxy;
 use fm_e2e::python::fedora_messaging_py;
@@ -18,6 +16,9 @@ use lapin::types::FieldTable;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
+/// The fault node's delivery-acknowledgement timeout, as the fault tests
+/// set it (both start the node, whichever runs first).
+const CONSUMER_TIMEOUT: &str = "consumer_timeout = 5000";
 
 fn record(queue: &str, id: &str, body: Value) -> Value {
     json!({"id": id, "topic": format!("{queue}.test"), "body": body})
@@ -133,7 +134,7 @@ fn a_publish_during_an_outage_waits_for_the_connection_and_nothing_is_lost() {
             "topic": format!("{derived}.out"), "body": {"n": 1},
         }}),
     ));
-    let proxy = Proxy::start("127.0.0.1:5672");
+    let proxy = Proxy::start(version().address);
     let dir = scratch();
     let conf = config_file(dir.path(), &queue_config_at(&proxy.url(), &source, ""));
     let mut consumer = Running::start(&mut scripted_consume(&conf));
@@ -223,13 +224,13 @@ fn a_publish_to_a_missing_exchange_is_returned() {
     broker.delete_queue(&source);
 }
 
-/// The fault node (127.0.0.1:5701), started if need be, one test at a time.
+/// The fault node, started if need be, one test at a time.
 fn fault_node() -> std::sync::MutexGuard<'static, ()> {
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let guard = SERIAL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    rabbitmq_node(&["start", FAULT_NODE, "5701", "consumer_timeout = 5000"]);
+    start_fault_node(&[CONSUMER_TIMEOUT]);
     guard
 }
 
@@ -237,7 +238,7 @@ fn fault_node() -> std::sync::MutexGuard<'static, ()> {
 fn publishing_through_a_broker_restart_loses_nothing() {
     let _serial = fault_node();
     const COUNT: usize = 200;
-    let broker = TestBroker::connect_to(FAULT_URL);
+    let broker = TestBroker::connect_to(&fault_url());
     let source = TestBroker::unique_name("publishing-restart");
     let derived = TestBroker::unique_name("publishing-restart-derived");
     broker.declare_queue(&source, FieldTable::default());
@@ -255,12 +256,12 @@ fn publishing_through_a_broker_restart_loses_nothing() {
     broker.publish(&record(&source, "end", json!({"do": "halt"})));
     drop(broker);
     let dir = scratch();
-    let conf = config_file(dir.path(), &queue_config_at(FAULT_URL, &source, ""));
+    let conf = config_file(dir.path(), &queue_config_at(&fault_url(), &source, ""));
     let mut consumer = Running::start(&mut scripted_consume(&conf));
     consumer.wait_for_count("published ", COUNT / 4, WAIT);
-    rabbitmq_node(&["stop", FAULT_NODE]);
-    rabbitmq_node(&["start", FAULT_NODE, "5701", "consumer_timeout = 5000"]);
-    let broker = TestBroker::connect_to(FAULT_URL);
+    stop_fault_node();
+    start_fault_node(&[CONSUMER_TIMEOUT]);
+    let broker = TestBroker::connect_to(&fault_url());
     // The last message halts the host: everything before it was consumed.
     let run = consumer.finish();
     assert_eq!(run.code(), 0, "{run:#?}");
@@ -297,28 +298,21 @@ struct MemoryAlarm;
 
 impl MemoryAlarm {
     fn raise() -> MemoryAlarm {
-        node_ctl(&["set_vm_memory_high_watermark", "0"]);
+        fault_node_ctl(&["set_vm_memory_high_watermark", "0"]);
         MemoryAlarm
     }
 }
 
 impl Drop for MemoryAlarm {
     fn drop(&mut self) {
-        node_ctl(&["set_vm_memory_high_watermark", "0.4"]);
+        fault_node_ctl(&["set_vm_memory_high_watermark", "0.4"]);
     }
-}
-
-fn node_ctl(args: &[&str]) -> String {
-    let node = format!("{FAULT_NODE}@localhost");
-    let mut full = vec!["-n", node.as_str()];
-    full.extend_from_slice(args);
-    rabbitmqctl(&full)
 }
 
 #[test]
 fn a_publish_a_blocked_broker_never_confirms_times_out() {
     let _serial = fault_node();
-    let broker = TestBroker::connect_to(FAULT_URL);
+    let broker = TestBroker::connect_to(&fault_url());
     let source = TestBroker::unique_name("publishing-blocked");
     // Declared and filled before the alarm blocks publishers.
     broker.declare_queue(&source, FieldTable::default());
@@ -329,7 +323,7 @@ fn a_publish_a_blocked_broker_never_confirms_times_out() {
     ));
     let _alarm = MemoryAlarm::raise();
     let dir = scratch();
-    let conf = config_file(dir.path(), &queue_config_at(FAULT_URL, &source, ""));
+    let conf = config_file(dir.path(), &queue_config_at(&fault_url(), &source, ""));
     let started = Instant::now();
     let run = run(&mut scripted_consume(&conf));
     let took = started.elapsed();
@@ -340,7 +334,7 @@ fn a_publish_a_blocked_broker_never_confirms_times_out() {
     assert_eq!(run.code(), 13, "{run:#?}");
     assert!(run.stdout.contains("publish failed: Timeout("), "{run:#?}");
     drop(_alarm);
-    TestBroker::connect_to(FAULT_URL).delete_queue(&source);
+    TestBroker::connect_to(&fault_url()).delete_queue(&source);
 }
 
 #[test]

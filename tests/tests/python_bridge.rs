@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use fm_e2e::broker::{AMQP_URL, TestBroker, dead_lettered_queue, queue_tables};
+use fm_e2e::broker::{TestBroker, dead_lettered_queue, queue_tables};
+use fm_e2e::nodes::amqp_url;
 use fm_e2e::process::Running;
 use fm_e2e::python::{bridge_venv, fedora_messaging_py};
 use fm_e2e::*;
@@ -67,8 +68,9 @@ fn ids_of(lines: &[Value]) -> Vec<&str> {
 /// fedora-messaging's configuration for `queue`, bound to `topics`: the
 /// same text serves both implementations.
 fn plain_config(queue: &str, topics: &str) -> String {
+    let url = amqp_url();
     format!(
-        "amqp_url = \"{AMQP_URL}\"\ncallback = \"fedora_messaging.example:printer\"\n\n{}",
+        "amqp_url = \"{url}\"\ncallback = \"fedora_messaging.example:printer\"\n\n{}",
         queue_tables(queue, topics)
     )
 }
@@ -309,12 +311,13 @@ fn sigterm_waits_for_the_python_callback_in_hand_then_stops_cleanly() {
 
 #[test]
 fn a_python_callback_that_cannot_be_imported_stops_the_host_at_once() {
+    let url = amqp_url();
     let dir = scratch();
     let out = dir.path().join("out.jsonl");
     let conf = config_file(
         dir.path(),
         &bridge_config(
-            &format!("amqp_url = \"{AMQP_URL}\"\n"),
+            &format!("amqp_url = \"{url}\"\n"),
             "no_such_module:Consumer",
             &out,
             "",

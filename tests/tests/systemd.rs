@@ -5,6 +5,7 @@ use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
 use fm_e2e::broker::{TestBroker, queue_config};
+use fm_e2e::nodes::version;
 use fm_e2e::*;
 use lapin::types::FieldTable;
 use serde_json::json;
@@ -153,7 +154,10 @@ fn ready_status_watchdog_and_stopping_reach_notify_socket() {
     assert!(!received.is_empty(), "nothing was sent: {run:#?}");
     assert_eq!(run.code(), 0, "{run:#?}");
     assert!(
-        received[0].starts_with("READY=1\nSTATUS=Connecting to amqp://guest@127.0.0.1:5672"),
+        received[0].starts_with(&format!(
+            "READY=1\nSTATUS=Connecting to amqp://guest@{}",
+            version().address
+        )),
         "{received:?}"
     );
     assert!(

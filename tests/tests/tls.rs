@@ -8,7 +8,8 @@ use std::process::Command;
 use std::sync::Once;
 use std::time::Duration;
 
-use fm_e2e::broker::{TestBroker, rabbitmqctl};
+use fm_e2e::broker::TestBroker;
+use fm_e2e::nodes::{node_ctl, rabbitmqctl, rabbitmqctl_if_it_can, start_node};
 use fm_e2e::process::Running;
 use fm_e2e::*;
 use serde_json::json;
@@ -45,31 +46,21 @@ fn tls_node() {
             "auth_mechanisms.2 = PLAIN".to_owned(),
             "ssl_cert_login_from = common_name".to_owned(),
         ];
-        let mut args = vec!["start", NODE, "5711"];
-        args.extend(settings.iter().map(String::as_str));
-        let status = Command::new(workspace_root().join("scripts/rabbitmq-node"))
-            .args(&args)
-            .env("FM_NODE_PLUGINS", "[rabbitmq_auth_mechanism_ssl].")
-            .status()
-            .expect("run scripts/rabbitmq-node");
-        assert!(status.success(), "the TLS node did not start");
+        let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+        start_node(
+            NODE,
+            5711,
+            &settings,
+            Some("[rabbitmq_auth_mechanism_ssl]."),
+        );
         let node = format!("{NODE}@localhost");
-        let _ = Command::new("rabbitmqctl")
-            .args(["-n", &node, "delete_user", CLIENT])
-            .output();
-        rabbitmqctl(&["-n", &node, "add_user", CLIENT, "unused"]);
-        rabbitmqctl(&["-n", &node, "clear_password", CLIENT]);
-        rabbitmqctl(&[
-            "-n",
-            &node,
-            "set_permissions",
-            "-p",
-            "/",
-            CLIENT,
-            ".*",
-            ".*",
-            ".*",
-        ]);
+        rabbitmqctl_if_it_can(&["-n", &node, "delete_user", CLIENT]);
+        node_ctl(NODE, &["add_user", CLIENT, "unused"]);
+        node_ctl(NODE, &["clear_password", CLIENT]);
+        node_ctl(
+            NODE,
+            &["set_permissions", "-p", "/", CLIENT, ".*", ".*", ".*"],
+        );
     });
 }
 
