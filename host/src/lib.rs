@@ -34,6 +34,7 @@ pub mod publish;
 pub mod publisher;
 pub mod reconsume;
 pub mod record;
+pub mod refusals;
 pub mod stop;
 pub mod tls;
 pub mod topology;

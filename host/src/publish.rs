@@ -20,6 +20,7 @@ use crate::broker::{Broker, ConnectError};
 use crate::config::Config;
 use crate::exit::{Exit, Fatal};
 use crate::reconsume;
+use crate::refusals::RefusalRound;
 use crate::topology::{broker_code, broker_reply};
 use crate::wire::{self, RecordMessage, read_record_file};
 
@@ -147,13 +148,20 @@ fn refusal(exchange: &str, id: &str, error: lapin::Error) -> Fatal {
 
 async fn connect_within(broker: &Broker, deadline: Instant) -> Result<lapin::Connection, Fatal> {
     let mut delay = Duration::from_millis(500);
+    let mut refusals = RefusalRound::new(broker.node_count());
     loop {
         match broker.connect().await {
             Ok(connection) => return Ok(connection),
             Err(refusal @ (ConnectError::Refused(_) | ConnectError::Untrusted(_))) => {
-                return Err(Fatal::new(Exit::Error, broker.refusal(&refusal)));
+                let line = broker.refusal(&refusal);
+                refusals
+                    .refused(line.clone())
+                    .map_err(|every| Fatal::new(Exit::Error, every))?;
+                log::warn!("{line}; trying the next node");
+                broker.next_node();
             }
             Err(ConnectError::Unreachable(reason)) => {
+                refusals.broken();
                 if Instant::now() + delay > deadline {
                     return Err(Fatal::new(
                         Exit::PublishTimeout,

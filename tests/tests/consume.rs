@@ -683,6 +683,71 @@ fn exit_14_on_bad_credentials() {
     assert!(run.stderr.contains("ACCESS_REFUSED"), "{run:#?}");
 }
 
+/// `amqp_urls` naming the test broker three times (three nodes to the
+/// host): as guest with a wrong password, as a user whose connection limit
+/// is 0, and then `last` (if any), consuming `queue`.
+fn refusing_nodes(queue: &str, last: Option<&str>) -> String {
+    static LIMITED_USER: std::sync::Once = std::sync::Once::new();
+    LIMITED_USER.call_once(|| {
+        ensure_user("fm-e2e-limited", "secret", Some([".*", ".*", ".*"]));
+        rabbitmqctl(&[
+            "set_user_limits",
+            "fm-e2e-limited",
+            r#"{"max-connections": 0}"#,
+        ]);
+    });
+    let address = version().address;
+    let mut urls = vec![
+        format!("\"amqp://guest:wrong@{address}/%2F\""),
+        format!("\"amqp://fm-e2e-limited:secret@{address}/%2F\""),
+    ];
+    urls.extend(last.map(|url| format!("{url:?}")));
+    queue_config(queue, "").replace(
+        &format!("amqp_url = \"{}\"", amqp_url()),
+        &format!("amqp_urls = [{}]", urls.join(", ")),
+    )
+}
+
+#[test]
+fn a_node_that_refuses_is_passed_over_for_the_next_of_amqp_urls() {
+    let broker = TestBroker::connect();
+    let queue = TestBroker::unique_name("refusing-nodes");
+    broker.declare_queue(&queue, FieldTable::default());
+    broker.publish(&json!({"id": "m1", "topic": format!("{queue}.test"), "body": {"do": "halt"}}));
+    let dir = scratch();
+    let conf = config_file(dir.path(), &refusing_nodes(&queue, Some(amqp_url())));
+    let run = consume(&conf, &scripted());
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert!(run.stdout.contains("message #1 (m1)"), "{run:#?}");
+    let log = format!("{}{}", run.stdout, run.stderr);
+    assert!(log.contains("ACCESS_REFUSED"), "{run:#?}");
+    assert!(log.contains("connection limit"), "{run:#?}");
+    assert!(log.contains("(node 3 of 3)"), "{run:#?}");
+    broker.delete_queue(&queue);
+}
+
+#[test]
+fn exit_14_only_when_every_node_of_amqp_urls_refuses_naming_each_reason() {
+    let dir = scratch();
+    let conf = config_file(
+        dir.path(),
+        &refusing_nodes(&TestBroker::unique_name("all-refuse"), None),
+    );
+    let run = consume(&conf, &scripted());
+    assert_eq!(run.code(), 14, "{run:#?}");
+    let line = run
+        .stderr
+        .lines()
+        .find(|line| line.contains("every node of amqp_urls refused"))
+        .unwrap_or_else(|| panic!("no line for the whole round: {run:#?}"));
+    assert!(line.contains("ACCESS_REFUSED"), "{line}");
+    assert!(line.contains("connection limit"), "{line}");
+    assert!(
+        line.contains("(node 1 of 2)") && line.contains("(node 2 of 2)"),
+        "{line}"
+    );
+}
+
 #[test]
 fn exit_14_without_access_to_the_vhost() {
     ensure_user("fm-e2e-novhost", "secret", None);

@@ -65,6 +65,7 @@ use crate::broker::{Backoff, Broker, ConnectError};
 use crate::exit::{Exit, Fatal};
 use crate::monitor::Stats;
 use crate::publisher;
+use crate::refusals::RefusalRound;
 use crate::stop::StopRequest;
 use crate::topology::Topology;
 use consuming::{Channels, Reopening};
@@ -254,10 +255,12 @@ impl Engine {
     }
 
     /// Connects, retrying without limit while the broker is unreachable,
-    /// until it answers. A refusal ends the retries at once: trying again
-    /// cannot change it. `Ok(None)`: the lifecycle stopped running first.
+    /// until it answers. A refusal moves on to the next node at once; one
+    /// from every node in a row ends the retries ([`RefusalRound`]).
+    /// `Ok(None)`: the lifecycle stopped running first.
     async fn connect(&mut self) -> Result<Option<Connection>, Fatal> {
         let mut attempt = 1u64;
+        let mut refusals = RefusalRound::new(self.broker.node_count());
         loop {
             let describe = self.broker.describe();
             log::info!("Connecting to {describe} (attempt {attempt})");
@@ -274,9 +277,16 @@ impl Engine {
                     return Ok(Some(connection));
                 }
                 Err(refusal @ (ConnectError::Refused(_) | ConnectError::Untrusted(_))) => {
-                    return Err(Fatal::new(Exit::Connection, self.broker.refusal(&refusal)));
+                    let line = self.broker.refusal(&refusal);
+                    if let Err(every) = refusals.refused(line.clone()) {
+                        return Err(Fatal::new(Exit::Connection, every));
+                    }
+                    let next = self.to_next_node();
+                    log::warn!("{line}; trying{next}");
+                    attempt += 1;
                 }
                 Err(ConnectError::Unreachable(reason)) => {
+                    refusals.broken();
                     let next = self.to_next_node();
                     let waited = self
                         .back_off(
