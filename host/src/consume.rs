@@ -16,6 +16,7 @@
 use std::sync::Arc;
 
 use crate::broker::Broker;
+use crate::broker_rules;
 use crate::config::{Config, LIMIT_CREDENTIAL};
 use crate::engine::handler::Handler;
 use crate::engine::limit::Policy;
@@ -87,6 +88,10 @@ pub fn run_with(
         log::warn!("qos.prefetch_size is not supported by RabbitMQ; using 0");
     }
     let delivery_limit = delivery_limit(config, &topology)?;
+    let limit_max = config.delivery_limit.as_ref().map(|limit| limit.max);
+    for warning in broker_rules::warnings(&topology, limit_max) {
+        log::warn!("{warning}");
+    }
     let (consumer, consumers) = build()?;
     let prefetch_count = prefetch_for(config.qos.prefetch_count, consumers.len());
     let stop = StopRequest::on_signals().map_err(|error| {
@@ -194,14 +199,7 @@ fn delivery_limit(config: &Config, topology: &Topology) -> Result<Option<Policy>
     let quorum_queues = topology
         .queues
         .iter()
-        .filter(|queue| {
-            queue
-                .settings
-                .arguments
-                .get("x-queue-type")
-                .and_then(|kind| kind.as_str())
-                == Some("quorum")
-        })
+        .filter(|queue| queue.is_quorum())
         .map(|queue| queue.name.clone())
         .collect();
     Ok(Some(Policy {

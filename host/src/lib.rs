@@ -17,6 +17,7 @@
 
 pub mod amqp_url;
 pub mod broker;
+pub mod broker_rules;
 pub mod cli;
 pub mod config;
 pub mod consume;

@@ -48,6 +48,17 @@ pub struct QueueSpec {
     pub bindings: Vec<BindingSpec>,
 }
 
+impl QueueSpec {
+    /// Whether its arguments make it a quorum queue.
+    pub fn is_quorum(&self) -> bool {
+        self.settings
+            .arguments
+            .get("x-queue-type")
+            .and_then(|kind| kind.as_str())
+            == Some("quorum")
+    }
+}
+
 /// One `queue.bind`: a binding with one of its routing keys.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BindingSpec {

@@ -749,6 +749,55 @@ fn exit_14_only_when_every_node_of_amqp_urls_refuses_naming_each_reason() {
 }
 
 #[test]
+fn queues_that_rabbitmq_4_treats_badly_are_warned_of_at_start() {
+    let broker = TestBroker::connect();
+    let quorum = TestBroker::unique_name("quorum-unlimited");
+    let transient = TestBroker::unique_name("transient");
+    let dir = scratch();
+    let table = |queue: &str, settings: &str| {
+        format!(
+            "[queues.\"{queue}\"]\n{settings}\n\n[[bindings]]\nqueue = \"{queue}\"\nexchange = \"amq.topic\"\nrouting_keys = [\"{queue}.#\"]\n"
+        )
+    };
+    let conf = config_file(
+        dir.path(),
+        &format!(
+            "amqp_url = \"{}\"\n{}{}",
+            amqp_url(),
+            table(
+                &quorum,
+                "durable = true\nauto_delete = false\nexclusive = false\narguments = {\"x-queue-type\" = \"quorum\"}"
+            ),
+            table(
+                &transient,
+                "durable = false\nauto_delete = true\nexclusive = false\narguments = {}"
+            ),
+        ),
+    );
+    let mut consumer = Running::start(fedora_messaging().arg("--conf").arg(&conf).args([
+        "consume",
+        "--callback",
+        &scripted(),
+    ]));
+    let warned = consumer.wait_for("is a quorum queue with neither", WAIT);
+    assert!(
+        warned.contains(&quorum) && warned.contains("20 deliveries"),
+        "{warned}"
+    );
+    let warned = consumer.wait_for("has durable = false and exclusive = false", WAIT);
+    assert!(
+        warned.contains(&transient) && warned.contains("transient_nonexcl_queues"),
+        "{warned}"
+    );
+    // The host works all the same, with both queues.
+    consumer.wait_for_count("Consuming messages from queue", 2, WAIT);
+    broker.publish(&json!({"id": "m1", "topic": format!("{quorum}.test"), "body": {"do": "halt"}}));
+    let run = consumer.finish();
+    assert_eq!(run.code(), 0, "{run:#?}");
+    broker.delete_queue(&quorum);
+}
+
+#[test]
 fn exit_14_without_access_to_the_vhost() {
     ensure_user("fm-e2e-novhost", "secret", None);
     let dir = scratch();
