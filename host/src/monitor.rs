@@ -3,11 +3,11 @@
 //!
 //! - `GET /live` → `{"status": "OK"}`
 //! - `GET /ready` → `{"consuming": bool, "node": "host:port" or null,
-//!   "published": N, "consumed": {"received", "processed", "dropped",
-//!   "rejected", "failed"}}`
-//! - `GET /metrics` → the same counters, the broker node connected to, the
-//!   reconnect count and, per outcome, a histogram of how long the
-//!   consumer took.
+//!   "blocked": the broker's reason or null, "published": N, "consumed":
+//!   {"received", "processed", "dropped", "rejected", "failed"}}`
+//! - `GET /metrics` → the same counters, the broker node connected to,
+//!   whether the broker blocks the connection, the reconnect count and,
+//!   per outcome, a histogram of how long the consumer took.
 //!
 //! The server ([`serve`]) runs on a thread of its own and holds against
 //! abuse: slow, idle or endless requests cannot delay another client's
@@ -40,12 +40,23 @@ const BUCKETS: [f64; 12] = [
 /// The outcome labels, in the order of [`Stats::durations`].
 const OUTCOMES: [&str; 5] = ["ack", "nack", "drop", "halt", "failed"];
 
+/// A value only ever replaced whole: a panic elsewhere cannot leave it
+/// torn, so a poisoned lock is used as it is.
+fn replaced_whole<T>(value: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    value
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// What the host counts while it consumes; shared with the server thread.
 #[derive(Default)]
 pub struct Stats {
     consuming: AtomicBool,
     /// The broker node connected to (`host:port`), if any.
     node: Mutex<Option<String>>,
+    /// Why the broker blocks the connection (a memory or disk alarm), while
+    /// it does.
+    blocked: Mutex<Option<String>>,
     received: AtomicU64,
     processed: AtomicU64,
     dropped: AtomicU64,
@@ -85,10 +96,13 @@ impl Stats {
     }
 
     fn node(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        // Only ever replaced whole: a panic elsewhere cannot leave it torn.
-        self.node
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        replaced_whole(&self.node)
+    }
+
+    /// The broker's reason for blocking the connection, or `None` once it
+    /// no longer does (or the connection is gone).
+    pub fn set_blocked(&self, reason: Option<String>) {
+        *replaced_whole(&self.blocked) = reason;
     }
 
     /// A checked message is about to be handed to the consumer.
@@ -190,6 +204,7 @@ impl Stats {
         serde_json::json!({
             "consuming": self.consuming.load(Ordering::Relaxed),
             "node": *self.node(),
+            "blocked": *replaced_whole(&self.blocked),
             "published": get(&self.published),
             "consumed": {
                 "received": get(&self.received),
@@ -219,6 +234,12 @@ impl Stats {
                 node.replace('\\', "\\\\").replace('"', "\\\"")
             ));
         }
+        out.push_str("# HELP fedora_messaging_connection_blocked Whether the broker blocks the connection (a memory or disk alarm).\n");
+        out.push_str("# TYPE fedora_messaging_connection_blocked gauge\n");
+        out.push_str(&format!(
+            "fedora_messaging_connection_blocked {}\n",
+            u8::from(replaced_whole(&self.blocked).is_some())
+        ));
         out.push_str("# HELP fedora_messaging_received_total Messages handed to the consumer.\n");
         out.push_str("# TYPE fedora_messaging_received_total counter\n");
         out.push_str(&format!(

@@ -79,6 +79,7 @@ fn health_and_metrics_while_consuming() {
         json!({
             "consuming": true,
             "node": version().address,
+            "blocked": null,
             "published": 0,
             "consumed": {"received": 3, "processed": 1, "dropped": 1, "rejected": 0, "failed": 0}
         })

@@ -309,6 +309,63 @@ impl Drop for MemoryAlarm {
     }
 }
 
+/// Polls `port`'s `path` until its answer contains `wanted`.
+fn wait_for_answer(port: u16, path: &str, wanted: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let answer = http_get(port, path);
+        if answer.contains(wanted) {
+            return answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} never said {wanted:?}: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_blocked_connection_is_said_in_the_log_ready_and_metrics_until_the_block_lifts() {
+    let _serial = fault_node();
+    let broker = TestBroker::connect_to(&fault_url());
+    let source = TestBroker::unique_name("publishing-blocked-seen");
+    broker.declare_queue(&source, FieldTable::default());
+    broker.publish(&record(
+        &source,
+        "m1",
+        json!({"do": "publish", "publish": {"topic": "t", "body": {}, "timeout_ms": 60000}}),
+    ));
+    broker.publish(&record(&source, "m2", json!({"do": "halt"})));
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let dir = scratch();
+    let conf = config_file(
+        dir.path(),
+        &queue_config_at(
+            &fault_url(),
+            &source,
+            &format!("[monitoring]\naddress = \"127.0.0.1\"\nport = {port}"),
+        ),
+    );
+    let alarm = MemoryAlarm::raise();
+    let mut consumer = Running::start(&mut scripted_consume(&conf));
+    let line = consumer.wait_for("The broker blocked the connection", WAIT);
+    assert!(line.contains("memory"), "the broker's reason: {line}");
+    let ready = wait_for_answer(port, "/ready", "\"blocked\":\"");
+    assert!(ready.contains("low on memory"), "{ready}");
+    wait_for_answer(port, "/metrics", "fedora_messaging_connection_blocked 1\n");
+    drop(alarm);
+    consumer.wait_for("The broker lifted its block of the connection", WAIT);
+    let run = consumer.finish();
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert!(run.stdout.contains("published "), "{run:#?}");
+    assert!(!run.stdout.contains("Lost the connection"), "{run:#?}");
+    broker.delete_queue(&source);
+}
+
 #[test]
 fn a_publish_a_blocked_broker_never_confirms_times_out() {
     let _serial = fault_node();

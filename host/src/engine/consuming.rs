@@ -58,7 +58,38 @@ enum Event {
     HeldDue,
 }
 
+/// `STATUS=` while consuming from `queues`.
+pub(super) fn consuming_status(queues: &[impl AsRef<str>]) -> String {
+    let queues: Vec<String> = queues
+        .iter()
+        .map(|queue| format!("{:?}", queue.as_ref()))
+        .collect();
+    format!("Consuming from {}", queues.join(", "))
+}
+
 impl Core {
+    /// The broker blocked the connection (a memory or disk alarm: it stops
+    /// reading from a connection that publishes), or lifted the block.
+    /// Said once each way: in the log, `STATUS=`, `/ready` and `/metrics`.
+    fn blocked(&mut self, queues: &[Arc<str>], reason: Option<String>) {
+        let consuming = consuming_status(queues);
+        match &reason {
+            Some(reason) => {
+                log::warn!(
+                    "The broker blocked the connection: {reason}; until it lifts the block, what the host publishes waits"
+                );
+                self.pulse.status(&format!(
+                    "{consuming}; the broker blocks the connection: {reason}"
+                ));
+            }
+            None => {
+                log::info!("The broker lifted its block of the connection");
+                self.pulse.status(&consuming);
+            }
+        }
+        self.stats.set_blocked(reason);
+    }
+
     /// Dispatches deliveries and settles outcomes until the lifecycle
     /// stops or the channels end. The ledger is retired when this returns.
     pub(super) async fn consume(&mut self, channels: &mut Channels<'_>) -> ChannelsEnd {
@@ -242,6 +273,12 @@ impl Core {
                             log::debug!("a channel this set-up does not consume on failed: {error}")
                         }
                     }
+                }
+                Event::Connection(Some(lapin::Event::ConnectionBlocked(reason))) => {
+                    self.blocked(channels.ledger.names(), Some(reason));
+                }
+                Event::Connection(Some(lapin::Event::ConnectionUnblocked)) => {
+                    self.blocked(channels.ledger.names(), None);
                 }
                 Event::Connection(Some(_)) => {}
                 Event::Connection(None) => events = None,

@@ -198,6 +198,7 @@ impl Engine {
             publisher::service().disconnected();
             self.core.stats.set_consuming(false);
             self.core.stats.set_node(None);
+            self.core.stats.set_blocked(None);
             // Deliveries of a closed connection cannot be settled; the
             // broker delivers them again.
             self.core.pending.clear();
@@ -340,15 +341,9 @@ impl Engine {
         self.consumed_once = true;
         self.backoff.consuming();
         self.core.stats.set_consuming(true);
-        self.core.pulse.status(&format!(
-            "Consuming from {}",
-            opened
-                .names
-                .iter()
-                .map(|queue| format!("{queue:?}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        self.core
+            .pulse
+            .status(&consuming::consuming_status(&opened.names));
         let streams = opened
             .streams
             .into_iter()
