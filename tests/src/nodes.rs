@@ -8,7 +8,7 @@
 //! process exits, whether its tests passed or not.
 
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 /// One broker version's main node and fault node.
 #[derive(Debug)]
@@ -142,9 +142,47 @@ pub fn stop_node(name: &str) {
     assert!(status.success(), "scripts/rabbitmq-node stop {name} failed");
 }
 
-/// Starts the fault node, if it is not running, with `settings`.
-pub fn start_fault_node(settings: &[&str]) {
-    start_node(version().fault_node, version().fault_port, settings, None);
+/// The fault node's delivery-acknowledgement timeout, short enough to
+/// test (RabbitMQ 3.10 checks it about once a minute).
+const FAULT_NODE_SETTINGS: [&str; 1] = ["consumer_timeout = 5000"];
+
+/// Starts the fault node, if it is not running.
+pub fn start_fault_node() {
+    start_node(
+        version().fault_node,
+        version().fault_port,
+        &FAULT_NODE_SETTINGS,
+        None,
+    );
+}
+
+/// Starts the fault node if need be, and keeps this process's other tests
+/// of it out while the guard lives: some stop the node, or raise its
+/// alarms.
+pub fn fault_node_alone() -> MutexGuard<'static, ()> {
+    static ALONE: Mutex<()> = Mutex::new(());
+    let guard = ALONE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    start_fault_node();
+    guard
+}
+
+/// The fault node's memory alarm, raised (a watermark of 0) until dropped:
+/// the broker blocks every connection that publishes.
+pub struct MemoryAlarm;
+
+impl MemoryAlarm {
+    pub fn raise() -> MemoryAlarm {
+        fault_node_ctl(&["set_vm_memory_high_watermark", "0"]);
+        MemoryAlarm
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        fault_node_ctl(&["set_vm_memory_high_watermark", "0.4"]);
+    }
 }
 
 pub fn stop_fault_node() {

@@ -9,35 +9,19 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use fm_e2e::broker::{TestBroker, queue_config_at};
-use fm_e2e::nodes::{fault_node_ctl, fault_url, start_fault_node, stop_fault_node};
+use fm_e2e::nodes::{
+    fault_node_alone, fault_node_ctl, fault_url, start_fault_node, stop_fault_node,
+};
 use fm_e2e::process::Running;
 use fm_e2e::*;
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
-/// The fault node's delivery-acknowledgement timeout (RabbitMQ 3.10 checks
-/// it about once a minute).
-const CONSUMER_TIMEOUT: &str = "consumer_timeout = 5000";
 const PREFETCH: usize = 10;
-
-/// Starts the fault node if needed and keeps the other fault tests out.
-fn fault_node() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    let guard = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    start_node();
-    guard
-}
-
-fn start_node() {
-    start_fault_node(&[CONSUMER_TIMEOUT]);
-}
 
 fn record(queue: &str, id: &str, body: Value) -> Value {
     json!({"id": id, "topic": format!("{queue}.test"), "body": body})
@@ -121,7 +105,7 @@ fn lost<'a>(published: &'a [String], saved: &[String]) -> Vec<&'a String> {
 
 #[test]
 fn broker_restarts_mid_stream_lose_nothing() {
-    let _serial = fault_node();
+    let _alone = fault_node_alone();
     // Enough that the host still has messages to take once the second
     // restart has taken effect, on a broker that delivers fast (RabbitMQ
     // 4's classic queues: 10,000 were all consumed during a 2 s stop).
@@ -140,7 +124,7 @@ fn broker_restarts_mid_stream_lose_nothing() {
             at_stop < published.len(),
             "consumption ended before restart {restart} took effect: the test proves nothing"
         );
-        start_node();
+        start_fault_node();
         let back = Instant::now();
         consumer.wait_for_count("Consuming messages from queue", restart + 1, WAIT);
         resume_times.push(back.elapsed());
@@ -186,7 +170,7 @@ fn broker_restarts_mid_stream_lose_nothing() {
 
 #[test]
 fn a_host_killed_mid_stream_and_restarted_loses_nothing() {
-    let _serial = fault_node();
+    let _alone = fault_node_alone();
     let (queue, published) = filled_queue("sigkill", 3_000);
     let dir = scratch();
     let (mut first, saved) = saver(dir.path(), &queue);
@@ -223,7 +207,7 @@ fn a_host_killed_mid_stream_and_restarted_loses_nothing() {
 
 #[test]
 fn connections_closed_by_the_broker_are_reopened() {
-    let _serial = fault_node();
+    let _alone = fault_node_alone();
     let (queue, _) = filled_queue("closed", 0);
     let dir = scratch();
     let mut consumer = scripted_consumer(dir.path(), &queue);
@@ -247,7 +231,7 @@ fn connections_closed_by_the_broker_are_reopened() {
 /// connections keep dying young.
 #[test]
 fn connections_that_die_young_are_remade_after_growing_waits() {
-    let _serial = fault_node();
+    let _alone = fault_node_alone();
     let (queue, _) = filled_queue("die-young", 0);
     let dir = scratch();
     let mut consumer = scripted_consumer(dir.path(), &queue);
@@ -291,7 +275,7 @@ fn connections_that_die_young_are_remade_after_growing_waits() {
 
 #[test]
 fn a_channel_closed_by_the_acknowledgement_timeout_is_reopened() {
-    let _serial = fault_node();
+    let _alone = fault_node_alone();
     let broker = TestBroker::connect_to(&fault_url());
     let queue = TestBroker::unique_name("ack-timeout");
     broker.declare_queue(&queue, FieldTable::default());
@@ -331,7 +315,7 @@ fn a_channel_closed_by_the_acknowledgement_timeout_is_reopened() {
 
 #[test]
 fn a_passive_redeclare_of_a_queue_not_back_yet_is_retried() {
-    let _serial = fault_node();
+    let _alone = fault_node_alone();
     // A queue that does not survive the broker's restart, consumed with
     // passive declares: after the restart it is missing until someone
     // declares it again, and the host must wait for that, not die.
@@ -352,7 +336,7 @@ fn a_passive_redeclare_of_a_queue_not_back_yet_is_retried() {
     ]));
     consumer.wait_for_count("Consuming messages from queue", 1, WAIT);
     stop_fault_node();
-    start_node();
+    start_fault_node();
     consumer.wait_for_count("404 NOT_FOUND", 2, WAIT);
     declare();
     consumer.wait_for_count("Consuming messages from queue", 2, WAIT);

@@ -7,7 +7,9 @@
 use std::time::{Duration, Instant};
 
 use fm_e2e::broker::{TestBroker, ensure_user, queue_config, queue_config_at};
-use fm_e2e::nodes::{fault_node_ctl, fault_url, start_fault_node, stop_fault_node, version};
+use fm_e2e::nodes::{
+    MemoryAlarm, fault_node_alone, fault_url, start_fault_node, stop_fault_node, version,
+};
 use fm_e2e::process::Running;
 use fm_e2e::proxy::Proxy;
 use fm_e2e::python::fedora_messaging_py;
@@ -16,9 +18,6 @@ use lapin::types::FieldTable;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
-/// The fault node's delivery-acknowledgement timeout, as the fault tests
-/// set it (both start the node, whichever runs first).
-const CONSUMER_TIMEOUT: &str = "consumer_timeout = 5000";
 
 fn record(queue: &str, id: &str, body: Value) -> Value {
     json!({"id": id, "topic": format!("{queue}.test"), "body": body})
@@ -224,19 +223,9 @@ fn a_publish_to_a_missing_exchange_is_returned() {
     broker.delete_queue(&source);
 }
 
-/// The fault node, started if need be, one test at a time.
-fn fault_node() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let guard = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    start_fault_node(&[CONSUMER_TIMEOUT]);
-    guard
-}
-
 #[test]
 fn publishing_through_a_broker_restart_loses_nothing() {
-    let _serial = fault_node();
+    let _alone = fault_node_alone();
     const COUNT: usize = 200;
     let broker = TestBroker::connect_to(&fault_url());
     let source = TestBroker::unique_name("publishing-restart");
@@ -260,7 +249,7 @@ fn publishing_through_a_broker_restart_loses_nothing() {
     let mut consumer = Running::start(&mut scripted_consume(&conf));
     consumer.wait_for_count("published ", COUNT / 4, WAIT);
     stop_fault_node();
-    start_fault_node(&[CONSUMER_TIMEOUT]);
+    start_fault_node();
     let broker = TestBroker::connect_to(&fault_url());
     // The last message halts the host: everything before it was consumed.
     let run = consumer.finish();
@@ -293,82 +282,9 @@ fn publishing_through_a_broker_restart_loses_nothing() {
     broker.delete_queue(&derived);
 }
 
-/// Sets the fault node's memory watermark back when dropped.
-struct MemoryAlarm;
-
-impl MemoryAlarm {
-    fn raise() -> MemoryAlarm {
-        fault_node_ctl(&["set_vm_memory_high_watermark", "0"]);
-        MemoryAlarm
-    }
-}
-
-impl Drop for MemoryAlarm {
-    fn drop(&mut self) {
-        fault_node_ctl(&["set_vm_memory_high_watermark", "0.4"]);
-    }
-}
-
-/// Polls `port`'s `path` until its answer contains `wanted`.
-fn wait_for_answer(port: u16, path: &str, wanted: &str) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let answer = http_get(port, path);
-        if answer.contains(wanted) {
-            return answer;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{path} never said {wanted:?}: {answer}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-#[test]
-fn a_blocked_connection_is_said_in_the_log_ready_and_metrics_until_the_block_lifts() {
-    let _serial = fault_node();
-    let broker = TestBroker::connect_to(&fault_url());
-    let source = TestBroker::unique_name("publishing-blocked-seen");
-    broker.declare_queue(&source, FieldTable::default());
-    broker.publish(&record(
-        &source,
-        "m1",
-        json!({"do": "publish", "publish": {"topic": "t", "body": {}, "timeout_ms": 60000}}),
-    ));
-    broker.publish(&record(&source, "m2", json!({"do": "halt"})));
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let dir = scratch();
-    let conf = config_file(
-        dir.path(),
-        &queue_config_at(
-            &fault_url(),
-            &source,
-            &format!("[monitoring]\naddress = \"127.0.0.1\"\nport = {port}"),
-        ),
-    );
-    let alarm = MemoryAlarm::raise();
-    let mut consumer = Running::start(&mut scripted_consume(&conf));
-    let line = consumer.wait_for("The broker blocked the connection", WAIT);
-    assert!(line.contains("memory"), "the broker's reason: {line}");
-    let ready = wait_for_answer(port, "/ready", "\"blocked\":\"");
-    assert!(ready.contains("low on memory"), "{ready}");
-    wait_for_answer(port, "/metrics", "fedora_messaging_connection_blocked 1\n");
-    drop(alarm);
-    consumer.wait_for("The broker lifted its block of the connection", WAIT);
-    let run = consumer.finish();
-    assert_eq!(run.code(), 0, "{run:#?}");
-    assert!(run.stdout.contains("published "), "{run:#?}");
-    assert!(!run.stdout.contains("Lost the connection"), "{run:#?}");
-    broker.delete_queue(&source);
-}
-
 #[test]
 fn a_publish_a_blocked_broker_never_confirms_times_out() {
-    let _serial = fault_node();
+    let _alone = fault_node_alone();
     let broker = TestBroker::connect_to(&fault_url());
     let source = TestBroker::unique_name("publishing-blocked");
     // Declared and filled before the alarm blocks publishers.

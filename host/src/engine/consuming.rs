@@ -23,6 +23,8 @@ use crate::outcome::Next;
 /// One connection's channels while the engine consumes on them.
 pub(super) struct Channels<'c> {
     pub connection: &'c Connection,
+    /// Where the host publishes: a connection of its own, or the same.
+    pub publishing: &'c Connection,
     /// Settles on the channels.
     pub ledger: Ledger,
     /// What the consumer threads read.
@@ -48,6 +50,8 @@ enum Event {
     Taken(Taken),
     /// lapin's word on the connection; `None` once it says no more.
     Connection(Option<lapin::Event>),
+    /// lapin's word on the publishing connection, when it is another.
+    Publishing(Option<lapin::Event>),
     StopRequested,
     Tick,
     /// News from the in-flight tokens ([`Core::in_flight_news`]).
@@ -68,23 +72,34 @@ pub(super) fn consuming_status(queues: &[impl AsRef<str>]) -> String {
 }
 
 impl Core {
-    /// The broker blocked the connection (a memory or disk alarm: it stops
-    /// reading from a connection that publishes), or lifted the block.
-    /// Said once each way: in the log, `STATUS=`, `/ready` and `/metrics`.
-    fn blocked(&mut self, queues: &[Arc<str>], reason: Option<String>) {
-        let consuming = consuming_status(queues);
+    /// The broker blocked a connection (a memory or disk alarm: it stops
+    /// reading from a connection that publishes), or lifted the block;
+    /// `consuming` when it is the one the host consumes on too. Said once
+    /// each way: in the log, `STATUS=`, `/ready` and `/metrics`.
+    fn blocked(&mut self, queues: &[Arc<str>], reason: Option<String>, consuming: bool) {
+        let status = consuming_status(queues);
         match &reason {
-            Some(reason) => {
+            Some(reason) if consuming => {
                 log::warn!(
-                    "The broker blocked the connection: {reason}; until it lifts the block, what the host publishes waits"
+                    "The broker blocked the connection: {reason}; until it lifts the block, what the host publishes and its acknowledgements wait"
                 );
                 self.pulse.status(&format!(
-                    "{consuming}; the broker blocks the connection: {reason}"
+                    "{status}; the broker blocks the connection: {reason}"
                 ));
+            }
+            Some(reason) => {
+                log::warn!(
+                    "The broker blocked the publishing connection: {reason}; consuming and acknowledging go on, and what the host publishes (the delivery limit's copies and dead letters, consumers' messages) waits until it lifts the block"
+                );
+                self.pulse
+                    .status(&format!("{status}; the broker blocks publishing: {reason}"));
             }
             None => {
                 log::info!("The broker lifted its block of the connection");
-                self.pulse.status(&consuming);
+                self.pulse.status(&status);
+                // Dead letters kept while it lasted go out now, not after
+                // their doubling wait.
+                self.held.dead_letters_due(Instant::now());
             }
         }
         self.stats.set_blocked(reason);
@@ -140,6 +155,8 @@ impl Core {
         // nothing else in the host may listen to them, or the two would
         // take each other's events.
         let mut events = Some(connection.events_listener().boxed());
+        let mut publishing_events = (!std::ptr::eq(channels.publishing, connection))
+            .then(|| channels.publishing.events_listener().boxed());
         loop {
             self.turn();
             while self.lifecycle.is_running() && self.workers.has_room() {
@@ -191,6 +208,12 @@ impl Core {
             .or(async {
                 match events.as_mut() {
                     Some(events) => Event::Connection(events.next().await),
+                    None => futures_lite::future::pending().await,
+                }
+            })
+            .or(async {
+                match publishing_events.as_mut() {
+                    Some(events) => Event::Publishing(events.next().await),
                     None => futures_lite::future::pending().await,
                 }
             })
@@ -275,12 +298,27 @@ impl Core {
                     }
                 }
                 Event::Connection(Some(lapin::Event::ConnectionBlocked(reason))) => {
-                    self.blocked(channels.ledger.names(), Some(reason));
+                    self.blocked(channels.ledger.names(), Some(reason), true);
                 }
-                Event::Connection(Some(lapin::Event::ConnectionUnblocked)) => {
-                    self.blocked(channels.ledger.names(), None);
+                Event::Publishing(Some(lapin::Event::ConnectionBlocked(reason))) => {
+                    self.blocked(channels.ledger.names(), Some(reason), false);
                 }
-                Event::Connection(Some(_)) => {}
+                Event::Connection(Some(lapin::Event::ConnectionUnblocked))
+                | Event::Publishing(Some(lapin::Event::ConnectionUnblocked)) => {
+                    self.blocked(channels.ledger.names(), None, false);
+                }
+                Event::Publishing(Some(lapin::Event::Error(error))) => {
+                    if !channels.publishing.status().connected() {
+                        return ChannelsEnd::ConnectionLost(format!(
+                            "the publishing connection failed: {error}"
+                        ));
+                    }
+                    // The delivery limit's channel: its next copy fails
+                    // and opens another. (Consumers' channels mend alone.)
+                    log::debug!("a publishing channel failed: {error}");
+                }
+                Event::Publishing(None) => publishing_events = None,
+                Event::Connection(Some(_)) | Event::Publishing(Some(_)) => {}
                 Event::Connection(None) => events = None,
                 Event::StopRequested => {
                     if self.lifecycle.stop_requested() {

@@ -95,6 +95,16 @@ impl HeldDeliveries {
         due
     }
 
+    /// Makes every dead letter waiting for another try due by `now`: what
+    /// kept them (a blocked connection) has just ended.
+    pub fn dead_letters_due(&mut self, now: Instant) {
+        for held in &mut self.held {
+            if matches!(held.hold, Hold::DeadLetter { .. }) {
+                held.due = held.due.map(|due| due.min(now));
+            }
+        }
+    }
+
     /// Every delivery held, no longer held.
     pub fn take_all(&mut self) -> Vec<Held> {
         std::mem::take(&mut self.held)

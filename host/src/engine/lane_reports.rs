@@ -188,7 +188,7 @@ impl Core {
                         let opening = bounded_for(
                             "opening a channel for [delivery_limit]",
                             SETUP_STEP,
-                            session::open_publisher(channels.connection, &limit),
+                            session::open_publisher(channels.publishing, &limit),
                         );
                         match self.pulse.beating(opening).await {
                             Some(Ok(publisher)) => channels.ledger.replace_publisher(publisher),

@@ -184,10 +184,11 @@ impl Engine {
             let Some(connection) = self.connect().await? else {
                 continue;
             };
-            // Consumers publish through this connection while it lasts.
             let connection = Arc::new(connection);
-            publisher::service().connected(connection.clone());
-            let end = self.session(&connection).await;
+            let publishing = self.open_publishing(&connection).await;
+            // Consumers publish through it while it lasts.
+            publisher::service().connected(publishing.clone());
+            let end = self.session(&connection, &publishing).await;
             if let Some(exit) = self.core.lifecycle.exit()
                 && exit != Exit::ConsumerFailed
             {
@@ -206,10 +207,12 @@ impl Engine {
             // requeues whatever was delivered and not settled. It may
             // already be gone.
             self.core.pulse.status("Closing the connection");
-            let closing = bounded(
-                "closing the connection",
-                connection.close(200, "Goodbye".into()),
-            );
+            let closing = bounded("closing the connection", async {
+                if !Arc::ptr_eq(&publishing, &connection) {
+                    let _ = publishing.close(200, "Goodbye".into()).await;
+                }
+                connection.close(200, "Goodbye".into()).await
+            });
             self.core.pulse.beating(closing).await;
             let end = end?;
             if !self.core.lifecycle.is_running() {
@@ -314,10 +317,36 @@ impl Engine {
         format!(" to {}", self.broker.describe())
     }
 
-    /// Declares and consumes on one connection until it ends. A channel
-    /// that fails while the connection lives is opened again on its own
-    /// ([`Core::channel_failed`]), while the others go on.
-    async fn session(&mut self, connection: &Connection) -> Result<SessionEnd, Fatal> {
+    /// A connection of its own for what the host publishes (the delivery
+    /// limit's copies and dead letters, what consumers publish), to the
+    /// node `consuming` reached. During a memory or disk alarm RabbitMQ
+    /// blocks a connection that publishes and stops reading from it, so
+    /// acks sent on it would wait too; one that only consumes is never
+    /// blocked. Where the broker refuses a second connection (a connection
+    /// limit), publishing shares the consuming one, and the log says so.
+    async fn open_publishing(&mut self, consuming: &Arc<Connection>) -> Arc<Connection> {
+        match self.core.interruptible(self.broker.connect()).await {
+            Some(Ok(publishing)) => Arc::new(publishing),
+            Some(Err(error)) => {
+                log::warn!(
+                    "Publishing shares the consuming connection, which a memory or disk alarm then blocks whole: no connection of its own: {}",
+                    self.broker.refusal(&error)
+                );
+                consuming.clone()
+            }
+            None => consuming.clone(),
+        }
+    }
+
+    /// Declares and consumes on one connection until it ends, publishing
+    /// on `publishing`. A channel that fails while the connection lives is
+    /// opened again on its own ([`Core::channel_failed`]), while the
+    /// others go on.
+    async fn session(
+        &mut self,
+        connection: &Connection,
+        publishing: &Connection,
+    ) -> Result<SessionEnd, Fatal> {
         self.core
             .pulse
             .status("Declaring queues and bindings, starting the consumers");
@@ -327,6 +356,7 @@ impl Engine {
             SETUP_STEP,
             session::open(
                 connection,
+                publishing,
                 &self.topology,
                 self.core.prefetch_count,
                 limit.as_deref(),
@@ -360,6 +390,7 @@ impl Engine {
         let queues = opened.names.len();
         let mut channels = Channels {
             connection,
+            publishing,
             ledger: opened.ledger,
             lane,
             reopening: (0..queues).map(|_| Reopening::default()).collect(),

@@ -151,6 +151,12 @@ async fn put_back_one(
             );
             Outcome::Stop
         }
+        Forwarded::Blocked(_) => {
+            log::warn!(
+                "The broker blocks publishing, so the messages no consumer started go back to their queues as they are, counted as attempts when they come again"
+            );
+            Outcome::Stop
+        }
         Forwarded::Hung => return Err(ChannelsEnd::ConnectionLost(UNSETTLED.to_owned())),
     })
 }

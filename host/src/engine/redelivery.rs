@@ -141,25 +141,31 @@ pub(super) async fn carry_out(
             Ok(Carried::Kept(delivery, Untaken::RoutedNowhere))
         }
         Forwarded::Refused(delivery) if over => Ok(Carried::Kept(delivery, Untaken::Refused)),
+        Forwarded::Blocked(delivery) if over => Ok(Carried::Kept(delivery, Untaken::Blocked)),
         Forwarded::Unroutable(delivery) => {
             log::warn!(
                 "Queue {queue:?} took no copy of message {id}, so its delivery count cannot be carried; handing it to the consumer as it is"
             );
             Ok(Carried::Consume(delivery))
         }
-        Forwarded::Refused(delivery) => {
-            // The consumer's attempt is the next; counted ahead, in this
-            // process, for when the message comes again.
-            let Verdict::CarryCount(made) = verdict else {
-                return Ok(Carried::Consume(delivery));
-            };
-            limit.remember(&queue, &delivery, made.saturating_add(1));
-            log::warn!(
-                "Queue {queue:?} refused the copy of message {id} that carries its count (full, with x-overflow = reject-publish?): handing it to the consumer as it is; this host alone remembers its {}",
-                attempts_text(made)
-            );
-            Ok(Carried::Consume(delivery))
-        }
+        Forwarded::Refused(delivery) => Ok(consume_remembering(
+            limit,
+            &queue,
+            *delivery,
+            verdict,
+            &format!(
+                "Queue {queue:?} refused the copy of message {id} that carries its count (full, with x-overflow = reject-publish?)"
+            ),
+        )),
+        Forwarded::Blocked(delivery) => Ok(consume_remembering(
+            limit,
+            &queue,
+            *delivery,
+            verdict,
+            &format!(
+                "The broker blocks publishing, so the copy of message {id} that carries its count cannot go out"
+            ),
+        )),
         Forwarded::Failed(reason, delivery) => {
             taken(ledger.requeue(*delivery).await)?;
             Ok(Carried::PublisherFailed(reason))
@@ -174,6 +180,27 @@ pub(super) async fn carry_out(
     }
 }
 
+/// The copy that carries a delivery's count did not go out (`why`): the
+/// delivery goes to the consumer as it is, its attempt counted ahead in
+/// this process for when the message comes again.
+fn consume_remembering(
+    limit: &Policy,
+    queue: &str,
+    delivery: Delivery,
+    verdict: Verdict,
+    why: &str,
+) -> Carried {
+    let Verdict::CarryCount(made) = verdict else {
+        return Carried::Consume(Box::new(delivery));
+    };
+    limit.remember(queue, &delivery, made.saturating_add(1));
+    log::warn!(
+        "{why}: handing it to the consumer as it is; this host alone remembers its {}",
+        attempts_text(made)
+    );
+    Carried::Consume(Box::new(delivery))
+}
+
 /// Why a dead-letter exchange did not take a dead letter.
 #[derive(Debug, Clone, Copy)]
 pub enum Untaken {
@@ -181,6 +208,8 @@ pub enum Untaken {
     RoutedNowhere,
     /// The queue it routes to refused it (full, `reject-publish`).
     Refused,
+    /// The broker blocks publishing (a memory or disk alarm).
+    Blocked,
 }
 
 impl Untaken {
@@ -189,6 +218,10 @@ impl Untaken {
         match self {
             Untaken::RoutedNowhere => ("routed nowhere", "bind a queue to the exchange"),
             Untaken::Refused => ("refused by its queue", "make room in the dead-letter queue"),
+            Untaken::Blocked => (
+                "not sent: the broker blocks publishing",
+                "free memory or disk space on the broker",
+            ),
         }
     }
 }

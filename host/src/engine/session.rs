@@ -2,15 +2,15 @@
 //! a channel per queue with its QoS and consumer, and what the end of a
 //! queue's delivery stream means.
 
+use lapin::Connection;
 use lapin::options::{
     BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Connection};
 
 use super::deadline::{UNSETTLED, bounded};
 use super::limit::Policy;
-use super::settler::{Ledger, QueueChannel};
+use super::settler::{Ledger, Publisher, QueueChannel};
 use crate::exit::{Exit, Fatal};
 use crate::topology::{Topology, broker_code, broker_reply, queue_exists};
 
@@ -25,17 +25,18 @@ pub struct Opened {
 
 /// Declares the queues and bindings, then opens a channel per queue with QoS `prefetch_count` and
 /// starts consuming on it; with a delivery limit, also a channel in
-/// confirm mode for its copies, once its dead-letter exchange is known to
-/// exist.
+/// confirm mode for its copies on the `publishing` connection, once its
+/// dead-letter exchange is known to exist.
 pub async fn open(
     connection: &Connection,
+    publishing: &Connection,
     topology: &Topology,
     prefetch_count: u16,
     limit: Option<&Policy>,
 ) -> Result<Opened, Fatal> {
     let names = topology.declare(connection).await?;
     let publisher = match limit {
-        Some(limit) => Some(open_publisher(connection, limit).await?),
+        Some(limit) => Some(open_publisher(publishing, limit).await?),
         None => None,
     };
     let mut queues = Vec::with_capacity(names.len());
@@ -52,9 +53,10 @@ pub async fn open(
     })
 }
 
-/// The delivery limit's channel, in confirm mode; its dead-letter exchange
-/// must exist (exit 10 otherwise, as for any declaration).
-pub async fn open_publisher(connection: &Connection, limit: &Policy) -> Result<Channel, Fatal> {
+/// The delivery limit's channel, in confirm mode, on the publishing
+/// `connection`; its dead-letter exchange must exist (exit 10 otherwise,
+/// as for any declaration).
+pub async fn open_publisher(connection: &Connection, limit: &Policy) -> Result<Publisher, Fatal> {
     let registration = |what: &str, error: lapin::Error| {
         Fatal::new(
             Exit::Registration,
@@ -100,7 +102,10 @@ pub async fn open_publisher(connection: &Connection, limit: &Policy) -> Result<C
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(|error| registration("enable publisher confirms", error))?;
-    Ok(channel)
+    Ok(Publisher {
+        channel,
+        connection: connection.status().clone(),
+    })
 }
 
 /// Opens a channel for `queue`, sets QoS on it and starts consuming.

@@ -117,6 +117,10 @@ pub enum Forwarded {
     /// The broker does not let this user publish there (403); trying
     /// again cannot help.
     Forbidden(String),
+    /// The broker blocks the publishing connection (a memory or disk
+    /// alarm): the copy did not go out, or was not confirmed in time. The
+    /// original is not settled, and nothing is wrong with the connection.
+    Blocked(Box<Delivery>),
     /// A request was not taken in time: the connection is presumed dead.
     Hung,
 }
@@ -333,11 +337,17 @@ impl Desk {
     }
 }
 
+/// Where the delivery limit's copies go out: a channel in confirm mode on
+/// the publishing connection, and that connection's state.
+pub struct Publisher {
+    pub channel: Channel,
+    pub connection: lapin::ConnectionStatus,
+}
+
 /// The engine's side of a ledger.
 pub struct Ledger {
     shared: Arc<Shared>,
-    /// A channel in confirm mode, for the delivery limit's copies.
-    publisher: Option<Channel>,
+    publisher: Option<Publisher>,
     /// When the oldest sent ack is overdue.
     overdue: async_io::Timer,
     overdue_armed: bool,
@@ -354,7 +364,7 @@ impl Ledger {
     /// hand-tuned consumer does, so the broker always has room to send.
     pub fn new(
         queues: Vec<QueueChannel>,
-        publisher: Option<Channel>,
+        publisher: Option<Publisher>,
         prefetch_count: u16,
     ) -> Ledger {
         let names = queues.iter().map(|queue| queue.queue.clone()).collect();
@@ -425,7 +435,7 @@ impl Ledger {
     }
 
     /// The delivery limit's copies go out on `publisher` from now on.
-    pub fn replace_publisher(&mut self, publisher: Channel) {
+    pub fn replace_publisher(&mut self, publisher: Publisher) {
         self.publisher = Some(publisher);
     }
 
@@ -634,9 +644,15 @@ impl Ledger {
                 Box::new(delivery),
             );
         };
+        // Sent now, it would wait for the block to lift, and the engine
+        // with it.
+        if publisher.connection.blocked() {
+            return Forwarded::Blocked(Box::new(delivery));
+        }
         let properties = delivery.properties.clone().with_headers(headers);
         let confirmed = async {
             let confirm = publisher
+                .channel
                 .basic_publish(
                     exchange.into(),
                     routing_key.into(),
@@ -651,6 +667,7 @@ impl Ledger {
             confirm.await
         };
         match bounded("publishing a copy of a message", confirmed).await {
+            None if publisher.connection.blocked() => Forwarded::Blocked(Box::new(delivery)),
             None => Forwarded::Hung,
             Some(Err(error)) if broker_code(&error) == Some(403) => Forwarded::Forbidden(format!(
                 "the broker does not let this user publish to exchange {exchange:?}: {}",
