@@ -146,6 +146,18 @@ impl Running {
     }
 
     /// Sends `signal` (e.g. "TERM") to the process.
+    /// Sends `signal` to the process group the process leads (started
+    /// with `process_group(0)`), as a terminal or `kill -- -PID` does.
+    pub fn signal_group(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg("--")
+            .arg(format!("-{}", self.child.id()))
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} -- -PID failed");
+    }
+
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .arg(format!("-{signal}"))

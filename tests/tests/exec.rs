@@ -2,11 +2,12 @@
 //! status mapped to an outcome, its output logged, a timeout that ends
 //! everything it started, and N commands at once with `workers = N`.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fm_e2e::broker::{TestBroker, queue_config};
+use fm_e2e::broker::{TestBroker, dead_lettered_queue, queue_config};
 use fm_e2e::process::Running;
 use fm_e2e::*;
 use lapin::types::FieldTable;
@@ -115,6 +116,64 @@ fn the_message_arrives_whole_on_stdin_with_its_environment() {
     assert_eq!(environment, "exec.binary|b1|the-queue");
 }
 
+#[test]
+fn a_message_whose_id_or_topic_holds_a_nul_byte_is_dropped_and_consuming_goes_on() {
+    // No environment variable can carry a NUL byte: such a message is the
+    // message's problem, not a failure that requeues it for ever.
+    let (broker, queue, dead, config) = dead_lettered_queue("exec-nul", "");
+    for (id, topic) in [
+        ("a\u{0}b", format!("{queue}.test")),
+        ("t1", format!("{queue}.te\u{0}st")),
+        ("m3", format!("{queue}.test")),
+    ] {
+        broker.publish(&json!({"id": id, "topic": topic, "body": {}}));
+    }
+    let dir = scratch();
+    let conf = config_file(
+        dir.path(),
+        &format!(
+            "callback = \"libfm_exec.so:Exec\"\n{config}\n[consumer_config]\n{EXIT_WITH_ID}\nexit_codes = {{ 3 = \"halt\" }}\n"
+        ),
+    );
+    let run = run(host(&conf).arg("consume"));
+    assert_eq!(run.code(), 0, "m3 halts, after the others: {run:#?}");
+    let log = format!("{}{}", run.stdout, run.stderr);
+    assert!(log.contains("its id holds a NUL byte"), "{run:#?}");
+    assert!(log.contains("its topic holds a NUL byte"), "{run:#?}");
+    let dropped: Vec<String> = broker.take_all(&dead).into_iter().map(|m| m.id).collect();
+    assert_eq!(dropped, ["a\u{0}b", "t1"], "{run:#?}");
+    assert_eq!(broker.depth(&queue), 0);
+    broker.delete_queue(&queue);
+    broker.delete_queue(&dead);
+}
+
+#[test]
+fn a_stop_signalled_to_the_hosts_process_group_lets_the_running_command_finish() {
+    // systemd's KillMode=mixed (the unit's) sends SIGTERM to the host
+    // alone, a terminal to its whole process group: neither reaches the
+    // command, which runs in a group of its own and finishes its message.
+    let broker = TestBroker::connect();
+    let queue = TestBroker::unique_name("exec-stop");
+    broker.declare_queue(&queue, FieldTable::default());
+    broker.publish(&json!({"id": "m1", "topic": format!("{queue}.test"), "body": {}}));
+    let dir = scratch();
+    let conf = config_file(
+        dir.path(),
+        &format!(
+            "callback = \"libfm_exec.so:Exec\"\n{}\n[consumer_config]\ncommand = [\"/bin/sh\", \"-c\", \"cat > /dev/null; echo $FM_ID runs; sleep 2; echo $FM_ID finished\"]\n",
+            queue_config(&queue, "")
+        ),
+    );
+    let mut consumer = Running::start(host(&conf).arg("consume").process_group(0));
+    consumer.wait_for("m1 runs", Duration::from_secs(30));
+    consumer.signal_group("TERM");
+    let run = consumer.finish();
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert!(run.stdout.contains("m1 finished"), "{run:#?}");
+    assert_eq!(broker.depth(&queue), 0, "the message was acked: {run:#?}");
+    broker.delete_queue(&queue);
+}
+
 /// Whether process `pid` is gone (or a zombie waiting for its reaper).
 fn is_gone(pid: &str) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -158,6 +217,31 @@ timeout = 1"#;
         &[message("t2")],
     );
     assert_eq!(outcome_lines(&nacked), ["t2 nack"], "{nacked:#?}");
+}
+
+#[test]
+fn what_a_command_leaves_running_ends_with_it() {
+    let dir = scratch();
+    let started = Instant::now();
+    let run = reconsume(
+        dir.path(),
+        r#"command = ["/bin/sh", "-c", "cat > /dev/null; sleep 300 & echo $! > \"$OUT/left.pid\""]"#,
+        &[message("b1")],
+    );
+    assert_eq!(outcome_lines(&run), ["b1 ack"], "{run:#?}");
+    // Its output pipe was held open by the child: the run did not wait
+    // for it either.
+    assert!(started.elapsed() < Duration::from_secs(60), "{run:#?}");
+    let left = std::fs::read_to_string(dir.path().join("left.pid")).unwrap();
+    let left = left.trim();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !is_gone(left) {
+        assert!(
+            Instant::now() < deadline,
+            "{left}, started in the background by the command, outlived it"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

@@ -18,7 +18,9 @@
 //! dead-letter exchange if the queue has one), `fail` (the host's failure:
 //! the message goes back, the host exits 13), `halt` (acknowledged, then
 //! the host stops with exit 0) and `halt:N` (exit N). A command killed by a
-//! signal fails. Its standard output (INFO) and error (WARNING) are logged
+//! signal fails. A message whose topic, id or queue holds a NUL byte
+//! cannot be put in the environment: it is dropped, with a warning, and
+//! the command does not run. Its standard output (INFO) and error (WARNING) are logged
 //! line by line under `fedora_messaging.exec`, which the default
 //! log_config shows like the host's own lines, each line cut at
 //! `max_line_bytes`, at most `max_lines` lines per message. `workers = N`
@@ -129,7 +131,12 @@ impl Settings {
             (None, Some(line)) => vec!["/bin/sh".to_owned(), "-c".to_owned(), line],
         };
         let timeout = if conf.timeout.is_finite() && conf.timeout > 0.0 {
-            Some(Duration::from_secs_f64(conf.timeout))
+            Some(Duration::try_from_secs_f64(conf.timeout).map_err(|_| {
+                format!(
+                    "timeout {} is longer than any wait can be: give seconds (0: none)",
+                    conf.timeout
+                )
+            })?)
         } else if conf.timeout == 0.0 {
             None
         } else {
@@ -232,6 +239,15 @@ impl Consumer for Exec {
     }
 
     fn consume(&mut self, message: &Message<'_>) -> Result<(), ConsumerError> {
+        if let Some(field) = run::unfit_for_the_environment(message) {
+            // The message's problem, never the host's: failing would
+            // requeue it, and it would fail every host that meets it.
+            log::warn!(
+                "message {:?}: its {field} holds a NUL byte, which no environment variable can carry: dropping it (rejected, to the queue's dead-letter exchange if it has one)",
+                message.id()
+            );
+            return Err(ConsumerError::Drop);
+        }
         let ending = run::run(&self.settings, message).map_err(|error| {
             ConsumerError::failed(format!("cannot run {:?}: {error}", self.settings.argv[0]))
         })?;
@@ -330,6 +346,10 @@ mod tests {
             (
                 serde_json::json!({"command": ["true"], "timeout": -1}),
                 "timeout -1",
+            ),
+            (
+                serde_json::json!({"command": ["true"], "timeout": 1e30}),
+                "longer than any wait can be",
             ),
         ] {
             let error = settings(conf.clone()).unwrap_err();

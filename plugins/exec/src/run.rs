@@ -36,17 +36,36 @@ pub enum Ending {
 }
 
 /// How long output may keep arriving after the command ended (from a
-/// child it left running with the pipes open) before the run stops
-/// waiting for it.
+/// child that escaped its group with the pipes open) before the run
+/// stops waiting for it.
 const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+
+/// The environment the command gets from `message`, each variable with
+/// the field it comes from. (The program and its arguments come from the
+/// configuration alone, and the message itself goes in on standard input,
+/// which carries any bytes.)
+fn environment<'m>(message: &'m Message<'_>) -> [(&'static str, &'static str, &'m str); 3] {
+    [
+        ("FM_TOPIC", "topic", message.topic()),
+        ("FM_ID", "id", message.id()),
+        ("FM_QUEUE", "queue name", message.queue()),
+    ]
+}
+
+/// The field of `message` that cannot be an environment variable's value
+/// (a NUL byte ends a C string), if any: the publisher chose it.
+pub fn unfit_for_the_environment(message: &Message<'_>) -> Option<&'static str> {
+    environment(message)
+        .into_iter()
+        .find(|(_, _, value)| value.contains('\0'))
+        .map(|(_, field, _)| field)
+}
 
 /// Runs the command for `message` and waits for it, at most the timeout.
 pub fn run(settings: &Settings, message: &Message<'_>) -> io::Result<Ending> {
     let mut child = Command::new(&settings.argv[0])
         .args(&settings.argv[1..])
-        .env("FM_TOPIC", message.topic())
-        .env("FM_ID", message.id())
-        .env("FM_QUEUE", message.queue())
+        .envs(environment(message).map(|(name, _, value)| (name, value)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -94,6 +113,11 @@ pub fn run(settings: &Settings, message: &Message<'_>) -> io::Result<Ending> {
 
     let (ended, ending) = mpsc::channel();
     thread::spawn(move || {
+        // The command's exit is seen before it is reaped, so that its
+        // group's id cannot be taken by another process before what the
+        // command left running in it (`sleep 60 &`) is ended with it.
+        wait_for_exit(group);
+        end_group(group);
         let _ = ended.send(child.wait());
     });
     let status = match settings.timeout {
@@ -101,11 +125,10 @@ pub fn run(settings: &Settings, message: &Message<'_>) -> io::Result<Ending> {
         Some(timeout) => match ending.recv_timeout(timeout) {
             Ok(status) => status?,
             Err(_) => {
-                // SAFETY: kill(2) on the process group the command leads.
-                unsafe {
-                    libc::kill(-group, libc::SIGKILL);
-                }
-                let _ = ending.recv();
+                end_group(group);
+                // A process in uninterruptible sleep dies only when its
+                // I/O returns: the run does not wait for that.
+                let _ = ending.recv_timeout(KILLED_GRACE);
                 wait_for_output(&output_ended, readers);
                 return Ok(Ending::TimedOut(started.elapsed()));
             }
@@ -117,6 +140,41 @@ pub fn run(settings: &Settings, message: &Message<'_>) -> io::Result<Ending> {
         (None, Some(signal)) => Ending::Signalled(signal),
         (None, None) => Ending::Signalled(0),
     })
+}
+
+/// How long a killed command may take to be reaped before the run goes
+/// on without it.
+const KILLED_GRACE: Duration = Duration::from_secs(5);
+
+/// Waits until the command leading `group` has exited, leaving it to be
+/// reaped.
+fn wait_for_exit(group: i32) {
+    // SAFETY: waitid(2) on the command's pid (the group's id), with
+    // WNOWAIT, into a zeroed siginfo_t it fills in; nothing is reaped.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        let waited = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                group as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if waited == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
+        }
+    }
+}
+
+/// Kills every process of the command's group: what it started ends with
+/// it.
+fn end_group(group: i32) {
+    // SAFETY: kill(2) on the process group the command leads, whose
+    // leader is not reaped yet (or was killed for its timeout).
+    unsafe {
+        libc::kill(-group, libc::SIGKILL);
+    }
 }
 
 /// Lets the output readers finish logging, as long as the output ends
