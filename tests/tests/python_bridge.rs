@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fm_e2e::broker::{TestBroker, dead_lettered_queue, queue_tables};
 use fm_e2e::nodes::amqp_url;
@@ -307,6 +307,106 @@ fn sigterm_waits_for_the_python_callback_in_hand_then_stops_cleanly() {
         0,
         "the message in hand was acknowledged"
     );
+}
+
+/// Whether process `pid` is gone (or a zombie waiting for its reaper),
+/// waiting for that at most 10 s.
+fn gone_soon(pid: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let gone = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        };
+        if gone || Instant::now() >= deadline {
+            return gone;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn what_a_callback_starts_can_be_stopped_and_python_dies_with_its_host() {
+    let (broker, queue, _dead, config) = dead_lettered_queue("bridge-orphans", "");
+    for (id, body) in [
+        ("c1", json!({"do": "spawn"})),
+        ("c2", json!({"do": "sleep", "seconds": 300})),
+    ] {
+        broker.publish(&json!({"id": id, "topic": format!("{queue}.test"), "body": body}));
+    }
+    let dir = scratch();
+    let out = dir.path().join("out.jsonl");
+    let conf = config_file(
+        dir.path(),
+        &bridge_config(&config, "bridge_callbacks:Scripted", &out, "orphans"),
+    );
+    let mut host = Running::start(&mut host(&conf));
+    host.wait_for("message c2 asks for sleep", WAIT);
+    let lines = written(&out);
+    let spawned = lines
+        .iter()
+        .find_map(|line| line["spawned"].as_u64())
+        .expect("the spawned child's pid");
+    let python = lines[0]["pid"].as_u64().expect("Python's pid");
+    // The driver leaves SIGTERM to the host; what a callback runs must not
+    // inherit that as an ignored signal.
+    let _ = Command::new("kill").arg(spawned.to_string()).status();
+    let child_stopped = gone_soon(spawned);
+    // A SIGKILL leaves the host no time to end Python: the kernel must.
+    host.signal("KILL");
+    let _ = host.finish();
+    let python_ended = gone_soon(python);
+    for pid in [spawned, python] {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    assert!(
+        child_stopped,
+        "SIGTERM did not stop {spawned}, started by the callback"
+    );
+    assert!(
+        python_ended,
+        "Python ({python}) outlived its SIGKILLed host"
+    );
+    broker.delete_queue(&queue);
+}
+
+#[test]
+fn a_publish_timeout_too_long_for_the_clock_is_no_crash() {
+    let (broker, queue, _dead, config) = dead_lettered_queue("bridge-long-timeout", "");
+    let derived = TestBroker::unique_name("bridge-long-timeout-to");
+    broker.declare_queue(&derived, FieldTable::default());
+    broker.bind(&derived, "amq.topic", &derived);
+    for (id, body) in [
+        (
+            "p1",
+            json!({"do": "publish", "to": derived, "timeout": 1e300}),
+        ),
+        ("h1", json!({"do": "halt"})),
+    ] {
+        broker.publish(&json!({"id": id, "topic": format!("{queue}.test"), "body": body}));
+    }
+    let dir = scratch();
+    let out = dir.path().join("out.jsonl");
+    let conf = config_file(
+        dir.path(),
+        &bridge_config(&config, "bridge_callbacks:Scripted", &out, "long-timeout"),
+    );
+    let mut host = Running::start(&mut host(&conf));
+    let started = Instant::now();
+    while broker.depth(&derived) < 1 {
+        assert!(
+            started.elapsed() < WAIT,
+            "the publish never arrived: {:?}",
+            host.lines_so_far("")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let run = host.finish();
+    assert_eq!(run.code(), 0, "{run:#?}");
+    broker.delete_queue(&queue);
+    broker.delete_queue(&derived);
 }
 
 #[test]

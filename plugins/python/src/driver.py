@@ -26,11 +26,18 @@ import threading
 import traceback
 import types
 
-# The host owns signals: SIGTERM or SIGINT (a terminal's Ctrl-C reaches the
-# whole process group) make it finish the message in hand and then close
-# our input, which is when this process ends.
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
+# The host owns signals: SIGTERM or SIGINT make it finish the message in
+# hand and then close our input, which is when this process ends. Here they
+# do nothing, through a handler rather than SIG_IGN: a handler is reset by
+# exec, so what a callback runs (subprocess, os.system) can still be
+# stopped, where an ignored signal would stay ignored in it. (The host
+# kills this process if the host itself dies.)
+def _host_owns_signals(signum, frame):
+    pass
+
+
+signal.signal(signal.SIGINT, _host_owns_signals)
+signal.signal(signal.SIGTERM, _host_owns_signals)
 
 SETTINGS = json.loads(sys.argv[1])
 REQUESTS = os.fdopen(3, "rb")

@@ -119,11 +119,16 @@ impl Worker {
             // handle; the host then ends Python by closing its input.
             .process_group(0);
         let (child_reads, child_writes) = (requests_read.as_raw_fd(), answers_write.as_raw_fd());
+        // SAFETY: getpid is async-signal-safe, and runs before the fork.
+        let host = unsafe { libc::getpid() };
         // SAFETY: between fork and exec only async-signal-safe calls run:
-        // fcntl and dup2, on descriptors the parent keeps open until spawn
-        // returns.
+        // fcntl and dup2 on descriptors the parent keeps open until spawn
+        // returns, prctl, getppid and _exit.
         unsafe {
-            command.pre_exec(move || place_fds(child_reads, child_writes));
+            command.pre_exec(move || {
+                die_with_the_host(host);
+                place_fds(child_reads, child_writes)
+            });
         }
         let child = command.spawn().map_err(|error| {
             format!(
@@ -240,12 +245,45 @@ impl Worker {
 
 impl Drop for Worker {
     /// After a failure the host drops consumers without `stop`; Python
-    /// must not outlive them.
+    /// must not outlive them, nor anything it started.
     fn drop(&mut self) {
         self.close_requests();
         if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
+            kill_group(&mut self.child);
             let _ = self.child.wait();
+        }
+    }
+}
+
+/// Kills Python's process group (it leads one of its own): what a
+/// callback started goes with it.
+fn kill_group(child: &mut Child) {
+    match libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill(2) on the group the child leads; the child is not
+        // reaped yet, so the id is still its.
+        Ok(group) => unsafe {
+            libc::kill(-group, libc::SIGKILL);
+        },
+        Err(_) => {
+            let _ = child.kill();
+        }
+    }
+}
+
+/// Makes the kernel kill Python when the host dies, however it dies (a
+/// SIGKILL leaves no time to end it): a child never outlives its host.
+/// The signal follows the thread that started Python, a consumer thread,
+/// which lives as long as this worker.
+///
+/// # Safety
+/// Called between fork and exec: async-signal-safe calls only.
+unsafe fn die_with_the_host(host: libc::pid_t) {
+    // SAFETY: prctl, getppid and _exit are async-signal-safe.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        // The host died before the request took effect.
+        if libc::getppid() != host {
+            libc::_exit(1);
         }
     }
 }
@@ -349,7 +387,11 @@ fn publish(request: &Value) -> Value {
         .get("timeout")
         .and_then(Value::as_f64)
         .filter(|seconds| seconds.is_finite() && *seconds > 0.0)
-        .map_or(Publisher::DEFAULT_TIMEOUT, Duration::from_secs_f64);
+        // One too long to be a Duration is as good as for ever: the host
+        // bounds every wait.
+        .map_or(Publisher::DEFAULT_TIMEOUT, |seconds| {
+            Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX)
+        });
     let record = request
         .get("record")
         .cloned()
@@ -427,7 +469,7 @@ fn wait_with_deadline(child: &mut Child, grace: Duration) -> Option<ExitStatus> 
             Ok(Some(status)) => return Some(status),
             Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
             Ok(None) => {
-                let _ = child.kill();
+                kill_group(child);
                 return child.wait().ok();
             }
             Err(_) => return None,
