@@ -28,6 +28,10 @@ use crate::record::record_line;
 use crate::topology::{broker_code, broker_reply};
 use crate::wire::{self, RecordMessage};
 
+/// The longest a publish waits, whatever timeout it asks for (a longer
+/// one would overflow the clock).
+const LONGEST_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// Why a publish failed; the plugin interface's `PublishFailure`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
@@ -154,6 +158,7 @@ impl Service {
         exchange: &str,
         timeout: Duration,
     ) -> Result<String, Failure> {
+        let timeout = timeout.min(LONGEST_TIMEOUT);
         let deadline = Instant::now() + timeout;
         let (message, exchange) = {
             let state = self.lock();
@@ -437,6 +442,13 @@ mod tests {
             topic_prefix: String::new(),
             priority,
         }
+    }
+
+    #[test]
+    fn a_timeout_too_long_for_the_clock_is_bounded_not_a_panic() {
+        // A plugin can ask for u64::MAX milliseconds.
+        let result = service().publish(r#"{"topic": "t", "body": {}}"#, "", Duration::MAX);
+        assert!(matches!(result, Err(Failure::Unavailable(_))), "{result:?}");
     }
 
     #[test]
