@@ -498,3 +498,22 @@ pub fn saved_ids(saved: &Path) -> Vec<String> {
 pub fn duplicates(ids: &[String]) -> usize {
     ids.len() - ids.iter().collect::<std::collections::HashSet<_>>().len()
 }
+
+/// Whether process `pid` is gone (or a zombie waiting for its reaper)
+/// within `timeout`: an orphan is reaped by whoever inherits it, which
+/// takes a moment.
+pub fn gone_within(pid: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let gone = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        };
+        if gone || Instant::now() >= deadline {
+            return gone;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

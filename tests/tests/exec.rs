@@ -174,16 +174,6 @@ fn a_stop_signalled_to_the_hosts_process_group_lets_the_running_command_finish()
     broker.delete_queue(&queue);
 }
 
-/// Whether process `pid` is gone (or a zombie waiting for its reaper).
-fn is_gone(pid: &str) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z')),
-    }
-}
-
 #[test]
 fn a_timeout_kills_everything_the_command_started() {
     let dir = scratch();
@@ -200,16 +190,10 @@ timeout = 1"#;
     assert!(started.elapsed() < Duration::from_secs(60), "{run:#?}");
     let child = std::fs::read_to_string(dir.path().join("child.pid")).unwrap();
     let child = child.trim();
-    // The kill is sent before the run returns; the orphan is reaped by
-    // whoever inherits it, which takes a moment.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !is_gone(child) {
-        assert!(
-            Instant::now() < deadline,
-            "the command's child {child} outlived the timeout"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        gone_within(child, Duration::from_secs(10)),
+        "the command's child {child} outlived the timeout"
+    );
 
     let nacked = reconsume(
         dir.path(),
@@ -234,14 +218,10 @@ fn what_a_command_leaves_running_ends_with_it() {
     assert!(started.elapsed() < Duration::from_secs(60), "{run:#?}");
     let left = std::fs::read_to_string(dir.path().join("left.pid")).unwrap();
     let left = left.trim();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !is_gone(left) {
-        assert!(
-            Instant::now() < deadline,
-            "{left}, started in the background by the command, outlived it"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        gone_within(left, Duration::from_secs(10)),
+        "{left}, started in the background by the command, outlived it"
+    );
 }
 
 #[test]

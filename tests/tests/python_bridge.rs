@@ -309,24 +309,6 @@ fn sigterm_waits_for_the_python_callback_in_hand_then_stops_cleanly() {
     );
 }
 
-/// Whether process `pid` is gone (or a zombie waiting for its reaper),
-/// waiting for that at most 10 s.
-fn gone_soon(pid: u64) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let gone = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Err(_) => true,
-            Ok(stat) => stat
-                .rsplit_once(") ")
-                .is_some_and(|(_, rest)| rest.starts_with('Z')),
-        };
-        if gone || Instant::now() >= deadline {
-            return gone;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn what_a_callback_starts_can_be_stopped_and_python_dies_with_its_host() {
     let (broker, queue, _dead, config) = dead_lettered_queue("bridge-orphans", "");
@@ -353,11 +335,11 @@ fn what_a_callback_starts_can_be_stopped_and_python_dies_with_its_host() {
     // The driver leaves SIGTERM to the host; what a callback runs must not
     // inherit that as an ignored signal.
     let _ = Command::new("kill").arg(spawned.to_string()).status();
-    let child_stopped = gone_soon(spawned);
+    let child_stopped = gone_within(&spawned.to_string(), Duration::from_secs(10));
     // A SIGKILL leaves the host no time to end Python: the kernel must.
     host.signal("KILL");
     let _ = host.finish();
-    let python_ended = gone_soon(python);
+    let python_ended = gone_within(&python.to_string(), Duration::from_secs(10));
     for pid in [spawned, python] {
         let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
     }
