@@ -8,10 +8,11 @@
 //! a partial table (`[qos]` with only `prefetch_count`), the missing entries
 //! take their defaults instead.
 //!
-//! Four keys are this host's own: `workers`, the number of consumer
+//! Five keys are this host's own: `workers`, the number of consumer
 //! instances; `[delivery_limit]`, how often one message may be delivered;
-//! `amqp_urls`, the nodes of a cluster; and `[python]`, how the Python
-//! bridge runs a Python callback (a file using any of them is not one the
+//! `amqp_urls`, the nodes of a cluster; `[python]`, how the Python bridge
+//! runs a Python callback; and `stop_timeout`, how long a stop waits for
+//! the messages in progress (a file using any of them is not one the
 //! Python fedora-messaging loads; the bridge hands Python the file without
 //! them).
 
@@ -29,7 +30,7 @@ pub const DEFAULT_PATH: &str = "/etc/fedora-messaging/config.toml";
 
 /// The top-level keys: fedora-messaging's 15 in its order, then this
 /// host's own.
-pub const KEYS: [&str; 19] = [
+pub const KEYS: [&str; 20] = [
     "amqp_url",
     "client_properties",
     "publish_exchange",
@@ -49,6 +50,7 @@ pub const KEYS: [&str; 19] = [
     "delivery_limit",
     "amqp_urls",
     "python",
+    "stop_timeout",
 ];
 
 /// The most consumer instances `workers` may ask for.
@@ -106,6 +108,10 @@ pub struct Config {
     /// `[python]`: how the Python bridge runs a Python callback.
     #[serde(default)]
     pub python: Option<PythonSettings>,
+    /// Seconds a stop waits for the messages in progress before it gives
+    /// them back to the broker and exits (fedora-messaging waits for ever).
+    #[serde(default = "defaults::stop_timeout")]
+    pub stop_timeout: f64,
 }
 
 /// `[python]`: read by the Python bridge plugin (`plugins/python`), checked
@@ -259,6 +265,12 @@ mod defaults {
     pub fn prefetch_count() -> u16 {
         10
     }
+    /// Below systemd's default `TimeoutStopSec` (90 s), so that the host,
+    /// not the SIGKILL, ends a stop that the consumer holds up.
+    pub fn stop_timeout() -> f64 {
+        60.0
+    }
+
     pub fn workers() -> u16 {
         1
     }
@@ -415,6 +427,15 @@ impl Config {
             .map_err(|message| (line_of_key(text, "monitoring"), message))?;
         check_workers(self.workers)
             .map_err(|message| (line_of_key(text, "workers"), format!("workers {message}")))?;
+        if !(0.0..=86_400.0).contains(&self.stop_timeout) {
+            return Err((
+                line_of_key(text, "stop_timeout"),
+                format!(
+                    "stop_timeout is seconds from 0 to 86400 (how long a stop waits for the messages in progress), not {}",
+                    self.stop_timeout
+                ),
+            ));
+        }
         self.check_amqp_names()
             .map_err(|(key, message)| (line_of_key(text, key), message))?;
         self.check_nodes(sets_amqp_url)
@@ -621,6 +642,20 @@ mod tests {
         );
         defaults.log_config = example.log_config.clone();
         assert_eq!(example, defaults);
+    }
+
+    #[test]
+    fn stop_timeout_is_sixty_seconds_unless_set_and_a_bad_one_names_its_key() {
+        assert_eq!(Config::parse("").unwrap().stop_timeout, 60.0);
+        assert_eq!(Config::parse("stop_timeout = 5").unwrap().stop_timeout, 5.0);
+        for bad in ["stop_timeout = -1", "stop_timeout = 1e9"] {
+            let (line, message) = Config::parse(&format!("\n{bad}")).unwrap_err();
+            assert_eq!(line, Some(2), "{bad}");
+            assert!(
+                message.starts_with("stop_timeout is seconds"),
+                "{bad}: {message}"
+            );
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! [`wire::check_delivery`]: crate::wire::check_delivery
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::broker::Broker;
 use crate::broker_rules;
@@ -128,6 +129,7 @@ pub fn run_with(
         prefetch_count,
         delivery_limit,
         consumer,
+        stop_timeout: Duration::from_secs_f64(config.stop_timeout),
     };
     let mut engine = Engine::new(
         broker,

@@ -174,6 +174,82 @@ fn a_stop_signalled_to_the_hosts_process_group_lets_the_running_command_finish()
     broker.delete_queue(&queue);
 }
 
+/// A queue holding m1, and a host whose command for it never ends, with
+/// `stop_timeout`; the host once the command runs, and the file where the
+/// command wrote its pid.
+fn a_command_that_never_ends(
+    dir: &Path,
+    prefix: &str,
+    stop_timeout: u32,
+) -> (TestBroker, String, Running, PathBuf) {
+    let broker = TestBroker::connect();
+    let queue = TestBroker::unique_name(prefix);
+    broker.declare_queue(&queue, FieldTable::default());
+    broker.publish(&json!({"id": "m1", "topic": format!("{queue}.test"), "body": {}}));
+    let conf = config_file(
+        dir,
+        &format!(
+            "callback = \"libfm_exec.so:Exec\"\nstop_timeout = {stop_timeout}\n{}\n[consumer_config]\ntimeout = 0\ncommand = [\"/bin/sh\", \"-c\", \"cat > /dev/null; echo $$ > \\\"$OUT/command.pid\\\"; echo $FM_ID runs; exec sleep 1000\"]\n",
+            queue_config(&queue, "")
+        ),
+    );
+    let mut consumer = Running::start(host(&conf).env("OUT", dir).arg("consume"));
+    consumer.wait_for("m1 runs", Duration::from_secs(30));
+    (broker, queue, consumer, dir.join("command.pid"))
+}
+
+#[test]
+fn a_stop_waits_for_a_command_that_never_ends_only_until_stop_timeout() {
+    let dir = scratch();
+    let (broker, queue, consumer, pid_file) =
+        a_command_that_never_ends(dir.path(), "exec-stop-timeout", 2);
+    let stopped = Instant::now();
+    consumer.signal("TERM");
+    let run = consumer.finish();
+    let took = stopped.elapsed();
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert!(
+        run.stdout.contains(
+            "Stopped waiting for the 1 message(s) still in progress (stop_timeout, 2 s, ran out)"
+        ),
+        "{run:#?}"
+    );
+    assert!(took < Duration::from_secs(20), "the stop took {took:?}");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    assert!(
+        gone_within(pid.trim(), Duration::from_secs(10)),
+        "the command outlived its host"
+    );
+    assert_eq!(broker.depth(&queue), 1, "m1 went back to its queue");
+    broker.delete_queue(&queue);
+}
+
+#[test]
+fn a_second_signal_ends_a_stops_wait_at_once() {
+    let dir = scratch();
+    let (broker, queue, mut consumer, pid_file) =
+        a_command_that_never_ends(dir.path(), "exec-second-signal", 600);
+    consumer.signal("TERM");
+    consumer.wait_for(
+        "Received signal 15; stopping gracefully",
+        Duration::from_secs(30),
+    );
+    let stopped = Instant::now();
+    consumer.signal("INT");
+    let run = consumer.finish();
+    let took = stopped.elapsed();
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert!(run.stdout.contains("(a second signal came)"), "{run:#?}");
+    assert!(took < Duration::from_secs(20), "the stop took {took:?}");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    assert!(
+        gone_within(pid.trim(), Duration::from_secs(10)),
+        "the command outlived its host"
+    );
+    assert_eq!(broker.depth(&queue), 1, "m1 went back to its queue");
+    broker.delete_queue(&queue);
+}
+
 #[test]
 fn a_timeout_kills_everything_the_command_started() {
     let dir = scratch();

@@ -392,6 +392,43 @@ fn a_publish_timeout_too_long_for_the_clock_is_no_crash() {
 }
 
 #[test]
+fn a_stop_waits_for_a_callback_that_never_returns_only_until_stop_timeout() {
+    let (broker, queue, _dead, config) = dead_lettered_queue("bridge-stop-timeout", "");
+    broker.publish(&json!({"id": "s1", "topic": format!("{queue}.test"),
+                          "body": {"do": "sleep", "seconds": 1000}}));
+    let dir = scratch();
+    let out = dir.path().join("out.jsonl");
+    let conf = config_file(
+        dir.path(),
+        &bridge_config(
+            &format!("stop_timeout = 2\n{config}"),
+            "bridge_callbacks:Scripted",
+            &out,
+            "stop-timeout",
+        ),
+    );
+    let mut host = Running::start(&mut host(&conf));
+    host.wait_for("message s1 asks for sleep", WAIT);
+    let python = written(&out)[0]["pid"].as_u64().expect("Python's pid");
+    let stopped = Instant::now();
+    host.signal("TERM");
+    let run = host.finish();
+    let took = stopped.elapsed();
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert!(
+        run.output().contains("stop_timeout, 2 s, ran out"),
+        "{run:#?}"
+    );
+    assert!(took < Duration::from_secs(20), "the stop took {took:?}");
+    assert!(
+        gone_within(&python.to_string(), Duration::from_secs(10)),
+        "Python outlived its host"
+    );
+    assert_eq!(broker.depth(&queue), 1, "s1 went back to its queue");
+    broker.delete_queue(&queue);
+}
+
+#[test]
 fn a_python_callback_that_cannot_be_imported_stops_the_host_at_once() {
     let url = amqp_url();
     let dir = scratch();

@@ -14,7 +14,7 @@ use super::lane::Lane;
 use super::message::{Answer, Diverted, Finished};
 use super::put_back;
 use super::settler::{Ledger, Taken};
-use super::waiting::Core;
+use super::waiting::{Core, WaitOver};
 use super::{ChannelsEnd, MAX_BATCH, SETUP_HUNG, seams, session};
 use crate::broker::Backoff;
 use crate::exit::Exit;
@@ -60,6 +60,8 @@ enum Event {
     ReopenDue,
     /// A held delivery is due ([`super::held`]).
     HeldDue,
+    /// A draining stops waiting for the messages in progress.
+    WaitOver(WaitOver),
 }
 
 /// `STATUS=` while consuming from `queues`.
@@ -196,6 +198,7 @@ impl Core {
                 })
                 .flatten();
             let held_due = self.held.next_due();
+            let stop_deadline = self.stop_deadline();
             let (workers, stop, pulse) = (&self.workers, &self.stop, &mut self.pulse);
             let ledger = &mut channels.ledger;
             let event = async {
@@ -246,9 +249,11 @@ impl Core {
                 };
                 Event::HeldDue
             })
+            .or(async { Event::WaitOver(Core::wait_is_over(stop, stop_deadline).await) })
             .await;
             match event {
                 Event::Tick | Event::InFlight => {}
+                Event::WaitOver(over) => self.stop_waiting(over),
                 Event::Taken(Taken::Acks(answers)) => self.count(answers),
                 Event::Taken(Taken::FlushDue) => channels.ledger.send_marked(),
                 Event::ReopenDue => {

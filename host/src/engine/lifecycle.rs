@@ -91,8 +91,20 @@ impl Lifecycle {
     /// No message is in flight, and none can start: a draining process
     /// may exit. Call only once the workers are held.
     pub fn nothing_in_flight(&mut self) {
-        if let Phase::Draining { exit, .. } = self.phase {
-            self.phase = Phase::Stopped(exit);
+        self.stop_waiting();
+    }
+
+    /// The wait for what is in flight is over (`stop_timeout` ran out, or
+    /// a second signal came): the process exits as its draining decided,
+    /// and what consumers still hold goes back to the broker. True if this
+    /// ended a draining.
+    pub fn stop_waiting(&mut self) -> bool {
+        match self.phase {
+            Phase::Draining { exit, .. } => {
+                self.phase = Phase::Stopped(exit);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -230,6 +242,17 @@ mod tests {
         life.answered(failure());
         life.nothing_in_flight();
         assert_eq!(life.exit(), Some(Exit::ConsumerFailed));
+    }
+
+    #[test]
+    fn a_wait_given_up_exits_as_the_draining_decided_and_only_a_draining_is_ended() {
+        let mut life = Lifecycle::new();
+        assert!(!life.stop_waiting(), "nothing to give up while running");
+        assert!(life.is_running());
+        life.answered(Next::Stop(Exit::Halt(3)));
+        assert!(life.stop_waiting());
+        assert_eq!(life.exit(), Some(Exit::Halt(3)));
+        assert!(!life.stop_waiting(), "already stopped");
     }
 
     #[test]

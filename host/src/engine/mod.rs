@@ -94,6 +94,8 @@ pub struct Settings {
     pub delivery_limit: Option<Policy>,
     /// The consumer's name, for the log lines that report its failures.
     pub consumer: String,
+    /// How long a draining waits for the messages in progress.
+    pub stop_timeout: Duration,
 }
 
 /// The engine and what it drives.
@@ -156,6 +158,9 @@ impl Engine {
                 panic_seen: false,
                 workers_told_to_end: false,
                 consumer: settings.consumer,
+                stop_timeout: settings.stop_timeout,
+                stop_deadline: None,
+                gave_up_waiting: false,
             },
         }
     }

@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
 
@@ -20,6 +21,13 @@ use crate::exit::{Exit, Fatal};
 use crate::monitor::Stats;
 use crate::outcome::Next;
 use crate::stop::StopRequest;
+
+/// Why a draining stopped waiting for the messages in progress.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum WaitOver {
+    StopTimeout,
+    SecondSignal,
+}
 
 /// What every wait of the engine attends to, whatever the connection is
 /// doing: the lifecycle, the workers' answers, the stop request and the
@@ -48,6 +56,13 @@ pub(super) struct Core {
     pub(super) workers_told_to_end: bool,
     /// [`Settings::consumer`].
     pub(super) consumer: String,
+    /// [`Settings::stop_timeout`].
+    pub(super) stop_timeout: Duration,
+    /// While draining: when the wait for the messages in progress ends.
+    pub(super) stop_deadline: Option<Instant>,
+    /// Whether that wait was given up ([`Core::stop_waiting`]): the
+    /// consumer threads that hold those messages are not waited for.
+    pub(super) gave_up_waiting: bool,
 }
 
 impl Core {
@@ -123,16 +138,76 @@ impl Core {
         idle.or(panic).await;
     }
 
+    /// While draining: when the wait for the messages in progress ends,
+    /// `stop_timeout` after the draining was first seen here; `None`
+    /// otherwise.
+    pub(super) fn stop_deadline(&mut self) -> Option<Instant> {
+        if self.lifecycle.is_running() || self.lifecycle.exit().is_some() {
+            return None;
+        }
+        let stop_timeout = self.stop_timeout;
+        Some(
+            *self
+                .stop_deadline
+                .get_or_insert_with(|| Instant::now() + stop_timeout),
+        )
+    }
+
+    /// Resolves when a draining stops waiting for the messages in
+    /// progress: at `deadline`, or at a second stop signal. Pending
+    /// without a deadline.
+    pub(super) async fn wait_is_over(stop: &StopRequest, deadline: Option<Instant>) -> WaitOver {
+        let Some(deadline) = deadline else {
+            return futures_lite::future::pending().await;
+        };
+        async {
+            async_io::Timer::at(deadline).await;
+            WaitOver::StopTimeout
+        }
+        .or(async {
+            stop.hurried().await;
+            WaitOver::SecondSignal
+        })
+        .await
+    }
+
+    /// The wait for the messages in progress is over: they go back to the
+    /// broker (with their channels, which close), and the process exits as
+    /// its draining decided, without waiting for the threads that hold
+    /// them (a Python callback or an Exec command in them is killed with
+    /// the process).
+    pub(super) fn stop_waiting(&mut self, over: WaitOver) {
+        let in_flight = self.workers.tracker().count();
+        if !self.lifecycle.stop_waiting() {
+            return;
+        }
+        self.gave_up_waiting = true;
+        let why = match over {
+            WaitOver::StopTimeout => format!(
+                "stop_timeout, {} s, ran out",
+                self.stop_timeout.as_secs_f64()
+            ),
+            WaitOver::SecondSignal => "a second signal came".to_owned(),
+        };
+        log::warn!(
+            "Stopped waiting for the {in_flight} message(s) still in progress ({why}): they go back to their queues, and the host exits without the consumer that holds them"
+        );
+    }
+
     /// Tells the consumer threads to end, and waits for them with the
     /// pulse going, for at most [`WORKERS_END`] in all: a second call (the
     /// supervisor's, after a graceful stop ended them with the connection
-    /// up) does not wait again for a thread that did not end.
+    /// up) does not wait again for a thread that did not end, and none is
+    /// waited for once the wait for the messages in progress was given up.
     pub(super) async fn end_workers(&mut self, graceful: bool) {
         if self.workers_told_to_end {
             return;
         }
         self.workers_told_to_end = true;
         self.workers.close(graceful);
+        if self.gave_up_waiting {
+            return;
+        }
         if graceful {
             self.pulse.status("Stopping: running the consumers' stop");
         }
@@ -220,9 +295,16 @@ impl Core {
 
     /// The lifecycle is draining and no connection is left: wait for the
     /// workers to hand back what they hold (nothing can be settled: the
-    /// broker delivers it again), then say how to exit. Never waits for
-    /// the broker.
+    /// broker delivers it again), at most until the wait is over, then say
+    /// how to exit. Never waits for the broker.
     pub(super) async fn drain_offline(&mut self) -> Exit {
+        // Built and matched at once, never stored.
+        #[allow(clippy::large_enum_variant)]
+        enum Offline {
+            Finished(Finished),
+            WaitOver(WaitOver),
+            Tick,
+        }
         self.hold_workers();
         loop {
             self.turn();
@@ -233,27 +315,34 @@ impl Core {
                 "Stopping: waiting for {} message(s) given to the consumer",
                 self.workers.tracker().count()
             ));
+            let deadline = self.stop_deadline();
             let (workers, pulse, panic_seen) = (&self.workers, &mut self.pulse, self.panic_seen);
-            let finished = async {
+            let stop = &self.stop;
+            let woke = async {
                 match workers.next_result().await {
-                    Some(finished) => Some(finished),
+                    Some(finished) => Offline::Finished(finished),
                     // Every thread is gone, and with it every token.
                     None => futures_lite::future::pending().await,
                 }
             }
             .or(async {
                 pulse.tick().await;
-                None
+                Offline::Tick
             })
             .or(async {
                 Core::in_flight_news(workers, true, panic_seen).await;
-                None
+                Offline::Tick
             })
+            .or(async { Offline::WaitOver(Core::wait_is_over(stop, deadline).await) })
             .await;
-            if let Some(finished) = finished {
+            match woke {
                 // No ledger: nothing to settle, so nothing can hang, and
                 // what comes from a lane is for channels gone.
-                self.answer(None, vec![finished]).await;
+                Offline::Finished(finished) => {
+                    self.answer(None, vec![finished]).await;
+                }
+                Offline::WaitOver(over) => self.stop_waiting(over),
+                Offline::Tick => {}
             }
         }
     }

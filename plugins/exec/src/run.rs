@@ -63,7 +63,8 @@ pub fn unfit_for_the_environment(message: &Message<'_>) -> Option<&'static str> 
 
 /// Runs the command for `message` and waits for it, at most the timeout.
 pub fn run(settings: &Settings, message: &Message<'_>) -> io::Result<Ending> {
-    let mut child = Command::new(&settings.argv[0])
+    let mut command = Command::new(&settings.argv[0]);
+    command
         .args(&settings.argv[1..])
         .envs(environment(message).map(|(name, _, value)| (name, value)))
         .stdin(Stdio::piped())
@@ -71,8 +72,25 @@ pub fn run(settings: &Settings, message: &Message<'_>) -> io::Result<Ending> {
         .stderr(Stdio::piped())
         // Its own process group, so a timeout ends everything it started,
         // and a terminal's Ctrl-C is the host's alone to handle.
-        .process_group(0)
-        .spawn()?;
+        .process_group(0);
+    // SAFETY: getpid is async-signal-safe, and runs before the fork.
+    let host = unsafe { libc::getpid() };
+    // SAFETY: between fork and exec only async-signal-safe calls run:
+    // prctl, getppid and _exit.
+    unsafe {
+        command.pre_exec(move || {
+            // Killed if the host dies first (a stop that gave up waiting
+            // for it, a SIGKILL): a command never outlives its host. The
+            // signal follows the consumer thread that runs the command,
+            // which waits for it.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != host {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn()?;
     let started = Instant::now();
     let group = i32::try_from(child.id()).map_err(io::Error::other)?;
 

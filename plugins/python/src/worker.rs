@@ -29,7 +29,13 @@ pub const DEFAULT_INTERPRETER: &str = "python3";
 
 /// Top-level keys only this host reads: fedora-messaging refuses unknown
 /// keys, so Python is given the file without them.
-const HOST_KEYS: [&str; 4] = ["workers", "delivery_limit", "amqp_urls", "python"];
+const HOST_KEYS: [&str; 5] = [
+    "workers",
+    "delivery_limit",
+    "amqp_urls",
+    "python",
+    "stop_timeout",
+];
 
 /// How long a stopping Python process may take to end before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
