@@ -429,6 +429,49 @@ fn a_stop_waits_for_a_callback_that_never_returns_only_until_stop_timeout() {
 }
 
 #[test]
+fn a_publish_bound_at_import_goes_through_the_host_and_is_counted() {
+    // With [monitoring], fedora-messaging's own publish would also start
+    // its Twisted service on the host's port.
+    let (broker, queue, _dead, config) = dead_lettered_queue("bridge-bound-publish", "");
+    let derived = TestBroker::unique_name("bridge-bound-publish-to");
+    broker.declare_queue(&derived, FieldTable::default());
+    broker.bind(&derived, "amq.topic", &derived);
+    broker.publish(&json!({"id": "p1", "topic": format!("{queue}.test"), "body": {"to": derived}}));
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        listener.local_addr().expect("its address").port()
+    };
+    let dir = scratch();
+    let out = dir.path().join("out.jsonl");
+    let conf = config_file(
+        dir.path(),
+        &bridge_config(
+            &format!("{config}\n[monitoring]\naddress = \"127.0.0.1\"\nport = {port}\n"),
+            "bridge_publish_early:republish",
+            &out,
+            "bound-publish",
+        ),
+    );
+    let mut host = Running::start(&mut host(&conf));
+    host.wait_for("Monitoring on http://", WAIT);
+    let started = Instant::now();
+    let ready = loop {
+        let (_, ready) = http_get(&format!("127.0.0.1:{port}"), "/ready");
+        if ready.contains("\"published\":1") || started.elapsed() > WAIT {
+            break ready;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    host.signal("TERM");
+    let run = host.finish();
+    assert!(ready.contains("\"published\":1"), "{ready}\n{run:#?}");
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert_eq!(broker.depth(&derived), 1, "{run:#?}");
+    broker.delete_queue(&queue);
+    broker.delete_queue(&derived);
+}
+
+#[test]
 fn a_python_callback_that_cannot_be_imported_stops_the_host_at_once() {
     let url = amqp_url();
     let dir = scratch();

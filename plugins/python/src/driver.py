@@ -131,7 +131,43 @@ def load_callback():
 def publish_through_host(message, exchange=None, timeout=30):
     """`fedora_messaging.api.publish`, through the host's connection: the
     message is validated here, then the host publishes it and waits for the
-    broker's confirm."""
+    broker's confirm. fedora-messaging's publish signals are sent as its
+    own `publish` sends them."""
+    from fedora_messaging import api
+
+    api.pre_publish_signal.send(api.publish, message=message)
+    try:
+        _publish_through_host(message, exchange, timeout)
+    except Exception as e:
+        api.publish_failed_signal.send(api.publish, message=message, reason=e)
+        raise
+    api.publish_signal.send(api.publish, message=message)
+
+
+def twisted_publish_through_host(message, exchange=None):
+    """`fedora_messaging.api.twisted_publish`, through the host: a Deferred
+    that has fired once the broker confirmed the message (no Twisted
+    service, with its own connection, is started)."""
+    from twisted.internet import defer
+
+    return defer.maybeDeferred(publish_through_host, message, exchange)
+
+
+def route_publishing_through_host():
+    """Every publishing entry point of `fedora_messaging.api` goes through
+    the host, replaced before the callback is imported: a name it binds at
+    import (`from fedora_messaging.api import publish`) is the host's too.
+    The originals would open a connection of their own (to the default
+    broker under `amqp_urls`), go uncounted, and start fedora-messaging's
+    Twisted service, whose `[monitoring]` takes the host's port."""
+    from fedora_messaging import api, message
+
+    api.publish = publish_through_host
+    api.twisted_publish = twisted_publish_through_host
+    message.jsonschema = SchemasCheckedOnce(message.jsonschema)
+
+
+def _publish_through_host(message, exchange, timeout):
     from fedora_messaging import exceptions
     import jsonschema
 
@@ -262,11 +298,8 @@ def main():
     threading.Thread(target=read_requests, name="fm-bridge-reader", daemon=True).start()
     try:
         load_configuration()
+        route_publishing_through_host()
         callback = load_callback()
-        from fedora_messaging import api, message
-
-        api.publish = publish_through_host
-        message.jsonschema = SchemasCheckedOnce(message.jsonschema)
         import fedora_messaging
 
         version = getattr(fedora_messaging, "__version__", None)
