@@ -67,8 +67,119 @@ fn write_error(path: &Path, error: &std::io::Error) -> Fatal {
     )
 }
 
+/// Rust's keywords, and the built-in crates: cargo refuses a package, and
+/// Rust a library, named like one.
+const RESERVED_CRATE_NAMES: [&str; 58] = [
+    "abstract",
+    "as",
+    "async",
+    "await",
+    "become",
+    "box",
+    "break",
+    "const",
+    "continue",
+    "crate",
+    "do",
+    "dyn",
+    "else",
+    "enum",
+    "extern",
+    "false",
+    "final",
+    "fn",
+    "for",
+    "gen",
+    "if",
+    "impl",
+    "in",
+    "let",
+    "loop",
+    "macro",
+    "match",
+    "mod",
+    "move",
+    "mut",
+    "override",
+    "priv",
+    "pub",
+    "ref",
+    "return",
+    "self",
+    "static",
+    "struct",
+    "super",
+    "trait",
+    "true",
+    "try",
+    "type",
+    "typeof",
+    "unsafe",
+    "unsized",
+    "use",
+    "virtual",
+    "where",
+    "while",
+    "yield",
+    "alloc",
+    "core",
+    "std",
+    "test",
+    "proc_macro",
+    "proc-macro",
+    "Self",
+];
+
+/// Names the generated code itself uses, or Rust's prelude gives: a
+/// consumer type named like one would not compile (or would shadow what
+/// the code means), so it takes the suffix `Consumer`.
+const TAKEN_TYPE_NAMES: [&str; 37] = [
+    "Self",
+    "Consumer",
+    "ConsumerError",
+    "Init",
+    "Message",
+    "Deserialize",
+    "Conf",
+    "Harness",
+    "Outcome",
+    "Result",
+    "Option",
+    "Some",
+    "None",
+    "Ok",
+    "Err",
+    "Box",
+    "String",
+    "Vec",
+    "Send",
+    "Sync",
+    "Sized",
+    "Unpin",
+    "Drop",
+    "Fn",
+    "FnMut",
+    "FnOnce",
+    "Copy",
+    "Clone",
+    "Default",
+    "Eq",
+    "PartialEq",
+    "Ord",
+    "PartialOrd",
+    "Iterator",
+    "From",
+    "Into",
+    "ToString",
+];
+
 /// A crate name cargo accepts, which is also the library's file name.
 fn check_name(name: &str) -> Result<(), String> {
+    if RESERVED_CRATE_NAMES.contains(&name) {
+        return Err(format!(
+            "{name:?} is a Rust keyword or a built-in crate's name, which no crate may have: choose another (e.g. {name}-watch)"
+        ));
+    }
     let valid = name
         .chars()
         .next()
@@ -85,8 +196,18 @@ fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// `koji-watch` → `KojiWatch`, the consumer's type and exported name.
+/// `koji-watch` → `KojiWatch`, the consumer's type and exported name;
+/// `message` → `MessageConsumer` ([`TAKEN_TYPE_NAMES`]).
 fn type_name(name: &str) -> String {
+    let camel = camel_case(name);
+    if TAKEN_TYPE_NAMES.contains(&camel.as_str()) {
+        camel + "Consumer"
+    } else {
+        camel
+    }
+}
+
+fn camel_case(name: &str) -> String {
     name.split(['-', '_'])
         .filter(|part| !part.is_empty())
         .map(|part| {
@@ -238,8 +359,27 @@ mod tests {
     fn names_become_types_and_bad_ones_are_refused() {
         assert_eq!(type_name("koji-watch"), "KojiWatch");
         assert_eq!(type_name("my_saver2"), "MySaver2");
+        for (taken, renamed) in [
+            ("message", "MessageConsumer"),
+            ("consumer", "ConsumerConsumer"),
+            ("result", "ResultConsumer"),
+            ("conf", "ConfConsumer"),
+        ] {
+            assert_eq!(type_name(taken), renamed);
+        }
         assert!(check_name("koji-watch").is_ok());
-        for bad in ["", "2fast", "has space", "../escape", "a/b"] {
+        assert!(check_name("message").is_ok());
+        for bad in [
+            "",
+            "2fast",
+            "has space",
+            "../escape",
+            "a/b",
+            "self",
+            "fn",
+            "std",
+            "test",
+        ] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
     }

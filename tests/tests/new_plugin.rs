@@ -67,3 +67,29 @@ fn a_new_plugin_crate_tests_builds_and_runs_in_the_host() {
     assert_eq!(bad.code(), 2, "{bad:#?}");
     assert!(bad.stderr.contains("is not a crate name"), "{bad:#?}");
 }
+
+#[test]
+fn a_name_the_generated_code_or_rust_uses_still_gives_a_crate_that_builds() {
+    let dir = scratch();
+    // `message` would make a type `Message`, which the crate imports.
+    let created = run(fedora_messaging()
+        .args(["new-plugin", "message", "--dir"])
+        .arg(dir.path())
+        .arg("--api")
+        .arg(workspace_root().join("plugin-api")));
+    assert_eq!(created.code(), 0, "{created:#?}");
+    let mut command = cargo();
+    command
+        .current_dir(dir.path().join("message"))
+        .args(["test"])
+        .env("CARGO_TARGET_DIR", target_dir().join("out-of-tree"));
+    let tested = run(&mut command);
+    assert_eq!(tested.code(), 0, "{tested:#?}");
+    assert!(tested.stdout.contains("2 passed"), "{tested:#?}");
+
+    let keyword = run(fedora_messaging()
+        .args(["new-plugin", "self", "--dir"])
+        .arg(dir.path()));
+    assert_eq!(keyword.code(), 2, "{keyword:#?}");
+    assert!(keyword.stderr.contains("is a Rust keyword"), "{keyword:#?}");
+}
