@@ -417,6 +417,9 @@ fn publish_on(
                 "exchange {exchange:?}: {}",
                 broker_reply(&error)
             ))),
+            // The message itself is refused (larger than the broker's
+            // max_message_size): sending it again cannot help.
+            Some(406) => Attempt::Refused(Failure::Returned(broker_reply(&error))),
             _ => Attempt::Broken(error.to_string()),
         },
     }

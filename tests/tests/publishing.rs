@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use fm_e2e::broker::{TestBroker, ensure_user, queue_config, queue_config_at};
 use fm_e2e::nodes::{
-    MemoryAlarm, fault_node_alone, fault_url, start_fault_node, stop_fault_node, version,
+    MemoryAlarm, fault_node_alone, fault_node_ctl, fault_url, start_fault_node, stop_fault_node,
+    version,
 };
 use fm_e2e::process::Running;
 use fm_e2e::proxy::Proxy;
@@ -280,6 +281,58 @@ fn publishing_through_a_broker_restart_loses_nothing() {
     assert!(duplicated <= 20, "{duplicated} duplicates");
     broker.delete_queue(&source);
     broker.delete_queue(&derived);
+}
+
+/// The fault node's max_message_size, lowered until dropped, for
+/// channels opened meanwhile.
+struct SmallMessagesOnly;
+
+impl SmallMessagesOnly {
+    fn set() -> SmallMessagesOnly {
+        fault_node_ctl(&[
+            "eval",
+            "application:set_env(rabbit, max_message_size, 1048576).",
+        ]);
+        SmallMessagesOnly
+    }
+}
+
+impl Drop for SmallMessagesOnly {
+    fn drop(&mut self) {
+        fault_node_ctl(&["eval", "application:unset_env(rabbit, max_message_size)."]);
+    }
+}
+
+#[test]
+fn a_message_over_the_brokers_size_limit_fails_at_once_with_its_reason() {
+    // Sent again it would be refused again, until the timeout. (The limit
+    // is lowered to 1 MiB here, so that the message is quick to make.)
+    let _alone = fault_node_alone();
+    let broker = TestBroker::connect_to(&fault_url());
+    let source = TestBroker::unique_name("publishing-too-big");
+    broker.declare_queue(&source, FieldTable::default());
+    broker.publish(&record(
+        &source,
+        "m1",
+        json!({"do": "publish", "publish": {
+            "topic": "t", "body": {}, "pad_bytes": 2_000_000, "timeout_ms": 60_000,
+        }}),
+    ));
+    let _small = SmallMessagesOnly::set();
+    let dir = scratch();
+    let conf = config_file(dir.path(), &queue_config_at(&fault_url(), &source, ""));
+    let started = Instant::now();
+    let run = run(&mut scripted_consume(&conf));
+    let took = started.elapsed();
+    assert_eq!(run.code(), 13, "{run:#?}");
+    let failed = run
+        .stdout
+        .lines()
+        .find(|line| line.contains("publish failed: Returned("))
+        .unwrap_or_else(|| panic!("no Returned failure: {run:#?}"));
+    assert!(failed.contains("max size"), "the broker's reason: {failed}");
+    assert!(took < Duration::from_secs(30), "failed after {took:?}");
+    broker.delete_queue(&source);
 }
 
 #[test]

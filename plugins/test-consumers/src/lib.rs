@@ -21,7 +21,7 @@
 //!   `"do": "publish", "publish": SPEC` publishes through the host (SPEC:
 //!   `topic`, `body`, and optionally `severity`, `priority`, `headers`,
 //!   `usernames`, `packages`, `schema`, `exchange`, `timeout_ms`,
-//!   `from_thread`), logs `published ID` and acks, or fails with the
+//!   `from_thread`, and `pad_bytes`: a body field that long), logs `published ID` and acks, or fails with the
 //!   error's kind (`publish failed: Forbidden(…)`). A `consumer_config`
 //!   with `publish_on_new = SPEC` publishes from `new`, one with
 //!   `publish_on_stop = SPEC` from `stop`. One with `fail_instance = N`
@@ -238,12 +238,18 @@ fn publish(spec: &Value) -> Result<(), ConsumerError> {
             })
             .unwrap_or_default()
     };
-    let mut message = Outgoing::new(
-        spec["topic"].as_str().unwrap_or("scripted"),
-        spec["body"].clone(),
-    )
-    .usernames(strings("usernames"))
-    .packages(strings("packages"));
+    let mut body = spec["body"].clone();
+    // A body this many bytes long, over the broker's message size limit.
+    if let (Some(bytes), Some(fields)) = (spec["pad_bytes"].as_u64(), body.as_object_mut()) {
+        fields.insert(
+            "pad".to_owned(),
+            "x".repeat(usize::try_from(bytes).unwrap_or(usize::MAX))
+                .into(),
+        );
+    }
+    let mut message = Outgoing::new(spec["topic"].as_str().unwrap_or("scripted"), body)
+        .usernames(strings("usernames"))
+        .packages(strings("packages"));
     if let Some(level) = spec["severity"].as_u64().and_then(Severity::from_level) {
         message = message.severity(level);
     }
