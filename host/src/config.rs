@@ -116,12 +116,15 @@ pub struct Config {
 
 /// `[python]`: read by the Python bridge plugin (`plugins/python`), checked
 /// here so a mistake is an error at load, like any other key.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PythonSettings {
     /// The interpreter, e.g. a virtual environment's `bin/python`; `python3`
     /// from `PATH` when not given.
     pub interpreter: Option<String>,
+    /// Seconds Python may take to import the callback and be ready; the
+    /// bridge's default when not given.
+    pub start_timeout: Option<f64>,
 }
 
 /// `[delivery_limit]`: a message delivered `max` times is not handed to

@@ -472,6 +472,32 @@ fn a_publish_bound_at_import_goes_through_the_host_and_is_counted() {
 }
 
 #[test]
+fn a_callback_whose_import_hangs_stops_the_host_after_start_timeout() {
+    let (broker, queue, _dead, config) = dead_lettered_queue("bridge-import-hangs", "");
+    broker.publish(&json!({"id": "h1", "topic": format!("{queue}.test"), "body": {}}));
+    let dir = scratch();
+    let out = dir.path().join("out.jsonl");
+    let conf = config_file(
+        dir.path(),
+        &bridge_config(&config, "bridge_import_hangs:never", &out, "hangs")
+            .replace("[python]\n", "[python]\nstart_timeout = 2\n"),
+    );
+    let started = Instant::now();
+    let run = run(&mut host(&conf));
+    let took = started.elapsed();
+    assert_eq!(run.code(), 1, "{run:#?}");
+    assert!(
+        run.output().contains(
+            "bridge_import_hangs:never was not ready within 2 s ([python] start_timeout)"
+        ),
+        "{run:#?}"
+    );
+    assert!(took < Duration::from_secs(60), "the host took {took:?}");
+    assert_eq!(broker.depth(&queue), 1, "h1 is still in its queue");
+    broker.delete_queue(&queue);
+}
+
+#[test]
 fn a_python_callback_that_cannot_be_imported_stops_the_host_at_once() {
     let url = amqp_url();
     let dir = scratch();

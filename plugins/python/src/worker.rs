@@ -47,7 +47,13 @@ pub struct Settings {
     pub kind: CallbackKind,
     pub interpreter: String,
     pub config_file: Option<String>,
+    /// How long Python may take to import the callback and be ready.
+    pub start_timeout: Duration,
 }
+
+/// `[python] start_timeout`'s default: room for a large schema package's
+/// import on a busy machine, and a bound on one that hangs.
+const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Settings {
     /// The callback is the one the host was given when that is a Python
@@ -72,11 +78,26 @@ impl Settings {
                 );
             }
         };
+        let start_timeout = match host
+            .table
+            .get("python")
+            .and_then(|p| p.get("start_timeout"))
+        {
+            None => DEFAULT_START_TIMEOUT,
+            Some(value) => value
+                .as_f64()
+                .filter(|seconds| *seconds > 0.0 && *seconds <= 86_400.0)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| {
+                    format!("[python] start_timeout must be seconds from 0 to 86400, not {value}")
+                })?,
+        };
         Ok(Settings {
             callback,
             kind,
             interpreter,
             config_file: host.file.as_ref().map(|f| f.display().to_string()),
+            start_timeout,
         })
     }
 }
@@ -156,7 +177,15 @@ impl Worker {
             requests,
             answers,
         };
-        match worker.answers.recv() {
+        match worker.answers.recv_timeout(settings.start_timeout) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                kill_group(&mut worker.child);
+                Err(format!(
+                    "the Python callback {} was not ready within {} s ([python] start_timeout): its import hangs, or takes longer",
+                    settings.callback,
+                    settings.start_timeout.as_secs_f64()
+                ))
+            }
             Ok(Answer::Ready(about)) => {
                 log::debug!("Python callback {} ready: {about}", settings.callback);
                 Ok(worker)
@@ -168,7 +197,7 @@ impl Worker {
                     settings.callback
                 ))
             }
-            Ok(Answer::Done(_)) | Err(_) => {
+            Ok(Answer::Done(_)) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let status = worker.reap();
                 Err(format!(
                     "the Python process for {} ended before it was ready ({}); is {:?} a Python 3 with fedora-messaging installed?",
