@@ -305,8 +305,9 @@ impl Drop for SmallMessagesOnly {
 
 #[test]
 fn a_message_over_the_brokers_size_limit_fails_at_once_with_its_reason() {
-    // Sent again it would be refused again, until the timeout. (The limit
-    // is lowered to 1 MiB here, so that the message is quick to make.)
+    // Sent again it would be refused again, until the timeout. 17 MB is
+    // over RabbitMQ 4's default limit (16 MiB); 3.x's, 128 MiB, is lowered
+    // to 1 MiB here, so that the message is quick to make.
     let _alone = fault_node_alone();
     let broker = TestBroker::connect_to(&fault_url());
     let source = TestBroker::unique_name("publishing-too-big");
@@ -315,23 +316,23 @@ fn a_message_over_the_brokers_size_limit_fails_at_once_with_its_reason() {
         &source,
         "m1",
         json!({"do": "publish", "publish": {
-            "topic": "t", "body": {}, "pad_bytes": 2_000_000, "timeout_ms": 60_000,
+            "topic": "t", "body": {}, "pad_bytes": 17_000_000, "timeout_ms": 60_000,
         }}),
     ));
+    // Should the broker take it, the host stops here instead.
+    broker.publish(&record(&source, "m2", json!({"do": "halt"})));
     let _small = SmallMessagesOnly::set();
     let dir = scratch();
     let conf = config_file(dir.path(), &queue_config_at(&fault_url(), &source, ""));
-    let started = Instant::now();
     let run = run(&mut scripted_consume(&conf));
-    let took = started.elapsed();
     assert_eq!(run.code(), 13, "{run:#?}");
+    // Sent again until the timeout, it would end as a Timeout.
     let failed = run
         .stdout
         .lines()
         .find(|line| line.contains("publish failed: Returned("))
         .unwrap_or_else(|| panic!("no Returned failure: {run:#?}"));
     assert!(failed.contains("max size"), "the broker's reason: {failed}");
-    assert!(took < Duration::from_secs(30), "failed after {took:?}");
     broker.delete_queue(&source);
 }
 

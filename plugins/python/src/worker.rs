@@ -89,7 +89,7 @@ impl Settings {
                 .filter(|seconds| *seconds > 0.0 && *seconds <= 86_400.0)
                 .map(Duration::from_secs_f64)
                 .ok_or_else(|| {
-                    format!("[python] start_timeout must be seconds from 0 to 86400, not {value}")
+                    format!("[python] start_timeout must be seconds above 0 and at most 86400, not {value}")
                 })?,
         };
         Ok(Settings {
