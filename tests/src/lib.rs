@@ -517,3 +517,10 @@ pub fn gone_within(pid: &str, timeout: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a
+/// `[monitoring]` the test then queries.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("its address").port()
+}

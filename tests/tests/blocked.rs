@@ -25,11 +25,6 @@ fn record(queue: &str, id: &str, body: Value) -> Value {
     json!({"id": id, "topic": format!("{queue}.test"), "body": body})
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    listener.local_addr().expect("its address").port()
-}
-
 /// Polls `port`'s `path` until its answer contains `wanted`.
 fn wait_for_answer(port: u16, path: &str, wanted: &str) -> String {
     let address = format!("127.0.0.1:{port}");

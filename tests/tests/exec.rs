@@ -198,6 +198,19 @@ fn a_command_that_never_ends(
     (broker, queue, consumer, dir.join("command.pid"))
 }
 
+/// A stop that gave up on the command: it ended soon, the command with
+/// it, and m1 went back to its queue (which is then deleted).
+fn stopped_without_the_command(took: Duration, pid_file: &Path, broker: &TestBroker, queue: &str) {
+    assert!(took < Duration::from_secs(20), "the stop took {took:?}");
+    let pid = std::fs::read_to_string(pid_file).unwrap();
+    assert!(
+        gone_within(pid.trim(), Duration::from_secs(10)),
+        "the command outlived its host"
+    );
+    assert_eq!(broker.depth(queue), 1, "m1 went back to its queue");
+    broker.delete_queue(queue);
+}
+
 #[test]
 fn a_stop_waits_for_a_command_that_never_ends_only_until_stop_timeout() {
     let dir = scratch();
@@ -214,14 +227,7 @@ fn a_stop_waits_for_a_command_that_never_ends_only_until_stop_timeout() {
         ),
         "{run:#?}"
     );
-    assert!(took < Duration::from_secs(20), "the stop took {took:?}");
-    let pid = std::fs::read_to_string(&pid_file).unwrap();
-    assert!(
-        gone_within(pid.trim(), Duration::from_secs(10)),
-        "the command outlived its host"
-    );
-    assert_eq!(broker.depth(&queue), 1, "m1 went back to its queue");
-    broker.delete_queue(&queue);
+    stopped_without_the_command(took, &pid_file, &broker, &queue);
 }
 
 #[test]
@@ -240,14 +246,7 @@ fn a_second_signal_ends_a_stops_wait_at_once() {
     let took = stopped.elapsed();
     assert_eq!(run.code(), 0, "{run:#?}");
     assert!(run.stdout.contains("(a second signal came)"), "{run:#?}");
-    assert!(took < Duration::from_secs(20), "the stop took {took:?}");
-    let pid = std::fs::read_to_string(&pid_file).unwrap();
-    assert!(
-        gone_within(pid.trim(), Duration::from_secs(10)),
-        "the command outlived its host"
-    );
-    assert_eq!(broker.depth(&queue), 1, "m1 went back to its queue");
-    broker.delete_queue(&queue);
+    stopped_without_the_command(took, &pid_file, &broker, &queue);
 }
 
 #[test]

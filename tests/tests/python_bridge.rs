@@ -437,10 +437,7 @@ fn a_publish_bound_at_import_goes_through_the_host_and_is_counted() {
     broker.declare_queue(&derived, FieldTable::default());
     broker.bind(&derived, "amq.topic", &derived);
     broker.publish(&json!({"id": "p1", "topic": format!("{queue}.test"), "body": {"to": derived}}));
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-        listener.local_addr().expect("its address").port()
-    };
+    let port = free_port();
     let dir = scratch();
     let out = dir.path().join("out.jsonl");
     let conf = config_file(
