@@ -59,7 +59,7 @@ impl Contender {
 pub struct Settings {
     pub prefetch: u16,
     pub messages: u64,
-    /// Consumer instances (ours only).
+    /// Consumer instances (ours, and the Python bridge's processes).
     pub workers: usize,
     /// Milliseconds the no-op consumer sleeps per message (ours only).
     pub sleep_ms: u64,
@@ -116,10 +116,18 @@ impl Programs {
                 let interpreter = self.python()?.with_file_name("python");
                 let python_table =
                     format!("\n[python]\ninterpreter = \"{}\"\n", interpreter.display());
-                let conf = self.write_config("python-bridge", settings, false, &python_table)?;
+                let mut extra = python_table;
+                if settings.workers > 1 {
+                    // One Python process a worker: they count together.
+                    let count_file = self.work_dir.join("bridge-count");
+                    let _ = std::fs::remove_file(&count_file);
+                    extra = format!("count_file = \"{}\"\n{extra}", count_file.display());
+                }
+                let conf = self.write_config("python-bridge", settings, false, &extra)?;
                 let mut command = Command::new(self.host());
                 command
                     .env("FEDORA_MESSAGING_PLUGIN_PATH", &self.bin_dir)
+                    .env("FM_PYTHON_BRIDGE_TIMING", "1")
                     .arg("--conf")
                     .arg(conf)
                     .arg("consume")
@@ -143,13 +151,14 @@ impl Programs {
 
     /// A configuration consuming the benchmark queue as it is declared,
     /// with the consumer told when to halt; `ours` adds the plugin, and
-    /// `extra_tables` (TOML tables) go at the end.
+    /// `extra` (keys of `[consumer_config]`, then TOML tables) goes at the
+    /// end.
     fn write_config(
         &self,
         name: &str,
         settings: &Settings,
         ours: bool,
-        extra_tables: &str,
+        extra: &str,
     ) -> Result<PathBuf, String> {
         let mut toml = format!(
             r#"amqp_url = "{AMQP_URL}"
@@ -157,10 +166,12 @@ impl Programs {
         );
         if ours {
             toml += &format!(
-                "callback = \"{}:Noop\"\nworkers = {}\n",
+                "callback = \"{}:Noop\"\n",
                 self.bin_dir.join("libbench_noop.so").display(),
-                settings.workers
             );
+        }
+        if settings.workers > 1 {
+            toml += &format!("workers = {}\n", settings.workers);
         }
         toml += &format!(
             r#"
@@ -187,7 +198,7 @@ halt_after = {}
         if ours && settings.sleep_ms > 0 {
             toml += &format!("sleep_ms = {}\n", settings.sleep_ms);
         }
-        toml += extra_tables;
+        toml += extra;
         let path = self.work_dir.join(format!("{name}.toml"));
         std::fs::write(&path, toml).map_err(|error| format!("{}: {error}", path.display()))?;
         Ok(path)

@@ -10,6 +10,9 @@
 //!   the ratios; write a CSV, a Markdown table and a PNG chart.
 //! - `workers`: a consumer that sleeps per message, one worker against
 //!   many.
+//! - `bridge`: the Python bridge (1 and 2 workers) against Python
+//!   fedora-messaging's CLI on the same callback, and the bridge's
+//!   overhead per message beyond the time spent in Python.
 //! - `memory`: RSS while draining a long queue, early against late.
 //! - `startup`: from the broker accepting the connection to the first
 //!   message reaching the consumer.
@@ -75,6 +78,17 @@ enum Mode {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// The Python bridge against Python fedora-messaging's CLI on the same
+    /// callback: 1 and 2 workers, each prefetch, and the bridge's
+    /// overhead per message beyond the time spent in Python
+    Bridge {
+        #[arg(long, default_value_t = 10_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, value_delimiter = ',', default_value = "25,1000")]
+        prefetch: Vec<u16>,
+    },
     /// RSS while draining --messages, sampled as the queue empties
     Memory {
         #[arg(long, default_value_t = 1_000_000)]
@@ -127,6 +141,11 @@ fn run(cli: &Cli) -> Result<(), String> {
             sleep_ms,
             rounds,
         } => compare_workers(&programs, &broker, *messages, *workers, *sleep_ms, *rounds),
+        Mode::Bridge {
+            messages,
+            rounds,
+            prefetch,
+        } => bridge(&programs, &broker, *messages, *rounds, prefetch),
         Mode::Memory { messages, prefetch } => memory(&programs, &broker, *messages, *prefetch),
         Mode::Startup { runs } => startup(&programs, &broker, *runs),
         Mode::Fill { messages, prefetch } => {
@@ -345,6 +364,101 @@ fn compare_workers(
     println!("\n{summary}");
     write(&programs.work_dir.join("workers.csv"), &csv)?;
     write(&programs.work_dir.join("workers.md"), &summary)
+}
+
+/// The Python callback under Python fedora-messaging's CLI and through the
+/// bridge with one and two workers, alternating, for each prefetch.
+fn bridge(
+    programs: &Programs,
+    broker: &Broker,
+    messages: u64,
+    rounds: usize,
+    prefetches: &[u16],
+) -> Result<(), String> {
+    if programs.python.is_none() {
+        return Err(
+            "the bridge is compared with Python fedora-messaging: pass --python".to_owned(),
+        );
+    }
+    let contenders = [
+        ("python", Contender::Python, 1),
+        ("bridge-1", Contender::PythonBridge, 1),
+        ("bridge-2", Contender::PythonBridge, 2),
+    ];
+    let mut csv = String::from(
+        "prefetch,round,contender,messages,active_seconds,msgs_per_s,cpu_s_per_1000,python_us_per_msg\n",
+    );
+    let mut table = String::from(
+        "| prefetch | contender | median msgs/s | / python | median CPU s per 1,000 msgs | µs per message in Python | hand-off overhead µs per message |\n|---|---|---|---|---|---|---|\n",
+    );
+    for &prefetch in prefetches {
+        let mut rates = vec![Vec::new(); contenders.len()];
+        let mut cpus = vec![Vec::new(); contenders.len()];
+        let mut in_python = vec![Vec::new(); contenders.len()];
+        let mut overheads = vec![Vec::new(); contenders.len()];
+        for round in 1..=rounds {
+            for (index, (name, contender, workers)) in contenders.iter().enumerate() {
+                let settings = Settings {
+                    prefetch,
+                    messages,
+                    workers: *workers,
+                    sleep_ms: 0,
+                };
+                let label = format!("{name}-p{prefetch}-r{round}");
+                let run = one_run(programs, broker, *contender, &settings, &label)?;
+                let per_message = run.active_seconds / messages as f64 * 1e6;
+                let python_us = measure::python_seconds(&programs.log(&label))
+                    .map(|seconds| seconds / messages as f64 * 1e6);
+                rates[index].push(messages as f64 / run.active_seconds);
+                cpus[index].push(cpu_per_thousand(&run, messages));
+                if let Some(python_us) = python_us {
+                    in_python[index].push(python_us);
+                    // With one process, wall time per message less the
+                    // time in Python is what the hand-offs cost.
+                    if *workers == 1 {
+                        overheads[index].push(per_message - python_us);
+                    }
+                }
+                let _ = writeln!(
+                    csv,
+                    "{prefetch},{round},{name},{messages},{:.4},{:.1},{:.4},{}",
+                    run.active_seconds,
+                    messages as f64 / run.active_seconds,
+                    cpu_per_thousand(&run, messages),
+                    python_us.map_or(String::new(), |us| format!("{us:.1}"))
+                );
+            }
+        }
+        let python_rate = median(&rates[0]);
+        for (index, (name, ..)) in contenders.iter().enumerate() {
+            let optional = |values: &Vec<f64>| {
+                if values.is_empty() {
+                    String::new()
+                } else {
+                    format!("{:.1}", median(values))
+                }
+            };
+            let rate = median(&rates[index]);
+            let _ = writeln!(
+                table,
+                "| {prefetch} | {name} | {rate:.0} | {:.2} | {:.3} | {} | {} |",
+                rate / python_rate,
+                median(&cpus[index]),
+                optional(&in_python[index]),
+                optional(&overheads[index]),
+            );
+        }
+    }
+    let summary = format!(
+        "{messages} messages, {rounds} round(s), contenders alternating; the same \
+         callback file (bench/python_consumer.py) and virtual environment; \
+         msgs/s from the first delivery to the last settlement; CPU of the \
+         whole process with its children; time in Python as the bridge's \
+         driver measures it (building the message and running the callback)\n\n{table}"
+    );
+    println!("\n{summary}");
+    write(&programs.work_dir.join("bridge.csv"), &csv)?;
+    write(&programs.work_dir.join("bridge.md"), &summary)
 }
 
 fn memory(

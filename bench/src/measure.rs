@@ -122,6 +122,26 @@ fn active_seconds(log: &Path) -> Result<f64, String> {
         .ok_or_else(|| format!("no {ACTIVE_MARK:?} line in {}", log.display()))
 }
 
+/// What the Python bridge's processes say they spent in Python (building
+/// the message and running the callback), summed over them: the lines
+/// [`PYTHON_TIME_MARK`]` N message(s) in S s` that its driver writes at its
+/// end when `FM_PYTHON_BRIDGE_TIMING` is set. `None` without such a line.
+pub fn python_seconds(log: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let seconds: Vec<f64> = text
+        .lines()
+        .filter_map(|line| {
+            let (_, after) = line.split_once(PYTHON_TIME_MARK)?;
+            let (_, seconds) = after.split_once(" in ")?;
+            seconds.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .collect();
+    (!seconds.is_empty()).then(|| seconds.iter().sum())
+}
+
+/// Where the bridge's driver reports its own time (see [`python_seconds`]).
+pub const PYTHON_TIME_MARK: &str = "fm-python-bridge timing:";
+
 fn wait4(pid: libc::pid_t) -> Result<(i32, libc::rusage), String> {
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value for the kernel to fill.
