@@ -306,3 +306,30 @@ fn schema_violations_say_what_is_wrong() {
         assert!(error.contains(expected), "{line}: {error}");
     }
 }
+
+#[test]
+fn an_encoded_body_is_published_byte_for_byte_once_checked() {
+    // What Python's json.dumps writes: spaces after separators, non-ASCII
+    // escaped, keys in the order they were given.
+    let encoded = r#"{"z": 1, "a": [1, 2], "name": "\u00e9"}"#;
+    let line = serde_json::json!({"topic": "t", "encoded_body": encoded}).to_string();
+    let message = RecordMessage::parse(&line).unwrap();
+    assert_eq!(message.body, encoded.as_bytes());
+    for (record, complaint) in [
+        (
+            serde_json::json!({"topic": "t", "encoded_body": "[1]"}),
+            "must be a JSON object",
+        ),
+        (
+            serde_json::json!({"topic": "t", "encoded_body": {}}),
+            "must be a string",
+        ),
+        (
+            serde_json::json!({"topic": "t", "encoded_body": "{}", "body": {}}),
+            "not both",
+        ),
+    ] {
+        let error = RecordMessage::parse(&record.to_string()).unwrap_err();
+        assert!(error.contains(complaint), "{record}: {error}");
+    }
+}
