@@ -205,8 +205,12 @@ fn a_class_callback_keeps_its_state_and_its_exceptions_settle_as_in_fedora_messa
     assert_eq!(dropped, ["m3"], "Drop rejects without requeue");
     let published = broker.take_all(&published_to);
     assert_eq!(published.len(), 1, "{run:#?}");
-    let body: Value = serde_json::from_slice(&published[0].body).expect("a JSON body");
-    assert_eq!(body, json!({"from": "m4"}));
+    // The bytes fedora-messaging's Message encodes (json.dumps' defaults).
+    assert_eq!(
+        String::from_utf8_lossy(&published[0].body),
+        r#"{"from": "m4", "\u00e9t\u00e9": [1, 2.5], "a": null}"#,
+        "{run:#?}"
+    );
     let output = run.output();
     let logged = output
         .lines()
@@ -244,6 +248,68 @@ fn an_exception_or_a_crash_in_python_is_a_failure_that_returns_the_message() {
         let left: Vec<String> = broker.drain(&queue).into_iter().map(|m| m.id).collect();
         assert_eq!(left, ["f1"], "{what}: the message goes back to the queue");
     }
+}
+
+#[test]
+fn a_child_forked_by_the_callback_cannot_take_the_answer_from_it() {
+    // The child logs records far over a pipe's atomic write while the
+    // callback returns: a child writing to the answers' pipe would cut the
+    // answer in two, and the queue would stall.
+    let (broker, queue, _dead, config) = dead_lettered_queue("bridge-fork", "");
+    broker.publish(&json!({"id": "k1", "topic": format!("{queue}.test"),
+                          "body": {"do": "fork_and_log", "bytes": 200_000, "records": 5}}));
+    broker.publish(&json!({"id": "k2", "topic": format!("{queue}.test"),
+                          "body": {"do": "halt", "code": 0}}));
+    let dir = scratch();
+    let out = dir.path().join("out.jsonl");
+    let conf = config_file(
+        dir.path(),
+        &bridge_config(&config, "bridge_callbacks:Scripted", &out, "fork"),
+    );
+    let run = run(&mut host(&conf));
+    let output = run.output();
+    let brief = || output.chars().take(3000).collect::<String>();
+    assert_eq!(run.code(), 0, "{}", brief());
+    let lines = written(&out);
+    assert_eq!(ids_of(&lines), ["k1", "k2"], "{}", brief());
+    assert!(
+        lines.iter().any(|line| line["forked"].is_u64()),
+        "{lines:?}"
+    );
+    // What the child logged reached standard error whole.
+    let x = "x".repeat(200_000);
+    let records = (0..5)
+        .filter(|n| {
+            output.contains(&format!(
+                "[bridge_callbacks.forked WARNING] record {n} {x}\n"
+            ))
+        })
+        .count();
+    assert_eq!(records, 5, "{}", brief());
+    assert_eq!(broker.depth(&queue), 0, "{}", brief());
+    broker.delete_queue(&queue);
+}
+
+#[test]
+fn a_command_the_callback_runs_cannot_write_into_the_conversation() {
+    // With the conversation's descriptors inherited, the command's bytes
+    // would run into the answer, which would never be read: a stall.
+    let (broker, queue, _dead, config) = dead_lettered_queue("bridge-inherit", "");
+    broker.publish(&json!({"id": "w1", "topic": format!("{queue}.test"),
+                          "body": {"do": "write_to_inherited_fds"}}));
+    broker.publish(&json!({"id": "w2", "topic": format!("{queue}.test"),
+                          "body": {"do": "halt", "code": 0}}));
+    let dir = scratch();
+    let out = dir.path().join("out.jsonl");
+    let conf = config_file(
+        dir.path(),
+        &bridge_config(&config, "bridge_callbacks:Scripted", &out, "inherit"),
+    );
+    let run = run(&mut host(&conf));
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert_eq!(ids_of(&written(&out)), ["w1", "w2"], "{run:#?}");
+    assert_eq!(broker.depth(&queue), 0, "{run:#?}");
+    broker.delete_queue(&queue);
 }
 
 #[test]

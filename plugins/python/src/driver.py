@@ -7,22 +7,34 @@ once, then runs it for each message the plugin sends, as fedora-messaging
 from the `fedora.messages` entry points, then validated), and the
 callback's exceptions become outcomes.
 
-Messages arrive on fd 3, one JSON object a line; answers, log records and
-publish requests leave on fd 4. Standard output and standard error are the
-host's, so what a callback prints goes where fedora-messaging's would.
+The conversation is in frames (plugins/python/src/frames.rs): a length
+(u32, little-endian), a kind (one byte), the payload. Messages and publish
+replies arrive on fd 3; the main thread's answers, log records and publish
+requests leave on fd 4, which the plugin reads while it waits for the main
+thread; every other thread's log records and publish requests leave on
+fd 5, which the plugin reads at any time. Standard output and standard
+error are the host's, so what a callback prints goes where
+fedora-messaging's would.
+
+No one but this driver writes to these descriptors: they are moved to
+close-on-exec ones at once (nothing a callback runs inherits them), and a
+child forked from Python (os.fork, multiprocessing) closes them and logs to
+standard error instead.
 """
 
 import asyncio
+import collections
 import copy
 import importlib
 import inspect
 import json
 import logging
 import os
-import queue
 import signal
+import struct
 import sys
 import threading
+import time
 import traceback
 import types
 
@@ -40,29 +52,154 @@ signal.signal(signal.SIGINT, _host_owns_signals)
 signal.signal(signal.SIGTERM, _host_owns_signals)
 
 SETTINGS = json.loads(sys.argv[1])
-REQUESTS = os.fdopen(3, "rb")
-ANSWERS = os.fdopen(4, "wb")
-SEND_LOCK = threading.Lock()
+
+HEADER = struct.Struct("<IB")
+MESSAGE, REPLY = ord("M"), ord("R")
+READY, START_FAILED, DONE, LOG, PUBLISH = (ord(k) for k in "YFDLP")
+END = object()
+# Set in a child forked from this process: it must not speak for it.
+FORKED = False
 
 
-def send(answer):
-    line = json.dumps(answer, ensure_ascii=False, default=repr).encode("utf-8") + b"\n"
-    with SEND_LOCK:
-        ANSWERS.write(line)
-        ANSWERS.flush()
+def _own(fd):
+    """The inherited descriptor `fd` as one of our own, close-on-exec
+    (Python's descriptors are), the inherited number closed."""
+    own = os.dup(fd)
+    os.close(fd)
+    return own
+
+
+REQUESTS_FD, SYNC_FD, ASYNC_FD = _own(3), _own(4), _own(5)
+
+
+class Outbox:
+    """One descriptor's frames, each written whole under a lock."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.lock = threading.Lock()
+
+    def send(self, kind, payload):
+        view = memoryview(HEADER.pack(len(payload), kind) + payload)
+        with self.lock:
+            while view:
+                view = view[os.write(self.fd, view):]
+
+
+SYNC, ASYNC = Outbox(SYNC_FD), Outbox(ASYNC_FD)
+MAIN_THREAD = threading.main_thread()
+
+
+def send(kind, value):
+    """Sends `value` as JSON: from the main thread on the descriptor the
+    plugin reads while it waits for it, from any other on the other."""
+    if FORKED:
+        raise RuntimeError("a process forked from the callback's cannot talk to the host")
+    payload = json.dumps(value, ensure_ascii=False, default=repr).encode("utf-8", "replace")
+    (SYNC if threading.current_thread() is MAIN_THREAD else ASYNC).send(kind, payload)
+
+
+class Inbox:
+    """What the plugin sends on fd 3, read by whichever thread needs it
+    next (the main thread a message, a publishing thread its reply), so
+    no thread sits between the pipe and the one waiting."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.buffer = bytearray()
+        self.waiting = {MESSAGE: collections.deque(), REPLY: collections.deque()}
+        self.condition = threading.Condition()
+        self.reading = False
+        self.closed = False
+
+    def take(self, kind):
+        """The next frame of `kind`, or END once the plugin closed fd 3."""
+        while True:
+            with self.condition:
+                while True:
+                    if self.waiting[kind]:
+                        return self.waiting[kind].popleft()
+                    if self.closed:
+                        return END
+                    if not self.reading:
+                        break
+                    self.condition.wait()
+                self.reading = True
+            frame = None
+            try:
+                frame = self._read()
+            finally:
+                with self.condition:
+                    self.reading = False
+                    if frame is None:
+                        self.closed = True
+                    else:
+                        self.waiting[frame[0]].append(frame[1])
+                    self.condition.notify_all()
+
+    def _read(self):
+        header = self._exactly(HEADER.size)
+        if header is None:
+            return None
+        length, kind = HEADER.unpack(header)
+        if kind not in self.waiting:
+            raise SystemExit(f"the host sent a frame of unknown kind {kind}")
+        payload = self._exactly(length)
+        if payload is None:
+            raise SystemExit("the host's input closed in the middle of a frame")
+        return kind, payload
+
+    def _exactly(self, size):
+        while len(self.buffer) < size:
+            chunk = os.read(self.fd, max(65536, size - len(self.buffer)))
+            if not chunk:
+                return None
+            self.buffer += chunk
+        taken = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return taken
+
+
+INBOX = Inbox(REQUESTS_FD)
+
+
+def _in_a_forked_child():
+    """A child forked from this process (os.fork, multiprocessing) keeps
+    none of the conversation: its descriptors close, and what it logs goes
+    to standard error, so nothing it writes can be taken for an answer."""
+    global FORKED
+    FORKED = True
+    for fd in (REQUESTS_FD, SYNC_FD, ASYNC_FD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+os.register_at_fork(after_in_child=_in_a_forked_child)
 
 
 class ToHost(logging.Handler):
-    """Hands every record to the host's logger, under the logger's name."""
+    """Hands every record to the host's logger, under the logger's name;
+    in a forked child, writes it to standard error."""
+
+    def __init__(self):
+        super().__init__()
+        # The host's own format, so the journal reads the same.
+        self.forked_format = logging.Formatter("[%(name)s %(levelname)s] %(message)s")
 
     def emit(self, record):
         try:
+            if FORKED:
+                sys.stderr.write(self.forked_format.format(record) + "\n")
+                sys.stderr.flush()
+                return
             text = record.getMessage()
             if record.exc_info:
                 text += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
             if record.stack_info:
                 text += "\n" + record.stack_info
-            send({"log": {"level": record.levelno, "name": record.name, "text": text}})
+            send(LOG, {"level": record.levelno, "name": record.name, "text": text})
         except Exception:
             self.handleError(record)
 
@@ -70,23 +207,6 @@ class ToHost(logging.Handler):
 logging.root.handlers[:] = [ToHost()]
 logging.root.setLevel(SETTINGS["log_level"])
 _log = logging.getLogger("fedora_messaging.twisted.consumer")
-
-MESSAGES = queue.Queue()
-REPLIES = queue.Queue()
-END = object()
-
-
-def read_requests():
-    """Sorts what the plugin sends: messages for the main loop, publish
-    answers for whichever thread is publishing."""
-    for line in REQUESTS:
-        request = json.loads(line)
-        if "message" in request:
-            MESSAGES.put(request["message"])
-        else:
-            REPLIES.put(request)
-    MESSAGES.put(END)
-    REPLIES.put(END)
 
 
 def load_configuration():
@@ -175,18 +295,24 @@ def _publish_through_host(message, exchange, timeout):
         message.validate()
     except (jsonschema.exceptions.ValidationError, AttributeError) as e:
         raise exceptions.ValidationError(e) from e
+    if FORKED:
+        raise exceptions.PublishException(
+            reason="publishing from a process forked from the callback's is not supported"
+        )
     record = {
         "topic": message.topic,
         "headers": message._headers,
         "id": message.id,
-        "body": message.body,
+        # The bytes fedora-messaging's Message encodes, sent as they are.
+        "encoded_body": _encoded_body(message).decode("utf-8"),
         "priority": message.priority,
     }
     with PUBLISH_LOCK:
-        send({"publish": {"record": record, "exchange": exchange, "timeout": timeout}})
-        reply = REPLIES.get()
+        send(PUBLISH, {"record": record, "exchange": exchange, "timeout": timeout})
+        reply = INBOX.take(REPLY)
     if reply is END:
         raise exceptions.PublishException(reason="the host stopped")
+    reply = json.loads(reply)
     if "published" in reply:
         return None
     failure = reply["publish_failed"]
@@ -203,6 +329,14 @@ def _publish_through_host(message, exchange, timeout):
 
 
 PUBLISH_LOCK = threading.Lock()
+
+
+def _encoded_body(message):
+    """The body's bytes as fedora-messaging puts them on the wire."""
+    encoded = getattr(message, "_encoded_body", None)
+    if isinstance(encoded, bytes):
+        return encoded
+    return json.dumps(message.body).encode("utf-8")
 
 
 class SchemasCheckedOnce(types.ModuleType):
@@ -239,12 +373,9 @@ class SchemasCheckedOnce(types.ModuleType):
             raise error
 
 
-def build_message(request):
+def build_message(request, get_message, properties_class):
     """The message as `get_message` builds it from a delivery."""
-    import pika
-    from fedora_messaging.message import get_message
-
-    properties = pika.BasicProperties(
+    properties = properties_class(
         content_type="application/json",
         content_encoding="utf-8",
         delivery_mode=2,
@@ -252,77 +383,125 @@ def build_message(request):
         message_id=request["id"],
         priority=request["priority"],
     )
-    message = get_message(request["topic"], properties, request["body"].encode("utf-8"))
+    message = get_message(request["topic"], properties, request["body"])
     message.queue = request["queue"] or None
     return message
 
 
-def handle(callback, loop, request):
+def handler(callback, loop):
+    """What runs for each message: builds it, runs the callback, and says
+    what became of it as fedora-messaging's consumer does. What can be
+    decided once (the imports, whether the callback is a coroutine) is."""
+    import pika
     from fedora_messaging import exceptions
+    from fedora_messaging.message import get_message
 
-    try:
-        message = build_message(request)
-    except exceptions.ValidationError:
-        _log.warning("Message id %s did not pass validation; ignoring message", request["id"])
-        return "drop"
-    try:
-        if inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(
-            getattr(callback, "__call__", None)
-        ):
+    if inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(
+        getattr(callback, "__call__", None)
+    ):
+
+        def run(message):
             loop.run_until_complete(callback(message))
-        else:
-            callback(message)
-    except exceptions.Nack:
-        return "nack"
-    except exceptions.Drop:
-        return "drop"
-    except exceptions.HaltConsumer as e:
-        return {
-            "halt": {
-                "exit_code": e.exit_code,
-                "requeue": bool(e.requeue),
-                "reason": str(e.reason) if e.reason is not None else None,
+
+    else:
+        run = callback
+    properties_class = pika.BasicProperties
+    flush = sys.stdout.flush
+
+    def handle(request):
+        try:
+            message = build_message(request, get_message, properties_class)
+        except exceptions.ValidationError:
+            _log.warning("Message id %s did not pass validation; ignoring message", request["id"])
+            return "drop"
+        try:
+            run(message)
+        except exceptions.Nack:
+            return "nack"
+        except exceptions.Drop:
+            return "drop"
+        except exceptions.HaltConsumer as e:
+            return {
+                "halt": {
+                    "exit_code": e.exit_code,
+                    "requeue": bool(e.requeue),
+                    "reason": str(e.reason) if e.reason is not None else None,
+                }
             }
-        }
-    except Exception as e:
-        _log.exception("Received unexpected exception from consumer for message id %s", request["id"])
-        return {"failed": f"{type(e).__name__}: {e}"}
-    finally:
-        # Output goes to the host's stdout in order with the messages, as a
-        # service's journal expects, not when a buffer fills.
-        sys.stdout.flush()
-    return "ack"
+        except Exception as e:
+            _log.exception(
+                "Received unexpected exception from consumer for message id %s", request["id"]
+            )
+            return {"failed": f"{type(e).__name__}: {e}"}
+        finally:
+            # Output goes to the host's stdout in order with the messages,
+            # as a service's journal expects, not when a buffer fills.
+            flush()
+        return "ack"
+
+    return handle
+
+
+# The answers that are a word, encoded once.
+WORDS = {word: json.dumps(word).encode() for word in ("ack", "nack", "drop")}
+
+
+def answer(outcome):
+    """Sends a message's outcome (from the main thread)."""
+    if isinstance(outcome, str):
+        SYNC.send(DONE, WORDS[outcome])
+    else:
+        send(DONE, outcome)
+
+
+def decode_message(payload):
+    """A message frame: its length-prefixed JSON description, then the
+    body's bytes as they came from the broker."""
+    (described,) = struct.unpack_from("<I", payload)
+    request = json.loads(payload[4 : 4 + described])
+    request["body"] = payload[4 + described :]
+    return request
 
 
 def main():
-    threading.Thread(target=read_requests, name="fm-bridge-reader", daemon=True).start()
     try:
         load_configuration()
         route_publishing_through_host()
         callback = load_callback()
+        handle = handler(callback, asyncio.new_event_loop())
         import fedora_messaging
 
         version = getattr(fedora_messaging, "__version__", None)
     except BaseException as e:
         _log.error("Cannot start the callback %s", SETTINGS["callback"], exc_info=True)
-        send({"start_failed": f"{type(e).__name__}: {e}"})
+        send(START_FAILED, f"{type(e).__name__}: {e}")
         return 1
     send(
+        READY,
         {
-            "ready": {
-                "python": sys.version.split()[0],
-                "executable": sys.executable,
-                "fedora_messaging": version,
-            }
-        }
+            "python": sys.version.split()[0],
+            "executable": sys.executable,
+            "fedora_messaging": version,
+        },
     )
-    loop = asyncio.new_event_loop()
+    timing = os.environ.pop("FM_PYTHON_BRIDGE_TIMING", None)
+    clock = time.perf_counter
+    handled, in_python = 0, 0.0
     while True:
-        request = MESSAGES.get()
-        if request is END:
+        payload = INBOX.take(MESSAGE)
+        if payload is END:
             break
-        send({"done": handle(callback, loop, request)})
+        request = decode_message(payload)
+        started = clock()
+        outcome = handle(request)
+        in_python += clock() - started
+        handled += 1
+        answer(outcome)
     sys.stdout.flush()
+    if timing:
+        # For the benchmark (bench/, `fm-bench bridge`): the time spent in
+        # Python, which the bridge's own overhead is measured against.
+        print(f"fm-python-bridge timing: {handled} message(s) in {in_python:.6f} s", file=sys.stderr)
     return 0
 
 

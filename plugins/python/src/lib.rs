@@ -20,11 +20,16 @@
 //! GIL. The price is a pipe round trip per message, small beside what a
 //! Python callback and its schema validation cost.
 //!
-//! The conversation, one JSON object a line: the plugin sends each
-//! message on the child's fd 3; the child answers on fd 4 with `ready` or
-//! `start_failed` once, then `done` per message, and at any time `log`
-//! records and `publish` requests, which the plugin answers on fd 3.
+//! The conversation is in length-prefixed frames ([`frames`]): the plugin
+//! sends each message on the child's fd 3; Python's main thread answers on
+//! fd 4 with `ready` or `start failed` once, then `done` per message, with
+//! the log records and publish requests it makes meanwhile, which the
+//! consumer's thread serves as it waits; Python's other threads send
+//! theirs on fd 5, which a thread of the plugin serves at any time.
+//! Publish replies go back on fd 3.
 
+mod frames;
+mod serve;
 mod worker;
 
 use fm_plugin_api::{Consumer, ConsumerError, HostConfiguration, Init, Message, export_consumers};

@@ -1,18 +1,18 @@
 //! One Python process running the callback, and the conversation with it.
 
-use std::io::{self, BufRead, BufReader, PipeReader, PipeWriter, Write};
+use std::io::{self, PipeReader, PipeWriter, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use fm_plugin_api::{ConsumerError, HostConfiguration, Message, PublishError, Publisher};
+use fm_plugin_api::{ConsumerError, HostConfiguration, Message};
 use serde_json::{Value, json};
 
-use crate::{CallbackKind, python_callback};
+use crate::frames::{FrameError, FrameReader, frame, kind};
+use crate::{CallbackKind, python_callback, serve};
 
 /// The Python side, compiled into this library so the two always match.
 const DRIVER: &str = include_str!("driver.py");
@@ -102,29 +102,36 @@ impl Settings {
     }
 }
 
-/// What the Python process says, as the consumer waits for it.
-enum Answer {
-    Ready(Value),
-    StartFailed(String),
-    Done(Value),
-}
-
-/// A running Python process and its two pipes.
+/// A running Python process and the conversation with it.
 pub struct Worker {
     child: Child,
     callback: String,
+    interpreter: String,
+    /// Messages and publish replies, fd 3 in Python; shared with the
+    /// thread serving Python's other threads.
     requests: Arc<Mutex<Option<PipeWriter>>>,
-    answers: Receiver<Answer>,
+    /// What Python's main thread sends (answers, and its log records and
+    /// publishes), fd 4 in Python, read while waiting for it.
+    answers: FrameReader<PipeReader>,
 }
+
+/// What the main thread may send while the plugin waits for it.
+const MAIN_THREAD_KINDS: [u8; 5] = [
+    kind::READY,
+    kind::START_FAILED,
+    kind::DONE,
+    kind::LOG,
+    kind::PUBLISH,
+];
 
 impl Worker {
     /// Starts Python and waits until the callback is imported (and a
     /// class instantiated), or has failed to be.
     pub fn start(settings: &Settings) -> Result<Worker, String> {
-        let (requests_read, requests_write) =
-            io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
-        let (answers_read, answers_write) =
-            io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
+        let pipe = || io::pipe().map_err(|e| format!("cannot create a pipe: {e}"));
+        let (requests_read, requests_write) = pipe()?;
+        let (answers_read, answers_write) = pipe()?;
+        let (others_read, others_write) = pipe()?;
         let driver_settings = json!({
             "callback": settings.callback,
             "kind": match settings.kind {
@@ -145,7 +152,11 @@ impl Worker {
             // Its own process group: a terminal's Ctrl-C is the host's to
             // handle; the host then ends Python by closing its input.
             .process_group(0);
-        let (child_reads, child_writes) = (requests_read.as_raw_fd(), answers_write.as_raw_fd());
+        let child_fds = [
+            requests_read.as_raw_fd(),
+            answers_write.as_raw_fd(),
+            others_write.as_raw_fd(),
+        ];
         // SAFETY: getpid is async-signal-safe, and runs before the fork.
         let host = unsafe { libc::getpid() };
         // SAFETY: between fork and exec only async-signal-safe calls run:
@@ -154,31 +165,67 @@ impl Worker {
         unsafe {
             command.pre_exec(move || {
                 die_with_the_host(host);
-                place_fds(child_reads, child_writes)
+                place_fds(child_fds)
             });
         }
         let child = command.spawn().map_err(|error| {
             format!(
-                "cannot start the Python interpreter {:?}: {error}: install Python 3 or set [python] interpreter to one (a virtual environment's bin/python)",
-                settings.interpreter
+                "cannot start the Python interpreter {:?} for the callback {}: {error}: install Python 3 or set [python] interpreter to one (a virtual environment's bin/python)",
+                settings.interpreter, settings.callback
             )
         })?;
-        drop((requests_read, answers_write));
+        drop((requests_read, answers_write, others_write));
         let requests = Arc::new(Mutex::new(Some(requests_write)));
-        let (sender, answers) = mpsc::channel();
         let replies = Arc::clone(&requests);
         thread::Builder::new()
-            .name("fm-python-answers".to_owned())
-            .spawn(move || read_answers(answers_read, &sender, &replies))
+            .name("fm-python-others".to_owned())
+            .spawn(move || serve_other_threads(FrameReader::new(others_read), &replies))
             .map_err(|e| format!("cannot start a thread: {e}"))?;
         let mut worker = Worker {
             child,
             callback: settings.callback.clone(),
+            interpreter: settings.interpreter.clone(),
             requests,
-            answers,
+            answers: FrameReader::new(answers_read),
         };
-        match worker.answers.recv_timeout(settings.start_timeout) {
-            Err(mpsc::RecvTimeoutError::Timeout) => {
+        let deadline = Instant::now() + settings.start_timeout;
+        let ready = loop {
+            match worker.answers.next(&MAIN_THREAD_KINDS, Some(deadline)) {
+                Ok((kind::LOG, record)) => serve::forward_log(&record),
+                Ok((kind::PUBLISH, request)) => {
+                    if let Err(error) = worker.reply(&serve::publish(&request)) {
+                        break Err(FrameError::Io(error));
+                    }
+                }
+                Ok((kind::READY, about)) => break Ok(about),
+                Ok((kind::START_FAILED, reason)) => {
+                    let reason: String = serde_json::from_slice(&reason).unwrap_or_default();
+                    worker.finish();
+                    return Err(format!(
+                        "the Python callback {} cannot start: {reason} ({})",
+                        settings.callback,
+                        worker.interpreter_named()
+                    ));
+                }
+                Ok((other, _)) => {
+                    break Err(FrameError::Corrupt(format!(
+                        "a frame of kind {:?} before it was ready",
+                        char::from(other)
+                    )));
+                }
+                Err(error) => break Err(error),
+            }
+        };
+        match ready {
+            Ok(about) => {
+                log::debug!(
+                    "Python callback {} ready: {}",
+                    settings.callback,
+                    String::from_utf8_lossy(&about)
+                );
+                Ok(worker)
+            }
+            Err(FrameError::TimedOut) => {
                 kill_group(&mut worker.child);
                 Err(format!(
                     "the Python callback {} was not ready within {} s ([python] start_timeout): its import hangs, or takes longer",
@@ -186,59 +233,67 @@ impl Worker {
                     settings.start_timeout.as_secs_f64()
                 ))
             }
-            Ok(Answer::Ready(about)) => {
-                log::debug!("Python callback {} ready: {about}", settings.callback);
-                Ok(worker)
-            }
-            Ok(Answer::StartFailed(reason)) => {
-                worker.finish();
+            Err(FrameError::Closed) => {
+                let status = worker.reap();
                 Err(format!(
-                    "the Python callback {} cannot start: {reason}",
+                    "the Python process for {} ended before it was ready ({}); is {} a Python 3 with fedora-messaging installed?",
+                    settings.callback,
+                    describe(status),
+                    worker.interpreter_named()
+                ))
+            }
+            Err(error) => {
+                kill_group(&mut worker.child);
+                Err(format!(
+                    "the Python process for {} could not be started: {error}",
                     settings.callback
                 ))
             }
-            Ok(Answer::Done(_)) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let status = worker.reap();
-                Err(format!(
-                    "the Python process for {} ended before it was ready ({}); is {:?} a Python 3 with fedora-messaging installed?",
-                    settings.callback,
-                    describe(status),
-                    settings.interpreter
-                ))
-            }
         }
+    }
+
+    /// The interpreter, with its version when it can say (for errors that
+    /// must say which Python ran).
+    fn interpreter_named(&self) -> String {
+        interpreter_with_version(&self.interpreter)
     }
 
     /// Hands one message to Python and returns what the callback made of
     /// it.
     pub fn run(&mut self, message: &Message<'_>) -> Result<(), ConsumerError> {
-        let body = String::from_utf8_lossy(message.raw_body());
-        let priority = match message.priority() {
-            0 => Value::Null,
-            priority => Value::from(priority),
-        };
-        let request = json!({"message": {
-            "id": message.id(),
-            "topic": message.topic(),
-            "queue": message.queue(),
-            "headers": message.headers(),
-            "priority": priority,
-            "body": body,
-        }});
-        if let Err(error) = self.send(&request) {
+        if let Err(error) = self.send(message_frame(message)) {
             return Err(self.gone(message.id(), &error.to_string()));
         }
-        match self.answers.recv() {
-            Ok(Answer::Done(done)) => outcome(&done),
-            Ok(_) => Err(ConsumerError::failed(
-                "the Python bridge answered out of turn",
-            )),
-            Err(_) => Err(self.gone(message.id(), "its output closed")),
+        loop {
+            match self.answers.next(&MAIN_THREAD_KINDS, None) {
+                Ok((kind::DONE, done)) => return serve::outcome(&done),
+                Ok((kind::LOG, record)) => serve::forward_log(&record),
+                Ok((kind::PUBLISH, request)) => {
+                    if let Err(error) = self.reply(&serve::publish(&request)) {
+                        return Err(self.gone(message.id(), &error.to_string()));
+                    }
+                }
+                Ok((other, _)) => {
+                    let error = FrameError::Corrupt(format!(
+                        "a frame of kind {:?} while handling a message",
+                        char::from(other)
+                    ));
+                    return Err(self.broken(message.id(), &error));
+                }
+                Err(FrameError::Closed) => {
+                    return Err(self.gone(message.id(), "its output closed"));
+                }
+                Err(error) => return Err(self.broken(message.id(), &error)),
+            }
         }
     }
 
-    fn send(&self, request: &Value) -> io::Result<()> {
-        send_line(&self.requests, request)
+    fn send(&self, frame: Vec<u8>) -> io::Result<()> {
+        send_frame(&self.requests, &frame)
+    }
+
+    fn reply(&self, reply: &[u8]) -> io::Result<()> {
+        self.send(frame(kind::REPLY, |out| out.extend_from_slice(reply)))
     }
 
     /// The failure of a message whose Python process died under it.
@@ -246,6 +301,20 @@ impl Worker {
         let status = self.reap();
         ConsumerError::failed(format!(
             "the Python process running {} ended while handling message {id} ({what}; {})",
+            self.callback,
+            describe(status)
+        ))
+    }
+
+    /// The failure of a message whose conversation broke: what came is
+    /// no answer (a writer other than the driver, or a driver that died
+    /// half-way), so none will come; Python is killed rather than waited
+    /// for.
+    fn broken(&mut self, id: &str, error: &FrameError) -> ConsumerError {
+        kill_group(&mut self.child);
+        let status = self.reap();
+        ConsumerError::failed(format!(
+            "the Python process running {} was killed while handling message {id}: {error} ({})",
             self.callback,
             describe(status)
         ))
@@ -263,10 +332,19 @@ impl Worker {
         }
     }
 
-    /// Ends Python: its input closes, it returns from its loop; killed if
-    /// it is still there after a grace period.
+    /// Ends Python: its input closes, it returns from its loop (what its
+    /// main thread logs meanwhile is still read); killed if it is still
+    /// there after a grace period.
     pub fn finish(&mut self) {
-        if let Some(status) = self.reap()
+        self.close_requests();
+        let deadline = Instant::now() + STOP_GRACE;
+        while let Ok((kind, payload)) = self.answers.next(&MAIN_THREAD_KINDS, Some(deadline)) {
+            if kind == kind::LOG {
+                serve::forward_log(&payload);
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Some(status) = wait_with_deadline(&mut self.child, left)
             && !status.success()
         {
             log::warn!(
@@ -275,6 +353,57 @@ impl Worker {
                 describe(Some(status))
             );
         }
+    }
+}
+
+/// A message as Python reads it: its description (id, topic, queue,
+/// headers, priority) as JSON after its length, then the body's bytes as
+/// they came.
+fn message_frame(message: &Message<'_>) -> Vec<u8> {
+    // Written field by field: the headers are not copied into a value.
+    let described = |out: &mut Vec<u8>| -> serde_json::Result<()> {
+        out.extend_from_slice(b"{\"id\":");
+        serde_json::to_writer(&mut *out, message.id())?;
+        out.extend_from_slice(b",\"topic\":");
+        serde_json::to_writer(&mut *out, message.topic())?;
+        out.extend_from_slice(b",\"queue\":");
+        serde_json::to_writer(&mut *out, message.queue())?;
+        out.extend_from_slice(b",\"headers\":");
+        serde_json::to_writer(&mut *out, message.headers())?;
+        out.extend_from_slice(b",\"priority\":");
+        match message.priority() {
+            0 => out.extend_from_slice(b"null"),
+            priority => serde_json::to_writer(&mut *out, &priority)?,
+        }
+        out.push(b'}');
+        Ok(())
+    };
+    frame(kind::MESSAGE, |out| {
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        // Writing JSON to a Vec cannot fail.
+        let _ = described(out);
+        let length = u32::try_from(out.len() - at - 4).unwrap_or(u32::MAX);
+        out[at..at + 4].copy_from_slice(&length.to_le_bytes());
+        out.extend_from_slice(message.raw_body());
+    })
+}
+
+/// `interpreter --version`'s answer beside the interpreter, bounded in
+/// time; the interpreter alone when it gives none.
+pub fn interpreter_with_version(interpreter: &str) -> String {
+    let version = Command::new(interpreter)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .filter(|version| !version.is_empty());
+    match version {
+        Some(version) => format!("{interpreter:?}, {version}"),
+        None => format!("{interpreter:?}"),
     }
 }
 
@@ -323,10 +452,11 @@ unsafe fn die_with_the_host(host: libc::pid_t) {
     }
 }
 
-/// Puts the child's ends of the pipes at fds 3 and 4, without close-on-exec.
-/// Both are first moved above 4, so neither is overwritten by the other's
-/// `dup2`, and `dup2` onto a different descriptor always clears the flag.
-fn place_fds(reads: RawFd, writes: RawFd) -> io::Result<()> {
+/// Puts the child's ends of the pipes at fds 3, 4 and 5, without
+/// close-on-exec. All are first moved above 5, so none is overwritten by
+/// another's `dup2`, and `dup2` onto a different descriptor always clears
+/// the flag.
+fn place_fds(fds: [RawFd; 3]) -> io::Result<()> {
     let check = |result: libc::c_int| {
         if result < 0 {
             Err(io::Error::last_os_error())
@@ -336,152 +466,57 @@ fn place_fds(reads: RawFd, writes: RawFd) -> io::Result<()> {
     };
     // SAFETY: plain descriptor calls on descriptors this process owns.
     unsafe {
-        let reads = check(libc::fcntl(reads, libc::F_DUPFD_CLOEXEC, 10))?;
-        let writes = check(libc::fcntl(writes, libc::F_DUPFD_CLOEXEC, 10))?;
-        check(libc::dup2(reads, 3))?;
-        check(libc::dup2(writes, 4))?;
+        let mut moved = [0; 3];
+        for (moved, fd) in moved.iter_mut().zip(fds) {
+            *moved = check(libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10))?;
+        }
+        for (target, fd) in (3..).zip(moved) {
+            check(libc::dup2(fd, target))?;
+        }
     }
     Ok(())
 }
 
-fn send_line(requests: &Mutex<Option<PipeWriter>>, request: &Value) -> io::Result<()> {
-    let mut line = request.to_string();
-    line.push('\n');
+fn send_frame(requests: &Mutex<Option<PipeWriter>>, frame: &[u8]) -> io::Result<()> {
     let mut requests = requests
         .lock()
         .map_err(|_| io::Error::other("the request pipe's lock is poisoned"))?;
     match requests.as_mut() {
-        Some(pipe) => pipe.write_all(line.as_bytes()),
+        Some(pipe) => pipe.write_all(frame),
         None => Err(io::Error::from(io::ErrorKind::BrokenPipe)),
     }
 }
 
-/// The reader thread: log records and publish requests are served here,
-/// at any time; everything else goes to the consumer waiting for it.
-fn read_answers(
-    from_python: PipeReader,
-    answers: &Sender<Answer>,
+/// The thread serving Python's other threads: their log records and
+/// publish requests, at any time. What is no frame of theirs ends it
+/// (logged): their later writes then fail in Python, where they are
+/// reported; the main thread's conversation goes on.
+fn serve_other_threads(
+    mut from_python: FrameReader<PipeReader>,
     requests: &Mutex<Option<PipeWriter>>,
 ) {
-    for line in BufReader::new(from_python).lines() {
-        let Ok(line) = line else { break };
-        let Ok(Value::Object(mut answer)) = serde_json::from_str::<Value>(&line) else {
-            log::error!("the Python bridge sent a line it should not have: {line:?}");
-            continue;
-        };
-        let forwarded = if let Some(record) = answer.remove("log") {
-            forward_log(&record);
-            Ok(())
-        } else if let Some(request) = answer.remove("publish") {
-            let reply = publish(&request);
-            if send_line(requests, &reply).is_err() {
-                break;
-            }
-            Ok(())
-        } else if let Some(about) = answer.remove("ready") {
-            answers.send(Answer::Ready(about))
-        } else if let Some(reason) = answer.remove("start_failed") {
-            answers.send(Answer::StartFailed(
-                reason.as_str().unwrap_or_default().to_owned(),
-            ))
-        } else if let Some(done) = answer.remove("done") {
-            answers.send(Answer::Done(done))
-        } else {
-            log::error!("the Python bridge sent a line it should not have: {line:?}");
-            Ok(())
-        };
-        if forwarded.is_err() {
-            break;
-        }
-    }
-}
-
-/// A Python log record, through the host's logger under the Python
-/// logger's name (`a.b` is the target `a::b`, which the host shows and
-/// filters as `a.b`).
-fn forward_log(record: &Value) {
-    let level = match record.get("level").and_then(Value::as_u64).unwrap_or(40) {
-        40.. => log::Level::Error,
-        30..40 => log::Level::Warn,
-        20..30 => log::Level::Info,
-        10..20 => log::Level::Debug,
-        _ => log::Level::Trace,
-    };
-    let name = record.get("name").and_then(Value::as_str).unwrap_or("root");
-    let text = record
-        .get("text")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let target = name.replace('.', "::");
-    log::log!(target: &target, level, "{text}");
-}
-
-/// A publish request from Python, done through the host.
-fn publish(request: &Value) -> Value {
-    let timeout = request
-        .get("timeout")
-        .and_then(Value::as_f64)
-        .filter(|seconds| seconds.is_finite() && *seconds > 0.0)
-        // One too long to be a Duration is as good as for ever: the host
-        // bounds every wait.
-        .map_or(Publisher::DEFAULT_TIMEOUT, |seconds| {
-            Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX)
-        });
-    let record = request
-        .get("record")
-        .cloned()
-        .unwrap_or_default()
-        .to_string();
-    let exchange = request.get("exchange").and_then(Value::as_str);
-    match Publisher::with_timeout(timeout).publish_record(&record, exchange) {
-        Ok(id) => json!({"published": id}),
-        Err(error) => {
-            let (kind, reason) = match error {
-                PublishError::Timeout(reason) => ("Timeout", reason),
-                PublishError::Unreachable(reason) => ("Unreachable", reason),
-                PublishError::Forbidden(reason) => ("Forbidden", reason),
-                PublishError::Returned(reason) => ("Returned", reason),
-                PublishError::Invalid(reason) => ("Invalid", reason),
-                PublishError::Unavailable(reason) => ("Unavailable", reason),
-                other => ("Unavailable", other.to_string()),
-            };
-            json!({"publish_failed": {"kind": kind, "reason": reason}})
-        }
-    }
-}
-
-/// The callback's answer as an outcome, as fedora-messaging maps its
-/// exceptions.
-fn outcome(done: &Value) -> Result<(), ConsumerError> {
-    match done {
-        Value::String(word) if word == "ack" => Ok(()),
-        Value::String(word) if word == "nack" => Err(ConsumerError::Nack),
-        Value::String(word) if word == "drop" => Err(ConsumerError::Drop),
-        Value::Object(answer) => {
-            if let Some(halt) = answer.get("halt") {
-                let exit_code = halt
-                    .get("exit_code")
-                    .and_then(Value::as_i64)
-                    .and_then(|code| i32::try_from(code).ok())
-                    .unwrap_or(1);
-                let requeue = halt
-                    .get("requeue")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
-                if let Some(reason) = halt.get("reason").and_then(Value::as_str) {
-                    log::info!("the Python callback halts the consumer: {reason}");
+    loop {
+        match from_python.next(&[kind::LOG, kind::PUBLISH], None) {
+            Ok((kind::LOG, record)) => serve::forward_log(&record),
+            Ok((_, request)) => {
+                let reply = serve::publish(&request);
+                if send_frame(
+                    requests,
+                    &frame(kind::REPLY, |out| out.extend_from_slice(&reply)),
+                )
+                .is_err()
+                {
+                    return;
                 }
-                return Err(ConsumerError::Halt { exit_code, requeue });
             }
-            let reason = answer
-                .get("failed")
-                .and_then(Value::as_str)
-                .unwrap_or("the Python callback failed");
-            Err(ConsumerError::failed(reason))
+            Err(FrameError::Closed) => return,
+            Err(error) => {
+                log::error!(
+                    "the Python bridge stops reading what Python's other threads send: {error}"
+                );
+                return;
+            }
         }
-        other => Err(ConsumerError::failed(format!(
-            "the Python bridge answered {other}, which is no outcome"
-        ))),
     }
 }
 
