@@ -52,7 +52,8 @@ pub fn run(
     run_with(config, args, || {
         // The library, its ABI and the consumer's name are checked here, at
         // once; each instance is built on its worker's thread while the
-        // engine connects, so that `new` may publish.
+        // engine connects (so that `new` may publish), and consuming
+        // begins once all are.
         let (plugin, name) = plugin::load_library(callback)?;
         plugin.ensure_consumer(&name)?;
         let plugin = Arc::new(plugin);

@@ -352,6 +352,16 @@ impl Engine {
         connection: &Connection,
         publishing: &Connection,
     ) -> Result<SessionEnd, Fatal> {
+        if !self.core.workers.are_built() {
+            // Connected first, so that a consumer's `new` may publish;
+            // consuming waits, so that one that cannot be built stops the
+            // host before a message was delivered to it.
+            self.core.pulse.status("Building the consumers");
+            let built = self.core.workers.all_built();
+            if self.core.interruptible(built.wait()).await.is_none() {
+                return Ok(SessionEnd::Draining);
+            }
+        }
         self.core
             .pulse
             .status("Declaring queues and bindings, starting the consumers");

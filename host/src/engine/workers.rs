@@ -29,7 +29,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,7 @@ use super::inflight::{InFlight, Tracker};
 use super::lane::{Lane, Read, Reader};
 use super::message::{Finished, Job, Source, Ticket};
 use super::seams;
+use crate::exit::{Exit, Fatal};
 use crate::outcome::Outcome;
 
 /// Jobs the engine may hand the workers and not yet have had taken, per
@@ -58,6 +59,32 @@ pub struct Workers {
     tracker: Tracker,
     /// Closed once every thread has ended: each holds a sender.
     ended: Receiver<()>,
+    /// A word from each thread whose consumer was built.
+    built: Receiver<()>,
+    /// Consumers not yet built (none once consuming has begun).
+    unbuilt: Arc<AtomicUsize>,
+}
+
+/// Resolves once every consumer was built ([`Workers::all_built`]).
+pub struct AllBuilt {
+    built: Receiver<()>,
+    unbuilt: Arc<AtomicUsize>,
+}
+
+impl AllBuilt {
+    /// Waits for the consumers still being built; pending for good once
+    /// a thread ended without building its own (that failure reaches the
+    /// engine as [`Finished::BuildFailed`]).
+    pub async fn wait(self) {
+        while self.unbuilt.load(Ordering::SeqCst) > 0 {
+            match self.built.recv().await {
+                Ok(()) => {
+                    self.unbuilt.fetch_sub(1, Ordering::SeqCst);
+                }
+                Err(_) => futures_lite::future::pending::<()>().await,
+            }
+        }
+    }
 }
 
 /// Whether a worker may start the message it took.
@@ -233,10 +260,12 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
 impl Workers {
     /// Starts one thread per consumer instance.
     pub fn start(consumers: Vec<Source>) -> std::io::Result<Workers> {
-        let count = consumers.len().max(1);
+        let instances = consumers.len();
+        let count = instances.max(1);
         let (jobs, job_receiver) = async_channel::bounded::<Job>(count * QUEUED_PER_WORKER);
         let (result_sender, results) = async_channel::unbounded();
         let (ended_sender, ended) = async_channel::bounded::<()>(1);
+        let (built_sender, built) = async_channel::bounded::<()>(count);
         let graceful = Arc::new(AtomicBool::new(false));
         let gate = Arc::new(Gate::default());
         let tracker = Tracker::new();
@@ -251,20 +280,35 @@ impl Workers {
             let tracker = tracker.clone();
             // Dropped when the thread ends, however it ends.
             let alive = ended_sender.clone();
+            let built_sender = built_sender.clone();
             std::thread::Builder::new()
                 .name(format!("consumer-{index}"))
                 .spawn(move || {
                     let _alive = alive;
                     let consumer = match source {
                         Source::Built(consumer) => consumer,
-                        Source::Build(build) => match build() {
-                            Ok(consumer) => consumer,
-                            Err(fatal) => {
-                                let _ = result_sender.send_blocking(Finished::BuildFailed(fatal));
-                                return;
+                        Source::Build(build) => {
+                            let built =
+                                catch_unwind(AssertUnwindSafe(build)).unwrap_or_else(|panic| {
+                                    Err(Fatal::new(
+                                        Exit::Error,
+                                        format!(
+                                            "the consumer panicked while being built: {}",
+                                            panic_text(panic.as_ref())
+                                        ),
+                                    ))
+                                });
+                            match built {
+                                Ok(consumer) => consumer,
+                                Err(fatal) => {
+                                    let _ =
+                                        result_sender.send_blocking(Finished::BuildFailed(fatal));
+                                    return;
+                                }
                             }
-                        },
+                        }
                     };
+                    let _ = built_sender.try_send(());
                     let mut worker = Worker {
                         consumer,
                         jobs: job_receiver,
@@ -291,7 +335,24 @@ impl Workers {
             gate,
             tracker,
             ended,
+            built,
+            unbuilt: Arc::new(AtomicUsize::new(instances)),
         })
+    }
+
+    /// Whether every consumer was built.
+    pub fn are_built(&self) -> bool {
+        self.unbuilt.load(Ordering::SeqCst) == 0
+    }
+
+    /// What resolves once every consumer was built: consuming begins only
+    /// then, so that a consumer that cannot be built stops the host
+    /// before any message was delivered to it.
+    pub fn all_built(&self) -> AllBuilt {
+        AllBuilt {
+            built: self.built.clone(),
+            unbuilt: self.unbuilt.clone(),
+        }
     }
 
     /// What counts the messages in flight.
