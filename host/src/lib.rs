@@ -39,4 +39,5 @@ pub mod refusals;
 pub mod stop;
 pub mod tls;
 pub mod topology;
+pub mod untrusted;
 pub mod wire;

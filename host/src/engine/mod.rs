@@ -35,6 +35,7 @@
 //! the pulse's tick, or bounded by a few seconds.
 
 pub mod book;
+mod consumer_log;
 mod consuming;
 pub mod deadline;
 pub mod handler;

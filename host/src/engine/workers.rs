@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use async_channel::{Receiver, Sender, TryRecvError};
 use lapin::message::Delivery;
 
+use super::consumer_log;
 use super::handler::Handler;
 use super::inflight::{InFlight, Tracker};
 use super::lane::{Lane, Read, Reader};
@@ -232,13 +233,15 @@ impl Worker {
     /// consumer that panics has failed on the message.
     fn consume(&mut self, job: Job) -> (Job, Outcome, Duration) {
         let started = Instant::now();
+        let topic = job.delivery.routing_key.as_str();
+        consumer_log::consuming(job.message_id(), topic);
         let consumer = &mut self.consumer;
         let outcome = catch_unwind(AssertUnwindSafe(|| consumer.consume(&job.view())))
             .unwrap_or_else(|panic| Outcome::Failed {
                 reason: format!("the consumer panicked: {}", panic_text(panic.as_ref())),
             });
         let took = started.elapsed();
-        log::debug!("message {} from {}: {outcome}", job.message_id(), job.queue);
+        consumer_log::answered(job.message_id(), topic, &outcome);
         if matches!(outcome, Outcome::Halt { .. } | Outcome::Failed { .. }) {
             // Before this thread takes another message: after a halt or a
             // failure nothing more is consumed.
