@@ -18,6 +18,8 @@ use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 
+use fm_plugin_api::FORWARDED_LOG_TARGET;
+
 /// The Python logger name that stands for this host's own log lines.
 const HOST_LOGGER: &str = "fedora_messaging";
 /// This crate's targets, shown and configured as `HOST_LOGGER`.
@@ -106,6 +108,14 @@ impl LogSettings {
         let _ = builder.try_init();
     }
 
+    /// The most verbose level the configuration names, root or logger.
+    fn most_verbose(&self) -> log::LevelFilter {
+        self.targets
+            .iter()
+            .map(|(_, level)| *level)
+            .fold(self.root, std::cmp::max)
+    }
+
     /// The levels: `RUST_LOG`'s when it is set (it replaces the file's
     /// wholesale, so `RUST_LOG=warn` silences the host's INFO lines too),
     /// else the file's.
@@ -116,6 +126,10 @@ impl LogSettings {
         // and exit, which says nothing to a user.
         builder.filter_module("lapin", log::LevelFilter::Off);
         builder.filter_module("tracing::span", log::LevelFilter::Off);
+        // Records a plugin forwards were filtered by their own logging's
+        // configuration (the Python bridge applies log_config in Python):
+        // let through what the most verbose level here allows.
+        builder.filter_module(FORWARDED_LOG_TARGET, self.most_verbose());
         match rust_log {
             Some(spec) => {
                 builder.parse_filters(spec);
@@ -225,6 +239,12 @@ fn rust_target(python_name: &str) -> String {
 }
 
 fn python_logger_name(target: &str) -> String {
+    if let Some(name) = target
+        .strip_prefix(FORWARDED_LOG_TARGET)
+        .and_then(|rest| rest.strip_prefix("::"))
+    {
+        return name.replace("::", ".");
+    }
     let rest = target.strip_prefix(HOST_TARGET);
     match rest {
         Some(rest) if rest.is_empty() || rest.starts_with("::") => {
@@ -289,6 +309,10 @@ mod tests {
             "fedora_messaging.reconsume"
         );
         assert_eq!(python_logger_name("my_plugin::db"), "my_plugin.db");
+        assert_eq!(
+            python_logger_name("fm_forwarded::fedora_messaging::message"),
+            "fedora_messaging.message"
+        );
     }
 
     #[test]
@@ -311,6 +335,13 @@ mod tests {
         assert!(enabled(Some("debug"), "fm_host::broker", Debug));
         assert!(!enabled(Some("info"), "lapin::io_loop", Info));
         assert!(enabled(Some("lapin=info"), "lapin::io_loop", Info));
+        // Forwarded records were filtered by their own configuration: up
+        // to the most verbose level the file names (fedora_messaging's
+        // INFO by default), whatever their logger's name.
+        let forwarded = "fm_forwarded::some::library";
+        assert!(enabled(None, forwarded, Info));
+        assert!(!enabled(None, forwarded, Debug));
+        assert!(enabled(Some("warn"), forwarded, Info));
     }
 
     #[test]

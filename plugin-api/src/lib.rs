@@ -115,6 +115,14 @@ mod publish;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+/// The target prefix of log records a plugin forwards from another logging
+/// system that already chose what to emit (the Python bridge's records,
+/// filtered by Python's own `log_config`): the host shows
+/// `FORWARDED_LOG_TARGET::a::b` as the logger `a.b` and lets through every
+/// record up to the most verbose level its configuration names. An older
+/// host filters and shows them as any other target.
+pub const FORWARDED_LOG_TARGET: &str = "fm_forwarded";
+
 pub use error::ConsumerError;
 pub use message::{Message, Severity};
 pub use publish::{Outgoing, PublishError, Publisher};

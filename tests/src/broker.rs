@@ -311,6 +311,10 @@ pub fn queue_config_at(url: &str, queue: &str, extra: &str) -> String {
         r#"amqp_url = "{url}"
 {extra}
 {}
+[log_config]
+version = 1
+disable_existing_loggers = false
+
 [log_config.root]
 level = "INFO"
 "#,

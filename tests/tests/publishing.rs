@@ -67,9 +67,9 @@ fn what_a_consumer_publishes_from_new_consume_a_thread_and_stop_python_fedora_me
     assert_eq!(broker.depth(&derived), 4);
     // Python fedora-messaging 3.9 records them: each passed its
     // get_message and its schema checks.
-    // Python's log_config needs a version: the file has none.
+    // Without the file's log_config: Python logs at its default.
     let python_toml = queue_config(&derived, "");
-    let python_toml = &python_toml[..python_toml.find("[log_config.root]").unwrap()];
+    let python_toml = &python_toml[..python_toml.find("[log_config]").unwrap()];
     let python_conf = config_file(dir.path(), python_toml);
     let recorded = dir.path().join("python.jsonl");
     let python = run_python_record(&python_conf, &recorded, 4);

@@ -145,6 +145,163 @@ fn the_printer_prints_what_pythons_cli_prints_from_the_same_config_text() {
     assert_eq!(printed(&host.stdout), printed(&python.stdout));
 }
 
+/// The lines of `output` fedora-messaging's consumer logs per message,
+/// with `queue` shown as `Q`.
+fn consumer_lines(output: &str, queue: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter(|line| line.starts_with("[fedora_messaging.twisted.consumer "))
+        .map(|line| line.replace(queue, "Q"))
+        .collect()
+}
+
+#[test]
+fn each_outcome_logs_the_lines_pythons_consumer_logs() {
+    // Operators' journal alerts match these lines: same logger, level and
+    // words, for the same messages and outcomes.
+    let broker = TestBroker::connect();
+    let shared = TestBroker::unique_name("bridge-lines");
+    let (theirs, ours) = (format!("{shared}-py"), format!("{shared}-rs"));
+    for queue in [&theirs, &ours] {
+        broker.declare_queue(queue, FieldTable::default());
+        broker.bind(queue, "amq.topic", &format!("{shared}.#"));
+    }
+    let topic = format!("{shared}.test");
+    broker.publish_all(&[
+        json!({"id": "m1", "topic": topic, "body": {"do": "ack"}}),
+        json!({"id": "m2", "topic": topic, "body": {"do": "nack_once"}}),
+        json!({"id": "m3", "topic": topic, "body": {"do": "drop"}}),
+        json!({"id": "m4", "topic": topic, "body": {"do": "halt", "code": 0}}),
+    ]);
+    let dir = scratch();
+    let config = |queue: &str, out: &str| {
+        plain_config(queue, &format!("{shared}.#")).replace(
+            "fedora_messaging.example:printer",
+            "bridge_callbacks:Scripted",
+        ) + &format!(
+            "\n[qos]\nprefetch_size = 0\nprefetch_count = 1\n\n[consumer_config]\nout = \"{}\"\n",
+            dir.path().join(out).display()
+        )
+    };
+    let python_conf = config_file(dir.path(), &config(&theirs, "theirs.jsonl"));
+    let python = run(fedora_messaging_py()
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONPATH", workspace_root().join("tests/fixtures/python"))
+        .arg("--conf")
+        .arg(&python_conf)
+        .arg("consume"));
+    let our_conf = dir.path().join("ours.toml");
+    let ours_text = config(&ours, "ours.jsonl")
+        + &format!(
+            "\n[python]\ninterpreter = \"{}\"\n",
+            interpreter().display()
+        );
+    std::fs::write(&our_conf, ours_text).unwrap();
+    let host = run(&mut host(&our_conf));
+
+    assert_eq!(python.code(), 0, "{python:#?}");
+    assert_eq!(host.code(), 0, "{host:#?}");
+    let expected = consumer_lines(&python.stdout, &theirs);
+    assert!(
+        expected
+            .iter()
+            .any(|line| line.contains("Returning message id m2 to the queue")),
+        "{python:#?}"
+    );
+    assert_eq!(consumer_lines(&host.stdout, &ours), expected, "{host:#?}");
+    broker.delete_queue(&theirs);
+    broker.delete_queue(&ours);
+}
+
+/// A `log_config` with fedora-messaging's default shape, root and the
+/// `fedora_messaging` logger at the levels given.
+fn log_config(root: &str, fedora_messaging: &str) -> String {
+    format!(
+        r#"
+[log_config]
+version = 1
+disable_existing_loggers = false
+
+[log_config.formatters.simple]
+format = "[%(name)s %(levelname)s] %(message)s"
+
+[log_config.handlers.console]
+class = "logging.StreamHandler"
+formatter = "simple"
+stream = "ext://sys.stdout"
+
+[log_config.loggers.fedora_messaging]
+level = "{fedora_messaging}"
+propagate = false
+handlers = ["console"]
+
+[log_config.root]
+level = "{root}"
+handlers = ["console"]
+"#
+    )
+}
+
+#[test]
+fn log_config_reaches_pythons_own_loggers_as_in_pythons_cli() {
+    // fedora_messaging.message's DEBUG line, under two configurations that
+    // set fedora_messaging's level against root's.
+    let debug_line = "[fedora_messaging.message DEBUG] Successfully validated message";
+    for (root, fedora_messaging, shown) in [("WARNING", "DEBUG", true), ("DEBUG", "WARNING", false)]
+    {
+        let broker = TestBroker::connect();
+        let shared = TestBroker::unique_name("bridge-log-config");
+        let (theirs, ours) = (format!("{shared}-py"), format!("{shared}-rs"));
+        for queue in [&theirs, &ours] {
+            broker.declare_queue(queue, FieldTable::default());
+            broker.bind(queue, "amq.topic", &format!("{shared}.#"));
+        }
+        broker.publish(&json!({"id": "l1", "topic": format!("{shared}.test"),
+                              "body": {"do": "halt", "code": 0}}));
+        let dir = scratch();
+        let config = |queue: &str, out: &str| {
+            plain_config(queue, &format!("{shared}.#")).replace(
+                "fedora_messaging.example:printer",
+                "bridge_callbacks:Scripted",
+            ) + &format!(
+                "\n[consumer_config]\nout = \"{}\"\n{}",
+                dir.path().join(out).display(),
+                log_config(root, fedora_messaging)
+            )
+        };
+        let python_conf = config_file(dir.path(), &config(&theirs, "theirs.jsonl"));
+        let python = run(fedora_messaging_py()
+            .env("PYTHONUNBUFFERED", "1")
+            .env("PYTHONPATH", workspace_root().join("tests/fixtures/python"))
+            .arg("--conf")
+            .arg(&python_conf)
+            .arg("consume"));
+        let our_conf = dir.path().join("ours.toml");
+        let ours_text = config(&ours, "ours.jsonl")
+            + &format!(
+                "\n[python]\ninterpreter = \"{}\"\n",
+                interpreter().display()
+            );
+        std::fs::write(&our_conf, ours_text).unwrap();
+        let host = run(&mut host(&our_conf));
+        assert_eq!(python.code(), 0, "{python:#?}");
+        assert_eq!(host.code(), 0, "{host:#?}");
+        let label = format!("root {root}, fedora_messaging {fedora_messaging}");
+        assert_eq!(
+            python.stdout.contains(debug_line),
+            shown,
+            "{label}: {python:#?}"
+        );
+        assert_eq!(
+            host.stdout.contains(debug_line),
+            shown,
+            "{label}: {host:#?}"
+        );
+        broker.delete_queue(&theirs);
+        broker.delete_queue(&ours);
+    }
+}
+
 #[test]
 fn a_class_callback_keeps_its_state_and_its_exceptions_settle_as_in_fedora_messaging() {
     let (broker, queue, dead, config) = dead_lettered_queue(
@@ -556,7 +713,11 @@ fn a_callback_whose_import_hangs_stops_the_host_after_start_timeout() {
         "{run:#?}"
     );
     assert!(took < Duration::from_secs(60), "the host took {took:?}");
-    assert_eq!(broker.depth(&queue), 1, "h1 is still in its queue");
+    // Consuming waits for the consumers: h1 was never delivered.
+    assert!(!run.output().contains("Consuming messages"), "{run:#?}");
+    let left = broker.take_all(&queue);
+    assert_eq!(left.len(), 1, "h1 is still in its queue: {run:#?}");
+    assert!(!left[0].redelivered, "h1 was delivered: {run:#?}");
     broker.delete_queue(&queue);
 }
 
@@ -578,6 +739,14 @@ fn a_python_callback_that_cannot_be_imported_stops_the_host_at_once() {
     assert_eq!(run.code(), 1, "{run:#?}");
     assert!(
         run.output().contains("the Python callback no_such_module:Consumer cannot start: ModuleNotFoundError: No module named 'no_such_module'"),
+        "{run:#?}"
+    );
+    // Which Python ran, and its version.
+    assert!(
+        run.output().contains(&format!(
+            "{:?}, Python 3.",
+            interpreter().display().to_string()
+        )),
         "{run:#?}"
     );
 }

@@ -189,6 +189,11 @@ class ToHost(logging.Handler):
         self.forked_format = logging.Formatter("[%(name)s %(levelname)s] %(message)s")
 
     def emit(self, record):
+        # Several handlers of log_config may see the same record: the
+        # host is given it once.
+        if getattr(record, "_fm_sent_to_host", False):
+            return
+        record._fm_sent_to_host = True
         try:
             if FORKED:
                 sys.stderr.write(self.forked_format.format(record) + "\n")
@@ -204,6 +209,7 @@ class ToHost(logging.Handler):
             self.handleError(record)
 
 
+# Until log_config is applied (apply_log_config), at the host's level.
 logging.root.handlers[:] = [ToHost()]
 logging.root.setLevel(SETTINGS["log_level"])
 _log = logging.getLogger("fedora_messaging.twisted.consumer")
@@ -225,6 +231,37 @@ def load_configuration():
     config.conf.loaded = True
     dict.update(config.conf, values)
     config.conf._validate()
+
+
+def apply_log_config():
+    """`log_config` as fedora-messaging's CLI applies it
+    (`logging.config.dictConfig`: levels, propagation, filters,
+    `disable_existing_loggers`), its handlers all writing to the host,
+    which shows each record once in its own line format."""
+    import logging.config
+
+    from fedora_messaging import config
+
+    log_config = copy.deepcopy(config.conf["log_config"])
+    handlers = log_config.get("handlers") or {}
+    for name, handler in handlers.items():
+        to_host = {"()": ToHost}
+        for kept in ("level", "filters", "formatter"):
+            if kept in handler:
+                to_host[kept] = handler[kept]
+        handlers[name] = to_host
+    try:
+        logging.config.dictConfig(log_config)
+    except (ValueError, TypeError, AttributeError, ImportError) as e:
+        raise ValueError(
+            f"log_config is not one Python's logging.config.dictConfig takes ({e}), "
+            "and fedora-messaging's CLI refuses it too: fix log_config (it needs version = 1)"
+        ) from e
+    # A configuration without a handler for the root logger would leave
+    # Python's last resort writing to standard error; the host is the
+    # destination.
+    if not logging.root.handlers:
+        logging.root.addHandler(ToHost())
 
 
 def load_callback():
@@ -466,6 +503,7 @@ def decode_message(payload):
 def main():
     try:
         load_configuration()
+        apply_log_config()
         route_publishing_through_host()
         callback = load_callback()
         handle = handler(callback, asyncio.new_event_loop())

@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use fm_plugin_api::{ConsumerError, PublishError, Publisher};
+use fm_plugin_api::{ConsumerError, FORWARDED_LOG_TARGET, PublishError, Publisher};
 use serde_json::{Value, json};
 
 /// A Python log record, through the host's logger under the Python
-/// logger's name (`a.b` is the target `a::b`, which the host shows and
-/// filters as `a.b`).
+/// logger's name (`a.b` is the target `FORWARDED_LOG_TARGET::a::b`, which
+/// the host shows as `a.b`).
 pub fn forward_log(payload: &[u8]) {
     let Ok(record) = serde_json::from_slice::<Value>(payload) else {
         log::error!(
@@ -30,7 +30,9 @@ pub fn forward_log(payload: &[u8]) {
         .get("text")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let target = name.replace('.', "::");
+    // Python's own log_config chose to emit it: the host shows it under
+    // the Python logger's name without filtering it again.
+    let target = format!("{FORWARDED_LOG_TARGET}::{}", name.replace('.', "::"));
     log::log!(target: &target, level, "{text}");
 }
 
