@@ -74,7 +74,11 @@ impl Programs {
     pub fn command(&self, contender: Contender, settings: &Settings) -> Result<Command, String> {
         match contender {
             Contender::Ours => {
-                let conf = self.write_config("ours", settings, true, "")?;
+                // Measured against consumers that log nothing: without the
+                // two INFO lines a message fedora-messaging's consumer
+                // logs (the README gives their cost on their own).
+                let quiet = "\n[log_config.loggers.fedora_messaging]\nlevel = \"INFO\"\n\n[log_config.loggers.\"fedora_messaging.twisted.consumer\"]\nlevel = \"WARNING\"\n";
+                let conf = self.write_config("ours", settings, true, quiet)?;
                 let mut command = Command::new(self.host());
                 command.arg("--conf").arg(conf).arg("consume");
                 Ok(command)
