@@ -103,16 +103,20 @@ impl Running {
     /// the test after `timeout`.
     pub fn wait_for_count(&mut self, needle: &str, count: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        while self
+        // Counted once, then line by line: a consumer's per-message lines
+        // make tens of thousands of them.
+        let mut seen = self
             .seen
             .iter()
             .filter(|line| line.contains(needle))
-            .count()
-            < count
-        {
+            .count();
+        while seen < count {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
+                Ok(line) => {
+                    seen += usize::from(line.contains(needle));
+                    self.seen.push(line);
+                }
                 Err(_) => {
                     let _ = self.child.kill();
                     panic!(
