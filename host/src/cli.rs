@@ -10,7 +10,7 @@ use crate::logging::LogSettings;
 use crate::plugin::LoadError;
 use crate::record::Recorder;
 use crate::topology::Overrides;
-use crate::{consume, engine, new_plugin, plugin, publish, reconsume};
+use crate::{check, consume, engine, new_plugin, plugin, publish, reconsume};
 
 /// The end of `--help`, and of the man page.
 const AFTER_HELP: &str = "\
@@ -31,11 +31,15 @@ Exit status (fedora-messaging's):
 Files:
   /etc/fedora-messaging/config.toml
       the default configuration
+  NAME.host.toml beside the configuration file NAME.toml
+      the keys only this host reads (workers, delivery_limit, amqp_urls,
+      python, stop_timeout), if the file exists; see --host-conf
   /usr/lib64/fedora-messaging, /usr/lib/fedora-messaging
       where a bare plugin file name is found
 
 Environment:
   FEDORA_MESSAGING_CONF          the configuration file, as --conf
+  FEDORA_MESSAGING_HOST_CONF     the host-only keys' file, as --host-conf
   FEDORA_MESSAGING_PLUGIN_PATH   directories searched for plugins first
   RUST_LOG                       log levels, replacing log_config's";
 
@@ -59,6 +63,18 @@ pub struct Cli {
     )]
     conf: Option<PathBuf>,
 
+    /// File of the keys only this host reads (workers, delivery_limit,
+    /// amqp_urls, python, stop_timeout), so that the configuration file
+    /// stays one fedora-messaging's CLI reads [default: NAME.host.toml
+    /// beside the configuration file NAME.toml, if it exists]
+    #[arg(
+        long,
+        env = "FEDORA_MESSAGING_HOST_CONF",
+        global = true,
+        value_name = "PATH"
+    )]
+    host_conf: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -67,6 +83,11 @@ pub struct Cli {
 enum Command {
     /// Consume messages from the broker with a consumer plugin
     Consume(ConsumeArgs),
+
+    /// Check the configuration and the consumer without the broker: build
+    /// the consumer (import a Python callback), say what it runs with and
+    /// which queues consume would use; exit 0, or as consume would at start
+    Check(CheckArgs),
 
     /// Record messages from the broker to a file, one JSON object a line
     Record(RecordArgs),
@@ -118,6 +139,15 @@ struct ConsumeArgs {
     /// own thread (default: the configuration's `workers`, else 1)
     #[arg(long, value_name = "N")]
     workers: Option<u16>,
+
+    #[command(flatten)]
+    source: SourceArgs,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    callback: CallbackArgs,
 
     #[command(flatten)]
     source: SourceArgs,
@@ -270,9 +300,13 @@ fn execute(cli: &Cli) -> Result<Exit, Fatal> {
         Some(path) => Source::Given(path.clone()),
         None => Source::Default,
     };
-    let config =
-        Config::load(&source).map_err(|error| Fatal::new(Exit::Usage, error.to_string()))?;
+    let (config, host_file) = Config::load(&source, cli.host_conf.as_deref())
+        .map_err(|error| Fatal::new(Exit::Usage, error.to_string()))?;
     let mut log_settings = LogSettings::from_log_config(config.log_config.as_ref());
+    if matches!(&cli.command, Command::Check(_)) {
+        // What the check finds is said at INFO.
+        log_settings.at_least(log::LevelFilter::Info);
+    }
     if matches!(&cli.command, Command::Record(args) if args.file == std::path::Path::new("-")) {
         // The recording owns standard output.
         log_settings.to_stderr = true;
@@ -296,7 +330,7 @@ fn execute(cli: &Cli) -> Result<Exit, Fatal> {
     match &cli.command {
         Command::Consume(args) => {
             let callback = args.callback.resolve(&config)?;
-            plugin::describe_configuration(file_read, Some(&callback));
+            plugin::describe_configuration(file_read, host_file.as_deref(), Some(&callback));
             let workers = args.workers.unwrap_or(config.workers);
             config::check_workers(workers)
                 .map_err(|reason| Fatal::new(Exit::Usage, format!("--workers {reason}")))?;
@@ -308,6 +342,17 @@ fn execute(cli: &Cli) -> Result<Exit, Fatal> {
                     app_name: args.app_name.as_deref(),
                     overrides: args.source.overrides(),
                 },
+            )
+        }
+        Command::Check(args) => {
+            let callback = args.callback.resolve(&config)?;
+            plugin::describe_configuration(file_read, host_file.as_deref(), Some(&callback));
+            check::run(
+                &config,
+                &callback,
+                &args.source.overrides(),
+                file_read,
+                host_file.as_deref(),
             )
         }
         Command::Record(args) => consume::run_with(
@@ -335,7 +380,7 @@ fn execute(cli: &Cli) -> Result<Exit, Fatal> {
         }
         Command::Reconsume(args) => {
             let callback = args.callback.resolve(&config)?;
-            plugin::describe_configuration(file_read, Some(&callback));
+            plugin::describe_configuration(file_read, host_file.as_deref(), Some(&callback));
             let input = match (&args.file, &args.message_id) {
                 (Some(file), _) => reconsume::Input::File(file),
                 (None, Some(message_id)) => reconsume::Input::Datagrepper {

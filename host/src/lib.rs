@@ -18,6 +18,7 @@
 pub mod amqp_url;
 pub mod broker;
 pub mod broker_rules;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod consume;

@@ -108,6 +108,14 @@ impl LogSettings {
         let _ = builder.try_init();
     }
 
+    /// Lets through at least `level`, root and every logger named.
+    pub fn at_least(&mut self, level: log::LevelFilter) {
+        self.root = self.root.max(level);
+        for (_, named) in &mut self.targets {
+            *named = (*named).max(level);
+        }
+    }
+
     /// The most verbose level the configuration names, root or logger.
     fn most_verbose(&self) -> log::LevelFilter {
         self.targets

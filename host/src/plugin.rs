@@ -173,20 +173,24 @@ fn located(reason: String) -> String {
 
 /// Records the configuration file and callback the host runs with, for
 /// plugins that ask (the Python bridge hands them to Python). Call once,
-/// before loading a plugin; the file's table is read again here, with its
+/// before loading a plugin; the file's table is read again here (with the
+/// host file's keys, which the configuration's loading checked), its
 /// top-level keys lower-cased as fedora-messaging reads them.
-pub fn describe_configuration(file: Option<&Path>, callback: Option<&str>) {
-    let table = file
-        .and_then(|file| std::fs::read_to_string(file).ok())
-        .and_then(|text| toml::from_str::<toml::Table>(&text).ok())
-        .map(|table| {
-            table
-                .into_iter()
-                .map(|(key, value)| (key.to_lowercase(), value))
-                .collect::<toml::Table>()
-        })
-        .and_then(|table| serde_json::to_value(table).ok())
-        .unwrap_or_else(|| serde_json::json!({}));
+pub fn describe_configuration(
+    file: Option<&Path>,
+    host_file: Option<&Path>,
+    callback: Option<&str>,
+) {
+    let read = |file: &Path| {
+        std::fs::read_to_string(file)
+            .ok()
+            .and_then(|text| toml::from_str::<toml::Table>(&text).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(key, value)| (key.to_lowercase(), value))
+    };
+    let table: toml::Table = file.into_iter().chain(host_file).flat_map(read).collect();
+    let table = serde_json::to_value(table).unwrap_or_else(|_| serde_json::json!({}));
     let description = serde_json::json!({
         "file": file.map(|file| file.display().to_string()),
         "callback": callback,
@@ -212,6 +216,11 @@ pub struct Plugin {
 }
 
 impl Plugin {
+    /// The library's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Checks and loads the library at `path`.
     pub fn load(path: &Path) -> Result<Plugin, LoadError> {
         let loader_path = PluginFile::open(path)?.into_loader_path();
