@@ -491,6 +491,23 @@ def answer(outcome):
         send(DONE, outcome)
 
 
+def schema_packages():
+    """The installed packages that give fedora-messaging schemas (the
+    `fedora.messages` entry points), with their versions."""
+    from importlib import metadata
+
+    try:
+        points = metadata.entry_points(group="fedora.messages")
+    except TypeError:  # Python before 3.10
+        points = metadata.entry_points().get("fedora.messages", [])
+    found = set()
+    for point in points:
+        dist = getattr(point, "dist", None)
+        if dist is not None:
+            found.add(f"{dist.metadata['Name']} {dist.version}")
+    return sorted(found)
+
+
 def decode_message(payload):
     """A message frame: its length-prefixed JSON description, then the
     body's bytes as they came from the broker."""
@@ -520,6 +537,7 @@ def main():
             "python": sys.version.split()[0],
             "executable": sys.executable,
             "fedora_messaging": version,
+            "schema_packages": schema_packages(),
         },
     )
     timing = os.environ.pop("FM_PYTHON_BRIDGE_TIMING", None)

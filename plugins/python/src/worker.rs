@@ -218,11 +218,7 @@ impl Worker {
         };
         match ready {
             Ok(about) => {
-                log::debug!(
-                    "Python callback {} ready: {}",
-                    settings.callback,
-                    String::from_utf8_lossy(&about)
-                );
+                log::info!("{}", ready_line(&settings.callback, &about));
                 Ok(worker)
             }
             Err(FrameError::TimedOut) => {
@@ -389,18 +385,48 @@ fn message_frame(message: &Message<'_>) -> Vec<u8> {
     })
 }
 
+/// What a worker's Python said it runs with, once ready: the line the
+/// journal (and `fedora-messaging check`) shows.
+fn ready_line(callback: &str, about: &[u8]) -> String {
+    let about: Value = serde_json::from_slice(about).unwrap_or_default();
+    let text = |key: &str| about.get(key).and_then(Value::as_str).unwrap_or("unknown");
+    let schemas: Vec<&str> = about
+        .get("schema_packages")
+        .and_then(Value::as_array)
+        .map(|packages| packages.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    format!(
+        "Python callback {callback} ready: Python {} ({}), fedora-messaging {}, schema packages: {}",
+        text("python"),
+        text("executable"),
+        text("fedora_messaging"),
+        if schemas.is_empty() {
+            "none".to_owned()
+        } else {
+            schemas.join(", ")
+        }
+    )
+}
+
 /// `interpreter --version`'s answer beside the interpreter, bounded in
 /// time; the interpreter alone when it gives none.
 pub fn interpreter_with_version(interpreter: &str) -> String {
-    let version = Command::new(interpreter)
+    let asked = Command::new(interpreter)
         .arg("--version")
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .output()
-        .ok()
-        .filter(|output| output.status.success())
-        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
-        .filter(|version| !version.is_empty());
+        // Its own group, which a deadline passed kills.
+        .process_group(0)
+        .spawn();
+    let version = asked.ok().and_then(|mut child| {
+        let status = wait_with_deadline(&mut child, Duration::from_secs(5))?;
+        let mut answer = String::new();
+        // A line at most: it fits the pipe, so it is all there once the
+        // process ended.
+        io::Read::read_to_string(&mut child.stdout.take()?, &mut answer).ok()?;
+        Some(answer.trim().to_owned()).filter(|version| status.success() && !version.is_empty())
+    });
     match version {
         Some(version) => format!("{interpreter:?}, {version}"),
         None => format!("{interpreter:?}"),
