@@ -289,6 +289,28 @@ impl TestBroker {
         });
     }
 
+    /// Whether `queue` exists: a passive declare, on a channel of its own,
+    /// which the broker closes when it does not.
+    pub fn queue_exists(&self, queue: &str) -> bool {
+        block_on(async {
+            let channel = self._connection.create_channel().await.expect("a channel");
+            let declared = channel
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            if declared.is_ok() {
+                let _ = channel.close(200, "checked".into()).await;
+            }
+            declared.is_ok()
+        })
+    }
+
     pub fn delete_queue(&self, queue: &str) {
         block_on(async {
             self.channel

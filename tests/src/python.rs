@@ -40,6 +40,44 @@ pub fn bridge_venv() -> PathBuf {
     .clone()
 }
 
+/// The environment of a consumer published on PyPI, robosignatory 0.8.2,
+/// deployed as its users deploy it: with fedora-messaging and koji (its
+/// import needs koji; koji's Kerberos support, which needs a compiler and
+/// krb5's headers, is left out: the test signs nothing through koji).
+pub fn robosignatory_venv() -> PathBuf {
+    static VENV: OnceLock<PathBuf> = OnceLock::new();
+    VENV.get_or_init(|| {
+        let dir = make_venv(
+            "python-robosignatory-0.8.2",
+            &[
+                &format!("fedora-messaging=={VERSION}"),
+                "robosignatory==0.8.2",
+                "requests",
+                "python-dateutil",
+                "six",
+                "defusedxml",
+            ],
+        );
+        if !dir.join("lib").read_dir().is_ok_and(|mut libs| {
+            libs.any(|lib| lib.is_ok_and(|lib| lib.path().join("site-packages/koji").is_dir()))
+        }) {
+            let status = Command::new(dir.join("bin/pip"))
+                .args([
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "--no-deps",
+                    "koji==1.35.3",
+                ])
+                .status()
+                .expect("run pip");
+            assert!(status.success(), "pip install koji failed: {status}");
+        }
+        dir
+    })
+    .clone()
+}
+
 /// A virtual environment under the target directory holding `packages`
 /// from PyPI, made if `bin/python` lacks any of them. A half-made one from
 /// an interrupted run is redone.

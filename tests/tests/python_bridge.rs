@@ -26,6 +26,11 @@ fn interpreter() -> PathBuf {
 /// This host, finding the bridge among the workspace's plugins and the
 /// test callbacks on `PYTHONPATH`.
 fn host(conf: &Path) -> Command {
+    host_running(conf, "consume")
+}
+
+/// [`host`] running `subcommand`.
+fn host_running(conf: &Path, subcommand: &str) -> Command {
     let mut command = fedora_messaging();
     command
         .env(
@@ -35,7 +40,7 @@ fn host(conf: &Path) -> Command {
         .env("PYTHONPATH", workspace_root().join("tests/fixtures/python"))
         .arg("--conf")
         .arg(conf)
-        .arg("consume");
+        .arg(subcommand);
     command
 }
 
@@ -747,6 +752,116 @@ fn a_python_callback_that_cannot_be_imported_stops_the_host_at_once() {
             "{:?}, Python 3.",
             interpreter().display().to_string()
         )),
+        "{run:#?}"
+    );
+}
+
+#[test]
+fn one_file_serves_pythons_cli_and_this_host_with_the_host_keys_beside_it() {
+    // The rollout: koji.toml is the file fedora-messaging's CLI runs;
+    // koji.host.toml beside it holds what only this host reads.
+    let (broker, queue, _dead, config) = dead_lettered_queue("bridge-host-file", "");
+    broker.publish(&json!({"id": "h1", "topic": format!("{queue}.test"), "body": {"do": "halt"}}));
+    let dir = scratch();
+    let out = dir.path().join("out.jsonl");
+    let shared = format!(
+        "callback = \"bridge_callbacks:Scripted\"\n{config}\n[consumer_config]\nout = \"{}\"\nlabel = \"host file\"\n",
+        out.display()
+    );
+    let conf = dir.path().join("koji.toml");
+    std::fs::write(&conf, &shared).unwrap();
+    std::fs::write(
+        dir.path().join("koji.host.toml"),
+        format!(
+            "Workers = 2\nstop_timeout = 30\n\n[python]\ninterpreter = \"{}\"\n",
+            interpreter().display()
+        ),
+    )
+    .unwrap();
+    let run = run(&mut host(&conf));
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert_eq!(ids_of(&written(&out)), ["h1"], "{run:#?}");
+    assert_eq!(
+        run.output()
+            .matches("Python callback bridge_callbacks:Scripted ready")
+            .count(),
+        2,
+        "two workers, from the host file: {run:#?}"
+    );
+
+    // A key fedora-messaging knows does not belong there, nor one set in
+    // both files.
+    for (host_keys, complaint) in [
+        (
+            "amqp_url = \"amqp://elsewhere/\"\n",
+            "put it in the shared configuration file",
+        ),
+        (
+            "callback = \"x:y\"\n",
+            "put it in the shared configuration file",
+        ),
+    ] {
+        std::fs::write(dir.path().join("koji.host.toml"), host_keys).unwrap();
+        let refused = fm_e2e::run(&mut host(&conf));
+        assert_eq!(refused.code(), 2, "{refused:#?}");
+        assert!(
+            refused.stderr.contains("koji.host.toml") && refused.stderr.contains(complaint),
+            "{refused:#?}"
+        );
+    }
+    std::fs::write(dir.path().join("koji.host.toml"), "workers = 2\n").unwrap();
+    std::fs::write(&conf, format!("workers = 1\n{shared}")).unwrap();
+    let refused = fm_e2e::run(&mut host(&conf));
+    assert_eq!(refused.code(), 2, "{refused:#?}");
+    assert!(refused.stderr.contains("keep one"), "{refused:#?}");
+    broker.delete_queue(&queue);
+}
+
+#[test]
+fn check_imports_the_callback_and_says_what_consume_would_run_without_the_broker() {
+    let broker = TestBroker::connect();
+    let queue = TestBroker::unique_name("bridge-check");
+    let dir = scratch();
+    let out = dir.path().join("out.jsonl");
+    let conf = config_file(
+        dir.path(),
+        &bridge_config(
+            &fm_e2e::broker::queue_config(&queue, ""),
+            "bridge_callbacks:Scripted",
+            &out,
+            "check",
+        ),
+    );
+    let mut check = host_running(&conf, "check");
+    let run = run(&mut check);
+    assert_eq!(run.code(), 0, "{run:#?}");
+    let output = run.output();
+    for expected in [
+        "Python callback bridge_callbacks:Scripted ready: Python 3.",
+        "fedora-messaging 3.9.1",
+        "schema packages: ",
+        "koji-fedoramessaging-messages 1.3.0",
+        &format!("Queue: {queue} (durable true, declared), bound to: amq.topic \"{queue}.#\""),
+        "OK: consume would start",
+    ] {
+        assert!(output.contains(expected), "{expected:?} in {run:#?}");
+    }
+    assert!(!broker.queue_exists(&queue), "check declared {queue}");
+
+    let broken = config_file(
+        dir.path(),
+        &bridge_config(
+            &fm_e2e::broker::queue_config(&queue, ""),
+            "no_such_module:Consumer",
+            &out,
+            "",
+        ),
+    );
+    let mut check = host_running(&broken, "check");
+    let run = fm_e2e::run(&mut check);
+    assert_eq!(run.code(), 1, "{run:#?}");
+    assert!(
+        run.stderr.contains("No module named 'no_such_module'"),
         "{run:#?}"
     );
 }
