@@ -27,7 +27,8 @@ const BOOTSTRAP: &str =
 /// The interpreter used when `[python] interpreter` is not set.
 pub const DEFAULT_INTERPRETER: &str = "python3";
 
-/// Top-level keys only this host reads: fedora-messaging refuses unknown
+/// Top-level keys only this host reads (the host's
+/// `config::host_file::HOST_ONLY_KEYS`): fedora-messaging refuses unknown
 /// keys, so Python is given the file without them.
 const HOST_KEYS: [&str; 5] = [
     "workers",
