@@ -111,6 +111,33 @@ fn make_venv(name: &str, packages: &[&str]) -> PathBuf {
     dir
 }
 
+/// A `log_config` in fedora-messaging's default shape (one console
+/// handler on standard output, the `[logger LEVEL] message` format), root
+/// at `root` and each of `loggers` (name, level) not propagating.
+pub fn log_config(root: &str, loggers: &[(&str, &str)]) -> String {
+    let mut text = String::from(
+        r#"
+[log_config]
+version = 1
+disable_existing_loggers = false
+
+[log_config.formatters.simple]
+format = "[%(name)s %(levelname)s] %(message)s"
+
+[log_config.handlers.console]
+class = "logging.StreamHandler"
+formatter = "simple"
+stream = "ext://sys.stdout"
+"#,
+    );
+    for (name, level) in loggers {
+        text += &format!(
+            "\n[log_config.loggers.\"{name}\"]\nlevel = \"{level}\"\npropagate = false\nhandlers = [\"console\"]\n"
+        );
+    }
+    text + &format!("\n[log_config.root]\nlevel = \"{root}\"\nhandlers = [\"console\"]\n")
+}
+
 /// Python's `fedora-messaging` command.
 pub fn fedora_messaging_py() -> Command {
     let mut command = Command::new(venv().join("bin/fedora-messaging"));

@@ -95,6 +95,7 @@ fn the_deb_installs_what_the_readme_says() {
     let files = deb_files(deb);
     let commands = [
         "",
+        "-check",
         "-consume",
         "-publish",
         "-new-plugin",

@@ -12,7 +12,7 @@ use std::time::Duration;
 use fm_e2e::broker::{TestBroker, queue_tables};
 use fm_e2e::nodes::amqp_url;
 use fm_e2e::process::Running;
-use fm_e2e::python::robosignatory_venv;
+use fm_e2e::python::{log_config, robosignatory_venv};
 use fm_e2e::*;
 use lapin::types::FieldTable;
 use serde_json::json;
@@ -27,39 +27,14 @@ fn config(name: &str) -> String {
     let tables = queue_tables(name, &format!("{name}.#"));
     format!(
         "amqp_url = \"{url}\"\ncallback = \"robosignatory.consumer:Consumer\"\n\n{tables}\n\
-         [consumer_config.signing]\nbackend = \"echo\"\n\n[consumer_config.xml]\nkey = \"testkey\"\n{LOG_CONFIG}"
+         [consumer_config.signing]\nbackend = \"echo\"\n\n[consumer_config.xml]\nkey = \"testkey\"\n{}",
+        // robosignatory's loggers at INFO too, as its deployments run it.
+        log_config(
+            "WARNING",
+            &[("fedora_messaging", "INFO"), ("robosignatory", "INFO")]
+        )
     )
 }
-
-/// fedora-messaging's default `log_config`, with robosignatory's loggers
-/// at INFO too, as its deployments run it.
-const LOG_CONFIG: &str = r#"
-[log_config]
-version = 1
-disable_existing_loggers = false
-
-[log_config.formatters.simple]
-format = "[%(name)s %(levelname)s] %(message)s"
-
-[log_config.handlers.console]
-class = "logging.StreamHandler"
-formatter = "simple"
-stream = "ext://sys.stdout"
-
-[log_config.loggers.fedora_messaging]
-level = "INFO"
-propagate = false
-handlers = ["console"]
-
-[log_config.loggers.robosignatory]
-level = "INFO"
-propagate = false
-handlers = ["console"]
-
-[log_config.root]
-level = "WARNING"
-handlers = ["console"]
-"#;
 
 /// The lines robosignatory and fedora-messaging's consumer log, with
 /// `name` shown as `Q`.

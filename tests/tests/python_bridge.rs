@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use fm_e2e::broker::{TestBroker, dead_lettered_queue, queue_tables};
 use fm_e2e::nodes::amqp_url;
 use fm_e2e::process::Running;
-use fm_e2e::python::{bridge_venv, fedora_messaging_py};
+use fm_e2e::python::{bridge_venv, fedora_messaging_py, log_config};
 use fm_e2e::*;
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
@@ -160,31 +160,40 @@ fn consumer_lines(output: &str, queue: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn each_outcome_logs_the_lines_pythons_consumer_logs() {
-    // Operators' journal alerts match these lines: same logger, level and
-    // words, for the same messages and outcomes.
+/// Python's CLI and this host, each run to its halt over the same
+/// messages, and the queues they consumed (which their lines name).
+struct BothRuns {
+    python: Run,
+    host: Run,
+    theirs: String,
+    ours: String,
+}
+
+/// Publishes `bodies` (id, body for `Scripted`) under one topic to two
+/// queues, and consumes one with Python's CLI and the other with this host,
+/// from the same configuration text plus `extra` (TOML tables; this
+/// host's also names the interpreter), each until the callback halts.
+fn run_both(prefix: &str, bodies: &[(&str, Value)], extra: &str) -> BothRuns {
     let broker = TestBroker::connect();
-    let shared = TestBroker::unique_name("bridge-lines");
+    let shared = TestBroker::unique_name(prefix);
     let (theirs, ours) = (format!("{shared}-py"), format!("{shared}-rs"));
     for queue in [&theirs, &ours] {
         broker.declare_queue(queue, FieldTable::default());
         broker.bind(queue, "amq.topic", &format!("{shared}.#"));
     }
     let topic = format!("{shared}.test");
-    broker.publish_all(&[
-        json!({"id": "m1", "topic": topic, "body": {"do": "ack"}}),
-        json!({"id": "m2", "topic": topic, "body": {"do": "nack_once"}}),
-        json!({"id": "m3", "topic": topic, "body": {"do": "drop"}}),
-        json!({"id": "m4", "topic": topic, "body": {"do": "halt", "code": 0}}),
-    ]);
+    let messages: Vec<Value> = bodies
+        .iter()
+        .map(|(id, body)| json!({"id": id, "topic": topic, "body": body}))
+        .collect();
+    broker.publish_all(&messages);
     let dir = scratch();
     let config = |queue: &str, out: &str| {
         plain_config(queue, &format!("{shared}.#")).replace(
             "fedora_messaging.example:printer",
             "bridge_callbacks:Scripted",
         ) + &format!(
-            "\n[qos]\nprefetch_size = 0\nprefetch_count = 1\n\n[consumer_config]\nout = \"{}\"\n",
+            "\n[consumer_config]\nout = \"{}\"\n{extra}",
             dir.path().join(out).display()
         )
     };
@@ -203,48 +212,46 @@ fn each_outcome_logs_the_lines_pythons_consumer_logs() {
         );
     std::fs::write(&our_conf, ours_text).unwrap();
     let host = run(&mut host(&our_conf));
-
     assert_eq!(python.code(), 0, "{python:#?}");
     assert_eq!(host.code(), 0, "{host:#?}");
-    let expected = consumer_lines(&python.stdout, &theirs);
+    broker.delete_queue(&theirs);
+    broker.delete_queue(&ours);
+    BothRuns {
+        python,
+        host,
+        theirs,
+        ours,
+    }
+}
+
+#[test]
+fn each_outcome_logs_the_lines_pythons_consumer_logs() {
+    // Operators' journal alerts match these lines: same logger, level and
+    // words, for the same messages and outcomes.
+    let both = run_both(
+        "bridge-lines",
+        &[
+            ("m1", json!({"do": "ack"})),
+            ("m2", json!({"do": "nack_once"})),
+            ("m3", json!({"do": "drop"})),
+            ("m4", json!({"do": "halt", "code": 0})),
+        ],
+        "\n[qos]\nprefetch_size = 0\nprefetch_count = 1\n",
+    );
+    let expected = consumer_lines(&both.python.stdout, &both.theirs);
     assert!(
         expected
             .iter()
             .any(|line| line.contains("Returning message id m2 to the queue")),
-        "{python:#?}"
+        "{:#?}",
+        both.python
     );
-    assert_eq!(consumer_lines(&host.stdout, &ours), expected, "{host:#?}");
-    broker.delete_queue(&theirs);
-    broker.delete_queue(&ours);
-}
-
-/// A `log_config` with fedora-messaging's default shape, root and the
-/// `fedora_messaging` logger at the levels given.
-fn log_config(root: &str, fedora_messaging: &str) -> String {
-    format!(
-        r#"
-[log_config]
-version = 1
-disable_existing_loggers = false
-
-[log_config.formatters.simple]
-format = "[%(name)s %(levelname)s] %(message)s"
-
-[log_config.handlers.console]
-class = "logging.StreamHandler"
-formatter = "simple"
-stream = "ext://sys.stdout"
-
-[log_config.loggers.fedora_messaging]
-level = "{fedora_messaging}"
-propagate = false
-handlers = ["console"]
-
-[log_config.root]
-level = "{root}"
-handlers = ["console"]
-"#
-    )
+    assert_eq!(
+        consumer_lines(&both.host.stdout, &both.ours),
+        expected,
+        "{:#?}",
+        both.host
+    );
 }
 
 #[test]
@@ -254,56 +261,15 @@ fn log_config_reaches_pythons_own_loggers_as_in_pythons_cli() {
     let debug_line = "[fedora_messaging.message DEBUG] Successfully validated message";
     for (root, fedora_messaging, shown) in [("WARNING", "DEBUG", true), ("DEBUG", "WARNING", false)]
     {
-        let broker = TestBroker::connect();
-        let shared = TestBroker::unique_name("bridge-log-config");
-        let (theirs, ours) = (format!("{shared}-py"), format!("{shared}-rs"));
-        for queue in [&theirs, &ours] {
-            broker.declare_queue(queue, FieldTable::default());
-            broker.bind(queue, "amq.topic", &format!("{shared}.#"));
-        }
-        broker.publish(&json!({"id": "l1", "topic": format!("{shared}.test"),
-                              "body": {"do": "halt", "code": 0}}));
-        let dir = scratch();
-        let config = |queue: &str, out: &str| {
-            plain_config(queue, &format!("{shared}.#")).replace(
-                "fedora_messaging.example:printer",
-                "bridge_callbacks:Scripted",
-            ) + &format!(
-                "\n[consumer_config]\nout = \"{}\"\n{}",
-                dir.path().join(out).display(),
-                log_config(root, fedora_messaging)
-            )
-        };
-        let python_conf = config_file(dir.path(), &config(&theirs, "theirs.jsonl"));
-        let python = run(fedora_messaging_py()
-            .env("PYTHONUNBUFFERED", "1")
-            .env("PYTHONPATH", workspace_root().join("tests/fixtures/python"))
-            .arg("--conf")
-            .arg(&python_conf)
-            .arg("consume"));
-        let our_conf = dir.path().join("ours.toml");
-        let ours_text = config(&ours, "ours.jsonl")
-            + &format!(
-                "\n[python]\ninterpreter = \"{}\"\n",
-                interpreter().display()
-            );
-        std::fs::write(&our_conf, ours_text).unwrap();
-        let host = run(&mut host(&our_conf));
-        assert_eq!(python.code(), 0, "{python:#?}");
-        assert_eq!(host.code(), 0, "{host:#?}");
+        let both = run_both(
+            "bridge-log-config",
+            &[("l1", json!({"do": "halt", "code": 0}))],
+            &log_config(root, &[("fedora_messaging", fedora_messaging)]),
+        );
         let label = format!("root {root}, fedora_messaging {fedora_messaging}");
-        assert_eq!(
-            python.stdout.contains(debug_line),
-            shown,
-            "{label}: {python:#?}"
-        );
-        assert_eq!(
-            host.stdout.contains(debug_line),
-            shown,
-            "{label}: {host:#?}"
-        );
-        broker.delete_queue(&theirs);
-        broker.delete_queue(&ours);
+        for run in [&both.python, &both.host] {
+            assert_eq!(run.stdout.contains(debug_line), shown, "{label}: {run:#?}");
+        }
     }
 }
 
