@@ -84,9 +84,11 @@ enum Command {
     /// Consume messages from the broker with a consumer plugin
     Consume(ConsumeArgs),
 
-    /// Check the configuration and the consumer without the broker: build
-    /// the consumer (import a Python callback), say what it runs with and
-    /// which queues consume would use; exit 0, or as consume would at start
+    /// Check the configuration and the consumer, without the broker
+    ///
+    /// Builds the consumer (imports a Python callback), says what it runs
+    /// with and which queues consume would declare; exits 0, or as consume
+    /// would at start.
     Check(CheckArgs),
 
     /// Record messages from the broker to a file, one JSON object a line

@@ -415,16 +415,6 @@ impl Config {
         Ok((config, host_file))
     }
 
-    /// Reads and validates one file.
-    pub fn read(path: &Path) -> Result<Config, ConfigError> {
-        let text = read_text(path)?;
-        Config::parse(&text).map_err(|(line, message)| ConfigError {
-            path: path.to_owned(),
-            line,
-            message,
-        })
-    }
-
     /// [`Config::parse`] with a host file's keys added to the text's.
     pub fn parse_with(
         text: &str,

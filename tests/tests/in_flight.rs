@@ -145,8 +145,9 @@ fn a_panic_on_a_consumer_thread_is_a_failure_and_draining_ends() {
 }
 
 #[test]
-fn a_consumer_that_cannot_be_built_lets_the_others_finish_and_exits_1() {
-    // Instance 2's `new` fails once instance 1 has started m1.
+fn a_consumer_that_cannot_be_built_stops_the_host_before_anything_is_consumed() {
+    // Instance 2's `new` fails: consuming never began, so no message was
+    // delivered (issue #27: every consumer is built before basic.consume).
     let (broker, queue, _dir, conf) = queue_with(
         "build-fails",
         "workers = 2\n[consumer_config]\nfail_instance = 2",
@@ -162,11 +163,14 @@ fn a_consumer_that_cannot_be_built_lets_the_others_finish_and_exits_1() {
             .contains("instance 2 was told to fail (fail_instance)"),
         "{run:#?}"
     );
-    assert!(run.stdout.contains("done #1 (m1)"), "{run:#?}");
+    assert!(!run.stdout.contains("Consuming messages"), "{run:#?}");
     // The instance that was built stops gracefully.
-    assert!(run.stdout.contains("stopping after 1 messages"), "{run:#?}");
-    // m1 was settled; m2 was never started.
-    assert_eq!(leftover(&broker, &queue), ["m2"], "{run:#?}");
+    assert!(run.stdout.contains("stopping after 0 messages"), "{run:#?}");
+    let left = broker.take_all(&queue);
+    let ids: Vec<&str> = left.iter().map(|taken| taken.id.as_str()).collect();
+    assert_eq!(ids, ["m1", "m2"], "{run:#?}");
+    assert!(left.iter().all(|taken| !taken.redelivered), "{run:#?}");
+    broker.delete_queue(&queue);
 }
 
 /// The host built for release, as the packages build it: without the
@@ -218,9 +222,9 @@ fn the_release_binary_ignores_every_test_seam() {
 
 #[test]
 fn a_consumer_whose_build_hangs_does_not_keep_a_stop_from_ending() {
-    // Instance 2 never finishes `new` (an import that hangs); instance 1
-    // consumes. A stop waits for the threads a bounded time (30 s, once:
-    // not once more when the connection is gone), then exits.
+    // Instance 2 never finishes `new` (an import that hangs), so consuming
+    // never begins. A stop waits for the threads a bounded time (30 s,
+    // once: not once more when the connection is gone), then exits.
     let (broker, queue, _dir, conf) = queue_with(
         "build-hangs",
         "workers = 2\n[consumer_config]\nhang_instance = 2",
@@ -228,7 +232,6 @@ fn a_consumer_whose_build_hangs_does_not_keep_a_stop_from_ending() {
     );
     let mut consumer = Running::start(&mut scripted_consume(&conf));
     consumer.wait_for("instance 2 hangs in new", DEADLINE);
-    consumer.wait_for("done #1 (m1)", DEADLINE);
     let stopped = Instant::now();
     consumer.signal("TERM");
     while !consumer.has_ended() {
@@ -247,5 +250,6 @@ fn a_consumer_whose_build_hangs_does_not_keep_a_stop_from_ending() {
             .contains("A consumer thread did not end within 30s"),
         "{run:#?}"
     );
-    assert!(leftover(&broker, &queue).is_empty(), "{run:#?}");
+    assert!(!run.stdout.contains("Consuming messages"), "{run:#?}");
+    assert_eq!(leftover(&broker, &queue), ["m1"], "{run:#?}");
 }

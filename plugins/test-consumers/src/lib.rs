@@ -25,8 +25,7 @@
 //!   error's kind (`publish failed: Forbidden(…)`). A `consumer_config`
 //!   with `publish_on_new = SPEC` publishes from `new`, one with
 //!   `publish_on_stop = SPEC` from `stop`. One with `fail_instance = N`
-//!   makes the N-th instance built in the process (from 1) wait until
-//!   another has started a message (at most 20 s), then fail in `new`;
+//!   makes the N-th instance built in the process (from 1) fail in `new`;
 //!   `hang_instance = N` makes it hang in `new` (for 10 minutes), as an
 //!   import that never returns would.
 //! - `Inspect` prints everything `Message` offers, as one JSON line, and
@@ -81,19 +80,6 @@ fn first_time(seen: &std::sync::Mutex<Vec<String>>, id: &str) -> bool {
 
 /// Instances built in the process, and whether any has started a message.
 static BUILT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// `fail_instance`: fails once another instance has started a message.
-fn fail_once_another_started(instance: u64) -> Result<(), ConsumerError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !STARTED.load(std::sync::atomic::Ordering::SeqCst) && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    Err(ConsumerError::failed(format!(
-        "instance {instance} was told to fail (fail_instance)"
-    )))
-}
 
 /// Messages inside a rendezvous, across every instance in the process.
 static MET: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -126,7 +112,9 @@ impl Consumer for Scripted {
         }
         let instance = BUILT.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         if init.config_value()["fail_instance"].as_u64() == Some(instance) {
-            fail_once_another_started(instance)?;
+            return Err(ConsumerError::failed(format!(
+                "instance {instance} was told to fail (fail_instance)"
+            )));
         }
         if init.config_value()["hang_instance"].as_u64() == Some(instance) {
             log::info!("instance {instance} hangs in new");
@@ -155,7 +143,6 @@ impl Consumer for Scripted {
         let code = body["code"].as_i64().unwrap_or(0) as i32;
         let reason = body["reason"].as_str().unwrap_or("scripted failure");
         log::info!("message #{} ({}): {action}", self.seen, message.id());
-        STARTED.store(true, std::sync::atomic::Ordering::SeqCst);
         self.panic_on_drop |= body["panic_on_drop"] == true;
         let sleep_once = body["sleep_once_ms"]
             .as_u64()
