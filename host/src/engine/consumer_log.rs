@@ -23,33 +23,39 @@ pub fn consuming(id: &str, topic: &str) {
 /// Once the consumer answered; a failure is logged by the engine, which
 /// decides what follows from it.
 pub fn answered(id: &str, topic: &str, outcome: &Outcome) {
-    if let Some((level, line)) = line_for(id, topic, outcome) {
+    // Checked first: with the level off, nothing is formatted per message.
+    if let Some(level) = level_for(outcome)
+        && log::log_enabled!(target: TARGET, level)
+        && let Some((_, line)) = line_for(id, topic, outcome)
+    {
         log::log!(target: TARGET, level, "{line}");
+    }
+}
+
+/// The level fedora-messaging logs `outcome` at, if it logs it here.
+fn level_for(outcome: &Outcome) -> Option<log::Level> {
+    match outcome {
+        Outcome::Ack | Outcome::Halt { .. } => Some(log::Level::Info),
+        Outcome::Nack | Outcome::Drop => Some(log::Level::Warn),
+        Outcome::Failed { .. } => None,
     }
 }
 
 /// The line fedora-messaging logs for `outcome`, and its level.
 fn line_for(id: &str, topic: &str, outcome: &Outcome) -> Option<(log::Level, String)> {
     let (id, topic) = (Untrusted(id), Untrusted(topic));
-    Some(match outcome {
-        Outcome::Ack => (
-            log::Level::Info,
-            format!("Successfully consumed message from topic {topic} (message id {id})"),
-        ),
-        Outcome::Nack => (
-            log::Level::Warn,
-            format!("Returning message id {id} to the queue"),
-        ),
-        Outcome::Drop => (
-            log::Level::Warn,
-            format!("Consumer requested message id {id} be dropped"),
-        ),
-        Outcome::Halt { .. } => (
-            log::Level::Info,
-            "Consumer indicated it wishes consumption to halt, shutting down".to_owned(),
-        ),
+    let line = match outcome {
+        Outcome::Ack => {
+            format!("Successfully consumed message from topic {topic} (message id {id})")
+        }
+        Outcome::Nack => format!("Returning message id {id} to the queue"),
+        Outcome::Drop => format!("Consumer requested message id {id} be dropped"),
+        Outcome::Halt { .. } => {
+            "Consumer indicated it wishes consumption to halt, shutting down".to_owned()
+        }
         Outcome::Failed { .. } => return None,
-    })
+    };
+    Some((level_for(outcome)?, line))
 }
 
 #[cfg(test)]

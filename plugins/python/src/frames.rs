@@ -78,6 +78,9 @@ pub struct FrameReader<R> {
     source: R,
     buffer: Vec<u8>,
     start: usize,
+    /// What each read lands in, made once: a frame a message is read with
+    /// no buffer to clear.
+    chunk: Box<[u8]>,
 }
 
 impl<R: Read + AsRawFd> FrameReader<R> {
@@ -86,6 +89,7 @@ impl<R: Read + AsRawFd> FrameReader<R> {
             source,
             buffer: Vec::with_capacity(64 << 10),
             start: 0,
+            chunk: vec![0; 64 << 10].into_boxed_slice(),
         }
     }
 
@@ -161,9 +165,8 @@ impl<R: Read + AsRawFd> FrameReader<R> {
             self.buffer.drain(..self.start);
             self.start = 0;
         }
-        let mut chunk = [0u8; 64 << 10];
         let read = loop {
-            match self.source.read(&mut chunk) {
+            match self.source.read(&mut self.chunk) {
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 other => break other.map_err(FrameError::Io)?,
             }
@@ -178,7 +181,7 @@ impl<R: Read + AsRawFd> FrameReader<R> {
                 FrameError::Closed
             });
         }
-        self.buffer.extend_from_slice(&chunk[..read]);
+        self.buffer.extend_from_slice(&self.chunk[..read]);
         if !begun {
             *frame_by = Some(Instant::now() + FRAME_BOUND);
         }

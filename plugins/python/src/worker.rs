@@ -190,32 +190,28 @@ impl Worker {
             answers: FrameReader::new(answers_read),
         };
         let deadline = Instant::now() + settings.start_timeout;
-        let ready = loop {
-            match worker.answers.next(&MAIN_THREAD_KINDS, Some(deadline)) {
-                Ok((kind::LOG, record)) => serve::forward_log(&record),
-                Ok((kind::PUBLISH, request)) => {
-                    if let Err(error) = worker.reply(&serve::publish(&request)) {
-                        break Err(FrameError::Io(error));
-                    }
-                }
-                Ok((kind::READY, about)) => break Ok(about),
-                Ok((kind::START_FAILED, reason)) => {
-                    let reason: String = serde_json::from_slice(&reason).unwrap_or_default();
-                    worker.finish();
-                    return Err(format!(
-                        "the Python callback {} cannot start: {reason} ({})",
-                        settings.callback,
-                        worker.interpreter_named()
-                    ));
-                }
-                Ok((other, _)) => {
-                    break Err(FrameError::Corrupt(format!(
-                        "a frame of kind {:?} before it was ready",
-                        char::from(other)
-                    )));
-                }
-                Err(error) => break Err(error),
+        let answer = next_answer(
+            &mut worker.answers,
+            &MAIN_THREAD_KINDS,
+            Some(deadline),
+            &worker.requests,
+        );
+        let ready = match answer {
+            Ok((kind::READY, about)) => Ok(about),
+            Ok((kind::START_FAILED, reason)) => {
+                let reason: String = serde_json::from_slice(&reason).unwrap_or_default();
+                worker.finish();
+                return Err(format!(
+                    "the Python callback {} cannot start: {reason} ({})",
+                    settings.callback,
+                    worker.interpreter_named()
+                ));
             }
+            Ok((other, _)) => Err(FrameError::Corrupt(format!(
+                "a frame of kind {:?} before it was ready",
+                char::from(other)
+            ))),
+            Err(error) => Err(error),
         };
         match ready {
             Ok(about) => {
@@ -261,36 +257,24 @@ impl Worker {
         if let Err(error) = self.send(message_frame(message)) {
             return Err(self.gone(message.id(), &error.to_string()));
         }
-        loop {
-            match self.answers.next(&MAIN_THREAD_KINDS, None) {
-                Ok((kind::DONE, done)) => return serve::outcome(&done),
-                Ok((kind::LOG, record)) => serve::forward_log(&record),
-                Ok((kind::PUBLISH, request)) => {
-                    if let Err(error) = self.reply(&serve::publish(&request)) {
-                        return Err(self.gone(message.id(), &error.to_string()));
-                    }
-                }
-                Ok((other, _)) => {
-                    let error = FrameError::Corrupt(format!(
-                        "a frame of kind {:?} while handling a message",
-                        char::from(other)
-                    ));
-                    return Err(self.broken(message.id(), &error));
-                }
-                Err(FrameError::Closed) => {
-                    return Err(self.gone(message.id(), "its output closed"));
-                }
-                Err(error) => return Err(self.broken(message.id(), &error)),
+        match next_answer(&mut self.answers, &MAIN_THREAD_KINDS, None, &self.requests) {
+            Ok((kind::DONE, done)) => serve::outcome(&done),
+            Ok((other, _)) => {
+                let error = FrameError::Corrupt(format!(
+                    "a frame of kind {:?} while handling a message",
+                    char::from(other)
+                ));
+                Err(self.broken(message.id(), &error))
             }
+            Err(FrameError::Closed) => Err(self.gone(message.id(), "its output closed")),
+            // A publish reply that could not be written: Python is gone.
+            Err(FrameError::Io(error)) => Err(self.gone(message.id(), &error.to_string())),
+            Err(error) => Err(self.broken(message.id(), &error)),
         }
     }
 
     fn send(&self, frame: Vec<u8>) -> io::Result<()> {
         send_frame(&self.requests, &frame)
-    }
-
-    fn reply(&self, reply: &[u8]) -> io::Result<()> {
-        self.send(frame(kind::REPLY, |out| out.extend_from_slice(reply)))
     }
 
     /// The failure of a message whose Python process died under it.
@@ -514,6 +498,31 @@ fn send_frame(requests: &Mutex<Option<PipeWriter>>, frame: &[u8]) -> io::Result<
     }
 }
 
+/// The next frame from Python among `kinds` that is neither a log record
+/// nor a publish request: those are served on the way (a publish's reply
+/// goes on `requests`; one that cannot be written is `FrameError::Io`).
+fn next_answer(
+    from_python: &mut FrameReader<PipeReader>,
+    kinds: &[u8],
+    first_byte_by: Option<Instant>,
+    requests: &Mutex<Option<PipeWriter>>,
+) -> Result<(u8, Vec<u8>), FrameError> {
+    loop {
+        match from_python.next(kinds, first_byte_by)? {
+            (kind::LOG, record) => serve::forward_log(&record),
+            (kind::PUBLISH, request) => {
+                let reply = serve::publish(&request);
+                send_frame(
+                    requests,
+                    &frame(kind::REPLY, |out| out.extend_from_slice(&reply)),
+                )
+                .map_err(FrameError::Io)?;
+            }
+            answer => return Ok(answer),
+        }
+    }
+}
+
 /// The thread serving Python's other threads: their log records and
 /// publish requests, at any time. What is no frame of theirs ends it
 /// (logged): their later writes then fail in Python, where they are
@@ -522,28 +531,18 @@ fn serve_other_threads(
     mut from_python: FrameReader<PipeReader>,
     requests: &Mutex<Option<PipeWriter>>,
 ) {
-    loop {
-        match from_python.next(&[kind::LOG, kind::PUBLISH], None) {
-            Ok((kind::LOG, record)) => serve::forward_log(&record),
-            Ok((_, request)) => {
-                let reply = serve::publish(&request);
-                if send_frame(
-                    requests,
-                    &frame(kind::REPLY, |out| out.extend_from_slice(&reply)),
-                )
-                .is_err()
-                {
-                    return;
-                }
-            }
-            Err(FrameError::Closed) => return,
-            Err(error) => {
-                log::error!(
-                    "the Python bridge stops reading what Python's other threads send: {error}"
-                );
-                return;
-            }
+    match next_answer(
+        &mut from_python,
+        &[kind::LOG, kind::PUBLISH],
+        None,
+        requests,
+    ) {
+        Err(FrameError::Closed | FrameError::Io(_)) => {}
+        Err(error) => {
+            log::error!("the Python bridge stops reading what Python's other threads send: {error}")
         }
+        // Only logs and publishes are taken, and those are served.
+        Ok(_) => {}
     }
 }
 
