@@ -68,7 +68,9 @@ fn per_message(c: &mut Criterion) {
             let checked = wire::check_delivery(&outgoing.properties, &outgoing.body)
                 .expect("a valid message");
             let view = view(checked);
-            let outcome = consumer.consume(&view);
+            let outcome = consumer
+                .consume(&view)
+                .expect("nothing is taken ahead here");
             std::hint::black_box(outcome.disposition())
         })
     });

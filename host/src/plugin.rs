@@ -18,15 +18,17 @@ use abi_stable::StableAbi;
 use abi_stable::library::{LibraryError, lib_header_from_path};
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::sabi_types::RRef;
+use abi_stable::sabi_types::{RMut, RRef};
 use abi_stable::std_types::{RErr, ROk, RResult, RSlice, RStr, RString};
 use abi_stable::type_layout::TypeLayout;
 use fm_plugin_api::abi::{
     self, ConsumerBox, HeadersSource, HeadersSource_TO, HostServices, HostServices_Ref, InitArgs,
-    PluginModule_Ref, PublishFailure, PublishFailure_NE, RawMessage,
+    NextSink_TO, PluginModule_Ref, PublishFailure, PublishFailure_NE, RawMessage,
 };
 
-use crate::engine::handler::Handler;
+use crate::engine::ahead;
+use crate::engine::gate;
+use crate::engine::handler::{Handler, Unstarted};
 use crate::outcome::Outcome;
 pub use crate::plugin_error::{LoadError, PLUGIN_PATH_VAR, PYTHON_BRIDGE_LIBRARY, api_revision};
 use crate::plugin_file::PluginFile;
@@ -312,34 +314,26 @@ impl LoadedConsumer {
     }
 
     /// Lends `message` to the consumer and returns its answer.
-    pub fn consume(&mut self, message: &MessageView<'_>) -> Outcome {
-        let headers = HeadersAdapter(message.headers);
-        let raw = RawMessage {
-            id: RStr::from_str(message.id),
-            topic: RStr::from_str(message.topic),
-            queue: RStr::from_str(message.queue),
-            body: RSlice::from_slice(message.body),
-            severity: message.severity,
-            priority: message.priority,
-            sent_at: message.sent_at.map(RStr::from_str).into(),
-            schema: message.schema.map(RStr::from_str).into(),
-            headers: HeadersSource_TO::from_ptr(RRef::new(&headers), TD_Opaque),
-        };
-        let answer = self.object.consume(&raw);
+    pub fn consume(&mut self, message: &MessageView<'_>) -> Result<Outcome, Unstarted> {
+        let object = &mut self.object;
+        let answer = with_raw(message, |raw| object.consume(raw));
+        if ahead::left_unstarted() {
+            return Err(Unstarted);
+        }
         match answer.as_enum() {
-            Ok(abi::Outcome::Ack) => Outcome::Ack,
-            Ok(abi::Outcome::Nack) => Outcome::Nack,
-            Ok(abi::Outcome::Drop) => Outcome::Drop,
-            Ok(abi::Outcome::Halt { exit_code, requeue }) => Outcome::Halt {
+            Ok(abi::Outcome::Ack) => Ok(Outcome::Ack),
+            Ok(abi::Outcome::Nack) => Ok(Outcome::Nack),
+            Ok(abi::Outcome::Drop) => Ok(Outcome::Drop),
+            Ok(abi::Outcome::Halt { exit_code, requeue }) => Ok(Outcome::Halt {
                 exit_code: *exit_code,
                 requeue: *requeue,
-            },
-            Ok(abi::Outcome::Failed { reason }) => Outcome::Failed {
+            }),
+            Ok(abi::Outcome::Failed { reason }) => Ok(Outcome::Failed {
                 reason: reason.to_string(),
-            },
-            Ok(_) | Err(_) => Outcome::Failed {
+            }),
+            Ok(_) | Err(_) => Ok(Outcome::Failed {
                 reason: "the consumer answered with an outcome this host does not know (is the plugin built against a newer plugin-api?)".to_owned(),
-            },
+            }),
         }
     }
 
@@ -350,13 +344,30 @@ impl LoadedConsumer {
 }
 
 impl Handler for LoadedConsumer {
-    fn consume(&mut self, message: &MessageView<'_>) -> Outcome {
+    fn consume(&mut self, message: &MessageView<'_>) -> Result<Outcome, Unstarted> {
         LoadedConsumer::consume(self, message)
     }
 
     fn stop(&mut self) {
         LoadedConsumer::stop(self);
     }
+}
+
+/// Runs `call` with `message` as it crosses to a plugin.
+fn with_raw<R>(message: &MessageView<'_>, call: impl FnOnce(&RawMessage<'_>) -> R) -> R {
+    let headers = HeadersAdapter(message.headers);
+    let raw = RawMessage {
+        id: RStr::from_str(message.id),
+        topic: RStr::from_str(message.topic),
+        queue: RStr::from_str(message.queue),
+        body: RSlice::from_slice(message.body),
+        severity: message.severity,
+        priority: message.priority,
+        sent_at: message.sent_at.map(RStr::from_str).into(),
+        schema: message.schema.map(RStr::from_str).into(),
+        headers: HeadersSource_TO::from_ptr(RRef::new(&headers), TD_Opaque),
+    };
+    call(&raw)
 }
 
 struct HeadersAdapter<'a>(&'a dyn HeadersJson);
@@ -378,6 +389,9 @@ fn host_services() -> HostServices_Ref {
             layout: host_services_layout,
             publish_confirmed: publish_confirmed_from_plugin,
             configuration: configuration_for_plugin,
+            take_next: take_next_for_plugin,
+            draining_fd: draining_fd_for_plugin,
+            leave_unstarted: ahead::leave_unstarted,
         }
         .leak_into_prefix()
     })
@@ -397,6 +411,23 @@ extern "C" fn log_from_plugin(level: u8, target: RStr<'_>, message: RStr<'_>) {
                 .build(),
         );
     }));
+}
+
+/// Revision 4: the message the calling consumer gets next, if it has
+/// arrived ([`ahead::take_next`]).
+extern "C" fn take_next_for_plugin(mut next: NextSink_TO<'_, RMut<'_, ()>>) -> bool {
+    // A panic must not unwind into the plugin. One after the message was
+    // taken would lose it for the consumer, so none can happen there: the
+    // offer is the plugin's, which catches its own.
+    catch_unwind(AssertUnwindSafe(|| {
+        ahead::take_next(|message| with_raw(message, |raw| next.offer(raw)))
+    }))
+    .unwrap_or(false)
+}
+
+/// Revision 4: the descriptor that becomes readable once the host drains.
+extern "C" fn draining_fd_for_plugin() -> i32 {
+    gate::draining_fd().unwrap_or(-1)
 }
 
 /// The layout plugins of revision 2 and later check before reading the

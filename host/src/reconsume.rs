@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::exit::{Exit, Fatal};
-use crate::outcome::Next;
+use crate::outcome::{Next, Outcome};
 use crate::plugin;
 use crate::publisher;
 use crate::wire::{RecordMessage, read_record_file};
@@ -54,7 +54,12 @@ pub fn run(
     publisher::service().use_output(publisher::Settings::from_config(config), output);
     let mut consumer = plugin::load_consumer(callback, &config.consumer_config_json())?;
     for message in &messages {
-        let outcome = consumer.consume(&message.view());
+        // Nothing is taken ahead here, so nothing can come back unstarted.
+        let outcome = consumer
+            .consume(&message.view())
+            .unwrap_or_else(|_| Outcome::Failed {
+                reason: "the consumer left the message unstarted".to_owned(),
+            });
         // The outcome line is the command's output; a closed stdout must
         // not stop the replay, so write errors are ignored.
         let _ = writeln!(std::io::stdout(), "{} {outcome}", message.id);

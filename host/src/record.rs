@@ -19,7 +19,7 @@ use fm_plugin_api::Message;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
-use crate::engine::handler::Handler;
+use crate::engine::handler::{Handler, Unstarted};
 use crate::exit::{Exit, Fatal};
 use crate::outcome::Outcome;
 use crate::wire::MessageView;
@@ -69,7 +69,21 @@ impl Recorder {
 }
 
 impl Handler for Recorder {
-    fn consume(&mut self, message: &MessageView<'_>) -> Outcome {
+    fn consume(&mut self, message: &MessageView<'_>) -> Result<Outcome, Unstarted> {
+        Ok(self.record(message))
+    }
+
+    fn stop(&mut self) {
+        let _ = self.out.flush();
+        if let Some(progress) = &self.progress {
+            progress.finish();
+        }
+    }
+}
+
+impl Recorder {
+    /// Writes one message; halts once the limit is reached.
+    fn record(&mut self, message: &MessageView<'_>) -> Outcome {
         if let Err(reason) = self.write(message) {
             return Outcome::Failed {
                 reason: format!("Unable to save messages to file: {reason}"),
@@ -85,13 +99,6 @@ impl Handler for Recorder {
                 requeue: false,
             },
             _ => Outcome::Ack,
-        }
-    }
-
-    fn stop(&mut self) {
-        let _ = self.out.flush();
-        if let Some(progress) = &self.progress {
-            progress.finish();
         }
     }
 }
@@ -165,13 +172,13 @@ mod tests {
         let path = dir.path().join("out.jsonl");
         let mut recorder = Recorder::create(&path, Some(2)).unwrap();
         let headers = Headers("{}");
-        assert_eq!(recorder.consume(&view(&headers, b"{}")), Outcome::Ack);
+        assert_eq!(recorder.consume(&view(&headers, b"{}")), Ok(Outcome::Ack));
         assert_eq!(
             recorder.consume(&view(&headers, b"{}")),
-            Outcome::Halt {
+            Ok(Outcome::Halt {
                 exit_code: 0,
                 requeue: false
-            }
+            })
         );
         recorder.stop();
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);

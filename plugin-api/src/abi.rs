@@ -14,7 +14,7 @@ use abi_stable::{
     StableAbi, declare_root_module_statics,
     library::RootModule,
     package_version_strings, sabi_trait,
-    sabi_types::VersionStrings,
+    sabi_types::{RMut, VersionStrings},
     std_types::{RBox, ROption, RResult, RSlice, RStr, RString, RVec},
     type_layout::TypeLayout,
 };
@@ -65,7 +65,8 @@ impl RootModule for PluginModule_Ref {
 ///
 /// Revision 1: `max_log_level`, `log`, `publish` (reserved, answered
 /// "not available"). Revision 2: `layout`, `publish_confirmed`; `publish`
-/// publishes. Revision 3: `configuration`. From revision 2 on, the plugin checks `layout` against its
+/// publishes. Revision 3: `configuration`. Revision 4: `take_next`,
+/// `draining_fd`, `leave_unstarted`. From revision 2 on, the plugin checks `layout` against its
 /// own before reading any other field, so a host whose fields changed
 /// (rather than grew) is refused instead of misread. The next revision
 /// appends its fields after the last one here, and its plugins treat each
@@ -111,6 +112,36 @@ pub struct HostServices {
     /// (`--callback-file`, `--callback`, or the file's `callback`, as
     /// written; null when none); `table`, the file's top-level table.
     pub configuration: extern "C" fn() -> RString,
+
+    /// Revision 4: called from inside [`ConsumerObject::consume`], on the
+    /// thread that called it. When the message this consumer instance is to
+    /// be given next has already arrived (and the host is not draining),
+    /// lends it to `next` and returns true: the host's next `consume` on
+    /// this instance is then that message, whatever happens meanwhile.
+    /// False otherwise, and on any other thread.
+    pub take_next: extern "C" fn(next: NextSink_TO<'_, RMut<'_, ()>>) -> bool,
+
+    /// Revision 4: a descriptor that becomes readable once the host is
+    /// draining (a halt, a failure or a stop): from then on no message may
+    /// be started. -1 when the host cannot give one.
+    pub draining_fd: extern "C" fn() -> i32,
+
+    /// Revision 4: called from inside [`ConsumerObject::consume`], on the
+    /// thread that called it, for a message taken with `take_next` that
+    /// the consumer did not begin because the host drains: the host then
+    /// leaves it unsettled, whatever `consume` returns (a failure, for a
+    /// host that cannot). Taken as a failure when the host is not
+    /// draining. (Not a variant of [`Outcome`]: hosts refuse plugins whose
+    /// enums have fewer variants than theirs.)
+    pub leave_unstarted: extern "C" fn(),
+}
+
+/// Where [`HostServices::take_next`] lends the next message.
+#[sabi_trait]
+pub trait NextSink {
+    /// The message the consumer will be given next, lent for this call.
+    #[sabi(last_prefix_field)]
+    fn offer(&mut self, message: &RawMessage<'_>);
 }
 
 /// Milliseconds, in `publish_confirmed`; another type only in a test

@@ -28,6 +28,13 @@ pub enum ConsumerError {
     Halt { exit_code: i32, requeue: bool },
     /// The consumer failed; `reason` says why.
     Failed { reason: String },
+    /// Only for a message taken with [`ahead::take_next`](crate::ahead::take_next)
+    /// that the consumer did not begin because the host is draining
+    /// ([`ahead::draining_fd`](crate::ahead::draining_fd) is readable): the
+    /// host leaves it unsettled, and the broker delivers it again. Anywhere
+    /// else the host takes it as a failure, so that no message is left
+    /// unsettled on a channel that goes on.
+    Unstarted,
 }
 
 impl ConsumerError {
@@ -69,6 +76,7 @@ impl fmt::Display for ConsumerError {
                 requeue: true,
             } => write!(f, "halt {exit_code} (requeue)"),
             ConsumerError::Failed { reason } => write!(f, "failed: {reason}"),
+            ConsumerError::Unstarted => f.write_str("not started"),
         }
     }
 }

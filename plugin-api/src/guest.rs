@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::sabi_types::RMut;
 use abi_stable::std_types::{RErr, ROk, RResult, RStr, RString, RVec};
 
 use abi_stable::StableAbi;
@@ -18,7 +19,8 @@ use abi_stable::abi_stability::abi_checking::check_layout_compatibility;
 
 use crate::abi::{
     ConsumerBox, ConsumerEntry, ConsumerObject, ConsumerObject_TO, HostServices_Ref, InitArgs,
-    Outcome, Outcome_NE, PluginModule, PluginModule_Ref, PublishFailure, RawMessage, TimeoutMs,
+    NextSink, NextSink_TO, Outcome, Outcome_NE, PluginModule, PluginModule_Ref, PublishFailure,
+    RawMessage, TimeoutMs,
 };
 use crate::{Consumer, ConsumerError, Init, Message, PublishError};
 
@@ -154,6 +156,51 @@ pub(crate) fn host_configuration() -> Result<String, String> {
     }
 }
 
+/// Takes the message this consumer instance gets next (revision 4); see
+/// [`crate::ahead::take_next`].
+pub(crate) fn take_next(offer: &mut dyn FnMut(&Message<'_>)) -> bool {
+    struct Sink<'a>(&'a mut dyn FnMut(&Message<'_>));
+    impl NextSink for Sink<'_> {
+        fn offer(&mut self, raw: &RawMessage<'_>) {
+            // Taken all the same: the host hands it to `consume` next.
+            if let Err(payload) = guarded(|| (self.0)(&Message::from_raw(raw))) {
+                log::error!(
+                    "consumer panicked while taking the next message: {}",
+                    panic_reason(payload)
+                );
+            }
+        }
+    }
+    let Some(take_next) = usable_services().and_then(|services| services.take_next()) else {
+        return false;
+    };
+    let mut sink = Sink(offer);
+    take_next(NextSink_TO::from_ptr(RMut::new(&mut sink), TD_Opaque))
+}
+
+/// The host's draining descriptor (revision 4); see
+/// [`crate::ahead::draining_fd`].
+pub(crate) fn draining_fd() -> Option<i32> {
+    let draining_fd = usable_services()?.draining_fd()?;
+    Some(draining_fd()).filter(|fd| *fd >= 0)
+}
+
+/// Tells the host the message in hand was not begun (revision 4).
+fn leave_unstarted() {
+    if let Some(leave_unstarted) = usable_services().and_then(|services| services.leave_unstarted())
+    {
+        leave_unstarted();
+    }
+}
+
+/// The host's services, when there is a host whose services this plugin
+/// reads.
+fn usable_services() -> Option<HostServices_Ref> {
+    HOST.get()
+        .copied()
+        .filter(|_| HOST_MISMATCH.get().is_none())
+}
+
 extern "C" fn new_consumer<C: Consumer>(args: &InitArgs<'_>) -> RResult<ConsumerBox, RString> {
     if let Some(mismatch) = HOST_MISMATCH.get() {
         return RErr(RString::from(mismatch.as_str()));
@@ -219,6 +266,12 @@ impl<C: Consumer> ConsumerObject for Guarded<C> {
             Ok(Err(ConsumerError::Failed { reason })) => Outcome::Failed {
                 reason: reason.into(),
             },
+            Ok(Err(ConsumerError::Unstarted)) => {
+                leave_unstarted();
+                Outcome::Failed {
+                    reason: "the consumer left the message unstarted".into(),
+                }
+            }
             Err(payload) => Outcome::Failed {
                 reason: panic_reason(payload).into(),
             },

@@ -89,7 +89,8 @@
 //! services, which a plugin checks against its own before reading them;
 //! revision 3 (0.1.2) appends the host's configuration
 //! ([`HostConfiguration`]), which a plugin finds unavailable in an older
-//! host.
+//! host; revision 4 (0.1.3) appends [`ahead`], taking the next message
+//! while the current one is consumed, which an older host never offers.
 //! A revision-1 plugin runs unchanged in a revision-2 host (its `publish`
 //! now publishes); a revision-2 plugin loads in a revision-1 host, where
 //! [`Publisher::publish`] answers [`PublishError::Unavailable`]. A plugin
@@ -107,6 +108,7 @@
 
 #[doc(hidden)]
 pub mod abi;
+pub mod ahead;
 mod error;
 mod guest;
 pub mod json;

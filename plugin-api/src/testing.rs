@@ -39,14 +39,14 @@ use std::sync::{Mutex, OnceLock};
 use abi_stable::StableAbi;
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::sabi_types::RRef;
+use abi_stable::sabi_types::{RMut, RRef};
 use abi_stable::std_types::{ROk, RResult, RSlice, RStr, RString};
 use abi_stable::type_layout::TypeLayout;
 use serde_json::{Map, Value};
 
 use crate::abi::{
     self, ConsumerBox, HeadersSource, HeadersSource_TO, HostServices, HostServices_Ref, InitArgs,
-    PublishFailure_NE, RawMessage, TimeoutMs,
+    NextSink_TO, PublishFailure_NE, RawMessage, TimeoutMs,
 };
 use crate::{Consumer, Message, guest};
 
@@ -313,6 +313,9 @@ fn install_host() {
             layout: services_layout,
             publish_confirmed,
             configuration,
+            take_next,
+            draining_fd,
+            leave_unstarted,
         }
         .leak_into_prefix();
         guest::init_services(services);
@@ -368,6 +371,20 @@ extern "C" fn services_layout() -> &'static TypeLayout {
 extern "C" fn configuration() -> RString {
     r#"{"file":null,"callback":null,"table":{}}"#.into()
 }
+
+/// The harness hands its messages one at a time: none is taken ahead.
+extern "C" fn take_next(_next: NextSink_TO<'_, RMut<'_, ()>>) -> bool {
+    false
+}
+
+/// The harness never drains.
+extern "C" fn draining_fd() -> i32 {
+    -1
+}
+
+/// The harness never drains, so a message left unstarted stays the
+/// failure the consumer returns with it.
+extern "C" fn leave_unstarted() {}
 
 #[cfg(test)]
 mod tests {

@@ -31,18 +31,18 @@ fn two_libraries_and_two_consumers_of_one_library() {
     let halt =
         RecordMessage::parse(r#"{"id": "m2", "topic": "t", "body": {"do": "halt", "code": 5}}"#)
             .unwrap();
-    assert_eq!(scripted.consume(&ack.view()), Outcome::Ack);
-    assert_eq!(save.consume(&ack.view()), Outcome::Ack);
-    assert_eq!(inspect.consume(&halt.view()), Outcome::Ack);
+    assert_eq!(scripted.consume(&ack.view()).unwrap(), Outcome::Ack);
+    assert_eq!(save.consume(&ack.view()).unwrap(), Outcome::Ack);
+    assert_eq!(inspect.consume(&halt.view()).unwrap(), Outcome::Ack);
     assert_eq!(
-        scripted.consume(&halt.view()),
+        scripted.consume(&halt.view()).unwrap(),
         Outcome::Halt {
             exit_code: 5,
             requeue: false
         }
     );
     // Each instance keeps its own state; the saver wrote through its own.
-    assert_eq!(save.consume(&halt.view()), Outcome::Ack);
+    assert_eq!(save.consume(&halt.view()).unwrap(), Outcome::Ack);
     let lines = std::fs::read_to_string(&saved).unwrap();
     assert_eq!(lines.lines().count(), 2, "{lines}");
 }
@@ -57,12 +57,12 @@ fn consumers_of_one_library_are_independent_instances() {
     )
     .unwrap();
     let ack = RecordMessage::parse(r#"{"id": "a", "topic": "t", "body": {}}"#).unwrap();
-    match first.consume(&panic.view()) {
+    match first.consume(&panic.view()).unwrap() {
         Outcome::Failed { reason } => assert!(reason.ends_with("only this one"), "{reason}"),
         other => panic!("expected a failure, got {other:?}"),
     }
     // The panic in one instance left the library and the other instance
     // working.
-    assert_eq!(second.consume(&ack.view()), Outcome::Ack);
-    assert_eq!(first.consume(&ack.view()), Outcome::Ack);
+    assert_eq!(second.consume(&ack.view()).unwrap(), Outcome::Ack);
+    assert_eq!(first.consume(&ack.view()).unwrap(), Outcome::Ack);
 }

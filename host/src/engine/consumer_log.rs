@@ -20,6 +20,16 @@ pub fn consuming(id: &str, topic: &str) {
     );
 }
 
+/// A message the consumer took ahead and left unstarted, as the host
+/// drains: put down, and the broker delivers it again.
+pub fn unstarted(id: &str) {
+    log::debug!(
+        target: TARGET,
+        "Message id {} was not started: the consumer is stopping",
+        Untrusted(id)
+    );
+}
+
 /// Once the consumer answered; a failure is logged by the engine, which
 /// decides what follows from it.
 pub fn answered(id: &str, topic: &str, outcome: &Outcome) {

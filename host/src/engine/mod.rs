@@ -34,10 +34,12 @@
 //! Every wait in it is raced with the worker results, the stop request and
 //! the pulse's tick, or bounded by a few seconds.
 
+pub mod ahead;
 pub mod book;
 mod consumer_log;
 mod consuming;
 pub mod deadline;
+pub mod gate;
 pub mod handler;
 mod held;
 pub mod inflight;

@@ -15,6 +15,10 @@
 //! again), so no message is consumed after a halt, and none twice because
 //! its channel closed while it waited.
 //!
+//! While its consumer works on one message, a thread lends it the lane, so
+//! that a consumer in another process may take the next message before it
+//! answers ([`super::ahead`]); that message is the thread's next.
+//!
 //! A thread takes a message's in-flight token ([`InFlight`]) before it
 //! looks at the gate, and the engine holds the gate before it reads the
 //! count of tokens, so one of them always sees the other: once the workers
@@ -36,8 +40,10 @@ use std::time::{Duration, Instant};
 use async_channel::{Receiver, Sender, TryRecvError};
 use lapin::message::Delivery;
 
+use super::ahead::{self, Reading};
 use super::consumer_log;
-use super::handler::Handler;
+use super::gate::Gate;
+use super::handler::{Handler, Unstarted};
 use super::inflight::{InFlight, Tracker};
 use super::lane::{Lane, Read, Reader};
 use super::message::{Finished, Job, Source, Ticket};
@@ -88,23 +94,6 @@ impl AllBuilt {
     }
 }
 
-/// Whether a worker may start the message it took.
-#[derive(Default)]
-struct Gate {
-    /// Set once for good: the process is draining.
-    held: AtomicBool,
-}
-
-impl Gate {
-    fn is_held(&self) -> bool {
-        self.held.load(Ordering::SeqCst)
-    }
-
-    fn hold(&self) {
-        self.held.store(true, Ordering::SeqCst);
-    }
-}
-
 /// What a worker thread waited for.
 #[allow(clippy::large_enum_variant)]
 enum Next {
@@ -120,7 +109,8 @@ struct Worker {
     consumer: Box<dyn Handler>,
     jobs: Receiver<Job>,
     lanes: Receiver<Option<Arc<Lane>>>,
-    reader: Option<Reader>,
+    /// Its lane's reader, and what the consumer took ahead with it.
+    reading: Reading,
     results: Sender<Finished>,
     gate: Arc<Gate>,
     tracker: Tracker,
@@ -130,32 +120,41 @@ impl Worker {
     /// Takes messages until the engine finishes the threads.
     fn run(&mut self) {
         loop {
-            let finished = match futures_lite::future::block_on(self.next()) {
-                Next::Closed => return,
-                Next::Lane(lane) => {
-                    self.reader = lane.map(Reader::new);
-                    continue;
-                }
-                // Put down unstarted, its token with it: the broker
-                // delivers it again.
-                Next::Job(job) if self.gate.is_held() || !job.settleable() => continue,
-                Next::Job(job) => {
-                    let (job, outcome, took) = self.consume(job);
-                    Finished::Done(job, outcome, took)
-                }
-                Next::Read(Read::Ended(channel, error)) => Finished::Ended(channel, error),
-                Next::Read(Read::Arrived(delivery, ticket)) => {
-                    // In flight before looking at the gate: see the
-                    // module's doc.
-                    let in_flight = self.tracker.token();
-                    match self.take(delivery, ticket, in_flight) {
-                        Some(finished) => finished,
-                        None => continue,
+            let finished = match self.reading.taken.take() {
+                // Taken by the consumer while it consumed the last one: it
+                // has it already, so it comes next whatever the gate says
+                // (once the host drains, the consumer may leave it
+                // unstarted).
+                Some(job) => self.start(job),
+                None => match futures_lite::future::block_on(self.next()) {
+                    Next::Closed => return,
+                    Next::Lane(lane) => {
+                        self.reading.reader = lane.map(Reader::new);
+                        None
                     }
-                }
+                    // Put down unstarted, its token with it: the broker
+                    // delivers it again.
+                    Next::Job(job) if self.gate.is_held() || !job.settleable() => None,
+                    Next::Job(job) => self
+                        .consume(job)
+                        .map(|(job, outcome, took)| Finished::Done(job, outcome, took)),
+                    Next::Read(Read::Ended(channel, error)) => {
+                        Some(Finished::Ended(channel, error))
+                    }
+                    Next::Read(Read::Arrived(delivery, ticket)) => {
+                        // In flight before looking at the gate: see the
+                        // module's doc.
+                        let in_flight = self.tracker.token();
+                        self.take(delivery, ticket, in_flight)
+                    }
+                },
             };
-            if self.results.send_blocking(finished).is_err() {
-                return;
+            // This message's word first, then what reading ahead found.
+            let told = std::mem::take(&mut self.reading.told);
+            for finished in finished.into_iter().chain(told) {
+                if self.results.send_blocking(finished).is_err() {
+                    return;
+                }
             }
         }
     }
@@ -164,7 +163,7 @@ impl Worker {
     /// message from the lane, in that order.
     async fn next(&mut self) -> Next {
         let (jobs, lanes, gate) = (&self.jobs, &self.lanes, &self.gate);
-        let reader = &mut self.reader;
+        let reader = &mut self.reading.reader;
         // Only polled (which registers a listener) when nothing is ready.
         let mut lane_changed = pin!(lanes.recv());
         let mut job_came = pin!(jobs.recv());
@@ -196,10 +195,9 @@ impl Worker {
         .await
     }
 
-    /// A delivery from the lane: checked, consumed and its ack marked
-    /// here; what the lane does not settle goes to the engine, with its
-    /// token. `None`: nothing for the engine (settled here, or put down
-    /// unsettled); the token is dropped on return.
+    /// A delivery from the lane: checked, then started. `None`: nothing
+    /// for the engine (settled here, or put down unsettled); the token is
+    /// dropped on return.
     fn take(
         &mut self,
         delivery: Delivery,
@@ -209,7 +207,7 @@ impl Worker {
         if self.gate.is_held() {
             return None;
         }
-        let lane = self.reader.as_ref()?.lane();
+        let lane = self.reading.reader.as_ref()?.lane();
         let job = match lane.check(delivery, ticket, in_flight) {
             Ok(job) => job,
             Err(diverted) => return Some(Finished::Diverted(diverted)),
@@ -217,11 +215,19 @@ impl Worker {
         if !job.settleable() {
             return None;
         }
+        self.start(job)
+    }
+
+    /// A checked job from the lane: consumed and its ack marked here; what
+    /// the lane does not settle goes to the engine, with its token.
+    fn start(&mut self, job: Job) -> Option<Finished> {
         seams::get().maybe_panic_on(job.message_id());
-        let (job, outcome, took) = self.consume(job);
+        let (job, outcome, took) = self.consume(job)?;
         if matches!(outcome, Outcome::Ack) && !seams::get().needs_engine(job.message_id()) {
-            let lane = self.reader.as_ref()?.lane();
-            return match lane.ack(&job, (outcome, took)) {
+            let Some(reader) = self.reading.reader.as_ref() else {
+                return Some(Finished::Done(job, outcome, took));
+            };
+            return match reader.lane().ack(&job, (outcome, took)) {
                 Ok(()) => None,
                 Err((outcome, took)) => Some(Finished::Done(job, outcome, took)),
             };
@@ -229,25 +235,51 @@ impl Worker {
         Some(Finished::Done(job, outcome, took))
     }
 
-    /// Hands a job to the consumer: its answer, and how long it took. A
+    /// Hands a job to the consumer, lending it the lane to take the next
+    /// one from ([`ahead`]): its answer, and how long it took; `None` when
+    /// it was left unstarted, which puts it down with its token. A
     /// consumer that panics has failed on the message.
-    fn consume(&mut self, job: Job) -> (Job, Outcome, Duration) {
+    fn consume(&mut self, job: Job) -> Option<(Job, Outcome, Duration)> {
         let started = Instant::now();
         let topic = job.delivery.routing_key.as_str();
-        consumer_log::consuming(job.message_id(), topic);
+        // Only a message taken ahead is handed over while the host drains,
+        // and the consumer may leave it unstarted: whether it began is
+        // known from its answer.
+        let draining = self.gate.is_held();
+        if !draining {
+            consumer_log::consuming(job.message_id(), topic);
+        }
         let consumer = &mut self.consumer;
-        let outcome = catch_unwind(AssertUnwindSafe(|| consumer.consume(&job.view())))
-            .unwrap_or_else(|panic| Outcome::Failed {
+        let answer = ahead::lend(&mut self.reading, &self.gate, &self.tracker, || {
+            catch_unwind(AssertUnwindSafe(|| consumer.consume(&job.view())))
+        });
+        let outcome = match answer {
+            Ok(Ok(outcome)) => outcome,
+            // Only a draining host lets a message go unstarted: on a
+            // channel that goes on, it would be held unsettled for good.
+            Ok(Err(Unstarted)) if self.gate.is_held() => {
+                consumer_log::unstarted(job.message_id());
+                return None;
+            }
+            Ok(Err(Unstarted)) => Outcome::Failed {
+                reason: "the consumer left the message unstarted while the host was not draining"
+                    .to_owned(),
+            },
+            Err(panic) => Outcome::Failed {
                 reason: format!("the consumer panicked: {}", panic_text(panic.as_ref())),
-            });
+            },
+        };
         let took = started.elapsed();
+        if draining {
+            consumer_log::consuming(job.message_id(), topic);
+        }
         consumer_log::answered(job.message_id(), topic, &outcome);
         if matches!(outcome, Outcome::Halt { .. } | Outcome::Failed { .. }) {
             // Before this thread takes another message: after a halt or a
             // failure nothing more is consumed.
             self.gate.hold();
         }
-        (job, outcome, took)
+        Some((job, outcome, took))
     }
 }
 
@@ -316,7 +348,7 @@ impl Workers {
                         consumer,
                         jobs: job_receiver,
                         lanes: lane_receiver,
-                        reader: None,
+                        reading: Reading::default(),
                         results: result_sender,
                         gate,
                         tracker,
