@@ -12,7 +12,11 @@ The conversation is in frames (plugins/python/src/frames.rs): a length
 replies arrive on fd 3; the main thread's answers, log records and publish
 requests leave on fd 4, which the plugin reads while it waits for the main
 thread; every other thread's log records and publish requests leave on
-fd 5, which the plugin reads at any time. Standard output and standard
+fd 5, which the plugin reads at any time. The plugin sends the next
+message while this one is handled, so the next is waiting when it is done;
+fd 6, when the host gives it, becomes readable once the host drains, and a
+message is not begun then (nor after the callback halted or failed): its
+answer is "unstarted". Standard output and standard
 error are the host's, so what a callback prints goes where
 fedora-messaging's would.
 
@@ -30,6 +34,7 @@ import inspect
 import json
 import logging
 import os
+import select
 import signal
 import struct
 import sys
@@ -70,6 +75,9 @@ def _own(fd):
 
 
 REQUESTS_FD, SYNC_FD, ASYNC_FD = _own(3), _own(4), _own(5)
+# The host's draining descriptor, readable once it drains: a message it
+# sent ahead of its answer to the one before is then not begun.
+DRAINING_FD = _own(6) if SETTINGS.get("draining_fd") else None
 
 
 class Outbox:
@@ -80,10 +88,15 @@ class Outbox:
         self.lock = threading.Lock()
 
     def send(self, kind, payload):
-        view = memoryview(HEADER.pack(len(payload), kind) + payload)
+        self.send_frame(HEADER.pack(len(payload), kind) + payload)
+
+    def send_frame(self, frame):
         with self.lock:
-            while view:
-                view = view[os.write(self.fd, view):]
+            written = os.write(self.fd, frame)
+            if written < len(frame):
+                view = memoryview(frame)[written:]
+                while view:
+                    view = view[os.write(self.fd, view):]
 
 
 SYNC, ASYNC = Outbox(SYNC_FD), Outbox(ASYNC_FD)
@@ -133,31 +146,36 @@ class Inbox:
                     self.reading = False
                     if frame is None:
                         self.closed = True
-                    else:
+                    elif frame[0] != kind:
                         self.waiting[frame[0]].append(frame[1])
                     self.condition.notify_all()
+            # What this thread waits for goes to it at once.
+            if frame is not None and frame[0] == kind:
+                return frame[1]
 
     def _read(self):
-        header = self._exactly(HEADER.size)
-        if header is None:
+        size = HEADER.size
+        if not self._fill(size):
             return None
-        length, kind = HEADER.unpack(header)
+        length, kind = HEADER.unpack_from(self.buffer)
         if kind not in self.waiting:
             raise SystemExit(f"the host sent a frame of unknown kind {kind}")
-        payload = self._exactly(length)
-        if payload is None:
+        end = size + length
+        if not self._fill(end):
             raise SystemExit("the host's input closed in the middle of a frame")
+        payload = bytes(self.buffer[size:end])
+        del self.buffer[:end]
         return kind, payload
 
-    def _exactly(self, size):
+    def _fill(self, size):
+        """Whether the buffer holds `size` bytes, reading what it lacks
+        (and whatever else has come); False once the input closed."""
         while len(self.buffer) < size:
             chunk = os.read(self.fd, max(65536, size - len(self.buffer)))
             if not chunk:
-                return None
+                return False
             self.buffer += chunk
-        taken = bytes(self.buffer[:size])
-        del self.buffer[:size]
-        return taken
+        return True
 
 
 INBOX = Inbox(REQUESTS_FD)
@@ -169,7 +187,9 @@ def _in_a_forked_child():
     to standard error, so nothing it writes can be taken for an answer."""
     global FORKED
     FORKED = True
-    for fd in (REQUESTS_FD, SYNC_FD, ASYNC_FD):
+    for fd in (REQUESTS_FD, SYNC_FD, ASYNC_FD, DRAINING_FD):
+        if fd is None:
+            continue
         try:
             os.close(fd)
         except OSError:
@@ -479,14 +499,19 @@ def handler(callback, loop):
     return handle
 
 
-# The answers that are a word, encoded once.
-WORDS = {word: json.dumps(word).encode() for word in ("ack", "nack", "drop")}
+# The answers that are a word, framed once.
+WORDS = {
+    word: HEADER.pack(len(encoded), DONE) + encoded
+    for word, encoded in (
+        (word, json.dumps(word).encode()) for word in ("ack", "nack", "drop", "unstarted")
+    )
+}
 
 
 def answer(outcome):
     """Sends a message's outcome (from the main thread)."""
     if isinstance(outcome, str):
-        SYNC.send(DONE, WORDS[outcome])
+        SYNC.send_frame(WORDS[outcome])
     else:
         send(DONE, outcome)
 
@@ -542,22 +567,42 @@ def main():
     )
     timing = os.environ.pop("FM_PYTHON_BRIDGE_TIMING", None)
     clock = time.perf_counter
-    handled, in_python = 0, 0.0
+    handled, in_python, waiting = 0, 0.0, 0.0
+    draining = None
+    if DRAINING_FD is not None:
+        draining = select.poll()
+        draining.register(DRAINING_FD, select.POLLIN)
+    # Set once the callback halted or failed: the host consumes nothing
+    # after that, and messages it sent ahead are not begun.
+    ended = False
     while True:
+        asked = clock()
         payload = INBOX.take(MESSAGE)
         if payload is END:
             break
+        if handled:
+            # From the first message on: before it, Python waited for the
+            # host to start consuming, which is no hand-off.
+            waiting += clock() - asked
+        if ended or (draining is not None and draining.poll(0)):
+            answer("unstarted")
+            continue
         request = decode_message(payload)
         started = clock()
         outcome = handle(request)
         in_python += clock() - started
         handled += 1
+        ended = not isinstance(outcome, str)
         answer(outcome)
     sys.stdout.flush()
     if timing:
         # For the benchmark (bench/, `fm-bench bridge`): the time spent in
         # Python, which the bridge's own overhead is measured against.
-        print(f"fm-python-bridge timing: {handled} message(s) in {in_python:.6f} s", file=sys.stderr)
+        print(
+            f"fm-python-bridge timing: {handled} message(s) in {in_python:.6f} s;"
+            f" waiting for the host {waiting:.6f} s",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -26,7 +26,11 @@
 //! the log records and publish requests it makes meanwhile, which the
 //! consumer's thread serves as it waits; Python's other threads send
 //! theirs on fd 5, which a thread of the plugin serves at any time.
-//! Publish replies go back on fd 3.
+//! Publish replies go back on fd 3. While Python handles one message, the
+//! next one, if the host has it already, is sent too
+//! ([`fm_plugin_api::ahead`]), so that Python never waits for the host
+//! between two; the host's draining descriptor, at fd 6, tells Python not
+//! to begin it once the host drains.
 
 mod frames;
 mod serve;

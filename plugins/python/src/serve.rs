@@ -85,6 +85,9 @@ pub fn outcome(payload: &[u8]) -> Result<(), ConsumerError> {
         Value::String(word) if word == "ack" => Ok(()),
         Value::String(word) if word == "nack" => Err(ConsumerError::Nack),
         Value::String(word) if word == "drop" => Err(ConsumerError::Drop),
+        // A message sent ahead, not begun: the host drains, or the
+        // callback halted or failed on the one before.
+        Value::String(word) if word == "unstarted" => Err(ConsumerError::Unstarted),
         Value::Object(answer) => {
             if let Some(halt) = answer.get("halt") {
                 let exit_code = halt

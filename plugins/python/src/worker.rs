@@ -114,6 +114,12 @@ pub struct Worker {
     /// What Python's main thread sends (answers, and its log records and
     /// publishes), fd 4 in Python, read while waiting for it.
     answers: FrameReader<PipeReader>,
+    /// A message taken ahead ([`fm_plugin_api::ahead`]) was sent to
+    /// Python: the host's next message is that one, already there.
+    sent_ahead: bool,
+    /// Python ended before it answered the message before that one, so it
+    /// never began it.
+    lost_ahead: bool,
 }
 
 /// What the main thread may send while the plugin waits for it.
@@ -133,6 +139,9 @@ impl Worker {
         let (requests_read, requests_write) = pipe()?;
         let (answers_read, answers_write) = pipe()?;
         let (others_read, others_write) = pipe()?;
+        // Python checks it before it begins a message: one sent ahead is
+        // not begun once the host drains.
+        let draining = fm_plugin_api::ahead::draining_fd();
         let driver_settings = json!({
             "callback": settings.callback,
             "kind": match settings.kind {
@@ -142,6 +151,7 @@ impl Worker {
             "conf": settings.config_file,
             "host_keys": HOST_KEYS,
             "log_level": python_level(log::max_level()),
+            "draining_fd": draining.is_some(),
         });
         let mut command = Command::new(&settings.interpreter);
         command
@@ -157,6 +167,7 @@ impl Worker {
             requests_read.as_raw_fd(),
             answers_write.as_raw_fd(),
             others_write.as_raw_fd(),
+            draining.unwrap_or(NO_FD),
         ];
         // SAFETY: getpid is async-signal-safe, and runs before the fork.
         let host = unsafe { libc::getpid() };
@@ -188,6 +199,8 @@ impl Worker {
             interpreter: settings.interpreter.clone(),
             requests,
             answers: FrameReader::new(answers_read),
+            sent_ahead: false,
+            lost_ahead: false,
         };
         let deadline = Instant::now() + settings.start_timeout;
         let answer = next_answer(
@@ -252,12 +265,26 @@ impl Worker {
     }
 
     /// Hands one message to Python and returns what the callback made of
-    /// it.
+    /// it. While Python works on it, the next message, if the host has it
+    /// already, goes to Python too, so that Python never waits for the
+    /// host between two messages.
     pub fn run(&mut self, message: &Message<'_>) -> Result<(), ConsumerError> {
-        if let Err(error) = self.send(message_frame(message)) {
-            return Err(self.gone(message.id(), &error.to_string()));
+        if !std::mem::take(&mut self.sent_ahead) {
+            if let Err(error) = self.send(message_frame(message)) {
+                return Err(self.gone(message.id(), &error.to_string()));
+            }
+        } else if std::mem::take(&mut self.lost_ahead) {
+            return Err(ConsumerError::Unstarted);
         }
-        match next_answer(&mut self.answers, &MAIN_THREAD_KINDS, None, &self.requests) {
+        let requests = &self.requests;
+        let mut delivered = true;
+        self.sent_ahead = fm_plugin_api::ahead::take_next(|next| {
+            delivered = send_frame(requests, &message_frame(next)).is_ok();
+        });
+        let answer = next_answer(&mut self.answers, &MAIN_THREAD_KINDS, None, &self.requests);
+        // With no answer to this message, Python never began the next.
+        self.lost_ahead = self.sent_ahead && (!delivered || !matches!(answer, Ok((kind::DONE, _))));
+        match answer {
             Ok((kind::DONE, done)) => serve::outcome(&done),
             Ok((other, _)) => {
                 let error = FrameError::Corrupt(format!(
@@ -463,11 +490,15 @@ unsafe fn die_with_the_host(host: libc::pid_t) {
     }
 }
 
-/// Puts the child's ends of the pipes at fds 3, 4 and 5, without
-/// close-on-exec. All are first moved above 5, so none is overwritten by
+/// No descriptor, in [`place_fds`].
+const NO_FD: RawFd = -1;
+
+/// Puts the child's ends of the pipes at fds 3, 4 and 5, and the host's
+/// draining descriptor at 6 (unless it is [`NO_FD`]), without
+/// close-on-exec. All are first moved above 6, so none is overwritten by
 /// another's `dup2`, and `dup2` onto a different descriptor always clears
 /// the flag.
-fn place_fds(fds: [RawFd; 3]) -> io::Result<()> {
+fn place_fds(fds: [RawFd; 4]) -> io::Result<()> {
     let check = |result: libc::c_int| {
         if result < 0 {
             Err(io::Error::last_os_error())
@@ -477,12 +508,16 @@ fn place_fds(fds: [RawFd; 3]) -> io::Result<()> {
     };
     // SAFETY: plain descriptor calls on descriptors this process owns.
     unsafe {
-        let mut moved = [0; 3];
+        let mut moved = [NO_FD; 4];
         for (moved, fd) in moved.iter_mut().zip(fds) {
-            *moved = check(libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10))?;
+            if fd != NO_FD {
+                *moved = check(libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10))?;
+            }
         }
         for (target, fd) in (3..).zip(moved) {
-            check(libc::dup2(fd, target))?;
+            if fd != NO_FD {
+                check(libc::dup2(fd, target))?;
+            }
         }
     }
     Ok(())
