@@ -389,13 +389,14 @@ fn bridge(
         "prefetch,round,contender,messages,active_seconds,msgs_per_s,cpu_s_per_1000,python_us_per_msg\n",
     );
     let mut table = String::from(
-        "| prefetch | contender | median msgs/s | / python | median CPU s per 1,000 msgs | µs per message in Python | hand-off overhead µs per message |\n|---|---|---|---|---|---|---|\n",
+        "| prefetch | contender | median msgs/s | / python | median CPU s per 1,000 msgs | µs per message in Python | hand-off overhead µs per message | of which Python waits for the host µs |\n|---|---|---|---|---|---|---|---|\n",
     );
     for &prefetch in prefetches {
         let mut rates = vec![Vec::new(); contenders.len()];
         let mut cpus = vec![Vec::new(); contenders.len()];
         let mut in_python = vec![Vec::new(); contenders.len()];
         let mut overheads = vec![Vec::new(); contenders.len()];
+        let mut waits = vec![Vec::new(); contenders.len()];
         for round in 1..=rounds {
             for (index, (name, contender, workers)) in contenders.iter().enumerate() {
                 let settings = Settings {
@@ -417,6 +418,11 @@ fn bridge(
                     // time in Python is what the hand-offs cost.
                     if *workers == 1 {
                         overheads[index].push(per_message - python_us);
+                        if let Some(waiting) =
+                            measure::python_waiting_seconds(&programs.log(&label))
+                        {
+                            waits[index].push(waiting / messages as f64 * 1e6);
+                        }
                     }
                 }
                 let _ = writeln!(
@@ -441,11 +447,12 @@ fn bridge(
             let rate = median(&rates[index]);
             let _ = writeln!(
                 table,
-                "| {prefetch} | {name} | {rate:.0} | {:.2} | {:.3} | {} | {} |",
+                "| {prefetch} | {name} | {rate:.0} | {:.2} | {:.3} | {} | {} | {} |",
                 rate / python_rate,
                 median(&cpus[index]),
                 optional(&in_python[index]),
                 optional(&overheads[index]),
+                optional(&waits[index]),
             );
         }
     }
@@ -454,7 +461,9 @@ fn bridge(
          callback file (bench/python_consumer.py) and virtual environment; \
          msgs/s from the first delivery to the last settlement; CPU of the \
          whole process with its children; time in Python as the bridge's \
-         driver measures it (building the message and running the callback)\n\n{table}"
+         driver measures it (building the message and running the callback); \
+         of the overhead, the time Python waited for the host to send the next \
+         message (the rest is Python reading, decoding and answering)\n\n{table}"
     );
     println!("\n{summary}");
     write(&programs.work_dir.join("bridge.csv"), &csv)?;

@@ -124,15 +124,27 @@ fn active_seconds(log: &Path) -> Result<f64, String> {
 
 /// What the Python bridge's processes say they spent in Python (building
 /// the message and running the callback), summed over them: the lines
-/// [`PYTHON_TIME_MARK`]` N message(s) in S s` that its driver writes at its
-/// end when `FM_PYTHON_BRIDGE_TIMING` is set. `None` without such a line.
+/// [`PYTHON_TIME_MARK`]` N message(s) in S s; waiting for the host W s`
+/// that its driver writes at its end when `FM_PYTHON_BRIDGE_TIMING` is set.
+/// `None` without such a line.
 pub fn python_seconds(log: &Path) -> Option<f64> {
+    python_figure(log, " in ")
+}
+
+/// The time the bridge's processes waited for the host to send a message
+/// (the `W` of [`python_seconds`]'s lines), summed over them.
+pub fn python_waiting_seconds(log: &Path) -> Option<f64> {
+    python_figure(log, "waiting for the host ")
+}
+
+/// The seconds after `label` on each [`PYTHON_TIME_MARK`] line, summed.
+fn python_figure(log: &Path, label: &str) -> Option<f64> {
     let text = std::fs::read_to_string(log).ok()?;
     let seconds: Vec<f64> = text
         .lines()
         .filter_map(|line| {
             let (_, after) = line.split_once(PYTHON_TIME_MARK)?;
-            let (_, seconds) = after.split_once(" in ")?;
+            let (_, seconds) = after.split_once(label)?;
             seconds.split_whitespace().next()?.parse::<f64>().ok()
         })
         .collect();
