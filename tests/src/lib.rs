@@ -177,6 +177,14 @@ pub const REVISION_2: Revision = Revision {
     subject: "json: UTF-8 is checked only in string runs that are not ASCII",
 };
 
+/// Revision 3 (fm-plugin-api 0.1.2, the host's configuration and the
+/// Python bridge), its last commit.
+pub const REVISION_3: Revision = Revision {
+    number: 3,
+    commit: "a8caaa0d1d29e14774dd14ca5b7bee53f936edeb",
+    subject: "Re-read mends: one next_answer serves Python's logs and publishes for the start, each message and the other threads' reader",
+};
+
 impl Revision {
     /// The commit, or the commit with its subject.
     fn find_commit(&self, root: &Path) -> String {
@@ -255,7 +263,8 @@ impl Revision {
 
     /// Built once per test process and revision.
     fn built(&self, what: usize, packages: &[&str]) -> PathBuf {
-        static BUILT: [[OnceLock<PathBuf>; 2]; 2] = [
+        static BUILT: [[OnceLock<PathBuf>; 2]; 3] = [
+            [OnceLock::new(), OnceLock::new()],
             [OnceLock::new(), OnceLock::new()],
             [OnceLock::new(), OnceLock::new()],
         ];
@@ -265,10 +274,14 @@ impl Revision {
             .clone()
     }
 
-    /// One of the revision's plugins (`printer`, `saver`, `test_consumers`).
+    /// One of the revision's plugins (`printer`, `saver`, `test_consumers`,
+    /// and from revision 3 on the Python bridge, `fm_python`).
     pub fn plugin(&self, lib_name: &str) -> PathBuf {
-        self.built(0, &["printer", "saver", "test-consumers"])
-            .join(format!("lib{lib_name}.so"))
+        let mut packages = vec!["printer", "saver", "test-consumers"];
+        if self.number >= 3 {
+            packages.push("fm-python");
+        }
+        self.built(0, &packages).join(format!("lib{lib_name}.so"))
     }
 
     /// The revision's `fedora-messaging` host, as [`fedora_messaging`]

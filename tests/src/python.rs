@@ -2,11 +2,13 @@
 //! environment under the target directory, to check that files and
 //! messages pass between it and this host unchanged.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use crate::target_dir;
+use serde_json::Value;
+
+use crate::{fedora_messaging, plugin, target_dir, workspace_root};
 
 /// The release the round-trip tests hold us to.
 pub const VERSION: &str = "3.9.1";
@@ -150,4 +152,57 @@ pub fn fedora_messaging_py() -> Command {
 /// The virtual environment's Python.
 pub fn python() -> Command {
     Command::new(venv().join("bin/python"))
+}
+
+/// The bridge's virtual environment's Python.
+pub fn interpreter() -> PathBuf {
+    bridge_venv().join("bin/python")
+}
+
+/// This host, finding the bridge among the workspace's plugins and the
+/// test callbacks on `PYTHONPATH`.
+pub fn bridge_host(conf: &Path) -> Command {
+    bridge_host_running(conf, "consume")
+}
+
+/// [`bridge_host`] running `subcommand`.
+pub fn bridge_host_running(conf: &Path, subcommand: &str) -> Command {
+    let mut command = fedora_messaging();
+    command
+        .env(
+            "FEDORA_MESSAGING_PLUGIN_PATH",
+            plugin("fm_python").parent().expect("a plugin directory"),
+        )
+        .env("PYTHONPATH", workspace_root().join("tests/fixtures/python"))
+        .arg("--conf")
+        .arg(conf)
+        .arg(subcommand);
+    command
+}
+
+/// A queue's configuration with a Python `callback`, `[python]` naming the
+/// test environment, and `consumer_config.out` where the callbacks write.
+pub fn bridge_config(config: &str, callback: &str, out: &Path, label: &str) -> String {
+    format!(
+        "callback = \"{callback}\"\n{config}\n[python]\ninterpreter = \"{}\"\n\n[consumer_config]\nout = \"{}\"\nlabel = \"{label}\"\n",
+        interpreter().display(),
+        out.display()
+    )
+}
+
+/// What the callbacks wrote, a JSON object a line.
+pub fn written(out: &Path) -> Vec<Value> {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect()
+}
+
+/// The ids in what the callbacks wrote, in order.
+pub fn ids_of(lines: &[Value]) -> Vec<&str> {
+    lines
+        .iter()
+        .filter_map(|line| line["id"].as_str())
+        .collect()
 }

@@ -2,10 +2,14 @@
 //! and run unchanged in this host, with no rebuild; and this revision's
 //! plugins load in older hosts, where the services those lack answer that
 //! they are unavailable. The older plugins and hosts are built from this
-//! repository's history ([`REVISION_1`], [`REVISION_2`]) into
+//! repository's history ([`REVISION_1`], [`REVISION_2`], [`REVISION_3`]) into
 //! `target/revision-N/`; their source is never kept in the tree.
 
-use fm_e2e::broker::queue_with;
+use std::path::Path;
+use std::process::Command;
+
+use fm_e2e::broker::{dead_lettered_queue, queue_with};
+use fm_e2e::python::{bridge_config, ids_of, written};
 use fm_e2e::*;
 use serde_json::{Value, json};
 
@@ -159,5 +163,57 @@ fn revision_3_plugins_load_in_a_revision_2_host_where_the_configuration_is_unava
             "this fedora-messaging host is older than plugin interface revision 3 and does not tell plugins its configuration: upgrade the host"
         ),
         "{bridged:#?}"
+    );
+}
+
+/// Runs `host` consuming, through the Python bridge found in
+/// `bridge_dir`, three messages of which the second halts with 3: the
+/// first two are consumed, the third stays in the queue.
+fn halts_on_the_second_through_the_bridge(mut host: Command, bridge_dir: &Path, label: &str) {
+    let (broker, queue, _dead, config) = dead_lettered_queue(label, "");
+    for (id, body) in [
+        ("r1", json!({})),
+        ("r2", json!({"do": "halt", "code": 3})),
+        ("r3", json!({})),
+    ] {
+        broker.publish(&json!({"id": id, "topic": format!("{queue}.test"), "body": body}));
+    }
+    let dir = scratch();
+    let out = dir.path().join("out.jsonl");
+    let conf = config_file(
+        dir.path(),
+        &bridge_config(&config, "bridge_callbacks:Scripted", &out, label),
+    );
+    let run = run(host
+        .env("FEDORA_MESSAGING_PLUGIN_PATH", bridge_dir)
+        .env("PYTHONPATH", workspace_root().join("tests/fixtures/python"))
+        .arg("--conf")
+        .arg(&conf)
+        .arg("consume"));
+    assert_eq!(run.code(), 3, "{run:#?}");
+    assert_eq!(ids_of(&written(&out)), ["r1", "r2"], "{run:#?}");
+    assert_eq!(broker.depth(&queue), 1, "r3 is back in the queue");
+    broker.delete_queue(&queue);
+}
+
+#[test]
+fn this_revisions_python_bridge_runs_in_a_revision_3_host_one_message_at_a_time() {
+    // That host offers no next message and no draining descriptor
+    // (revision 4): the bridge sends each message once the last is answered.
+    let bridge = plugin("fm_python");
+    halts_on_the_second_through_the_bridge(
+        REVISION_3.fedora_messaging(),
+        bridge.parent().expect("a plugin directory"),
+        "compat-bridge-4-in-3",
+    );
+}
+
+#[test]
+fn a_revision_3_python_bridge_runs_in_this_host() {
+    let bridge = REVISION_3.plugin("fm_python");
+    halts_on_the_second_through_the_bridge(
+        fedora_messaging(),
+        bridge.parent().expect("a plugin directory"),
+        "compat-bridge-3-in-4",
     );
 }

@@ -5,70 +5,21 @@
 //! Python of a virtual environment holding fedora-messaging and a real
 //! schema package from PyPI.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fm_e2e::broker::{TestBroker, dead_lettered_queue, queue_tables};
 use fm_e2e::nodes::amqp_url;
 use fm_e2e::process::Running;
-use fm_e2e::python::{bridge_venv, fedora_messaging_py, log_config};
+use fm_e2e::python::{
+    bridge_config, bridge_host as host, bridge_host_running as host_running, bridge_venv,
+    fedora_messaging_py, ids_of, interpreter, log_config, written,
+};
 use fm_e2e::*;
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn interpreter() -> PathBuf {
-    bridge_venv().join("bin/python")
-}
-
-/// This host, finding the bridge among the workspace's plugins and the
-/// test callbacks on `PYTHONPATH`.
-fn host(conf: &Path) -> Command {
-    host_running(conf, "consume")
-}
-
-/// [`host`] running `subcommand`.
-fn host_running(conf: &Path, subcommand: &str) -> Command {
-    let mut command = fedora_messaging();
-    command
-        .env(
-            "FEDORA_MESSAGING_PLUGIN_PATH",
-            plugin("fm_python").parent().expect("a plugin directory"),
-        )
-        .env("PYTHONPATH", workspace_root().join("tests/fixtures/python"))
-        .arg("--conf")
-        .arg(conf)
-        .arg(subcommand);
-    command
-}
-
-/// A queue's configuration with a Python `callback`, `[python]` naming the
-/// test environment, and `consumer_config.out` where the callbacks write.
-fn bridge_config(config: &str, callback: &str, out: &Path, label: &str) -> String {
-    format!(
-        "callback = \"{callback}\"\n{config}\n[python]\ninterpreter = \"{}\"\n\n[consumer_config]\nout = \"{}\"\nlabel = \"{label}\"\n",
-        interpreter().display(),
-        out.display()
-    )
-}
-
-/// What the callbacks wrote, a JSON object a line.
-fn written(out: &Path) -> Vec<Value> {
-    std::fs::read_to_string(out)
-        .unwrap_or_default()
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("a JSON line"))
-        .collect()
-}
-
-fn ids_of(lines: &[Value]) -> Vec<&str> {
-    lines
-        .iter()
-        .filter_map(|line| line["id"].as_str())
-        .collect()
-}
 
 /// fedora-messaging's configuration for `queue`, bound to `topics`: the
 /// same text serves both implementations.
