@@ -17,8 +17,8 @@
 //! Python's signal handlers cannot take SIGTERM from the host; a crash in
 //! Python ends that process, which is one failed message, not the host;
 //! and `workers = N` runs N interpreters in parallel instead of sharing one
-//! GIL. The price is a pipe round trip per message, small beside what a
-//! Python callback and its schema validation cost.
+//! GIL. The price is the pipes, kept off Python's path: the next message
+//! is written to Python before the current one is answered.
 //!
 //! The conversation is in length-prefixed frames ([`frames`]): the plugin
 //! sends each message on the child's fd 3; Python's main thread answers on
