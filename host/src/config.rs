@@ -8,11 +8,12 @@
 //! a partial table (`[qos]` with only `prefetch_count`), the missing entries
 //! take their defaults instead.
 //!
-//! Five keys are this host's own: `workers`, the number of consumer
+//! Six keys are this host's own: `workers`, the number of consumer
 //! instances; `[delivery_limit]`, how often one message may be delivered;
 //! `amqp_urls`, the nodes of a cluster; `[python]`, how the Python bridge
-//! runs a Python callback; and `stop_timeout`, how long a stop waits for
-//! the messages in progress (a file using any of them is not one the
+//! runs a Python callback; `stop_timeout`, how long a stop waits for the
+//! messages in progress; and `soft_timeout`, how long one message may be
+//! in the consumer's hands before a warning names it (a file using any of them is not one the
 //! Python fedora-messaging loads; the bridge hands Python the file without
 //! them).
 
@@ -31,7 +32,7 @@ pub const DEFAULT_PATH: &str = "/etc/fedora-messaging/config.toml";
 
 /// The top-level keys: fedora-messaging's 15 in its order, then this
 /// host's own.
-pub const KEYS: [&str; 20] = [
+pub const KEYS: [&str; 21] = [
     "amqp_url",
     "client_properties",
     "publish_exchange",
@@ -52,6 +53,7 @@ pub const KEYS: [&str; 20] = [
     "amqp_urls",
     "python",
     "stop_timeout",
+    "soft_timeout",
 ];
 
 /// The most consumer instances `workers` may ask for.
@@ -113,6 +115,10 @@ pub struct Config {
     /// them back to the broker and exits (fedora-messaging waits for ever).
     #[serde(default = "defaults::stop_timeout")]
     pub stop_timeout: f64,
+    /// Seconds a message may be in the consumer's hands before a warning
+    /// names it, once; none when not set.
+    #[serde(default)]
+    pub soft_timeout: Option<f64>,
 }
 
 /// `[python]`: read by the Python bridge plugin (`plugins/python`), checked
@@ -476,6 +482,16 @@ impl Config {
                 format!(
                     "stop_timeout is seconds from 0 to 86400 (how long a stop waits for the messages in progress), not {}",
                     self.stop_timeout
+                ),
+            ));
+        }
+        if let Some(soft_timeout) = self.soft_timeout
+            && !(soft_timeout > 0.0 && soft_timeout <= 86_400.0)
+        {
+            return Err((
+                line_of_key(text, "soft_timeout"),
+                format!(
+                    "soft_timeout is seconds from 0 (excluded) to 86400 (how long a message may be in the consumer's hands before a warning names it), not {soft_timeout}"
                 ),
             ));
         }

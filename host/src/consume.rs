@@ -118,14 +118,15 @@ pub fn run_with(
             )
         })?;
     }
-    let workers = Workers::start(consumers).map_err(|error| {
+    let workers = Workers::start(consumers, &stats).map_err(|error| {
         Fatal::new(
             Exit::Registration,
             format!("cannot start a consumer thread: {error}"),
         )
     })?;
     let notifier = Arc::new(Notifier::from_env());
-    let pulse = Pulse::new(notifier.clone(), stats.clone());
+    let soft_timeout = config.soft_timeout.map(Duration::from_secs_f64);
+    let pulse = Pulse::new(notifier.clone(), stats.clone(), soft_timeout);
     let settings = Settings {
         prefetch_count,
         delivery_limit,

@@ -24,6 +24,7 @@ pub mod config;
 pub mod consume;
 pub mod engine;
 pub mod exit;
+pub mod in_progress;
 pub mod logging;
 pub mod monitor;
 pub mod new_plugin;

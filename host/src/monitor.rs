@@ -4,10 +4,13 @@
 //! - `GET /live` → `{"status": "OK"}`
 //! - `GET /ready` → `{"consuming": bool, "node": "host:port" or null,
 //!   "blocked": the broker's reason or null, "published": N, "consumed":
-//!   {"received", "processed", "dropped", "rejected", "failed"}}`
+//!   {"received", "processed", "dropped", "rejected", "failed"},
+//!   "in_progress": N, "oldest_in_progress": {"id", "topic", "seconds"} or
+//!   null}`
 //! - `GET /metrics` → the same counters, the broker node connected to,
-//!   whether the broker blocks the connection, the reconnect count and,
-//!   per outcome, a histogram of how long the consumer took.
+//!   whether the broker blocks the connection, the reconnect count, the
+//!   messages in progress and the age of the oldest, and, per outcome, a
+//!   histogram of how long the consumer took.
 //!
 //! The server ([`serve`]) runs on a thread of its own and holds against
 //! abuse: slow, idle or endless requests cannot delay another client's
@@ -30,7 +33,9 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use smol_hyper::rt::{FuturesIo, SmolTimer};
 
+use crate::in_progress::{InProgress, roughly};
 use crate::outcome::Outcome;
+use crate::untrusted::Untrusted;
 
 /// Upper bounds, in seconds, of the consume-duration histogram buckets.
 const BUCKETS: [f64; 12] = [
@@ -76,6 +81,7 @@ pub struct Stats {
     /// host consumed, which `fm-bench` measures throughput over.
     first_received: OnceLock<Instant>,
     last_settled_nanos: AtomicU64,
+    in_progress: InProgress,
 }
 
 #[derive(Default)]
@@ -85,7 +91,16 @@ struct Histogram {
     sum_micros: AtomicU64,
 }
 
+/// How long the oldest message in progress must have been in hand for
+/// `STATUS=` to name it.
+const STATUS_NAMES_AFTER: Duration = Duration::from_secs(10);
+
 impl Stats {
+    /// What the consumer threads have in hand.
+    pub fn in_progress(&self) -> &InProgress {
+        &self.in_progress
+    }
+
     pub fn set_consuming(&self, consuming: bool) {
         self.consuming.store(consuming, Ordering::Relaxed);
     }
@@ -149,6 +164,16 @@ impl Stats {
             if over_limit > 0 {
                 summary.push_str(&format!(", {over_limit} over the delivery limit"));
             }
+            // A stuck callback shows: the counts alone just stop moving.
+            if let Some(oldest) = self.in_progress.snapshot(Instant::now()).oldest
+                && oldest.age >= STATUS_NAMES_AFTER
+            {
+                summary.push_str(&format!(
+                    "; consuming {} for {}",
+                    Untrusted(&oldest.id),
+                    roughly(oldest.age)
+                ));
+            }
             summary
         })
     }
@@ -201,6 +226,14 @@ impl Stats {
 
     fn ready_json(&self) -> String {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let in_progress = self.in_progress.snapshot(Instant::now());
+        let oldest = in_progress.oldest.map(|oldest| {
+            serde_json::json!({
+                "id": oldest.id,
+                "topic": oldest.topic,
+                "seconds": oldest.age.as_secs_f64(),
+            })
+        });
         serde_json::json!({
             "consuming": self.consuming.load(Ordering::Relaxed),
             "node": *self.node(),
@@ -213,6 +246,8 @@ impl Stats {
                 "rejected": get(&self.rejected),
                 "failed": get(&self.failed),
             },
+            "in_progress": in_progress.count,
+            "oldest_in_progress": oldest,
         })
         .to_string()
     }
@@ -282,6 +317,21 @@ impl Stats {
         out.push_str(&format!(
             "fedora_messaging_reconnects_total {}\n",
             get(&self.reconnects)
+        ));
+        let in_progress = self.in_progress.snapshot(Instant::now());
+        out.push_str("# HELP fedora_messaging_messages_in_progress Messages handed to a consumer and not yet answered.\n");
+        out.push_str("# TYPE fedora_messaging_messages_in_progress gauge\n");
+        out.push_str(&format!(
+            "fedora_messaging_messages_in_progress {}\n",
+            in_progress.count
+        ));
+        out.push_str("# HELP fedora_messaging_oldest_in_progress_seconds How long the oldest message in progress has been in the consumer's hands (0 when none is).\n");
+        out.push_str("# TYPE fedora_messaging_oldest_in_progress_seconds gauge\n");
+        out.push_str(&format!(
+            "fedora_messaging_oldest_in_progress_seconds {:.3}\n",
+            in_progress
+                .oldest
+                .map_or(0.0, |oldest| oldest.age.as_secs_f64())
         ));
         out.push_str("# HELP fedora_messaging_consume_duration_seconds Time the consumer took, by outcome.\n");
         out.push_str("# TYPE fedora_messaging_consume_duration_seconds histogram\n");

@@ -13,11 +13,14 @@ use lapin::types::FieldTable;
 use serde_json::{Value, json};
 
 /// `consume` of `queue` with Scripted and monitoring on a free port of
-/// 127.0.0.1, and the address it serves on.
-fn monitored_consumer(dir: &std::path::Path, queue: &str) -> (Running, String) {
+/// 127.0.0.1, and the address it serves on; `top` adds top-level keys.
+fn monitored_consumer(dir: &std::path::Path, queue: &str, top: &str) -> (Running, String) {
     let conf = config_file(
         dir,
-        &queue_config(queue, "[monitoring]\naddress = \"127.0.0.1\"\nport = 0"),
+        &queue_config(
+            queue,
+            &format!("{top}[monitoring]\naddress = \"127.0.0.1\"\nport = 0"),
+        ),
     );
     let mut consumer = Running::start(
         fedora_messaging()
@@ -54,21 +57,27 @@ fn health_and_metrics_while_consuming() {
     let broker = TestBroker::connect();
     let queue = TestBroker::unique_name("monitoring");
     broker.declare_queue(&queue, FieldTable::default());
+    let dir = scratch();
+    let go = dir.path().join("go");
     for (id, body) in [
         ("m1", json!({"do": "ack"})),
         ("m2", json!({"do": "drop"})),
-        ("m3", json!({"do": "ack", "sleep_ms": 3000})),
+        ("m3", json!({"do": "ack", "wait_file": go})),
     ] {
         broker.publish(&json!({"id": id, "topic": format!("{queue}.t"), "body": body}));
     }
-    let dir = scratch();
-    let (mut consumer, address) = monitored_consumer(dir.path(), &queue);
-    // m3 is in the consumer's hands for 3 s; m1 and m2 are answered, and
-    // settled once the engine next wakes: wait for the counters to say so.
+    let (mut consumer, address) = monitored_consumer(dir.path(), &queue, "");
+    // m3 stays in the consumer's hands until the go file exists; m1 and m2
+    // are answered, and settled once the engine next wakes: wait for the
+    // counters to say so.
     consumer.wait_for("message #3 (m3)", Duration::from_secs(30));
-    let ready = ready_when(&address, Duration::from_secs(30), |ready| {
+    let mut ready = ready_when(&address, Duration::from_secs(30), |ready| {
         ready["consumed"]["dropped"] == 1 && ready["consumed"]["processed"] == 1
     });
+    let oldest = ready["oldest_in_progress"].take();
+    assert_eq!(oldest["id"], "m3", "{oldest}");
+    assert_eq!(oldest["topic"], format!("{queue}.t"), "{oldest}");
+    assert!(oldest["seconds"].as_f64().is_some(), "{oldest}");
 
     let (status, body) = http_get(&address, "/live");
     assert_eq!(status, "HTTP/1.1 200 OK");
@@ -81,7 +90,9 @@ fn health_and_metrics_while_consuming() {
             "node": version().address,
             "blocked": null,
             "published": 0,
-            "consumed": {"received": 3, "processed": 1, "dropped": 1, "rejected": 0, "failed": 0}
+            "consumed": {"received": 3, "processed": 1, "dropped": 1, "rejected": 0, "failed": 0},
+            "in_progress": 1,
+            "oldest_in_progress": null
         })
     );
 
@@ -99,6 +110,7 @@ fn health_and_metrics_while_consuming() {
         "fedora_messaging_consume_duration_seconds_count{outcome=\"ack\"} 1\n",
         "fedora_messaging_consume_duration_seconds_count{outcome=\"drop\"} 1\n",
         "fedora_messaging_reconnects_total 0\n",
+        "fedora_messaging_messages_in_progress 1\n",
     ] {
         assert!(
             metrics.contains(expected),
@@ -107,9 +119,74 @@ fn health_and_metrics_while_consuming() {
     }
     assert_eq!(http_get(&address, "/nowhere").0, "HTTP/1.1 404 Not Found");
 
+    std::fs::write(&go, b"").expect("the go file");
     consumer.signal("TERM");
     let run = consumer.finish();
     assert_eq!(run.code(), 0, "{run:#?}");
+    broker.delete_queue(&queue);
+}
+
+/// The value of the metric line that starts with `name `.
+fn metric(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+}
+
+#[test]
+fn a_message_held_past_soft_timeout_is_named_once_and_shown_in_ready_and_metrics() {
+    let broker = TestBroker::connect();
+    let queue = TestBroker::unique_name("monitoring-soft");
+    broker.declare_queue(&queue, FieldTable::default());
+    let dir = scratch();
+    let go = dir.path().join("go");
+    broker.publish(&json!({"id": "stuck", "topic": format!("{queue}.t"),
+                          "body": {"do": "ack", "wait_file": go}}));
+    let (mut consumer, address) = monitored_consumer(dir.path(), &queue, "soft_timeout = 1\n");
+    let warning = consumer.wait_for("longer than soft_timeout", Duration::from_secs(30));
+    assert!(
+        warning.contains(&format!(
+            "Message id stuck on topic {queue}.t has been in the consumer for"
+        )) && warning.contains("longer than soft_timeout (1 s)"),
+        "{warning}"
+    );
+    let ready = ready_when(&address, Duration::from_secs(30), |ready| {
+        ready["in_progress"] == 1
+    });
+    assert_eq!(ready["oldest_in_progress"]["id"], "stuck", "{ready}");
+    assert!(
+        ready["oldest_in_progress"]["seconds"].as_f64() > Some(1.0),
+        "{ready}"
+    );
+    let (_, metrics) = http_get(&address, "/metrics");
+    assert_eq!(
+        metric(&metrics, "fedora_messaging_messages_in_progress"),
+        1.0
+    );
+    assert!(metric(&metrics, "fedora_messaging_oldest_in_progress_seconds") > 1.0);
+
+    std::fs::write(&go, b"").expect("the go file");
+    let ready = ready_when(&address, Duration::from_secs(30), |ready| {
+        ready["consumed"]["processed"] == 1
+    });
+    assert_eq!(ready["in_progress"], 0, "{ready}");
+    assert_eq!(ready["oldest_in_progress"], Value::Null, "{ready}");
+    let (_, metrics) = http_get(&address, "/metrics");
+    assert_eq!(
+        metric(&metrics, "fedora_messaging_oldest_in_progress_seconds"),
+        0.0
+    );
+    consumer.signal("TERM");
+    let run = consumer.finish();
+    assert_eq!(run.code(), 0, "{run:#?}");
+    let output = format!("{}{}", run.stdout, run.stderr);
+    assert_eq!(
+        output.matches("longer than soft_timeout").count(),
+        1,
+        "named once: {output}"
+    );
     broker.delete_queue(&queue);
 }
 
@@ -156,7 +233,7 @@ fn monitoring_holds_against_slow_idle_and_endless_clients() {
     let queue = TestBroker::unique_name("monitoring-abuse");
     broker.declare_queue(&queue, FieldTable::default());
     let dir = scratch();
-    let (mut consumer, address) = monitored_consumer(dir.path(), &queue);
+    let (mut consumer, address) = monitored_consumer(dir.path(), &queue, "");
     let publish = |first: usize, count: usize| {
         for n in first..first + count {
             broker.publish(&json!({"id": format!("a{n}"), "topic": format!("{queue}.t"), "body": {"do": "ack"}}));

@@ -10,12 +10,13 @@
 use std::path::{Path, PathBuf};
 
 /// The top-level keys only this host reads.
-pub const HOST_ONLY_KEYS: [&str; 5] = [
+pub const HOST_ONLY_KEYS: [&str; 6] = [
     "workers",
     "delivery_limit",
     "amqp_urls",
     "python",
     "stop_timeout",
+    "soft_timeout",
 ];
 
 /// `NAME.host.toml` beside the configuration file `NAME.toml` (or `NAME`).

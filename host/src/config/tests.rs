@@ -23,6 +23,27 @@ fn the_example_config_loads_as_the_defaults_plus_a_callback() {
 }
 
 #[test]
+fn soft_timeout_is_off_unless_set_and_a_bad_one_names_its_key() {
+    assert_eq!(Config::parse("").unwrap().soft_timeout, None);
+    assert_eq!(
+        Config::parse("soft_timeout = 300").unwrap().soft_timeout,
+        Some(300.0)
+    );
+    for bad in [
+        "soft_timeout = 0",
+        "soft_timeout = -5",
+        "soft_timeout = 1e9",
+    ] {
+        let (line, message) = Config::parse(&format!("\n{bad}")).unwrap_err();
+        assert_eq!(line, Some(2), "{bad}");
+        assert!(
+            message.starts_with("soft_timeout is seconds"),
+            "{bad}: {message}"
+        );
+    }
+}
+
+#[test]
 fn stop_timeout_is_sixty_seconds_unless_set_and_a_bad_one_names_its_key() {
     assert_eq!(Config::parse("").unwrap().stop_timeout, 60.0);
     assert_eq!(Config::parse("stop_timeout = 5").unwrap().stop_timeout, 5.0);

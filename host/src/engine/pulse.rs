@@ -5,16 +5,22 @@
 //! engine is raced with [`Pulse::tick`], so a healthy engine turns at
 //! least once per ping interval whatever the broker or the consumers do.
 //! `STATUS=` says what the engine is doing or waiting for, with the
-//! message counts refreshed at most once a second.
+//! message counts refreshed at most once a second. With `soft_timeout`,
+//! the pulse also names, once each, the messages in a consumer's hands
+//! for longer than that.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::monitor::Stats;
 use crate::notify::Notifier;
+use crate::untrusted::Untrusted;
 
 /// How often `STATUS=` gets fresh message counts, when they changed.
 const STATUS_REFRESH: Duration = Duration::from_secs(1);
+
+/// How often the messages in progress are checked against `soft_timeout`.
+const OVERDUE_CHECK: Duration = Duration::from_secs(1);
 
 pub struct Pulse {
     notifier: Arc<Notifier>,
@@ -23,6 +29,9 @@ pub struct Pulse {
     ping_every: Option<Duration>,
     last_ping: Instant,
     last_counts: Instant,
+    /// `soft_timeout`, if set.
+    soft_timeout: Option<Duration>,
+    last_overdue_check: Instant,
     /// One timer for every tick, re-armed by the reactor each period: a
     /// new timer per wait would wake the reactor on every turn of the
     /// loop.
@@ -30,7 +39,11 @@ pub struct Pulse {
 }
 
 impl Pulse {
-    pub fn new(notifier: Arc<Notifier>, stats: Arc<Stats>) -> Pulse {
+    pub fn new(
+        notifier: Arc<Notifier>,
+        stats: Arc<Stats>,
+        soft_timeout: Option<Duration>,
+    ) -> Pulse {
         let now = Instant::now();
         let ping_every = notifier.watchdog_interval();
         let period = match ping_every {
@@ -42,12 +55,19 @@ impl Pulse {
             // Nobody listens: turning would only cost wake-ups.
             None => Duration::from_secs(3600),
         };
+        // A warning comes at most a second late.
+        let period = match soft_timeout {
+            Some(_) => period.min(OVERDUE_CHECK),
+            None => period,
+        };
         Pulse {
             ping_every,
             notifier,
             stats,
             last_ping: now,
             last_counts: now,
+            soft_timeout,
+            last_overdue_check: now,
             timer: async_io::Timer::interval(period),
         }
     }
@@ -66,6 +86,20 @@ impl Pulse {
             self.last_counts = now;
             if let Some(summary) = self.stats.summary() {
                 self.notifier.counts(summary);
+            }
+        }
+        if let Some(limit) = self.soft_timeout
+            && now.duration_since(self.last_overdue_check) >= OVERDUE_CHECK
+        {
+            self.last_overdue_check = now;
+            for held in self.stats.in_progress().overdue(limit, now) {
+                log::warn!(
+                    "Message id {} on topic {} has been in the consumer for {:.0} s, longer than soft_timeout ({} s)",
+                    Untrusted(&held.id),
+                    Untrusted(&held.topic),
+                    held.age.as_secs_f64(),
+                    limit.as_secs_f64()
+                );
             }
         }
     }

@@ -49,6 +49,7 @@ use super::lane::{Lane, Read, Reader};
 use super::message::{Finished, Job, Source, Ticket};
 use super::seams;
 use crate::exit::{Exit, Fatal};
+use crate::monitor::Stats;
 use crate::outcome::Outcome;
 
 /// Jobs the engine may hand the workers and not yet have had taken, per
@@ -114,6 +115,9 @@ struct Worker {
     results: Sender<Finished>,
     gate: Arc<Gate>,
     tracker: Tracker,
+    /// Which thread it is, for the account of what is in progress.
+    index: usize,
+    stats: Arc<Stats>,
 }
 
 impl Worker {
@@ -249,10 +253,13 @@ impl Worker {
         if !draining {
             consumer_log::consuming(job.message_id(), topic);
         }
+        let in_progress = self.stats.in_progress();
+        in_progress.began(self.index, job.message_id(), topic, started);
         let consumer = &mut self.consumer;
         let answer = ahead::lend(&mut self.reading, &self.gate, &self.tracker, || {
             catch_unwind(AssertUnwindSafe(|| consumer.consume(&job.view())))
         });
+        in_progress.ended(self.index);
         let outcome = match answer {
             Ok(Ok(outcome)) => outcome,
             // Only a draining host lets a message go unstarted: on a
@@ -294,7 +301,8 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
 
 impl Workers {
     /// Starts one thread per consumer instance.
-    pub fn start(consumers: Vec<Source>) -> std::io::Result<Workers> {
+    /// `stats` keeps the account of what each thread has in hand.
+    pub fn start(consumers: Vec<Source>, stats: &Arc<Stats>) -> std::io::Result<Workers> {
         let instances = consumers.len();
         let count = instances.max(1);
         let (jobs, job_receiver) = async_channel::bounded::<Job>(count * QUEUED_PER_WORKER);
@@ -316,6 +324,7 @@ impl Workers {
             // Dropped when the thread ends, however it ends.
             let alive = ended_sender.clone();
             let built_sender = built_sender.clone();
+            let stats = stats.clone();
             std::thread::Builder::new()
                 .name(format!("consumer-{index}"))
                 .spawn(move || {
@@ -352,6 +361,8 @@ impl Workers {
                         results: result_sender,
                         gate,
                         tracker,
+                        index,
+                        stats,
                     };
                     worker.run();
                     if graceful.load(Ordering::SeqCst) {
