@@ -10,8 +10,10 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use fm_host::in_progress::InProgress;
 use fm_host::plugin;
 use fm_host::wire;
 
@@ -80,6 +82,21 @@ fn per_message(c: &mut Criterion) {
         b.iter(|| {
             let view = view(checked);
             std::hint::black_box(consumer.consume(&view))
+        })
+    });
+    // The account of what is in progress, which each consumer thread
+    // keeps around the call (issue #28).
+    let in_progress = InProgress::default();
+    let id = wire::message_id(&outgoing.properties);
+    c.bench_function("in-progress account: began + ended", |b| {
+        b.iter(|| {
+            in_progress.began(
+                0,
+                id,
+                "org.fedoraproject.prod.bodhi.update.comment",
+                Instant::now(),
+            );
+            in_progress.ended(0);
         })
     });
 }
