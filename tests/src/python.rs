@@ -182,11 +182,9 @@ pub fn bridge_host_running(conf: &Path, subcommand: &str) -> Command {
 
 /// A queue's configuration with a Python `callback`, `[python]` naming the
 /// test environment, and `consumer_config.out` where the callbacks write.
-/// It also sets `soft_timeout`, another of this host's own keys, far out of
-/// reach: the bridge must hand Python the file without them.
 pub fn bridge_config(config: &str, callback: &str, out: &Path, label: &str) -> String {
     format!(
-        "callback = \"{callback}\"\nsoft_timeout = 3600\n{config}\n[python]\ninterpreter = \"{}\"\n\n[consumer_config]\nout = \"{}\"\nlabel = \"{label}\"\n",
+        "callback = \"{callback}\"\n{config}\n[python]\ninterpreter = \"{}\"\n\n[consumer_config]\nout = \"{}\"\nlabel = \"{label}\"\n",
         interpreter().display(),
         out.display()
     )

@@ -545,8 +545,9 @@ fn a_stop_waits_for_a_callback_that_never_returns_only_until_stop_timeout() {
     let out = dir.path().join("out.jsonl");
     let conf = config_file(
         dir.path(),
+        // soft_timeout, another host-only key: Python must not see either.
         &bridge_config(
-            &format!("stop_timeout = 2\n{config}"),
+            &format!("stop_timeout = 2\nsoft_timeout = 3600\n{config}"),
             "bridge_callbacks:Scripted",
             &out,
             "stop-timeout",
