@@ -19,7 +19,9 @@ use std::task::{Context, Poll, Waker};
 use super::gate::Gate;
 use super::inflight::Tracker;
 use super::lane::{Read, Reader};
-use super::message::{Finished, Job};
+use lapin::message::Delivery;
+
+use super::message::{Finished, Job, Ticket};
 use crate::wire::MessageView;
 
 /// What a worker thread reads its lane with: lent to the consumer while it
@@ -141,22 +143,50 @@ impl Lender {
                     return false;
                 }
             };
-            // In flight before looking at the gate, as the worker does.
-            let in_flight = self.tracker.token();
-            if self.gate.is_held() {
-                // Put down unstarted, its token with it.
-                return false;
-            }
-            match reader.lane().check(delivery, ticket, in_flight) {
-                Err(diverted) => reading.told.push(Finished::Diverted(diverted)),
-                Ok(job) if !job.settleable() => {}
-                Ok(job) => {
+            match admit(reader, &self.gate, &self.tracker, delivery, ticket) {
+                Admitted::Job(job) => {
                     offer(&job.view());
                     reading.taken = Some(job);
                     return true;
                 }
+                Admitted::Diverted(diverted) => reading.told.push(diverted),
+                Admitted::PutDown if self.gate.is_held() => return false,
+                Admitted::PutDown => {}
             }
         }
         false
+    }
+}
+
+/// What became of a delivery read from the lane before any consumer saw it.
+pub enum Admitted {
+    /// Checked, on a live channel, with its in-flight token: to consume.
+    Job(Job),
+    /// For the engine: it failed the checks or met the delivery limit.
+    Diverted(Finished),
+    /// Put down unsettled, its token with it (the host drains, or its
+    /// channel is gone): the broker delivers it again.
+    PutDown,
+}
+
+/// The one way a delivery is admitted, by a worker and by [`take_next`]
+/// alike: its in-flight token is taken before the gate is looked at (see
+/// `workers`' doc), then it is checked as fedora-messaging would, then
+/// its channel must still be there to settle it.
+pub fn admit(
+    reader: &Reader,
+    gate: &Gate,
+    tracker: &Tracker,
+    delivery: Delivery,
+    ticket: Ticket,
+) -> Admitted {
+    let in_flight = tracker.token();
+    if gate.is_held() {
+        return Admitted::PutDown;
+    }
+    match reader.lane().check(delivery, ticket, in_flight) {
+        Err(diverted) => Admitted::Diverted(Finished::Diverted(diverted)),
+        Ok(job) if !job.settleable() => Admitted::PutDown,
+        Ok(job) => Admitted::Job(job),
     }
 }

@@ -19,7 +19,7 @@
 //! that a consumer in another process may take the next message before it
 //! answers ([`super::ahead`]); that message is the thread's next.
 //!
-//! A thread takes a message's in-flight token ([`InFlight`]) before it
+//! A thread takes a message's in-flight token ([`InFlight`](super::inflight::InFlight)) before it
 //! looks at the gate, and the engine holds the gate before it reads the
 //! count of tokens, so one of them always sees the other: once the workers
 //! are held, the count can only fall. The token lives with the message
@@ -40,11 +40,11 @@ use std::time::{Duration, Instant};
 use async_channel::{Receiver, Sender, TryRecvError};
 use lapin::message::Delivery;
 
-use super::ahead::{self, Reading};
+use super::ahead::{self, Admitted, Reading};
 use super::consumer_log;
 use super::gate::Gate;
 use super::handler::{Handler, Unstarted};
-use super::inflight::{InFlight, Tracker};
+use super::inflight::Tracker;
 use super::lane::{Lane, Read, Reader};
 use super::message::{Finished, Job, Source, Ticket};
 use super::seams;
@@ -145,12 +145,7 @@ impl Worker {
                     Next::Read(Read::Ended(channel, error)) => {
                         Some(Finished::Ended(channel, error))
                     }
-                    Next::Read(Read::Arrived(delivery, ticket)) => {
-                        // In flight before looking at the gate: see the
-                        // module's doc.
-                        let in_flight = self.tracker.token();
-                        self.take(delivery, ticket, in_flight)
-                    }
+                    Next::Read(Read::Arrived(delivery, ticket)) => self.take(delivery, ticket),
                 },
             };
             // This message's word first, then what reading ahead found.
@@ -199,27 +194,15 @@ impl Worker {
         .await
     }
 
-    /// A delivery from the lane: checked, then started. `None`: nothing
-    /// for the engine (settled here, or put down unsettled); the token is
-    /// dropped on return.
-    fn take(
-        &mut self,
-        delivery: Delivery,
-        ticket: Ticket,
-        in_flight: InFlight,
-    ) -> Option<Finished> {
-        if self.gate.is_held() {
-            return None;
+    /// A delivery from the lane: admitted, then started. `None`: nothing
+    /// for the engine (settled here, or put down unsettled).
+    fn take(&mut self, delivery: Delivery, ticket: Ticket) -> Option<Finished> {
+        let reader = self.reading.reader.as_ref()?;
+        match ahead::admit(reader, &self.gate, &self.tracker, delivery, ticket) {
+            Admitted::Job(job) => self.start(job),
+            Admitted::Diverted(diverted) => Some(diverted),
+            Admitted::PutDown => None,
         }
-        let lane = self.reading.reader.as_ref()?.lane();
-        let job = match lane.check(delivery, ticket, in_flight) {
-            Ok(job) => job,
-            Err(diverted) => return Some(Finished::Diverted(diverted)),
-        };
-        if !job.settleable() {
-            return None;
-        }
-        self.start(job)
     }
 
     /// A checked job from the lane: consumed and its ack marked here; what
