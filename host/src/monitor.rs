@@ -6,17 +6,23 @@
 //!   "blocked": the broker's reason or null, "published": N, "consumed":
 //!   {"received", "processed", "dropped", "rejected", "failed"},
 //!   "in_progress": N, "oldest_in_progress": {"id", "topic", "seconds"} or
-//!   null}`
-//! - `GET /metrics` → the same counters, the broker node connected to,
-//!   whether the broker blocks the connection, the reconnect count, the
+//!   null, "queues_ready": {"queue": N}}`
+//! - `GET /metrics` → the same counters, whether the host is connected and
+//!   to which broker node, whether the broker blocks the connection, the
+//!   reconnect count, the messages ready in each consumed queue, the
 //!   messages in progress and the age of the oldest, and, per outcome, a
 //!   histogram of how long the consumer took.
+//!
+//! `contrib/prometheus/fedora-messaging.rules.yml` turns these into alerts
+//! (a silent stall, a stuck callback, …) and `contrib/grafana` into a
+//! dashboard; the end-to-end tests check both against this output.
 //!
 //! The server ([`serve`]) runs on a thread of its own and holds against
 //! abuse: slow, idle or endless requests cannot delay another client's
 //! answer, grow memory, or touch the consumer.
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -76,12 +82,16 @@ pub struct Stats {
     /// Messages consumers published, confirmed by the broker.
     published: AtomicU64,
     durations: [Histogram; 5],
+    publish_durations: Histogram,
     /// When the first message was received, and how many nanoseconds
     /// after it the latest settlement was taken: the span in which the
     /// host consumed, which `fm-bench` measures throughput over.
     first_received: OnceLock<Instant>,
     last_settled_nanos: AtomicU64,
     in_progress: InProgress,
+    /// Messages ready in each consumed queue, as the broker last said
+    /// (`engine::depth`); empty between connections.
+    queues_ready: Mutex<BTreeMap<String, u32>>,
 }
 
 #[derive(Default)]
@@ -89,6 +99,47 @@ struct Histogram {
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
+            if seconds <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The series of histogram `name`, each with `labels` (`a="b",` or
+    /// empty) before `le`.
+    fn write(&self, out: &mut String, name: &str, labels: &str) {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
+            out.push_str(&format!(
+                "{name}_bucket{{{labels}le=\"{bound}\"}} {}\n",
+                get(bucket)
+            ));
+        }
+        let count = get(&self.count);
+        out.push_str(&format!("{name}_bucket{{{labels}le=\"+Inf\"}} {count}\n"));
+        let labels = labels.trim_end_matches(',');
+        let braced = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        out.push_str(&format!(
+            "{name}_sum{braced} {}\n",
+            get(&self.sum_micros) as f64 / 1e6
+        ));
+        out.push_str(&format!("{name}_count{braced} {count}\n"));
+    }
 }
 
 /// How long the oldest message in progress must have been in hand for
@@ -112,6 +163,17 @@ impl Stats {
 
     fn node(&self) -> std::sync::MutexGuard<'_, Option<String>> {
         replaced_whole(&self.node)
+    }
+
+    /// The broker says `ready` messages wait in `queue`.
+    pub fn set_queue_ready(&self, queue: &str, ready: u32) {
+        replaced_whole(&self.queues_ready).insert(queue.to_owned(), ready);
+    }
+
+    /// The consumed queues' depths are no longer known (their channels
+    /// are gone).
+    pub fn forget_queues_ready(&self) {
+        replaced_whole(&self.queues_ready).clear();
     }
 
     /// The broker's reason for blocking the connection, or `None` once it
@@ -178,9 +240,11 @@ impl Stats {
         })
     }
 
-    /// A consumer published a message and the broker confirmed it.
-    pub fn published(&self) {
+    /// A consumer published a message and the broker confirmed it,
+    /// `took` after the consumer asked.
+    pub fn published(&self, took: Duration) {
         self.published.fetch_add(1, Ordering::Relaxed);
+        self.publish_durations.observe(took);
     }
 
     /// A message went over `[delivery_limit]` and was not consumed again.
@@ -211,17 +275,7 @@ impl Stats {
             Outcome::Failed { .. } => (&self.failed, 4),
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        let histogram = &self.durations[label];
-        let seconds = took.as_secs_f64();
-        for (bound, bucket) in BUCKETS.iter().zip(&histogram.buckets) {
-            if seconds <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        histogram.count.fetch_add(1, Ordering::Relaxed);
-        histogram
-            .sum_micros
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.durations[label].observe(took);
     }
 
     fn ready_json(&self) -> String {
@@ -248,6 +302,7 @@ impl Stats {
             },
             "in_progress": in_progress.count,
             "oldest_in_progress": oldest,
+            "queues_ready": *replaced_whole(&self.queues_ready),
         })
         .to_string()
     }
@@ -261,12 +316,28 @@ impl Stats {
             "fedora_messaging_consuming {}\n",
             u8::from(self.consuming.load(Ordering::Relaxed))
         ));
+        out.push_str(
+            "# HELP fedora_messaging_connected Whether the host is connected to a broker node.\n",
+        );
+        out.push_str("# TYPE fedora_messaging_connected gauge\n");
+        out.push_str(&format!(
+            "fedora_messaging_connected {}\n",
+            u8::from(self.node().is_some())
+        ));
         out.push_str("# HELP fedora_messaging_broker_node The broker node the host is connected to (none between connections).\n");
         out.push_str("# TYPE fedora_messaging_broker_node gauge\n");
         if let Some(node) = &*self.node() {
             out.push_str(&format!(
                 "fedora_messaging_broker_node{{node=\"{}\"}} 1\n",
-                node.replace('\\', "\\\\").replace('"', "\\\"")
+                label_value(node)
+            ));
+        }
+        out.push_str("# HELP fedora_messaging_queue_messages_ready Messages ready in a consumed queue, as the broker last said (asked every 30 s).\n");
+        out.push_str("# TYPE fedora_messaging_queue_messages_ready gauge\n");
+        for (queue, ready) in &*replaced_whole(&self.queues_ready) {
+            out.push_str(&format!(
+                "fedora_messaging_queue_messages_ready{{queue=\"{}\"}} {ready}\n",
+                label_value(queue)
             ));
         }
         out.push_str("# HELP fedora_messaging_connection_blocked Whether the broker blocks the connection (a memory or disk alarm).\n");
@@ -336,26 +407,27 @@ impl Stats {
         out.push_str("# HELP fedora_messaging_consume_duration_seconds Time the consumer took, by outcome.\n");
         out.push_str("# TYPE fedora_messaging_consume_duration_seconds histogram\n");
         for (label, histogram) in OUTCOMES.iter().zip(&self.durations) {
-            for (bound, bucket) in BUCKETS.iter().zip(&histogram.buckets) {
-                out.push_str(&format!(
-                    "fedora_messaging_consume_duration_seconds_bucket{{outcome=\"{label}\",le=\"{bound}\"}} {}\n",
-                    get(bucket)
-                ));
-            }
-            let count = get(&histogram.count);
-            out.push_str(&format!(
-                "fedora_messaging_consume_duration_seconds_bucket{{outcome=\"{label}\",le=\"+Inf\"}} {count}\n"
-            ));
-            out.push_str(&format!(
-                "fedora_messaging_consume_duration_seconds_sum{{outcome=\"{label}\"}} {}\n",
-                get(&histogram.sum_micros) as f64 / 1e6
-            ));
-            out.push_str(&format!(
-                "fedora_messaging_consume_duration_seconds_count{{outcome=\"{label}\"}} {count}\n"
-            ));
+            histogram.write(
+                &mut out,
+                "fedora_messaging_consume_duration_seconds",
+                &format!("outcome=\"{label}\","),
+            );
         }
+        out.push_str("# HELP fedora_messaging_publish_duration_seconds Time from a consumer's publish to the broker's confirm, for confirmed messages.\n");
+        out.push_str("# TYPE fedora_messaging_publish_duration_seconds histogram\n");
+        self.publish_durations
+            .write(&mut out, "fedora_messaging_publish_duration_seconds", "");
         out
     }
+}
+
+/// `value` as a label value of the text format: backslash, double quote
+/// and line feed escaped.
+fn label_value(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// How long a connection may take to send its request head; a client that
@@ -590,6 +662,45 @@ mod tests {
         assert!(
             metrics
                 .contains("fedora_messaging_consume_duration_seconds_count{outcome=\"halt\"} 1\n"),
+            "{metrics}"
+        );
+    }
+
+    #[test]
+    fn queue_depths_are_shown_per_queue_escaped_until_forgotten() {
+        let stats = Stats::default();
+        stats.set_node(Some("localhost:5672".to_owned()));
+        stats.set_queue_ready("plain", 3);
+        stats.set_queue_ready("odd \"name\"\\\n", 0);
+        let metrics = stats.prometheus();
+        assert!(
+            metrics.contains("fedora_messaging_connected 1\n"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("fedora_messaging_queue_messages_ready{queue=\"plain\"} 3\n"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(
+                "fedora_messaging_queue_messages_ready{queue=\"odd \\\"name\\\"\\\\\\n\"} 0\n"
+            ),
+            "{metrics}"
+        );
+        assert!(
+            stats.ready_json().contains("\"queues_ready\":{\"odd"),
+            "{}",
+            stats.ready_json()
+        );
+        stats.forget_queues_ready();
+        stats.set_node(None);
+        let metrics = stats.prometheus();
+        assert!(
+            !metrics.contains("fedora_messaging_queue_messages_ready{"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("fedora_messaging_connected 0\n"),
             "{metrics}"
         );
     }

@@ -159,7 +159,8 @@ impl Service {
         timeout: Duration,
     ) -> Result<String, Failure> {
         let timeout = timeout.min(LONGEST_TIMEOUT);
-        let deadline = Instant::now() + timeout;
+        let asked = Instant::now();
+        let deadline = asked + timeout;
         let (message, exchange) = {
             let state = self.lock();
             let Some(settings) = &state.settings else {
@@ -193,7 +194,7 @@ impl Service {
             match publish_on(&channel, &exchange, &outgoing, deadline) {
                 Attempt::Confirmed => {
                     if let Some(stats) = &self.lock().stats {
-                        stats.published();
+                        stats.published(asked.elapsed());
                     }
                     return Ok(message.id);
                 }

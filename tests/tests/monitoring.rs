@@ -75,6 +75,15 @@ fn health_and_metrics_while_consuming() {
         ready["consumed"]["dropped"] == 1 && ready["consumed"]["processed"] == 1
     });
     let oldest = ready["oldest_in_progress"].take();
+    // The depth the broker last gave, from 3 (asked before the consumer
+    // took any) down to 0.
+    let queues_ready = ready["queues_ready"].take();
+    assert!(
+        queues_ready[&queue]
+            .as_u64()
+            .is_some_and(|ready| ready <= 3),
+        "{queues_ready}"
+    );
     assert_eq!(oldest["id"], "m3", "{oldest}");
     assert_eq!(oldest["topic"], format!("{queue}.t"), "{oldest}");
     assert!(oldest["seconds"].as_f64().is_some(), "{oldest}");
@@ -92,7 +101,8 @@ fn health_and_metrics_while_consuming() {
             "published": 0,
             "consumed": {"received": 3, "processed": 1, "dropped": 1, "rejected": 0, "failed": 0},
             "in_progress": 1,
-            "oldest_in_progress": null
+            "oldest_in_progress": null,
+            "queues_ready": null
         })
     );
 

@@ -23,7 +23,8 @@
 //!
 //! Around it: `waiting` is what every wait of the engine attends to (the
 //! workers' answers and tokens, the stop request, the pulse), [`deadline`]
-//! bounds every request to the broker, [`pulse`] is what systemd hears
+//! bounds every request to the broker, [`depth`] asks how many messages
+//! wait in the consumed queues, [`pulse`] is what systemd hears
 //! (the watchdog and `STATUS=`), and [`seams`] are faults only the tests'
 //! builds switch on.
 //!
@@ -39,6 +40,7 @@ pub mod book;
 mod consumer_log;
 mod consuming;
 pub mod deadline;
+pub mod depth;
 pub mod gate;
 pub mod handler;
 mod held;
@@ -352,7 +354,7 @@ impl Engine {
     /// others go on.
     async fn session(
         &mut self,
-        connection: &Connection,
+        connection: &Arc<Connection>,
         publishing: &Connection,
     ) -> Result<SessionEnd, Fatal> {
         if !self.core.workers.are_built() {
@@ -392,6 +394,12 @@ impl Engine {
         self.core
             .pulse
             .status(&consuming::consuming_status(&opened.names));
+        let _depth = depth::watch(
+            connection.clone(),
+            opened.names.clone(),
+            self.core.stats.clone(),
+            seams::get().queue_depth_every().unwrap_or(depth::ASK_EVERY),
+        );
         let streams = opened
             .streams
             .into_iter()

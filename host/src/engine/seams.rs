@@ -2,7 +2,8 @@
 //! process, switched on by environment variables. They exist only in a
 //! build with the `test-seams` feature, which the end-to-end tests' crate
 //! turns on; any other build (a release, a package) ignores the variables.
-//! Each names a message id; without the variables nothing here acts.
+//! Each names a message id (but the last); without the variables nothing
+//! here acts.
 //!
 //! - `FM_TEST_STALL_ENGINE_ON`: once that message's answer reaches the
 //!   engine, the engine's thread blocks for good (as a deadlock would), so
@@ -19,6 +20,8 @@
 //! - `FM_TEST_PANIC_ON`: a consumer thread panics outside the consumer
 //!   when it is about to hand that message over, as a bug in the host
 //!   would.
+//! - `FM_TEST_QUEUE_DEPTH_EVERY`: the queues' depths are asked every that
+//!   many seconds instead of every 30, so a test sees a new figure soon.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +38,7 @@ pub struct Seams {
     break_channel_on: Option<String>,
     panic_on: Option<String>,
     channel_broken: AtomicBool,
+    queue_depth_every: Option<Duration>,
 }
 
 /// The seams this process was started with: none unless built with the
@@ -53,11 +57,19 @@ pub fn get() -> &'static Seams {
             break_channel_on: read("FM_TEST_BREAK_CHANNEL_ON"),
             panic_on: read("FM_TEST_PANIC_ON"),
             channel_broken: AtomicBool::new(false),
+            queue_depth_every: read("FM_TEST_QUEUE_DEPTH_EVERY")
+                .and_then(|seconds| seconds.parse().ok())
+                .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok()),
         }
     })
 }
 
 impl Seams {
+    /// How often the queues' depths are asked, if a test says.
+    pub fn queue_depth_every(&self) -> Option<Duration> {
+        self.queue_depth_every
+    }
+
     /// Blocks the calling thread for good if `message_id` is the one.
     pub fn maybe_stall_engine(&self, message_id: &str) {
         if self.stall_engine_on.as_deref() == Some(message_id) {
