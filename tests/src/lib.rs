@@ -5,6 +5,7 @@
 //! Each test reads as a scenario: write a config and a record file, run the
 //! binary, look at its exit code, output and files.
 
+pub mod alerts;
 pub mod broker;
 pub mod nodes;
 pub mod process;

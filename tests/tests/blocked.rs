@@ -10,6 +10,7 @@
 
 use std::time::{Duration, Instant};
 
+use fm_e2e::alerts::{assert_alerts, scrape};
 use fm_e2e::broker::{TestBroker, queue_config_at};
 use fm_e2e::nodes::{MemoryAlarm, fault_node_alone, fault_node_ctl, fault_url};
 use fm_e2e::process::Running;
@@ -174,6 +175,33 @@ fn a_blocked_connection_is_said_in_the_log_ready_and_metrics_until_the_block_lif
     let ready = wait_for_answer(port, "/ready", "\"blocked\":\"");
     assert!(ready.contains("low on memory"), "{ready}");
     wait_for_answer(port, "/metrics", "fedora_messaging_connection_blocked 1\n");
+    // The alert rules on this state: the block, and m1's callback, whose
+    // publish waits for it to lift, as stuck once that lasts 10 minutes.
+    let address = format!("127.0.0.1:{port}");
+    let first = scrape(&address);
+    let second = loop {
+        let second = scrape(&address);
+        if second.at.duration_since(first.at) >= Duration::from_secs(1) {
+            break second;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        second
+            .text
+            .contains("fedora_messaging_connection_blocked 1\n"),
+        "{}",
+        second.text
+    );
+    assert_alerts(
+        "blocked",
+        &first,
+        &second,
+        &[
+            "FedoraMessagingConnectionBlocked",
+            "FedoraMessagingStuckCallback",
+        ],
+    );
     drop(alarm);
     consumer.wait_for("The broker lifted its block of the connection", WAIT);
     let run = consumer.finish();

@@ -117,6 +117,8 @@ fn the_deb_installs_what_the_readme_says() {
         "/usr/share/doc/fedora-messaging-rs/README.md",
         "/usr/share/doc/fedora-messaging-rs/config.toml.example",
         "/usr/share/doc/fedora-messaging-rs/copyright",
+        "/usr/share/doc/fedora-messaging-rs/contrib/prometheus/fedora-messaging.rules.yml",
+        "/usr/share/doc/fedora-messaging-rs/contrib/grafana/fedora-messaging.json",
     ]
     .into_iter()
     .map(str::to_owned)
