@@ -10,7 +10,7 @@ use crate::logging::LogSettings;
 use crate::plugin::LoadError;
 use crate::record::Recorder;
 use crate::topology::Overrides;
-use crate::{check, consume, engine, new_plugin, plugin, publish, reconsume};
+use crate::{check, consume, engine, new_plugin, plugin, publish, reconsume, traces};
 
 /// The end of `--help`, and of the man page.
 const AFTER_HELP: &str = "\
@@ -328,6 +328,16 @@ fn execute(cli: &Cli) -> Result<Exit, Fatal> {
     let file_read = match &source {
         Source::Given(path) => Some(path.as_path()),
         Source::Default => Some(std::path::Path::new(config::DEFAULT_PATH)).filter(|p| p.exists()),
+    };
+    // Traces follow what goes through the broker: `check`, `reconsume`
+    // and `new-plugin` send nothing. The guard exports the last spans as
+    // the command ends.
+    let _exporting = match &cli.command {
+        Command::Consume(_) | Command::Record(_) | Command::Publish(_) | Command::Replay(_) => {
+            traces::start_configured(config.tracing.as_ref())
+                .map_err(|reason| Fatal::new(Exit::Usage, reason))?
+        }
+        _ => None,
     };
     match &cli.command {
         Command::Consume(args) => {

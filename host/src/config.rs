@@ -32,7 +32,7 @@ pub const DEFAULT_PATH: &str = "/etc/fedora-messaging/config.toml";
 
 /// The top-level keys: fedora-messaging's 15 in its order, then this
 /// host's own.
-pub const KEYS: [&str; 21] = [
+pub const KEYS: [&str; 22] = [
     "amqp_url",
     "client_properties",
     "publish_exchange",
@@ -54,6 +54,7 @@ pub const KEYS: [&str; 21] = [
     "python",
     "stop_timeout",
     "soft_timeout",
+    "tracing",
 ];
 
 /// The most consumer instances `workers` may ask for.
@@ -119,6 +120,25 @@ pub struct Config {
     /// names it, once; none when not set.
     #[serde(default)]
     pub soft_timeout: Option<f64>,
+    /// `[tracing]`: where traces go, beyond OpenTelemetry's variables
+    /// (`traces::settings`).
+    #[serde(default)]
+    pub tracing: Option<TracingTable>,
+}
+
+/// `[tracing]`: each key overrides the OpenTelemetry variable it names.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingTable {
+    /// The collector's base URL, as `OTEL_EXPORTER_OTLP_ENDPOINT`:
+    /// `/v1/traces` is added.
+    pub endpoint: Option<String>,
+    /// As `OTEL_SERVICE_NAME`.
+    pub service_name: Option<String>,
+    /// As `OTEL_TRACES_SAMPLER`.
+    pub sampler: Option<String>,
+    /// As `OTEL_TRACES_SAMPLER_ARG`: the ratio of a `traceidratio`.
+    pub sampler_arg: Option<f64>,
 }
 
 /// `[python]`: read by the Python bridge plugin (`plugins/python`), checked

@@ -41,5 +41,6 @@ pub mod refusals;
 pub mod stop;
 pub mod tls;
 pub mod topology;
+pub mod traces;
 pub mod untrusted;
 pub mod wire;

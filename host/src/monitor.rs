@@ -404,6 +404,26 @@ impl Stats {
                 .oldest
                 .map_or(0.0, |oldest| oldest.age.as_secs_f64())
         ));
+        let spans = crate::traces::export::counts();
+        out.push_str(
+            "# HELP fedora_messaging_spans_exported_total Trace spans the collector took.\n",
+        );
+        out.push_str("# TYPE fedora_messaging_spans_exported_total counter\n");
+        out.push_str(&format!(
+            "fedora_messaging_spans_exported_total {}\n",
+            get(&spans.exported)
+        ));
+        out.push_str("# HELP fedora_messaging_spans_lost_total Trace spans lost: the export queue was full, or the collector did not take them.\n");
+        out.push_str("# TYPE fedora_messaging_spans_lost_total counter\n");
+        for (reason, count) in [
+            ("queue_full", &spans.lost_queue_full),
+            ("export_failed", &spans.lost_export_failed),
+        ] {
+            out.push_str(&format!(
+                "fedora_messaging_spans_lost_total{{reason=\"{reason}\"}} {}\n",
+                get(count)
+            ));
+        }
         out.push_str("# HELP fedora_messaging_consume_duration_seconds Time the consumer took, by outcome.\n");
         out.push_str("# TYPE fedora_messaging_consume_duration_seconds histogram\n");
         for (label, histogram) in OUTCOMES.iter().zip(&self.durations) {

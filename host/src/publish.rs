@@ -22,6 +22,7 @@ use crate::exit::{Exit, Fatal};
 use crate::reconsume;
 use crate::refusals::RefusalRound;
 use crate::topology::{broker_code, broker_reply};
+use crate::traces;
 use crate::wire::{self, RecordMessage, read_record_file};
 
 /// fedora-messaging's publish timeout.
@@ -84,29 +85,44 @@ fn publish(
             if echo {
                 println!("Publishing message with topic {}", outgoing.routing_key);
             }
+            let (properties, span) = traces::send(
+                exchange,
+                &outgoing.routing_key,
+                &message.id,
+                outgoing.properties,
+            );
             let confirm = channel
                 .basic_publish(
                     exchange.into(),
                     outgoing.routing_key.as_str().into(),
                     BasicPublishOptions::default(),
                     &outgoing.body,
-                    outgoing.properties,
+                    properties,
                 )
                 .await
-                .map_err(|error| refusal(exchange, &message.id, error))?;
-            confirms.push((message.id.as_str(), confirm));
+                .map_err(|error| ended(span.as_ref(), refusal(exchange, &message.id, error)))?;
+            confirms.push((message.id.as_str(), confirm, span));
         }
         stage.set("waiting for the broker's confirmations");
-        for (id, confirm) in confirms {
-            match confirm
+        for (id, confirm, span) in confirms {
+            let confirmed = confirm
                 .await
-                .map_err(|error| refusal(exchange, id, error))?
-            {
-                Confirmation::Ack(None) | Confirmation::NotRequested => {}
+                .map_err(|error| ended(span.as_ref(), refusal(exchange, id, error)))?;
+            match confirmed {
+                Confirmation::Ack(None) | Confirmation::NotRequested => {
+                    if let Some(span) = span {
+                        span.end(None);
+                    }
+                }
                 Confirmation::Ack(Some(_)) | Confirmation::Nack(_) => {
-                    return Err(Fatal::new(
-                        Exit::PublishRefused,
-                        format!("the broker did not accept message {id} for exchange {exchange:?}"),
+                    return Err(ended(
+                        span.as_ref(),
+                        Fatal::new(
+                            Exit::PublishRefused,
+                            format!(
+                                "the broker did not accept message {id} for exchange {exchange:?}"
+                            ),
+                        ),
                     ));
                 }
             }
@@ -130,6 +146,14 @@ fn publish(
             ),
         ))
     }))
+}
+
+/// `fatal`, after ending the message's `send` span with it.
+fn ended(span: Option<&traces::SendSpan>, fatal: Fatal) -> Fatal {
+    if let Some(span) = span {
+        span.fail(&fatal.message);
+    }
+    fatal
 }
 
 fn refusal(exchange: &str, id: &str, error: lapin::Error) -> Fatal {

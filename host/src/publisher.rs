@@ -26,6 +26,7 @@ use serde_json::Value;
 use crate::monitor::Stats;
 use crate::record::record_line;
 use crate::topology::{broker_code, broker_reply};
+use crate::traces;
 use crate::wire::{self, RecordMessage};
 
 /// The longest a publish waits, whatever timeout it asks for (a longer
@@ -41,6 +42,20 @@ pub enum Failure {
     Returned(String),
     Invalid(String),
     Unavailable(String),
+}
+
+impl Failure {
+    /// What it says, without its kind.
+    pub fn reason(&self) -> &str {
+        match self {
+            Failure::Timeout(reason)
+            | Failure::Unreachable(reason)
+            | Failure::Forbidden(reason)
+            | Failure::Returned(reason)
+            | Failure::Invalid(reason)
+            | Failure::Unavailable(reason) => reason,
+        }
+    }
 }
 
 /// What the configuration says about publishing.
@@ -180,7 +195,7 @@ impl Service {
         if let Some(written) = self.write_out(&message, &exchange) {
             return written;
         }
-        let outgoing = {
+        let mut outgoing = {
             let state = self.lock();
             let prefix = state
                 .settings
@@ -188,15 +203,43 @@ impl Service {
                 .map_or("", |s| s.topic_prefix.as_str());
             message.outgoing(prefix).map_err(Failure::Invalid)?
         };
+        // A child of the message the consumer handles, if any; the copy
+        // carries the send span's trace context on.
+        let (properties, span) = traces::send(
+            &exchange,
+            &outgoing.routing_key,
+            &message.id,
+            outgoing.properties,
+        );
+        outgoing.properties = properties;
+        let published =
+            self.publish_traced(&outgoing, &exchange, deadline, timeout, asked, message.id);
+        if let Some(span) = span {
+            span.end(published.as_ref().err().map(Failure::reason));
+        }
+        published
+    }
+
+    /// Publishes `outgoing` until the broker confirms or refuses it, the
+    /// deadline passes, or no connection comes.
+    fn publish_traced(
+        &self,
+        outgoing: &wire::Outgoing,
+        exchange: &str,
+        deadline: Instant,
+        timeout: Duration,
+        asked: Instant,
+        id: String,
+    ) -> Result<String, Failure> {
         let mut had_connection = false;
         loop {
             let channel = self.channel(deadline, timeout, &mut had_connection)?;
-            match publish_on(&channel, &exchange, &outgoing, deadline) {
+            match publish_on(&channel, exchange, outgoing, deadline) {
                 Attempt::Confirmed => {
                     if let Some(stats) = &self.lock().stats {
                         stats.published(asked.elapsed());
                     }
-                    return Ok(message.id);
+                    return Ok(id);
                 }
                 Attempt::Refused(failure) => {
                     self.forget(&channel);
@@ -204,17 +247,13 @@ impl Service {
                 }
                 Attempt::TimedOut => {
                     return Err(Failure::Timeout(format!(
-                        "the broker did not confirm message {} within {:.1} s",
-                        message.id,
+                        "the broker did not confirm message {id} within {:.1} s",
                         timeout.as_secs_f64()
                     )));
                 }
                 // The channel or the connection broke: wait for the next.
                 Attempt::Broken(reason) => {
-                    log::debug!(
-                        "publishing message {} failed ({reason}); trying again",
-                        message.id
-                    );
+                    log::debug!("publishing message {id} failed ({reason}); trying again");
                     self.forget(&channel);
                 }
             }

@@ -10,13 +10,14 @@
 use std::path::{Path, PathBuf};
 
 /// The top-level keys only this host reads.
-pub const HOST_ONLY_KEYS: [&str; 6] = [
+pub const HOST_ONLY_KEYS: [&str; 7] = [
     "workers",
     "delivery_limit",
     "amqp_urls",
     "python",
     "stop_timeout",
     "soft_timeout",
+    "tracing",
 ];
 
 /// `NAME.host.toml` beside the configuration file `NAME.toml` (or `NAME`).

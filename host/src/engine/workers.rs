@@ -51,6 +51,7 @@ use super::seams;
 use crate::exit::{Exit, Fatal};
 use crate::monitor::Stats;
 use crate::outcome::Outcome;
+use crate::traces;
 
 /// Jobs the engine may hand the workers and not yet have had taken, per
 /// worker.
@@ -238,8 +239,18 @@ impl Worker {
         }
         let in_progress = self.stats.in_progress();
         in_progress.began(self.index, job.message_id(), topic, started);
+        let span = traces::process(&traces::Delivered {
+            queue: &job.queue,
+            exchange: job.delivery.exchange.as_str(),
+            routing_key: topic,
+            message_id: job.message_id(),
+            delivery_tag: job.delivery.delivery_tag,
+            headers: job.delivery.properties.headers().as_ref(),
+        });
         let consumer = &mut self.consumer;
         let answer = ahead::lend(&mut self.reading, &self.gate, &self.tracker, || {
+            // What the consumer publishes meanwhile continues its trace.
+            let _current = span.as_ref().map(traces::ProcessSpan::enter);
             catch_unwind(AssertUnwindSafe(|| consumer.consume(&job.view())))
         });
         in_progress.ended(self.index);
@@ -249,6 +260,9 @@ impl Worker {
             // channel that goes on, it would be held unsettled for good.
             Ok(Err(Unstarted)) if self.gate.is_held() => {
                 consumer_log::unstarted(job.message_id());
+                if let Some(span) = span {
+                    span.unstarted();
+                }
                 return None;
             }
             Ok(Err(Unstarted)) => Outcome::Failed {
@@ -260,6 +274,9 @@ impl Worker {
             },
         };
         let took = started.elapsed();
+        if let Some(span) = span {
+            span.end(&outcome);
+        }
         if draining {
             consumer_log::consuming(job.message_id(), topic);
         }

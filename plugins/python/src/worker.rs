@@ -30,13 +30,14 @@ pub const DEFAULT_INTERPRETER: &str = "python3";
 /// Top-level keys only this host reads (the host's
 /// `config::host_file::HOST_ONLY_KEYS`): fedora-messaging refuses unknown
 /// keys, so Python is given the file without them.
-const HOST_KEYS: [&str; 6] = [
+const HOST_KEYS: [&str; 7] = [
     "workers",
     "delivery_limit",
     "amqp_urls",
     "python",
     "stop_timeout",
     "soft_timeout",
+    "tracing",
 ];
 
 /// How long a stopping Python process may take to end before it is killed.
