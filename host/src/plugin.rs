@@ -33,6 +33,7 @@ use crate::outcome::Outcome;
 pub use crate::plugin_error::{LoadError, PLUGIN_PATH_VAR, PYTHON_BRIDGE_LIBRARY, api_revision};
 use crate::plugin_file::PluginFile;
 use crate::publisher;
+use crate::traces;
 use crate::wire::{HeadersJson, MessageView};
 
 /// Directories searched for a plugin given by file name alone, after those
@@ -392,6 +393,9 @@ fn host_services() -> HostServices_Ref {
             take_next: take_next_for_plugin,
             draining_fd: draining_fd_for_plugin,
             leave_unstarted: ahead::leave_unstarted,
+            trace_context: trace_context_for_plugin,
+            span_attribute: span_attribute_from_plugin,
+            span_event: span_event_from_plugin,
         }
         .leak_into_prefix()
     })
@@ -428,6 +432,27 @@ extern "C" fn take_next_for_plugin(mut next: NextSink_TO<'_, RMut<'_, ()>>) -> b
 /// Revision 4: the descriptor that becomes readable once the host drains.
 extern "C" fn draining_fd_for_plugin() -> i32 {
     gate::draining_fd().unwrap_or(-1)
+}
+
+/// Revision 5: the calling thread's trace context, `traceparent` and
+/// `tracestate` on two lines; empty outside a span.
+extern "C" fn trace_context_for_plugin() -> RString {
+    catch_unwind(traces::current_context)
+        .ok()
+        .flatten()
+        .map_or_else(RString::new, |(parent, state)| {
+            format!("{parent}\n{state}").into()
+        })
+}
+
+/// Revision 5: an attribute of the calling thread's `process` span.
+extern "C" fn span_attribute_from_plugin(key: RStr<'_>, value: RStr<'_>) {
+    let _ = catch_unwind(|| traces::set_current_attribute(key.as_str(), value.as_str()));
+}
+
+/// Revision 5: an event on the calling thread's `process` span.
+extern "C" fn span_event_from_plugin(name: RStr<'_>, attributes: RStr<'_>) {
+    let _ = catch_unwind(|| traces::add_current_event(name.as_str(), attributes.as_str()));
 }
 
 /// The layout plugins of revision 2 and later check before reading the

@@ -66,7 +66,8 @@ impl RootModule for PluginModule_Ref {
 /// Revision 1: `max_log_level`, `log`, `publish` (reserved, answered
 /// "not available"). Revision 2: `layout`, `publish_confirmed`; `publish`
 /// publishes. Revision 3: `configuration`. Revision 4: `take_next`,
-/// `draining_fd`, `leave_unstarted`. From revision 2 on, the plugin checks `layout` against its
+/// `draining_fd`, `leave_unstarted`. Revision 5: `trace_context`,
+/// `span_attribute`, `span_event`. From revision 2 on, the plugin checks `layout` against its
 /// own before reading any other field, so a host whose fields changed
 /// (rather than grew) is refused instead of misread. The next revision
 /// appends its fields after the last one here, and its plugins treat each
@@ -134,6 +135,23 @@ pub struct HostServices {
     /// draining. (Not a variant of [`Outcome`]: hosts refuse plugins whose
     /// enums have fewer variants than theirs.)
     pub leave_unstarted: extern "C" fn(),
+
+    /// Revision 5: the W3C trace context of the message being consumed on
+    /// the calling thread (its `process` span), as `traceparent`, a
+    /// newline, and `tracestate`; empty when traces are off or no message
+    /// is being consumed there.
+    pub trace_context: extern "C" fn() -> RString,
+
+    /// Revision 5: sets a string attribute on the `process` span of the
+    /// message being consumed on the calling thread; nothing when traces
+    /// are off.
+    pub span_attribute: extern "C" fn(key: RStr<'_>, value: RStr<'_>),
+
+    /// Revision 5: adds an event named `name` to that span, with
+    /// `attributes`, a JSON object whose string, number and boolean
+    /// members become the event's attributes; nothing when traces are
+    /// off.
+    pub span_event: extern "C" fn(name: RStr<'_>, attributes: RStr<'_>),
 }
 
 /// Where [`HostServices::take_next`] lends the next message.

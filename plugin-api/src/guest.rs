@@ -193,6 +193,27 @@ fn leave_unstarted() {
     }
 }
 
+/// The trace context of the message being consumed (revision 5); see
+/// [`crate::trace::context`].
+pub(crate) fn trace_context() -> Option<String> {
+    let trace_context = usable_services()?.trace_context()?;
+    Some(trace_context().into_string()).filter(|context| !context.is_empty())
+}
+
+/// Sets an attribute of the message's `process` span (revision 5).
+pub(crate) fn span_attribute(key: &str, value: &str) {
+    if let Some(span_attribute) = usable_services().and_then(|services| services.span_attribute()) {
+        span_attribute(key.into(), value.into());
+    }
+}
+
+/// Adds an event to the message's `process` span (revision 5).
+pub(crate) fn span_event(name: &str, attributes: &str) {
+    if let Some(span_event) = usable_services().and_then(|services| services.span_event()) {
+        span_event(name.into(), attributes.into());
+    }
+}
+
 /// The host's services, when there is a host whose services this plugin
 /// reads.
 fn usable_services() -> Option<HostServices_Ref> {

@@ -90,7 +90,10 @@
 //! revision 3 (0.1.2) appends the host's configuration
 //! ([`HostConfiguration`]), which a plugin finds unavailable in an older
 //! host; revision 4 (0.1.3) appends [`ahead`], taking the next message
-//! while the current one is consumed, which an older host never offers.
+//! while the current one is consumed, which an older host never offers;
+//! revision 5 (0.1.4) appends [`trace`], the trace context of the message
+//! being consumed and attributes and events on its span, which an older
+//! host does not give (no context; the rest does nothing).
 //! A revision-1 plugin runs unchanged in a revision-2 host (its `publish`
 //! now publishes); a revision-2 plugin loads in a revision-1 host, where
 //! [`Publisher::publish`] answers [`PublishError::Unavailable`]. A plugin
@@ -116,6 +119,7 @@ mod message;
 mod publish;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trace;
 
 /// The target prefix of log records a plugin forwards from another logging
 /// system that already chose what to emit (the Python bridge's records,

@@ -152,7 +152,14 @@ pub struct Harness {
 struct Captured {
     logs: Vec<LogLine>,
     published: Vec<Published>,
+    span_attributes: Vec<(String, String)>,
+    span_events: Vec<(String, Value)>,
 }
+
+/// The trace context the test host gives a consumer during
+/// [`Harness::consume`] ([`crate::trace::context`]), as a host exporting
+/// traces does; outside it, none.
+pub const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 thread_local! {
     /// What the harness calling into its consumer on this thread keeps.
@@ -251,6 +258,19 @@ impl Harness {
         std::mem::take(&mut self.captured.published)
     }
 
+    /// The attributes the consumer set on its message's span
+    /// ([`crate::trace::set_attribute`]) during this harness's calls,
+    /// taken.
+    pub fn span_attributes(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.captured.span_attributes)
+    }
+
+    /// The events the consumer added to its message's span
+    /// ([`crate::trace::add_event`]), with their attributes, taken.
+    pub fn span_events(&mut self) -> Vec<(String, Value)> {
+        std::mem::take(&mut self.captured.span_events)
+    }
+
     /// Lines logged on the consumer's own threads (by any harness), taken.
     pub fn logs_from_other_threads() -> Vec<LogLine> {
         elsewhere(|captured| std::mem::take(&mut captured.logs))
@@ -316,6 +336,9 @@ fn install_host() {
             take_next,
             draining_fd,
             leave_unstarted,
+            trace_context,
+            span_attribute,
+            span_event,
         }
         .leak_into_prefix();
         guest::init_services(services);
@@ -332,6 +355,36 @@ extern "C" fn log_line(level: u8, target: RStr<'_>, message: RStr<'_>) {
         text: message.to_string(),
     };
     capture(|captured| captured.logs.push(line));
+}
+
+/// [`TRACEPARENT`] while a harness call runs on this thread, as a host
+/// gives the context of the message in hand.
+extern "C" fn trace_context() -> RString {
+    let in_a_call = CAPTURING.with(|cell| cell.borrow().is_some());
+    if in_a_call {
+        format!("{TRACEPARENT}\n").into()
+    } else {
+        RString::new()
+    }
+}
+
+extern "C" fn span_attribute(key: RStr<'_>, value: RStr<'_>) {
+    let pair = (key.to_string(), value.to_string());
+    let _ = CAPTURING.with(|cell| {
+        cell.borrow_mut()
+            .as_mut()
+            .map(|c| c.span_attributes.push(pair))
+    });
+}
+
+extern "C" fn span_event(name: RStr<'_>, attributes: RStr<'_>) {
+    let attributes = serde_json::from_str(attributes.as_str()).unwrap_or(Value::Null);
+    let event = (name.to_string(), attributes);
+    let _ = CAPTURING.with(|cell| {
+        cell.borrow_mut()
+            .as_mut()
+            .map(|c| c.span_events.push(event))
+    });
 }
 
 extern "C" fn publish_unconfirmed(record: RStr<'_>) -> RResult<(), RString> {
@@ -418,6 +471,13 @@ mod tests {
                 }
                 "nack" => Err(ConsumerError::Nack),
                 "halt" => Err(ConsumerError::halt_and_requeue(3)),
+                "traced" => {
+                    let context = crate::trace::context()
+                        .ok_or_else(|| ConsumerError::failed("no trace context"))?;
+                    crate::trace::set_attribute("picky.parent", &context.traceparent);
+                    crate::trace::add_event("picked", &serde_json::json!({"n": 1}));
+                    Ok(())
+                }
                 _ => Ok(()),
             }
         }
@@ -454,6 +514,22 @@ mod tests {
         assert_eq!(published.len(), 1);
         assert_eq!(published[0].record["topic"], "out");
         assert_eq!(published[0].record["body"]["from"], "m-publish");
+    }
+
+    #[test]
+    fn the_trace_context_and_what_the_consumer_adds_to_its_span() {
+        let mut picky = Harness::start::<Picky>("Picky", "limit = 3").unwrap();
+        assert_eq!(picky.consume(&message("traced")), Outcome::Ack);
+        assert_eq!(
+            picky.span_attributes(),
+            [("picky.parent".to_owned(), TRACEPARENT.to_owned())]
+        );
+        assert_eq!(
+            picky.span_events(),
+            [("picked".to_owned(), serde_json::json!({"n": 1}))]
+        );
+        // Outside a consume call there is no message, and no context.
+        assert_eq!(crate::trace::context(), None);
     }
 
     #[test]

@@ -186,6 +186,14 @@ pub const REVISION_3: Revision = Revision {
     subject: "Re-read mends: one next_answer serves Python's logs and publishes for the start, each message and the other threads' reader",
 };
 
+/// Revision 4 (fm-plugin-api 0.1.3, taking the next message ahead), its
+/// last commit.
+pub const REVISION_4: Revision = Revision {
+    number: 4,
+    commit: "486326ae3b70740872953950afd0a1963fef65c6",
+    subject: "Alert rules and a Grafana dashboard, tested by promtool on the real host",
+};
+
 impl Revision {
     /// The commit, or the commit with its subject.
     fn find_commit(&self, root: &Path) -> String {
@@ -264,7 +272,8 @@ impl Revision {
 
     /// Built once per test process and revision.
     fn built(&self, what: usize, packages: &[&str]) -> PathBuf {
-        static BUILT: [[OnceLock<PathBuf>; 2]; 3] = [
+        static BUILT: [[OnceLock<PathBuf>; 2]; 4] = [
+            [OnceLock::new(), OnceLock::new()],
             [OnceLock::new(), OnceLock::new()],
             [OnceLock::new(), OnceLock::new()],
             [OnceLock::new(), OnceLock::new()],
@@ -276,11 +285,15 @@ impl Revision {
     }
 
     /// One of the revision's plugins (`printer`, `saver`, `test_consumers`,
-    /// and from revision 3 on the Python bridge, `fm_python`).
+    /// from revision 3 on the Python bridge, `fm_python`, and from revision
+    /// 4 on Exec, `fm_exec`).
     pub fn plugin(&self, lib_name: &str) -> PathBuf {
         let mut packages = vec!["printer", "saver", "test-consumers"];
         if self.number >= 3 {
             packages.push("fm-python");
+        }
+        if self.number >= 4 {
+            packages.push("fm-exec");
         }
         self.built(0, &packages).join(format!("lib{lib_name}.so"))
     }

@@ -2,7 +2,7 @@
 //! and run unchanged in this host, with no rebuild; and this revision's
 //! plugins load in older hosts, where the services those lack answer that
 //! they are unavailable. The older plugins and hosts are built from this
-//! repository's history ([`REVISION_1`], [`REVISION_2`], [`REVISION_3`]) into
+//! repository's history ([`REVISION_1`] to [`REVISION_4`]) into
 //! `target/revision-N/`; their source is never kept in the tree.
 
 use std::path::Path;
@@ -216,4 +216,81 @@ fn a_revision_3_python_bridge_runs_in_this_host() {
         bridge.parent().expect("a plugin directory"),
         "compat-bridge-3-in-4",
     );
+}
+
+/// `reconsume` of one message through Exec from `exec_dir`, whose command
+/// writes what it finds in `TRACEPARENT` to a file: what it wrote.
+fn exec_traceparent(mut host: Command, exec_dir: &Path) -> String {
+    let dir = scratch();
+    let seen = dir.path().join("traceparent");
+    let conf = config_file(
+        dir.path(),
+        &format!(
+            "callback = \"libfm_exec.so:Exec\"\n\n[consumer_config]\ncommand = [\"/bin/sh\", \"-c\", \"cat > /dev/null; printf '%s' \\\"${{TRACEPARENT:-none}}\\\" > {}\"]\n",
+            seen.display()
+        ),
+    );
+    let file = record_file(
+        dir.path(),
+        &[json!({"id": "t1", "topic": "exec.test", "body": {}})],
+    );
+    let run = run(host
+        .env("FEDORA_MESSAGING_PLUGIN_PATH", exec_dir)
+        .arg("--conf")
+        .arg(&conf)
+        .args(["reconsume", "--file"])
+        .arg(&file));
+    assert_eq!(run.code(), 0, "{run:#?}");
+    std::fs::read_to_string(&seen).unwrap_or_else(|error| panic!("{error}: {run:#?}"))
+}
+
+#[test]
+fn this_revisions_exec_runs_in_a_revision_4_host_which_gives_no_trace_context() {
+    let exec = plugin("fm_exec");
+    let seen = exec_traceparent(
+        REVISION_4.fedora_messaging(),
+        exec.parent().expect("a plugin directory"),
+    );
+    assert_eq!(seen, "none");
+}
+
+#[test]
+fn a_revision_4_exec_consumes_in_this_host_with_traces_on() {
+    let (broker, queue, dir, conf) = queue_with("compat-exec-4-in-5", "", &[("t1", json!({}))]);
+    let seen = dir.path().join("traceparent");
+    let config = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(
+        &conf,
+        format!(
+            "callback = \"libfm_exec.so:Exec\"\n{config}\n[consumer_config]\ncommand = [\"/bin/sh\", \"-c\", \"cat > /dev/null; printf '%s' \\\"${{TRACEPARENT:-none}}\\\" > {}\"]\n",
+            seen.display()
+        ),
+    )
+    .unwrap();
+    // Spans go nowhere (nothing listens there): that costs no message.
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let exec = REVISION_4.plugin("fm_exec");
+    let mut host = fm_e2e::process::Running::start(
+        fedora_messaging()
+            .env(
+                "FEDORA_MESSAGING_PLUGIN_PATH",
+                exec.parent().expect("a plugin directory"),
+            )
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &nowhere)
+            .arg("--conf")
+            .arg(&conf)
+            .arg("consume"),
+    );
+    host.wait_for("(message id t1)", std::time::Duration::from_secs(60));
+    host.wait_for(
+        "Successfully consumed message",
+        std::time::Duration::from_secs(60),
+    );
+    host.signal("TERM");
+    let run = host.finish();
+    assert_eq!(run.code(), 0, "{run:#?}");
+    // That plugin does not ask for the trace context.
+    assert_eq!(std::fs::read_to_string(&seen).unwrap(), "none");
+    assert_eq!(broker.depth(&queue), 0);
+    broker.delete_queue(&queue);
 }

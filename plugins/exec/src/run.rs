@@ -52,6 +52,19 @@ fn environment<'m>(message: &'m Message<'_>) -> [(&'static str, &'static str, &'
     ]
 }
 
+/// `TRACEPARENT` and `TRACESTATE` for the message being consumed, as
+/// OpenTelemetry's SDKs read them from the environment.
+fn trace_environment() -> Vec<(&'static str, String)> {
+    let Some(context) = fm_plugin_api::trace::context() else {
+        return Vec::new();
+    };
+    let mut variables = vec![("TRACEPARENT", context.traceparent)];
+    if !context.tracestate.is_empty() {
+        variables.push(("TRACESTATE", context.tracestate));
+    }
+    variables
+}
+
 /// The field of `message` that cannot be an environment variable's value
 /// (a NUL byte ends a C string), if any: the publisher chose it.
 pub fn unfit_for_the_environment(message: &Message<'_>) -> Option<&'static str> {
@@ -67,6 +80,9 @@ pub fn run(settings: &Settings, message: &Message<'_>) -> io::Result<Ending> {
     command
         .args(&settings.argv[1..])
         .envs(environment(message).map(|(name, _, value)| (name, value)))
+        // The message's trace goes on in the command (interface revision
+        // 5; nothing when traces are off or the host is older).
+        .envs(trace_environment())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -14,6 +14,8 @@
 //!   `"rendezvous": N` first waits (up to `within_ms`, default 20 s) until
 //!   N messages with it are being handled at once, by instances side by
 //!   side, and fails otherwise: it proves that `workers` run in parallel.
+//!   `"span": {"attributes": {K: V}, "event": NAME, "event_attributes":
+//!   {…}}` sets attributes and adds an event on the message's span;
 //!   `"panic_on_drop": true` makes the instance panic when it is dropped;
 //!   `"do": "panic_bomb"` panics with a payload whose own `Drop` panics;
 //!   `"do": "thread_panic"` acks after a thread of its own panicked;
@@ -161,6 +163,15 @@ impl Consumer for Scripted {
         }
         if let Some(millis) = body["sleep_ms"].as_u64().or(sleep_once) {
             std::thread::sleep(std::time::Duration::from_millis(millis));
+        }
+        if let Some(span) = body["span"].as_object() {
+            // What a consumer adds to its message's trace (revision 5).
+            for (key, value) in span["attributes"].as_object().into_iter().flatten() {
+                fm_plugin_api::trace::set_attribute(key, value.as_str().unwrap_or(""));
+            }
+            if let Some(name) = span["event"].as_str() {
+                fm_plugin_api::trace::add_event(name, &span["event_attributes"]);
+            }
         }
         log::info!("done #{} ({})", self.seen, message.id());
         match action {
