@@ -80,6 +80,27 @@ pub fn robosignatory_venv() -> PathBuf {
     .clone()
 }
 
+/// OpenTelemetry for the trace tests: the protobuf types an OTLP receiver
+/// decodes with, and an application's SDK, exporter and pika
+/// instrumentation (`tests/fixtures/python/otlp_receiver.py`,
+/// `pika_publisher.py`).
+pub fn tracing_venv() -> PathBuf {
+    static VENV: OnceLock<PathBuf> = OnceLock::new();
+    VENV.get_or_init(|| {
+        make_venv(
+            "python-opentelemetry-1.45.1",
+            &[
+                "opentelemetry-proto==1.45.1",
+                "opentelemetry-sdk==1.45.1",
+                "opentelemetry-exporter-otlp-proto-http==1.45.1",
+                "opentelemetry-instrumentation-pika==0.66b1",
+                "pika==1.4.4",
+            ],
+        )
+    })
+    .clone()
+}
+
 /// A virtual environment under the target directory holding `packages`
 /// from PyPI, made if `bin/python` lacks any of them. A half-made one from
 /// an interrupted run is redone.
