@@ -14,7 +14,10 @@ use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use fm_host::in_progress::InProgress;
+use fm_host::outcome::Outcome;
 use fm_host::plugin;
+use fm_host::traces::settings::{Root, Sampling};
+use fm_host::traces::{self, Delivered, Tracing, export::Discard};
 use fm_host::wire;
 
 fn noop_plugin() -> PathBuf {
@@ -99,6 +102,65 @@ fn per_message(c: &mut Criterion) {
             in_progress.ended(0);
         })
     });
+    traced(c, &outgoing);
+}
+
+/// What a message's `process` span costs the consumer thread (issue
+/// #28): with traces off (the global is empty: one branch), and on, with
+/// the span recorded or not sampled, for a message without trace context
+/// and for one whose publisher traced it. Spans go to a processor that
+/// drops them: the export queue's push (one lock) is not counted.
+fn traced(c: &mut Criterion, outgoing: &wire::Outgoing) {
+    // A publisher's context, sampled (`01`) or not (`00`): a parent-based
+    // sampler follows it.
+    let with_parent = |flags: &str| {
+        let mut headers = outgoing.properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            "traceparent".into(),
+            lapin::types::AMQPValue::LongString(
+                format!("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-{flags}").into(),
+            ),
+        );
+        headers
+    };
+    let parents = [with_parent("01"), with_parent("00")];
+    let delivered = |headers| Delivered {
+        queue: "fm-bench",
+        exchange: "amq.topic",
+        routing_key: &outgoing.routing_key,
+        message_id: wire::message_id(&outgoing.properties),
+        delivery_tag: 1,
+        headers,
+    };
+    let plain = delivered(outgoing.properties.headers().as_ref());
+    c.bench_function("process span: traces off", |b| {
+        b.iter(|| {
+            if let Some(span) = traces::process(std::hint::black_box(&plain)) {
+                span.end(&Outcome::Ack);
+            }
+        })
+    });
+    for ((name, sampling), parent) in [
+        ("sampled", Sampling::ParentBased(Root::AlwaysOn)),
+        ("not sampled", Sampling::ParentBased(Root::AlwaysOff)),
+    ]
+    .into_iter()
+    .zip(&parents)
+    {
+        let (tracing, _provider) = Tracing::new(sampling, "fm-bench", Discard);
+        for (context, delivered) in [
+            ("", delivered(outgoing.properties.headers().as_ref())),
+            (", publisher traced", delivered(Some(parent))),
+        ] {
+            c.bench_function(&format!("process span: on, {name}{context}"), |b| {
+                b.iter(|| {
+                    let span = tracing.process(&delivered);
+                    drop(span.enter());
+                    span.end(&Outcome::Ack);
+                })
+            });
+        }
+    }
 }
 
 /// The body's JSON, checked (as the host does for every message) and

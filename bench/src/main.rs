@@ -16,6 +16,8 @@
 //! - `memory`: RSS while draining a long queue, early against late.
 //! - `startup`: from the broker accepting the connection to the first
 //!   message reaching the consumer.
+//! - `traces`: ours with traces off, on and sampled, and on but not
+//!   sampled, side by side, exporting to a sink that takes every span.
 //! - `fill`: only fill the queue and write the host's configuration, to
 //!   run it by hand under a profiler (see the README's "Benchmarks").
 
@@ -23,6 +25,7 @@ mod broker;
 mod chart;
 mod contender;
 mod measure;
+mod sink;
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -96,6 +99,16 @@ enum Mode {
         #[arg(long, default_value_t = 25)]
         prefetch: u16,
     },
+    /// Ours with traces off, on (sampled) and on (not sampled), side by
+    /// side, exporting to a local sink
+    Traces {
+        #[arg(long, default_value_t = 20_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, value_delimiter = ',', default_value = "25,1000")]
+        prefetch: Vec<u16>,
+    },
     /// From the broker accepting the connection to the first message
     Startup {
         #[arg(long, default_value_t = 10)]
@@ -148,6 +161,11 @@ fn run(cli: &Cli) -> Result<(), String> {
         } => bridge(&programs, &broker, *messages, *rounds, prefetch),
         Mode::Memory { messages, prefetch } => memory(&programs, &broker, *messages, *prefetch),
         Mode::Startup { runs } => startup(&programs, &broker, *runs),
+        Mode::Traces {
+            messages,
+            rounds,
+            prefetch,
+        } => traces(&programs, &broker, *messages, *rounds, prefetch),
         Mode::Fill { messages, prefetch } => {
             broker.fill(*messages)?;
             let settings = Settings {
@@ -176,8 +194,19 @@ fn one_run(
     settings: &Settings,
     label: &str,
 ) -> Result<Measured, String> {
+    let command = programs.command(contender, settings)?;
+    run_measured(programs, broker, command, settings, label)
+}
+
+/// Fills the queue, runs `command`, and checks that it drained it.
+fn run_measured(
+    programs: &Programs,
+    broker: &Broker,
+    mut command: std::process::Command,
+    settings: &Settings,
+    label: &str,
+) -> Result<Measured, String> {
     broker.fill(settings.messages)?;
-    let mut command = programs.command(contender, settings)?;
     let measured = measure(
         &mut command,
         &programs.log(label),
@@ -321,6 +350,103 @@ fn throughput(
 }
 
 /// CPU seconds the whole process spent per 1,000 messages.
+/// Ours with traces off, on and sampled, and on but not sampled (a
+/// parent-based sampler that records nothing: the publisher's messages
+/// carry no context), in turn each round, spans going to [`sink`].
+fn traces(
+    programs: &Programs,
+    broker: &Broker,
+    messages: u64,
+    rounds: usize,
+    prefetches: &[u16],
+) -> Result<(), String> {
+    let (endpoint, taken) = sink::start()?;
+    let variants: [(&str, Option<&str>); 3] = [
+        ("off", None),
+        ("on, sampled", Some("parentbased_always_on")),
+        ("on, not sampled", Some("parentbased_always_off")),
+    ];
+    let mut csv = String::from(
+        "prefetch,round,traces,messages,active_seconds,msgs_per_s,cpu_s_per_1000,peak_rss_kib,export_requests\n",
+    );
+    let mut table = String::from(
+        "| prefetch | traces | median msgs/s | / off | median CPU s per 1,000 msgs | / off | median peak RSS (MiB) |\n|---|---|---|---|---|---|---|\n",
+    );
+    for &prefetch in prefetches {
+        let settings = Settings {
+            prefetch,
+            messages,
+            workers: 1,
+            sleep_ms: 0,
+        };
+        let mut results = vec![Vec::new(); variants.len()];
+        for round in 1..=rounds {
+            for (index, (name, sampler)) in variants.iter().enumerate() {
+                let mut command = programs.command(Contender::Ours, &settings)?;
+                if let Some(sampler) = sampler {
+                    command
+                        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+                        .env("OTEL_TRACES_SAMPLER", sampler)
+                        .env("OTEL_SERVICE_NAME", "fm-bench");
+                }
+                let requests = taken.requests.load(std::sync::atomic::Ordering::Relaxed);
+                let label = format!(
+                    "traces-{}-p{prefetch}-r{round}",
+                    name.replace([',', ' '], "-")
+                );
+                let run = run_measured(programs, broker, command, &settings, &label)?;
+                let sent = taken.requests.load(std::sync::atomic::Ordering::Relaxed) - requests;
+                let _ = writeln!(
+                    csv,
+                    "{prefetch},{round},{name},{messages},{:.4},{:.1},{:.4},{},{sent}",
+                    run.active_seconds,
+                    messages as f64 / run.active_seconds,
+                    cpu_per_thousand(&run, messages),
+                    run.peak_rss_kib
+                );
+                results[index].push(run);
+            }
+        }
+        let medians: Vec<[f64; 3]> = results
+            .iter()
+            .map(|runs| {
+                let rates: Vec<f64> = runs
+                    .iter()
+                    .map(|r| messages as f64 / r.active_seconds)
+                    .collect();
+                let cpus: Vec<f64> = runs.iter().map(|r| cpu_per_thousand(r, messages)).collect();
+                let rss: Vec<f64> = runs
+                    .iter()
+                    .map(|r| r.peak_rss_kib as f64 / 1024.0)
+                    .collect();
+                [median(&rates), median(&cpus), median(&rss)]
+            })
+            .collect();
+        for ((name, _), [rate, cpu, rss]) in variants.iter().zip(&medians) {
+            let _ = writeln!(
+                table,
+                "| {prefetch} | {name} | {rate:.0} | {:.3} | {cpu:.3} | {:.3} | {rss:.1} |",
+                rate / medians[0][0],
+                cpu / medians[0][1],
+            );
+        }
+    }
+    let spans_bytes = taken.bytes.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "\n{table}\nThe sink took {} export requests, {spans_bytes} bytes.",
+        taken.requests.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    std::fs::write(cli_out(programs).join("traces.csv"), csv)
+        .map_err(|e| format!("traces.csv: {e}"))?;
+    std::fs::write(cli_out(programs).join("traces.md"), table)
+        .map_err(|e| format!("traces.md: {e}"))?;
+    Ok(())
+}
+
+fn cli_out(programs: &Programs) -> &std::path::Path {
+    &programs.work_dir
+}
+
 fn cpu_per_thousand(measured: &Measured, messages: u64) -> f64 {
     measured.cpu_seconds * 1000.0 / messages as f64
 }
