@@ -11,7 +11,7 @@
 
 use lapin::BasicProperties;
 use lapin::types::FieldTable;
-use opentelemetry::trace::{Link, SpanKind, Status, TraceContextExt, Tracer as _};
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer as _};
 use opentelemetry::{Context, ContextGuard, KeyValue};
 use opentelemetry_semantic_conventions::attribute::{
     ERROR_TYPE, MESSAGING_DESTINATION_NAME, MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
@@ -47,10 +47,16 @@ impl Tracing {
     pub fn process(&self, delivered: &Delivered<'_>) -> ProcessSpan {
         let tracer = &self.tracer;
         let creation = context::extract(delivered.headers);
-        let mut builder = tracer
-            .span_builder(format!("process {}", delivered.queue))
+        // Named and described only once it is known to be recorded: the
+        // samplers decide on the trace and the parent alone, and a span
+        // that is not recorded then costs no allocation for them.
+        let mut span = tracer
+            .span_builder("process")
             .with_kind(SpanKind::Consumer)
-            .with_attributes([
+            .start_with_context(tracer, &creation);
+        if span.is_recording() {
+            span.update_name(format!("process {}", delivered.queue));
+            span.set_attributes([
                 KeyValue::new(MESSAGING_SYSTEM, "rabbitmq"),
                 KeyValue::new(MESSAGING_OPERATION_TYPE, "process"),
                 KeyValue::new(MESSAGING_DESTINATION_NAME, delivered.exchange.to_owned()),
@@ -68,11 +74,11 @@ impl Tracing {
                     i64::try_from(delivered.delivery_tag).unwrap_or(i64::MAX),
                 ),
             ]);
-        let remote = creation.span().span_context().clone();
-        if remote.is_valid() {
-            builder = builder.with_links(vec![Link::with_context(remote)]);
+            let remote = creation.span().span_context().clone();
+            if remote.is_valid() {
+                span.add_link(remote, Vec::new());
+            }
         }
-        let span = builder.start_with_context(tracer, &creation);
         ProcessSpan {
             context: Context::new().with_span(span),
         }
@@ -91,13 +97,19 @@ impl ProcessSpan {
     /// counts.
     pub fn unstarted(self) {
         let span = self.context.span();
-        span.set_attribute(KeyValue::new(OUTCOME, "unstarted"));
+        if span.is_recording() {
+            span.set_attribute(KeyValue::new(OUTCOME, "unstarted"));
+        }
         span.end();
     }
 
     /// Ends it with the consumer's answer and the settlement it asks for.
     pub fn end(self, outcome: &Outcome) {
         let span = self.context.span();
+        if !span.is_recording() {
+            span.end();
+            return;
+        }
         let (name, requeue) = match outcome.disposition().0 {
             Settle::Ack => ("ack", false),
             Settle::Requeue | Settle::RequeueAllUnsettled => ("nack", true),
@@ -147,15 +159,17 @@ impl Tracing {
         properties: BasicProperties,
     ) -> (BasicProperties, SendSpan) {
         let tracer = &self.tracer;
-        let name = if exchange.is_empty() {
-            "send (default)".to_owned()
-        } else {
-            format!("send {exchange}")
-        };
-        let span = tracer
-            .span_builder(name)
+        let mut span = tracer
+            .span_builder("send")
             .with_kind(SpanKind::Producer)
-            .with_attributes([
+            .start_with_context(tracer, &Context::current());
+        if span.is_recording() {
+            span.update_name(if exchange.is_empty() {
+                "send (default)".to_owned()
+            } else {
+                format!("send {exchange}")
+            });
+            span.set_attributes([
                 KeyValue::new(MESSAGING_SYSTEM, "rabbitmq"),
                 KeyValue::new(MESSAGING_OPERATION_TYPE, "send"),
                 KeyValue::new(MESSAGING_DESTINATION_NAME, exchange.to_owned()),
@@ -164,8 +178,8 @@ impl Tracing {
                     routing_key.to_owned(),
                 ),
                 KeyValue::new(MESSAGING_MESSAGE_ID, message_id.to_owned()),
-            ])
-            .start_with_context(tracer, &Context::current());
+            ]);
+        }
         let sending = Context::new().with_span(span);
         let mut headers = properties.headers().clone().unwrap_or_default();
         context::inject(&sending, &mut headers);
