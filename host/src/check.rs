@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::exit::{Exit, Fatal};
 use crate::plugin;
 use crate::topology::{Overrides, Topology};
+use crate::traces;
 
 /// Runs the check of `callback` under `config`, read from `file` (and
 /// `host_file`).
@@ -31,6 +32,17 @@ pub fn run(
     }
     if let Some(host_file) = host_file {
         println!("Host-only keys: {}", host_file.display());
+    }
+    // As `consume` reads them, from [tracing] and OpenTelemetry's
+    // variables.
+    match traces::settings::settings(config.tracing.as_ref(), |name| std::env::var(name).ok())
+        .map_err(|reason| Fatal::new(Exit::Usage, reason))?
+    {
+        Some(settings) => println!(
+            "Traces: exported to {} as service {:?}",
+            settings.traces_url, settings.service_name
+        ),
+        None => println!("Traces: off"),
     }
     let (plugin, name) = plugin::load_library(callback)?;
     plugin.ensure_consumer(&name)?;

@@ -413,7 +413,7 @@ impl Stats {
             "fedora_messaging_spans_exported_total {}\n",
             get(&spans.exported)
         ));
-        out.push_str("# HELP fedora_messaging_spans_lost_total Trace spans lost: the export queue was full, or the collector did not take them.\n");
+        out.push_str("# HELP fedora_messaging_spans_lost_total Trace spans lost: the export queue was full (or closed, at exit), or the collector did not take them.\n");
         out.push_str("# TYPE fedora_messaging_spans_lost_total counter\n");
         for (reason, count) in [
             ("queue_full", &spans.lost_queue_full),

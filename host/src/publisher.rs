@@ -213,7 +213,7 @@ impl Service {
         );
         outgoing.properties = properties;
         let published =
-            self.publish_traced(&outgoing, &exchange, deadline, timeout, asked, message.id);
+            self.publish_until_answered(&outgoing, &exchange, deadline, timeout, asked, message.id);
         if let Some(span) = span {
             span.end(published.as_ref().err().map(Failure::reason));
         }
@@ -222,7 +222,7 @@ impl Service {
 
     /// Publishes `outgoing` until the broker confirms or refuses it, the
     /// deadline passes, or no connection comes.
-    fn publish_traced(
+    fn publish_until_answered(
         &self,
         outgoing: &wire::Outgoing,
         exchange: &str,
