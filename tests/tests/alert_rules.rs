@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use fm_e2e::alerts::{
     Scrape, assert_alerts, assert_alerts_when_unreachable, exported_names, mentioned_names, scrape,
 };
-use fm_e2e::broker::{TestBroker, queue_config, queue_config_at};
+use fm_e2e::broker::{TestBroker, queue_config, queue_config_at, queue_with};
 use fm_e2e::nodes::{amqp_url, version};
 use fm_e2e::process::Running;
 use fm_e2e::proxy::Proxy;
@@ -80,11 +80,7 @@ fn record(queue: &str, id: &str, body: Value) -> Value {
 
 #[test]
 fn a_consumer_at_work_fires_no_alert_and_the_dashboard_and_rules_name_only_exported_metrics() {
-    let broker = TestBroker::connect();
-    let queue = TestBroker::unique_name("alerts-healthy");
-    broker.declare_queue(&queue, FieldTable::default());
-    let dir = scratch();
-    let conf = config_file(dir.path(), &queue_config(&queue, MONITORING));
+    let (broker, queue, _dir, conf) = queue_with("alerts-healthy", MONITORING, &[]);
     let (consumer, address) = monitored(&mut scripted_consume(&conf));
     // A steady stream while the two scrapes are taken.
     let publishing = Arc::new(AtomicBool::new(true));
@@ -140,16 +136,17 @@ fn a_consumer_at_work_fires_no_alert_and_the_dashboard_and_rules_name_only_expor
 
 #[test]
 fn a_callback_stuck_on_one_message_fires_the_stuck_callback_alert_only() {
-    let broker = TestBroker::connect();
-    let queue = TestBroker::unique_name("alerts-stuck");
-    broker.declare_queue(&queue, FieldTable::default());
-    let dir = scratch();
-    let go = dir.path().join("go");
-    broker.publish(&record(&queue, "m1", json!({"do": "ack", "wait_file": go})));
-    for id in ["m2", "m3"] {
-        broker.publish(&record(&queue, id, json!({"do": "ack"})));
-    }
-    let conf = config_file(dir.path(), &queue_config(&queue, MONITORING));
+    let files = scratch();
+    let go = files.path().join("go");
+    let (broker, queue, _dir, conf) = queue_with(
+        "alerts-stuck",
+        MONITORING,
+        &[
+            ("m1", json!({"do": "ack", "wait_file": go})),
+            ("m2", json!({"do": "ack"})),
+            ("m3", json!({"do": "ack"})),
+        ],
+    );
     let (mut consumer, address) = monitored(&mut scripted_consume(&conf));
     let in_progress =
         |metrics: &str| value(metrics, "fedora_messaging_messages_in_progress") == 1.0;
@@ -272,16 +269,10 @@ fn a_host_cut_off_from_the_broker_fires_the_not_connected_alert() {
 fn a_host_connected_but_not_consuming_fires_the_not_ready_alert() {
     // The consumer's `new` hangs (as a Python import can): connected, and
     // /ready says "consuming": false.
-    let broker = TestBroker::connect();
-    let queue = TestBroker::unique_name("alerts-unready");
-    broker.declare_queue(&queue, FieldTable::default());
-    let dir = scratch();
-    let conf = config_file(
-        dir.path(),
-        &queue_config(
-            &queue,
-            &format!("{MONITORING}[consumer_config]\nhang_instance = 1\n"),
-        ),
+    let (broker, queue, _dir, conf) = queue_with(
+        "alerts-unready",
+        &format!("{MONITORING}[consumer_config]\nhang_instance = 1\n"),
+        &[],
     );
     let (mut consumer, address) = monitored(&mut scripted_consume(&conf));
     consumer.wait_for("instance 1 hangs in new", WAIT);

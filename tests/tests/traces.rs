@@ -282,16 +282,7 @@ fn a_python_callbacks_publish_through_the_bridge_continues_the_trace() {
     // The copy in the queue carries the send span's context.
     broker.wait_depth(&copies, 1);
     let copy = broker.take_all(&copies).remove(0);
-    let traceparent = copy
-        .headers
-        .inner()
-        .get("traceparent")
-        .and_then(|value| match value {
-            lapin::types::AMQPValue::LongString(text) => {
-                Some(String::from_utf8_lossy(text.as_bytes()).into_owned())
-            }
-            _ => None,
-        })
+    let traceparent = text_header(&copy.headers, "traceparent")
         .unwrap_or_else(|| panic!("no traceparent on the copy: {:?}", copy.headers));
     assert_eq!(
         traceparent,
@@ -435,4 +426,50 @@ fn an_exec_command_gets_the_messages_trace_context_in_its_environment() {
     let run = host.finish();
     assert_eq!(run.code(), 0, "{run:#?}");
     broker.delete_queue(&queue);
+}
+
+#[test]
+fn the_publish_command_sends_each_message_in_a_send_span_whose_context_it_carries() {
+    let broker = TestBroker::connect();
+    let queue = TestBroker::unique_name("traced-publish");
+    broker.declare_queue(&queue, FieldTable::default());
+    broker.bind(&queue, "amq.topic", &format!("{queue}.#"));
+    let dir = scratch();
+    let receiver = Receiver::start(dir.path());
+    let conf = config_file(dir.path(), &format!("amqp_url = \"{}\"\n", amqp_url()));
+    let file = record_file(
+        dir.path(),
+        &[json!({"id": "cli1", "topic": format!("{queue}.t"), "body": {}})],
+    );
+    let mut command = fedora_messaging();
+    command.arg("--conf").arg(&conf).arg("publish").arg(&file);
+    let published = run(traced(&mut command, &receiver.endpoint, "publisher"));
+    assert_eq!(published.code(), 0, "{published:#?}");
+    let spans =
+        receiver.spans_when(|spans| !named(spans, "publisher", "send amq.topic").is_empty());
+    let sent = one(&spans, "publisher", "send amq.topic");
+    assert_eq!(sent["kind"], "PRODUCER");
+    assert_eq!(sent["parent_span_id"], "");
+    assert_eq!(sent["attributes"]["messaging.message.id"], "cli1");
+    broker.wait_depth(&queue, 1);
+    let message = broker.take_all(&queue).remove(0);
+    assert_eq!(
+        text_header(&message.headers, "traceparent"),
+        Some(format!(
+            "00-{}-{}-01",
+            sent["trace_id"].as_str().unwrap(),
+            sent["span_id"].as_str().unwrap()
+        ))
+    );
+    broker.delete_queue(&queue);
+}
+
+/// A text header's value.
+fn text_header(headers: &FieldTable, name: &str) -> Option<String> {
+    match headers.inner().get(name)? {
+        lapin::types::AMQPValue::LongString(text) => {
+            Some(String::from_utf8_lossy(text.as_bytes()).into_owned())
+        }
+        _ => None,
+    }
 }
