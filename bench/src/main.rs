@@ -1,7 +1,7 @@
 //! fm-bench: how fast and lean the host is, measured side by side with
 //! lapin consumers (naive, hand-tuned, auto-ack) and with the Python
 //! fedora-messaging, on the local RabbitMQ. `scripts/bench` builds what it
-//! needs and runs it; see the README's "Benchmarks".
+//! needs and runs it; see docs/benchmarks.md.
 //!
 //! - `throughput`: for each prefetch, fill a durable queue with N messages
 //!   in fedora-messaging's wire format and drain it with each contender in
@@ -19,7 +19,7 @@
 //! - `traces`: ours with traces off, on and sampled, and on but not
 //!   sampled, side by side, exporting to a sink that takes every span.
 //! - `fill`: only fill the queue and write the host's configuration, to
-//!   run it by hand under a profiler (see the README's "Benchmarks").
+//!   run it by hand under a profiler (see docs/benchmarks.md).
 
 mod broker;
 mod chart;
