@@ -35,7 +35,8 @@ fn check_links_finds_a_missing_file_and_anchors_no_heading_makes() {
 
 #[test]
 fn no_link_in_the_tree_is_broken() {
-    let checked = run(Command::new(workspace_root().join("scripts/check-links"))
-        .current_dir(workspace_root()));
+    let checked =
+        run(Command::new(workspace_root().join("scripts/check-links"))
+            .current_dir(workspace_root()));
     assert_eq!(checked.code(), 0, "{checked:#?}");
 }
