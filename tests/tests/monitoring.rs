@@ -69,10 +69,13 @@ fn health_and_metrics_while_consuming() {
     let (mut consumer, address) = monitored_consumer(dir.path(), &queue, "");
     // m3 stays in the consumer's hands until the go file exists; m1 and m2
     // are answered, and settled once the engine next wakes: wait for the
-    // counters to say so.
+    // counters to say so, and for the broker's first answer about the
+    // queue's depth (asked beside consuming, not before it).
     consumer.wait_for("message #3 (m3)", Duration::from_secs(30));
     let mut ready = ready_when(&address, Duration::from_secs(30), |ready| {
-        ready["consumed"]["dropped"] == 1 && ready["consumed"]["processed"] == 1
+        ready["consumed"]["dropped"] == 1
+            && ready["consumed"]["processed"] == 1
+            && ready["queues_ready"][&queue].is_u64()
     });
     let oldest = ready["oldest_in_progress"].take();
     // The depth the broker last gave, from 3 (asked before the consumer
