@@ -35,7 +35,7 @@ pub fn run(
     }
     // As `consume` reads them, from [tracing] and OpenTelemetry's
     // variables.
-    match traces::settings::settings(config.tracing.as_ref(), |name| std::env::var(name).ok())
+    match traces::configured(config.tracing.as_ref())
         .map_err(|reason| Fatal::new(Exit::Usage, reason))?
     {
         Some(settings) => println!(

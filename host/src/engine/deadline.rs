@@ -33,16 +33,22 @@ pub async fn bounded_for<T>(
     limit: Duration,
     step: impl std::future::Future<Output = T>,
 ) -> Option<T> {
-    let finished = async { Some(step.await) }
-        .or(async {
-            async_io::Timer::after(limit).await;
-            None
-        })
-        .await;
+    let finished = within(limit, step).await;
     if finished.is_none() {
         log::warn!("{what}: no answer from the broker within {limit:?}");
     }
     finished
+}
+
+/// Runs `step` for at most `limit`; `None`, unlogged, if it took longer
+/// (for a caller that says it its own way).
+pub async fn within<T>(limit: Duration, step: impl std::future::Future<Output = T>) -> Option<T> {
+    async { Some(step.await) }
+        .or(async {
+            async_io::Timer::after(limit).await;
+            None
+        })
+        .await
 }
 
 /// Runs every step side by side, so that one bound covers them all; their

@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_io::Timer;
-use futures_lite::FutureExt;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 
+use super::deadline::within;
 use crate::monitor::Stats;
 
 /// How often each queue's depth is asked.
@@ -69,7 +69,7 @@ async fn ask_round_by_round(
                 .as_ref()
                 .is_some_and(|open| open.status().connected())
             {
-                channel = within_bound(connection.create_channel())
+                channel = within(ASK_BOUND, connection.create_channel())
                     .await
                     .and_then(Result::ok);
             }
@@ -78,11 +78,10 @@ async fn ask_round_by_round(
                 passive: true,
                 ..QueueDeclareOptions::default()
             };
-            match within_bound(open.queue_declare(
-                queue.as_str().into(),
-                options,
-                FieldTable::default(),
-            ))
+            match within(
+                ASK_BOUND,
+                open.queue_declare(queue.as_str().into(), options, FieldTable::default()),
+            )
             .await
             {
                 Some(Ok(declared)) => stats.set_queue_ready(queue, declared.message_count()),
@@ -92,14 +91,4 @@ async fn ask_round_by_round(
         }
         Timer::after(every).await;
     }
-}
-
-/// `step`'s output, or `None` once [`ASK_BOUND`] passed.
-async fn within_bound<T>(step: impl Future<Output = T>) -> Option<T> {
-    async { Some(step.await) }
-        .or(async {
-            Timer::after(ASK_BOUND).await;
-            None
-        })
-        .await
 }

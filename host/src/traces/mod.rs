@@ -162,10 +162,16 @@ impl Drop for Exporting {
     }
 }
 
+/// What `[tracing]` and this process's OpenTelemetry variables ask for
+/// ([`settings::settings`]).
+pub fn configured(table: Option<&TracingTable>) -> Result<Option<Settings>, String> {
+    settings::settings(table, |name| std::env::var(name).ok())
+}
+
 /// Starts exporting traces if `[tracing]` or OpenTelemetry's variables
 /// say so; the error names the key or variable at fault.
 pub fn start_configured(table: Option<&TracingTable>) -> Result<Option<Exporting>, String> {
-    match settings::settings(table, |name| std::env::var(name).ok())? {
+    match configured(table)? {
         Some(settings) => start(&settings),
         None => Ok(None),
     }
