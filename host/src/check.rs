@@ -2,16 +2,19 @@
 //! the broker. It loads the configuration, loads the plugin and builds one
 //! consumer (a Python callback is imported, so the bridge says which
 //! Python, fedora-messaging and schema packages it found), stops it, and
-//! prints the queues it would consume and their bindings. It exits 0, or
-//! with the code `consume` would have exited with at start; no queue is
-//! touched.
+//! prints the queues it would consume and their bindings. It runs the
+//! checks `consume` makes before connecting ([`consume::prepare`]: the
+//! URLs, TLS files, client properties, the delivery limit's secret), and
+//! exits 0, or with the code `consume` would have exited with at start;
+//! no queue is touched.
 
 use std::path::Path;
 
 use crate::config::Config;
+use crate::consume::{self, Prepared};
 use crate::exit::{Exit, Fatal};
 use crate::plugin;
-use crate::topology::{Overrides, Topology};
+use crate::topology::Overrides;
 use crate::traces;
 
 /// Runs the check of `callback` under `config`, read from `file` (and
@@ -23,9 +26,9 @@ pub fn run(
     file: Option<&Path>,
     host_file: Option<&Path>,
 ) -> Result<Exit, Fatal> {
-    overrides
-        .check()
-        .map_err(|reason| Fatal::new(Exit::Usage, reason))?;
+    // What `consume` checks before it connects, in its order: a URL, a
+    // TLS file or a delivery limit's secret it would refuse fails here.
+    let Prepared { topology, .. } = consume::prepare(config, overrides, None)?;
     match file {
         Some(file) => println!("Configuration: {}", file.display()),
         None => println!("Configuration: fedora-messaging's defaults (no file)"),
@@ -50,7 +53,6 @@ pub fn run(
     let mut consumer = plugin.build(&name, &config.consumer_config_json())?;
     consumer.stop();
     println!("Consumer built: {callback}");
-    let topology = Topology::new(config, overrides);
     if topology.queues.is_empty() {
         println!("Queues: none (consume would have nothing to consume)");
     }

@@ -81,15 +81,14 @@ pub fn run_with(
     args: &ConsumeArgs<'_>,
     build: impl FnOnce() -> Result<(String, Vec<Source>), Fatal>,
 ) -> Result<Exit, Fatal> {
-    args.overrides
-        .check()
-        .map_err(|reason| Fatal::new(Exit::Usage, reason))?;
-    let topology = Topology::new(config, &args.overrides);
-    let broker = Broker::new(config, args.app_name)?;
+    let Prepared {
+        topology,
+        broker,
+        delivery_limit,
+    } = prepare(config, &args.overrides, args.app_name)?;
     if config.qos.prefetch_size != 0 {
         log::warn!("qos.prefetch_size is not supported by RabbitMQ; using 0");
     }
-    let delivery_limit = delivery_limit(config, &topology)?;
     let limit_max = config.delivery_limit.as_ref().map(|limit| limit.max);
     for warning in broker_rules::warnings(&topology, limit_max) {
         log::warn!("{warning}");
@@ -157,6 +156,36 @@ pub fn run_with(
     }
     notifier.stopping();
     result
+}
+
+/// What `consume` makes of the command line and the configuration before
+/// it builds a consumer or connects.
+pub(crate) struct Prepared {
+    pub topology: Topology,
+    pub broker: Broker,
+    pub delivery_limit: Option<Policy>,
+}
+
+/// Checks and reads, in `consume`'s order, everything that can stop it
+/// before it connects: the overrides, the broker's URLs, TLS files and
+/// client properties, and the delivery limit's secret. `check` runs it
+/// too, so that its exit 0 means `consume` gets past all of them.
+pub(crate) fn prepare(
+    config: &Config,
+    overrides: &Overrides,
+    app_name: Option<&str>,
+) -> Result<Prepared, Fatal> {
+    overrides
+        .check()
+        .map_err(|reason| Fatal::new(Exit::Usage, reason))?;
+    let topology = Topology::new(config, overrides);
+    let broker = Broker::new(config, app_name)?;
+    let delivery_limit = delivery_limit(config, &topology)?;
+    Ok(Prepared {
+        topology,
+        broker,
+        delivery_limit,
+    })
 }
 
 /// `[delivery_limit]` as the engine applies it, with its secret read: from

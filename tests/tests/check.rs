@@ -1,0 +1,84 @@
+//! `fedora-messaging check` against `consume`: whatever stops `consume`
+//! at start before it connects (the broker's URLs, the TLS files, the
+//! client properties, the delivery limit's secret) stops `check` with the
+//! same line and exit code, so that its exit 0 means `consume` starts.
+//! None of these runs reaches a broker: each fails before connecting.
+
+use fm_e2e::{config_file, fedora_messaging, plugin, run, scratch};
+
+/// The line a run ends with on standard error, `Error: …`.
+fn error_line(stderr: &str) -> Option<&str> {
+    stderr
+        .lines()
+        .rev()
+        .find(|line| line.starts_with("Error: "))
+}
+
+#[test]
+fn check_refuses_what_consume_refuses_before_connecting() {
+    let dir = scratch();
+    let short_secret = dir.path().join("short.secret");
+    std::fs::write(&short_secret, "too short").unwrap();
+    let long_app = "a".repeat(5000);
+    let cases = [
+        (
+            "an http URL",
+            "amqp_url = \"http://localhost\"\n".to_owned(),
+        ),
+        (
+            "a node that is no URL",
+            "amqp_urls = [\"amqp://localhost\", \"bogus://node2\"]\n".to_owned(),
+        ),
+        (
+            "an amqps URL whose CA file is missing",
+            "amqp_url = \"amqps://localhost\"\n[tls]\nca_cert = \"/nonexistent/ca.pem\"\n"
+                .to_owned(),
+        ),
+        (
+            "client properties too large to send",
+            format!("[client_properties]\napp = \"{long_app}\"\n"),
+        ),
+        (
+            "a delivery limit without a secret",
+            "[delivery_limit]\nmax = 3\n".to_owned(),
+        ),
+        (
+            "a delivery limit with a short secret",
+            format!(
+                "[delivery_limit]\nmax = 3\nsecret_file = \"{}\"\n",
+                short_secret.display()
+            ),
+        ),
+    ];
+    let callback = format!("{}:Printer", plugin("printer").display());
+    for (what, toml) in cases {
+        let conf = config_file(dir.path(), &toml);
+        let consumed = run(fedora_messaging()
+            .arg("--conf")
+            .arg(&conf)
+            .arg("consume")
+            .arg("--callback")
+            .arg(&callback));
+        assert_ne!(consumed.code(), 0, "{what}: consume started: {consumed:#?}");
+        let checked = run(fedora_messaging()
+            .arg("--conf")
+            .arg(&conf)
+            .arg("check")
+            .arg("--callback")
+            .arg(&callback));
+        assert_eq!(
+            checked.code(),
+            consumed.code(),
+            "{what}: check and consume exit differently: {checked:#?} {consumed:#?}"
+        );
+        assert_eq!(
+            error_line(&checked.stderr),
+            error_line(&consumed.stderr),
+            "{what}"
+        );
+        assert!(
+            !checked.stdout.contains("OK: consume would start"),
+            "{what}: {checked:#?}"
+        );
+    }
+}
