@@ -245,6 +245,11 @@ serde_json = "1"
 
 [dev-dependencies]
 fm-plugin-api = {{ {dependency}, features = ["testing"] }}
+
+# A workspace of its own, so that the crate builds wherever it was created,
+# even inside another workspace's directory. To make it a member of an
+# enclosing workspace instead, remove this table and list the crate there.
+[workspace]
 "#
     );
     let lib_rs = format!(

@@ -1,6 +1,7 @@
-//! `new-plugin`: the crate it writes builds, passes its own tests and
-//! clippy, is formatted, and its library runs in this host on its sample
-//! with its configuration.
+//! `new-plugin`: the crate it writes builds (also inside another
+//! workspace's directory), passes its own tests and clippy, is formatted,
+//! and its library runs in this host on its sample with its
+//! configuration.
 
 use fm_e2e::*;
 
@@ -71,6 +72,14 @@ fn a_new_plugin_crate_tests_builds_and_runs_in_the_host() {
 #[test]
 fn a_name_the_generated_code_or_rust_uses_still_gives_a_crate_that_builds() {
     let dir = scratch();
+    // Created inside another workspace's directory, as from this
+    // repository's root, the crate still builds on its own: cargo refused
+    // it as a package the enclosing workspace does not list.
+    std::fs::write(
+        dir.path().join("Cargo.toml"),
+        "[workspace]\nresolver = \"3\"\n",
+    )
+    .unwrap();
     // `message` would make a type `Message`, which the crate imports.
     let created = run(fedora_messaging()
         .args(["new-plugin", "message", "--dir"])
