@@ -1,5 +1,6 @@
 //! The packages `scripts/package` builds. The .deb: exactly the files the
-//! README lists, the configuration as a conffile, the conflict with the
+//! documentation lists (with the documentation itself, whose links resolve
+//! inside the package), the configuration as a conffile, the conflict with the
 //! Python command line package, man pages and completions that work, and
 //! a host that runs the packaged plugins. The .rpm: the same files at
 //! Fedora's paths. The development packages: fm-plugin-api in the system
@@ -128,6 +129,12 @@ fn the_deb_installs_what_the_readme_says() {
             .iter()
             .map(|command| format!("/usr/share/man/man1/fedora-messaging{command}.1.gz")),
     );
+    // The documentation the README links to, every file of docs/.
+    expected.extend(
+        documents()
+            .into_iter()
+            .map(|name| format!("/usr/share/doc/fedora-messaging-rs/docs/{name}")),
+    );
     assert_eq!(files, expected, "{listing}");
     assert!(
         listing
@@ -165,7 +172,31 @@ fn the_deb_installs_what_the_readme_says() {
     check_installed(&root);
 }
 
+/// The names of the tree's documents, `docs/*.md`.
+fn documents() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(workspace_root().join("docs"))
+        .expect("docs/")
+        .map(|entry| entry.expect("an entry of docs/").file_name())
+        .map(|name| name.to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".md"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 10, "{names:?}");
+    names
+}
+
 fn check_installed(root: &Path) {
+    // The packaged documentation reads on its own: every relative link of
+    // the README and of docs/ names a file and heading the package has.
+    let doc = root.join("usr/share/doc/fedora-messaging-rs");
+    let mut pages = vec![doc.join("README.md")];
+    pages.extend(documents().iter().map(|name| doc.join("docs").join(name)));
+    output(
+        Command::new(workspace_root().join("scripts/check-links"))
+            .args(&pages)
+            .current_dir(&doc),
+    );
+
     let host = root.join("usr/bin/fedora-messaging");
     let version = output(Command::new(&host).arg("--version"));
     assert_eq!(
