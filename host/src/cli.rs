@@ -12,8 +12,34 @@ use crate::record::Recorder;
 use crate::topology::Overrides;
 use crate::{check, consume, engine, new_plugin, plugin, publish, reconsume, traces};
 
+/// Where the documentation is: installed by the packages, and beside the
+/// README in the source.
+macro_rules! docs_dir {
+    () => {
+        "/usr/share/doc/fedora-messaging-rs/docs/"
+    };
+}
+
+/// The end of a command's `--help` and man page: the document, and its
+/// section, that says more.
+macro_rules! documented_in {
+    ($file:literal, $section:literal) => {
+        concat!(
+            "Documentation: the section \"",
+            $section,
+            "\" of ",
+            docs_dir!(),
+            $file,
+            "\n(docs/",
+            $file,
+            " in the source)"
+        )
+    };
+}
+
 /// The end of `--help`, and of the man page.
-const AFTER_HELP: &str = "\
+const AFTER_HELP: &str = concat!(
+    "\
 Exit status (fedora-messaging's):
   0    stopped by a signal, end of input, or a consumer's halt(0)
   1    the consumer could not be loaded or built; other errors
@@ -33,7 +59,8 @@ Files:
       the default configuration
   NAME.host.toml beside the configuration file NAME.toml
       the keys only this host reads (workers, delivery_limit, amqp_urls,
-      python, stop_timeout), if the file exists; see --host-conf
+      python, stop_timeout, soft_timeout, tracing), if the file exists;
+      see --host-conf
   /usr/lib64/fedora-messaging, /usr/lib/fedora-messaging
       where a bare plugin file name is found
 
@@ -41,7 +68,17 @@ Environment:
   FEDORA_MESSAGING_CONF          the configuration file, as --conf
   FEDORA_MESSAGING_HOST_CONF     the host-only keys' file, as --host-conf
   FEDORA_MESSAGING_PLUGIN_PATH   directories searched for plugins first
-  RUST_LOG                       log levels, replacing log_config's";
+  RUST_LOG                       log levels, replacing log_config's
+
+Documentation:
+  /usr/share/doc/fedora-messaging-rs/README.md, then in ",
+    docs_dir!(),
+    "
+  (README.md and docs/ in the source): migrating.md (from the Python
+  consumer), python-and-commands.md, writing-consumers.md, operating.md
+  (exit codes, systemd, what to do when...), monitoring.md,
+  configuration.md (every key), commands.md, differences.md"
+);
 
 /// fedora-messaging's default for `replay` and `reconsume`.
 const DATAGREPPER_URL: &str = "https://apps.fedoraproject.org/datagrepper";
@@ -64,7 +101,7 @@ pub struct Cli {
     conf: Option<PathBuf>,
 
     /// File of the keys only this host reads (workers, delivery_limit,
-    /// amqp_urls, python, stop_timeout), so that the configuration file
+    /// amqp_urls, python, stop_timeout, soft_timeout, tracing), so that the configuration file
     /// stays one fedora-messaging's CLI reads [default: NAME.host.toml
     /// beside the configuration file NAME.toml, if it exists]
     #[arg(
@@ -82,6 +119,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Consume messages from the broker with a consumer plugin
+    #[command(after_long_help = documented_in!("operating.md", "consume"))]
     Consume(ConsumeArgs),
 
     /// Check the configuration and the consumer, without the broker
@@ -89,25 +127,31 @@ enum Command {
     /// Builds the consumer (imports a Python callback), says what it runs
     /// with and which queues consume would declare; exits 0, or as consume
     /// would at start.
+    #[command(after_long_help = documented_in!("commands.md", "check"))]
     Check(CheckArgs),
 
     /// Record messages from the broker to a file, one JSON object a line
+    #[command(after_long_help = documented_in!("commands.md", "record"))]
     Record(RecordArgs),
 
     /// Publish the messages of a record file (one JSON object a line, as
     /// `record` writes them)
+    #[command(after_long_help = documented_in!("commands.md", "publish"))]
     Publish(PublishArgs),
 
     /// Replay a message from datagrepper by its id: publish it again as it
     /// was (topic_prefix is not applied)
+    #[command(after_long_help = documented_in!("commands.md", "replay"))]
     Replay(ReplayArgs),
 
     /// Run a consumer on recorded messages, without a broker: each message
     /// of --file, or one message fetched from datagrepper by its id
+    #[command(after_long_help = documented_in!("commands.md", "reconsume"))]
     Reconsume(ReconsumeArgs),
 
     /// Start a plugin crate: Cargo.toml, a consumer, a test through the
     /// testing kit, a sample record file and a configuration
+    #[command(after_long_help = documented_in!("writing-consumers.md", "Starting a plugin crate"))]
     NewPlugin(NewPluginArgs),
 }
 
@@ -404,6 +448,69 @@ fn execute(cli: &Cli) -> Result<Exit, Fatal> {
                 }
             };
             reconsume::run(&config, &callback, input, args.publish_to.as_deref())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use std::path::Path;
+
+    /// The headings of a document of `docs/`, as written.
+    fn headings(file: &str) -> Vec<String> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../docs")
+            .join(file);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+        text.lines()
+            .filter(|line| line.starts_with('#') && line.contains("# "))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn each_command_points_to_a_section_its_document_has() {
+        let cli = Cli::command();
+        for command in cli.get_subcommands().filter(|c| c.get_name() != "help") {
+            let help = command
+                .get_after_long_help()
+                .unwrap_or_else(|| panic!("{} has no pointer", command.get_name()))
+                .to_string();
+            let section = help
+                .split('"')
+                .nth(1)
+                .unwrap_or_else(|| panic!("no section in {help:?}"));
+            let file = help
+                .split("(docs/")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .unwrap_or_else(|| panic!("no file in {help:?}"));
+            assert!(
+                headings(file)
+                    .iter()
+                    .any(|heading| heading.contains(section)),
+                "{}: no heading of {file} says {section:?}",
+                command.get_name()
+            );
+        }
+    }
+
+    #[test]
+    fn the_documents_the_help_lists_exist() {
+        let listed = AFTER_HELP
+            .split("Documentation:")
+            .nth(1)
+            .expect("a Documentation section");
+        let files: Vec<&str> = listed
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|word| word.ends_with(".md") && !word.contains(['/', '(']))
+            .collect();
+        assert!(files.len() >= 8, "{files:?}");
+        for file in files {
+            assert!(!headings(file).is_empty(), "{file}");
         }
     }
 }
