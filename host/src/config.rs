@@ -515,6 +515,10 @@ impl Config {
                 ),
             ));
         }
+        if let Some(log_config) = &self.log_config {
+            crate::logging::check_levels(log_config)
+                .map_err(|(written, message)| (line_setting(text, "level", &written), message))?;
+        }
         self.check_amqp_names()
             .map_err(|(key, message)| (line_of_key(text, key), message))?;
         self.check_nodes(sets_amqp_url)
@@ -679,6 +683,18 @@ fn shortened(line: &str) -> std::borrow::Cow<'_, str> {
 
 fn line_number(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The first line that sets `key` to `value` as written (`level = "LOUD"`).
+fn line_setting(text: &str, key: &str, value: &str) -> Option<usize> {
+    text.lines()
+        .position(|line| {
+            line.trim_start()
+                .strip_prefix(key)
+                .and_then(|rest| rest.trim_start().strip_prefix('='))
+                .is_some_and(|rest| rest.trim_start().starts_with(value))
+        })
+        .map(|index| index + 1)
 }
 
 /// The first line that sets `key` or opens a table named `key`.

@@ -53,7 +53,12 @@ impl LogSettings {
         let Some(table) = log_config else {
             return LogSettings::default();
         };
-        let level_of = |entry: &toml::Value| entry.get("level").and_then(python_level);
+        // Levels Python refuses were refused with the file (check_levels).
+        let level_of = |entry: &toml::Value| {
+            entry
+                .get("level")
+                .and_then(|level| python_level(level).ok().flatten())
+        };
         let mut settings = LogSettings {
             root: table
                 .get("root")
@@ -211,29 +216,58 @@ fn syslog_priority(level: log::Level) -> u8 {
     }
 }
 
-/// A Python level: a name or a number; `NOTSET` inherits, so it maps to
-/// nothing.
-fn python_level(value: &toml::Value) -> Option<log::LevelFilter> {
+/// A Python level: a name or a number; `NOTSET` (0) inherits, so it maps
+/// to nothing. A value Python's logging would refuse is `Err`.
+fn python_level(value: &toml::Value) -> Result<Option<log::LevelFilter>, ()> {
     let number = match value {
-        toml::Value::Integer(n) => *n,
+        toml::Value::Integer(n) if *n >= 0 => *n,
         toml::Value::String(name) => match name.to_uppercase().as_str() {
             "CRITICAL" | "FATAL" => 50,
             "ERROR" => 40,
             "WARNING" | "WARN" => 30,
             "INFO" => 20,
             "DEBUG" => 10,
-            _ => return None,
+            "NOTSET" => 0,
+            _ => return Err(()),
         },
-        _ => return None,
+        _ => return Err(()),
     };
-    Some(match number {
-        n if n > 30 => log::LevelFilter::Error,
-        n if n > 20 => log::LevelFilter::Warn,
-        n if n > 10 => log::LevelFilter::Info,
-        n if n > 5 => log::LevelFilter::Debug,
-        n if n > 0 => log::LevelFilter::Trace,
-        _ => return None,
+    Ok(match number {
+        n if n > 30 => Some(log::LevelFilter::Error),
+        n if n > 20 => Some(log::LevelFilter::Warn),
+        n if n > 10 => Some(log::LevelFilter::Info),
+        n if n > 5 => Some(log::LevelFilter::Debug),
+        n if n > 0 => Some(log::LevelFilter::Trace),
+        _ => None,
     })
+}
+
+/// Checks each level `log_config` gives (the root's and each logger's),
+/// as Python's `dictConfig` would: a level it does not know is an error
+/// naming the logger, the value, and the levels there are, with the value
+/// as written so that the caller can find its line.
+pub fn check_levels(log_config: &toml::Table) -> Result<(), (String, String)> {
+    let root = log_config.get("root").map(|entry| ("root", entry));
+    let loggers = log_config
+        .get("loggers")
+        .and_then(toml::Value::as_table)
+        .into_iter()
+        .flatten()
+        .map(|(name, entry)| (name.as_str(), entry));
+    for (logger, entry) in root.into_iter().chain(loggers) {
+        if let Some(level) = entry.get("level")
+            && python_level(level).is_err()
+        {
+            let written = level.to_string();
+            return Err((
+                written.clone(),
+                format!(
+                    "log_config: logger {logger:?} has the level {written}, which Python's logging does not know: give DEBUG, INFO, WARNING, ERROR, CRITICAL or NOTSET, or a number"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn rust_target(python_name: &str) -> String {
@@ -364,6 +398,32 @@ mod tests {
         assert_eq!(
             settings.targets,
             [("saver".to_owned(), log::LevelFilter::Debug)]
+        );
+    }
+
+    #[test]
+    fn a_level_python_does_not_know_is_refused_naming_its_logger() {
+        let refused = |toml: &str| {
+            let table: toml::Table = toml::from_str(toml).unwrap();
+            check_levels(&table).err()
+        };
+        let (written, message) = refused("[root]\nlevel = 'LOUD'\n").unwrap();
+        assert_eq!(written, "\"LOUD\"");
+        assert!(message.contains("logger \"root\""), "{message}");
+        assert!(message.contains("DEBUG, INFO"), "{message}");
+        let (_, message) = refused("[loggers.saver]\nlevel = true\n").unwrap();
+        assert!(message.contains("\"saver\""), "{message}");
+        assert!(refused("[loggers.a]\nlevel = -1\n").is_some());
+        for fine in ["INFO", "warn", "NOTSET", "Critical"] {
+            assert_eq!(
+                refused(&format!("[root]\nlevel = '{fine}'\n")),
+                None,
+                "{fine}"
+            );
+        }
+        assert_eq!(
+            refused("[root]\nlevel = 25\n[loggers.x]\nlevel = 0\n"),
+            None
         );
     }
 }

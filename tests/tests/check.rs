@@ -82,3 +82,36 @@ fn check_refuses_what_consume_refuses_before_connecting() {
         );
     }
 }
+
+/// A `log_config` level Python's `dictConfig` would refuse is refused at
+/// load, naming the logger and the line; it used to be dropped without a
+/// word, leaving the default level.
+#[test]
+fn a_log_level_python_does_not_know_stops_check_and_consume() {
+    let dir = scratch();
+    let conf = config_file(
+        dir.path(),
+        "[log_config]\nversion = 1\n[log_config.loggers.fedora_messaging]\nlevel = \"LOUD\"\n",
+    );
+    let callback = format!("{}:Printer", plugin("printer").display());
+    for command in ["check", "consume"] {
+        let refused = run(fedora_messaging()
+            .arg("--conf")
+            .arg(&conf)
+            .arg(command)
+            .arg("--callback")
+            .arg(&callback));
+        assert_eq!(refused.code(), 2, "{command}: {refused:#?}");
+        assert_eq!(
+            error_line(&refused.stderr),
+            Some(
+                format!(
+                    "Error: {}:4: log_config: logger \"fedora_messaging\" has the level \"LOUD\", which Python's logging does not know: give DEBUG, INFO, WARNING, ERROR, CRITICAL or NOTSET, or a number",
+                    conf.display()
+                )
+                .as_str()
+            ),
+            "{command}"
+        );
+    }
+}
