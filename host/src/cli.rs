@@ -101,9 +101,10 @@ pub struct Cli {
     conf: Option<PathBuf>,
 
     /// File of the keys only this host reads (workers, delivery_limit,
-    /// amqp_urls, python, stop_timeout, soft_timeout, tracing), so that the configuration file
-    /// stays one fedora-messaging's CLI reads [default: NAME.host.toml
-    /// beside the configuration file NAME.toml, if it exists]
+    /// amqp_urls, python, stop_timeout, soft_timeout, tracing), so that
+    /// the configuration file stays one fedora-messaging's CLI reads
+    /// [default: NAME.host.toml beside the configuration file NAME.toml,
+    /// if it exists]
     #[arg(
         long,
         env = "FEDORA_MESSAGING_HOST_CONF",

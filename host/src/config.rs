@@ -685,14 +685,17 @@ fn line_number(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
-/// The first line that sets `key` to `value` as written (`level = "LOUD"`).
+/// The first line that sets `key` to `value` (as TOML shows it, `"LOUD"`),
+/// whichever quotes the file wrote it with.
 fn line_setting(text: &str, key: &str, value: &str) -> Option<usize> {
+    let bare = |text: &str| text.trim_start().trim_start_matches(['"', '\'']).to_owned();
+    let value = bare(value);
     text.lines()
         .position(|line| {
             line.trim_start()
                 .strip_prefix(key)
                 .and_then(|rest| rest.trim_start().strip_prefix('='))
-                .is_some_and(|rest| rest.trim_start().starts_with(value))
+                .is_some_and(|rest| bare(rest).starts_with(value.trim_end_matches('"')))
         })
         .map(|index| index + 1)
 }

@@ -4,7 +4,19 @@
 //! same line and exit code, so that its exit 0 means `consume` starts.
 //! None of these runs reaches a broker: each fails before connecting.
 
-use fm_e2e::{config_file, fedora_messaging, plugin, run, scratch};
+use fm_e2e::{Run, config_file, fedora_messaging, plugin, run, scratch};
+
+/// Runs `command` (`check` or `consume`) of the Printer plugin with the
+/// configuration file `conf`.
+fn printer(command: &str, conf: &std::path::Path) -> Run {
+    let callback = format!("{}:Printer", plugin("printer").display());
+    run(fedora_messaging()
+        .arg("--conf")
+        .arg(conf)
+        .arg(command)
+        .arg("--callback")
+        .arg(callback))
+}
 
 /// The line a run ends with on standard error, `Error: …`.
 fn error_line(stderr: &str) -> Option<&str> {
@@ -50,22 +62,11 @@ fn check_refuses_what_consume_refuses_before_connecting() {
             ),
         ),
     ];
-    let callback = format!("{}:Printer", plugin("printer").display());
     for (what, toml) in cases {
         let conf = config_file(dir.path(), &toml);
-        let consumed = run(fedora_messaging()
-            .arg("--conf")
-            .arg(&conf)
-            .arg("consume")
-            .arg("--callback")
-            .arg(&callback));
+        let consumed = printer("consume", &conf);
         assert_ne!(consumed.code(), 0, "{what}: consume started: {consumed:#?}");
-        let checked = run(fedora_messaging()
-            .arg("--conf")
-            .arg(&conf)
-            .arg("check")
-            .arg("--callback")
-            .arg(&callback));
+        let checked = printer("check", &conf);
         assert_eq!(
             checked.code(),
             consumed.code(),
@@ -93,14 +94,8 @@ fn a_log_level_python_does_not_know_stops_check_and_consume() {
         dir.path(),
         "[log_config]\nversion = 1\n[log_config.loggers.fedora_messaging]\nlevel = \"LOUD\"\n",
     );
-    let callback = format!("{}:Printer", plugin("printer").display());
     for command in ["check", "consume"] {
-        let refused = run(fedora_messaging()
-            .arg("--conf")
-            .arg(&conf)
-            .arg(command)
-            .arg("--callback")
-            .arg(&callback));
+        let refused = printer(command, &conf);
         assert_eq!(refused.code(), 2, "{command}: {refused:#?}");
         assert_eq!(
             error_line(&refused.stderr),

@@ -187,6 +187,24 @@ fn queue_shape_errors_name_the_line() {
 }
 
 #[test]
+fn a_log_level_python_does_not_know_names_its_line_whichever_quotes() {
+    for (quote, text) in [('"', "INFO"), ('\'', "INFO"), ('"', "LOUD"), ('\'', "LOUD")] {
+        let file = format!(
+            "[log_config.root]\nlevel = {quote}INFO{quote}\n[log_config.loggers.x]\nlevel = {quote}{text}{quote}\n"
+        );
+        match Config::parse(&file) {
+            Ok(_) => assert_eq!(text, "INFO", "{file}"),
+            Err((line, message)) => {
+                assert_eq!(line, Some(4), "{file}");
+                assert!(message.contains("logger \"x\""), "{message}");
+            }
+        }
+    }
+    let (line, _) = Config::parse("[log_config.root]\nlevel = -3\n").unwrap_err();
+    assert_eq!(line, Some(2));
+}
+
+#[test]
 fn binding_routing_keys_must_be_a_list() {
     let (_, message) =
         Config::parse("[[bindings]]\nexchange = 'amq.topic'\nrouting_keys = '#'\n").unwrap_err();
