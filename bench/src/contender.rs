@@ -76,7 +76,7 @@ impl Programs {
             Contender::Ours => {
                 // Measured against consumers that log nothing: without the
                 // two INFO lines a message fedora-messaging's consumer
-                // logs (the README gives their cost on their own).
+                // logs (docs/operating.md gives their cost on their own).
                 let quiet = "\n[log_config.loggers.fedora_messaging]\nlevel = \"INFO\"\n\n[log_config.loggers.\"fedora_messaging.twisted.consumer\"]\nlevel = \"WARNING\"\n";
                 let conf = self.write_config("ours", settings, true, quiet)?;
                 let mut command = Command::new(self.host());

@@ -284,7 +284,8 @@ impl Consumer for {consumer} {{
         self.seen += 1;
         if message.topic().contains(&self.topic_part) {{
             // Shown as `{library}` in the host's log; WARNING and above by
-            // default, see the README for INFO.
+            // default ("Logging" in fedora-messaging-rs's
+            // docs/writing-consumers.md says how to show INFO).
             log::warn!("{{}} on {{}} (message {{}} here)", message.id(), message.topic(), self.seen);
         }}
         // Ok(()) acknowledges; Err(ConsumerError::Nack), Drop, halt(n) and

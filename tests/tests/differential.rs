@@ -4,8 +4,8 @@
 //! writes, hostile bodies) go to two queues, one consumed by Python
 //! fedora-messaging 3.9 with a recording callback, the other by this host
 //! with the `Inspect` plugin. Every case must end the same in both, be
-//! dead-lettered by both, or differ only as the README documents. The
-//! table of results is written to `target/differential.md`.
+//! dead-lettered by both, or differ only as docs/differences.md documents.
+//! The table of results is written to `target/differential.md`.
 
 use fm_e2e::broker::TestBroker;
 use fm_e2e::nodes::amqp_url;

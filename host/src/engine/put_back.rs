@@ -16,7 +16,7 @@
 //! still held of it, and what the engine held, is remembered by
 //! fingerprint ([`Remembered`](super::limit::Remembered)), so that this
 //! process does not count it when the broker delivers it again. Another
-//! host, or this one after a crash, counts it: the README says so.
+//! host, or this one after a crash, counts it: docs/operating.md says so.
 
 use lapin::message::Delivery;
 
