@@ -201,25 +201,31 @@ impl Core {
             let stop_deadline = self.stop_deadline();
             let (workers, stop, pulse) = (&self.workers, &self.stop, &mut self.pulse);
             let ledger = &mut channels.ledger;
+            // The broker's events first: one that came before an answer
+            // is taken before it. lapin hands an event over as it reads
+            // the frame, so a block lifted before the publish confirm a
+            // consumer waited for is seen before that consumer's next
+            // answer; were a halt taken first, the loop would end with
+            // the block's lifting never said.
             let event = async {
-                match workers.next_result().await {
-                    Some(finished) => Event::Finished(finished),
-                    None => futures_lite::future::pending().await,
-                }
-            }
-            .or(async { Event::Taken(ledger.taken().await) })
-            .or(async {
                 match events.as_mut() {
                     Some(events) => Event::Connection(events.next().await),
                     None => futures_lite::future::pending().await,
                 }
-            })
+            }
             .or(async {
                 match publishing_events.as_mut() {
                     Some(events) => Event::Publishing(events.next().await),
                     None => futures_lite::future::pending().await,
                 }
             })
+            .or(async {
+                match workers.next_result().await {
+                    Some(finished) => Event::Finished(finished),
+                    None => futures_lite::future::pending().await,
+                }
+            })
+            .or(async { Event::Taken(ledger.taken().await) })
             .or(async {
                 if !running {
                     futures_lite::future::pending::<()>().await;
