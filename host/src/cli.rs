@@ -12,11 +12,18 @@ use crate::record::Recorder;
 use crate::topology::Overrides;
 use crate::{check, consume, engine, new_plugin, plugin, publish, reconsume, traces};
 
+/// Where the packages install the README and the documentation.
+macro_rules! doc_root {
+    () => {
+        "/usr/share/doc/fedora-messaging-rs/"
+    };
+}
+
 /// Where the documentation is: installed by the packages, and beside the
 /// README in the source.
 macro_rules! docs_dir {
     () => {
-        "/usr/share/doc/fedora-messaging-rs/docs/"
+        concat!(doc_root!(), "docs/")
     };
 }
 
@@ -71,7 +78,9 @@ Environment:
   RUST_LOG                       log levels, replacing log_config's
 
 Documentation:
-  /usr/share/doc/fedora-messaging-rs/README.md, then in ",
+  ",
+    doc_root!(),
+    "README.md, then in ",
     docs_dir!(),
     "
   (README.md and docs/ in the source): migrating.md (from the Python

@@ -692,9 +692,7 @@ fn line_setting(text: &str, key: &str, value: &str) -> Option<usize> {
     let value = bare(value);
     text.lines()
         .position(|line| {
-            line.trim_start()
-                .strip_prefix(key)
-                .and_then(|rest| rest.trim_start().strip_prefix('='))
+            assigned(line, key)
                 .is_some_and(|rest| bare(rest).starts_with(value.trim_end_matches('"')))
         })
         .map(|index| index + 1)
@@ -705,15 +703,19 @@ fn line_of_key(text: &str, key: &str) -> Option<usize> {
     text.lines()
         .position(|line| {
             let line = line.trim_start();
-            let assigns = line
-                .strip_prefix(key)
-                .is_some_and(|rest| rest.trim_start().starts_with('='));
             // `[table]` and `[[array of tables]]`.
             let opens =
                 line.starts_with('[') && line.trim_start_matches('[').trim_start().starts_with(key);
-            assigns || opens
+            assigned(line, key).is_some() || opens
         })
         .map(|index| index + 1)
+}
+
+/// What `line` sets `key` to (the text after `=`), if it sets `key`.
+fn assigned<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.trim_start()
+        .strip_prefix(key)
+        .and_then(|rest| rest.trim_start().strip_prefix('='))
 }
 
 /// A configuration file's text.
